@@ -1,0 +1,120 @@
+//! Wire types shared by the Cogrion control plane and its Cluster Agent.
+//!
+//! This crate holds only data: identifiers and messages with their size limits and
+//! their strict validation. It performs no I/O, so both sides (and any alternative
+//! transport a host writes) agree on exactly one definition.
+//!
+//! What is here today is the part of the protocol the control plane's durable
+//! command queue needs: [`CommandId`], [`CommandKind`], [`Command`],
+//! [`CommandResult`] and the agent identity format ([`AgentIdentity`]). The
+//! bootstrap, poll and renewal messages of protocol v1 join them with the HTTPS
+//! transport.
+//!
+//! # Compatibility
+//! [`PROTOCOL_VERSION`] names the protocol generation. Within one version, fields
+//! are only ever added as optional; a change that would make an older peer
+//! misunderstand a message increments the version.
+
+#[macro_use]
+mod macros;
+mod command;
+mod identity;
+mod workspace;
+
+pub use command::{
+    Command, CommandId, CommandKind, CommandOutcome, CommandResult, CommandSeq, MAX_COMMAND_ID_LEN,
+    MAX_COMMAND_KIND_LEN, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN,
+};
+pub use identity::{AgentIdentity, DEFAULT_TRUST_DOMAIN};
+pub use workspace::WorkspaceId;
+#[doc(hidden)]
+pub use workspace::check_dns_label;
+
+/// The protocol generation spoken by this crate.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why a value was refused by its rule.
+///
+/// Every checked constructor in this crate and in `cogrion-core` returns this error
+/// rather than panicking; the variant tells which rule was broken and `what` names
+/// the kind of value (`"workspace id"`, `"network CIDR"`, …).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidValue {
+    /// The value is longer than the protocol allows.
+    #[error("{what} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// Which value.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The value is empty where something is required.
+    #[error("{what} must not be empty")]
+    Empty {
+        /// Which value.
+        what: &'static str,
+    },
+    /// The value contains a character its rule does not allow.
+    #[error("{what} contains {found:?} at byte {at}; allowed: {allowed}")]
+    BadCharacter {
+        /// Which value.
+        what: &'static str,
+        /// The offending character.
+        found: char,
+        /// Its byte offset.
+        at: usize,
+        /// The rule, in words.
+        allowed: &'static str,
+    },
+    /// The value is outside its allowed range.
+    #[error("{what} is {value}; allowed: {allowed}")]
+    OutOfRange {
+        /// Which value.
+        what: &'static str,
+        /// The value, printed.
+        value: String,
+        /// The allowed range, in words.
+        allowed: String,
+    },
+    /// The value does not have the required shape.
+    #[error("{what} is malformed: {reason}")]
+    Malformed {
+        /// Which value.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Checks `value` against a character rule shared by several identifiers.
+#[doc(hidden)]
+pub fn check_chars(
+    what: &'static str,
+    value: &str,
+    max: usize,
+    allowed: &'static str,
+    ok: impl Fn(usize, char) -> bool,
+) -> Result<(), InvalidValue> {
+    if value.is_empty() {
+        return Err(InvalidValue::Empty { what });
+    }
+    if value.len() > max {
+        return Err(InvalidValue::TooLong {
+            what,
+            len: value.len(),
+            max,
+        });
+    }
+    match value.char_indices().find(|&(i, c)| !ok(i, c)) {
+        Some((at, found)) => Err(InvalidValue::BadCharacter {
+            what,
+            found,
+            at,
+            allowed,
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,123 @@
+//! What providers get to make their work resumable ([`Checkpoint`]) and what they
+//! return to say where it stands ([`Progress`]).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::ids::WorkspaceId;
+use crate::store::{CheckpointKey, FencingToken, NewCommand, RecordStore};
+
+/// Durable scratch space for one step of one operation.
+///
+/// A provider saves what it learned part-way through a step (the id of the VPC it
+/// created, the cloud operation it is waiting on) so that the step, re-run after a
+/// crash, adopts that work instead of starting again.
+///
+/// # Guarantees
+/// A value returned by [`load`](Self::load) is the last one
+/// [`save`](Self::save)d for this step, by any process. A save made after the
+/// engine lost the workspace's lease fails with
+/// [`LeaseLost`](crate::Error::LeaseLost): the provider must stop.
+#[async_trait]
+pub trait Checkpoint: fmt::Debug + Send + Sync {
+    /// The last saved value, if any.
+    async fn load(&self) -> Result<Option<serde_json::Value>>;
+    /// Replaces the saved value.
+    async fn save(&self, value: serde_json::Value) -> Result<()>;
+}
+
+/// A [`Checkpoint`] kept in a [`RecordStore`], fenced by the engine's lease.
+#[derive(Debug, Clone)]
+pub struct StoreCheckpoint {
+    store: Arc<dyn RecordStore>,
+    workspace: WorkspaceId,
+    key: CheckpointKey,
+    fence: FencingToken,
+}
+
+impl StoreCheckpoint {
+    /// The checkpoint `key` of `workspace`, written under the lease `fence`.
+    pub fn new(
+        store: Arc<dyn RecordStore>,
+        workspace: WorkspaceId,
+        key: CheckpointKey,
+        fence: FencingToken,
+    ) -> Self {
+        Self {
+            store,
+            workspace,
+            key,
+            fence,
+        }
+    }
+}
+
+#[async_trait]
+impl Checkpoint for StoreCheckpoint {
+    async fn load(&self) -> Result<Option<serde_json::Value>> {
+        self.store.get_checkpoint(&self.workspace, &self.key).await
+    }
+
+    async fn save(&self, value: serde_json::Value) -> Result<()> {
+        self.store
+            .put_checkpoint(&self.workspace, &self.key, value, self.fence)
+            .await
+    }
+}
+
+/// A [`Checkpoint`] in memory, for tests and conformance runs. Clones share the
+/// value.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCheckpoint {
+    value: Arc<Mutex<Option<serde_json::Value>>>,
+}
+
+impl MemoryCheckpoint {
+    /// An empty checkpoint.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Checkpoint for MemoryCheckpoint {
+    async fn load(&self) -> Result<Option<serde_json::Value>> {
+        Ok(self.value.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    async fn save(&self, value: serde_json::Value) -> Result<()> {
+        *self.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        Ok(())
+    }
+}
+
+/// Where a provider's or executor's call stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress<T> {
+    /// Finished, with its result.
+    Ready(T),
+    /// Started and still running on the provider's side: call again with the same
+    /// request after the delay. The engine sleeps meanwhile, holding nothing.
+    InProgress {
+        /// When to ask again.
+        poll_after: Duration,
+    },
+    /// The work must run inside the cluster: queue this command for the agent, then
+    /// call again with the same request plus the command's result. Cloud
+    /// provisioners never return this.
+    AwaitCommand(NewCommand),
+}
+
+impl<T> Progress<T> {
+    /// The result, if ready.
+    pub fn ready(self) -> Option<T> {
+        match self {
+            Self::Ready(t) => Some(t),
+            _ => None,
+        }
+    }
+}

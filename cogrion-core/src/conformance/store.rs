@@ -1,0 +1,1261 @@
+//! The `WorkspaceStore` conformance suite.
+
+use std::time::Duration;
+
+use cogrion_agent_proto::{CommandId, CommandKind, CommandOutcome, CommandResult, CommandSeq};
+use futures::future::join_all;
+use serde_json::json;
+
+use super::{random_workspace_id, sample_workspace_spec};
+use crate::{
+    Actor, AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandStatus, Error,
+    EventKind, EventSeq, FencingToken, HolderId, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent,
+    Resource, Retry, Revision, StateName, TenantId, Timestamp, TokenHash, TokenRefusal,
+    WorkspaceId, WorkspaceRecord, WorkspaceState, WorkspaceStore, WorkspaceWrite,
+};
+
+/// A point in time far from the epoch, so `now - x` never underflows.
+const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+const TTL: Duration = Duration::from_secs(30);
+
+macro_rules! expect_err {
+    ($result:expr, $pattern:pat, $why:expr) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!(
+                "{}: expected {}, got {:?}",
+                $why,
+                stringify!($pattern),
+                other
+            ),
+        }
+    };
+}
+
+/// Runs every check of the `WorkspaceStore` contract against `store`:
+///
+/// - records: create is exclusive, a stale revision is a conflict, unknown ids
+///   are not found, refused writes change nothing, records round-trip exactly;
+/// - N concurrent writers on one revision: exactly one winner per revision;
+/// - commits are atomic (record, events and commands all or nothing) and
+///   `commit_batch` isolates each write's failure;
+/// - history: gapless sequence numbers in commit order, paging;
+/// - leases: exclusivity, expiry, renewal, release, strictly increasing fencing
+///   tokens, and fenced writes refused after the lease moved on;
+/// - checkpoints: fenced writes, read back;
+/// - the command queue: ordered at-least-once delivery until answered, first
+///   answer kept, per-workspace isolation, duplicate and oversized commands
+///   refused;
+/// - bootstrap tokens: one-time, TTL, bound to one workspace, replaced by a newer
+///   one, exactly one winner among concurrent exchanges;
+/// - agent credentials: recorded, listed per workspace, revoked permanently;
+/// - listing by tenant, state and due time, with paging.
+///
+/// Panics on the first violation, naming it.
+pub async fn store_suite(store: &dyn WorkspaceStore) {
+    records(store).await;
+    concurrent_writers(store).await;
+    atomic_commits(store).await;
+    batch_commits(store).await;
+    history(store).await;
+    leases(store).await;
+    fencing(store).await;
+    checkpoints(store).await;
+    command_queue(store).await;
+    tokens(store).await;
+    credentials(store).await;
+    listing(store).await;
+}
+
+fn record(id: &WorkspaceId) -> WorkspaceRecord {
+    WorkspaceRecord::new(id.clone(), sample_workspace_spec(), T0)
+}
+
+async fn create(store: &dyn WorkspaceStore, prefix: &str) -> WorkspaceId {
+    let id = random_workspace_id(prefix);
+    store
+        .commit(WorkspaceWrite::create(record(&id), T0))
+        .await
+        .unwrap_or_else(|e| panic!("creating workspace {id}: {e}"));
+    id
+}
+
+fn event(message: &str) -> NewEvent {
+    NewEvent {
+        at: T0,
+        actor: Actor::Api {
+            principal: "conformance".into(),
+        },
+        kind: EventKind::Note,
+        message: message.into(),
+    }
+}
+
+fn command(id: &str) -> NewCommand {
+    NewCommand {
+        id: CommandId::new(id).expect("valid command id"),
+        kind: CommandKind::new("health").expect("valid kind"),
+        payload: json!({ "n": id }),
+    }
+}
+
+fn holder(name: &str) -> HolderId {
+    HolderId::new(name).expect("valid holder")
+}
+
+async fn records(store: &dyn WorkspaceStore) {
+    let id = random_workspace_id("rec");
+    expect_err!(
+        store.get_workspace(&id).await,
+        Error::NotFound(Resource::Workspace(_)),
+        "reading a workspace that was never created"
+    );
+
+    // A rich record must round-trip exactly.
+    let mut rec = record(&id);
+    rec.state = WorkspaceState::Failed(crate::Failure {
+        operation: crate::WorkspaceOperation::Provision,
+        step: "cluster".into(),
+        error: "quota exceeded".into(),
+        at: T0,
+    });
+    rec.wake_at = Some(T0 + Duration::from_secs(5));
+    rec.next_operation = 7;
+    rec.operations.push(crate::OperationRecord {
+        seq: 6,
+        kind: crate::OperationKind::Provision,
+        stack: None,
+        steps: vec![crate::StepRecord {
+            name: "network".into(),
+            status: crate::StepStatus::Done,
+            attempts: 2,
+            last_error: Some("throttled".into()),
+        }],
+        started_at: T0,
+    });
+    let committed = store
+        .commit(WorkspaceWrite::create(rec.clone(), T0))
+        .await
+        .expect("create");
+    assert_eq!(
+        committed.revision,
+        Some(Revision(1)),
+        "a created record has revision 1"
+    );
+    let got = store.get_workspace(&id).await.expect("read after create");
+    assert_eq!(got.revision, Revision(1));
+    assert_eq!(got.value, rec, "a record must read back exactly as written");
+
+    expect_err!(
+        store.commit(WorkspaceWrite::create(record(&id), T0)).await,
+        Error::AlreadyExists(Resource::Workspace(_)),
+        "creating a workspace that exists"
+    );
+    assert_eq!(
+        store.get_workspace(&id).await.expect("read").value,
+        rec,
+        "a refused create changed the record"
+    );
+
+    let mut next = rec.clone();
+    next.state = WorkspaceState::Provisioning;
+    let c = store
+        .commit(WorkspaceWrite::update(next.clone(), Revision(1), T0))
+        .await
+        .expect("update at revision 1");
+    assert_eq!(
+        c.revision,
+        Some(Revision(2)),
+        "each write adds one to the revision"
+    );
+
+    match store
+        .commit(WorkspaceWrite::update(rec.clone(), Revision(1), T0))
+        .await
+    {
+        Err(Error::Conflict {
+            expected, found, ..
+        }) => {
+            assert_eq!(
+                (expected, found),
+                (Revision(1), Revision(2)),
+                "conflict must report both revisions"
+            );
+        }
+        other => panic!("a stale revision must be a conflict, got {other:?}"),
+    }
+    let got = store.get_workspace(&id).await.expect("read");
+    assert_eq!(
+        (got.revision, got.value),
+        (Revision(2), next),
+        "a refused update changed the record"
+    );
+
+    let other = random_workspace_id("rec");
+    expect_err!(
+        store
+            .commit(WorkspaceWrite::update(record(&other), Revision(1), T0))
+            .await,
+        Error::NotFound(Resource::Workspace(_)),
+        "updating a workspace that does not exist"
+    );
+    expect_err!(
+        store
+            .commit(WorkspaceWrite::new(other.clone(), T0).event(event("x")))
+            .await,
+        Error::NotFound(Resource::Workspace(_)),
+        "appending events to a workspace that does not exist"
+    );
+
+    // A record written under another workspace's id is refused and stores nothing.
+    let mut write = WorkspaceWrite::create(record(&other), T0);
+    write.workspace = random_workspace_id("rec");
+    let target = write.workspace.clone();
+    expect_err!(
+        store.commit(write).await,
+        Error::InvalidValue(_),
+        "a record written under another id"
+    );
+    expect_err!(
+        store.get_workspace(&other).await,
+        Error::NotFound(_),
+        "a refused write stored the record"
+    );
+    expect_err!(
+        store.get_workspace(&target).await,
+        Error::NotFound(_),
+        "a refused write stored the record"
+    );
+}
+
+async fn concurrent_writers(store: &dyn WorkspaceStore) {
+    const WRITERS: usize = 16;
+    // Concurrent creates of one id: exactly one wins.
+    let id = random_workspace_id("race");
+    let results =
+        join_all((0..WRITERS).map(|_| store.commit(WorkspaceWrite::create(record(&id), T0)))).await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        wins, 1,
+        "{WRITERS} concurrent creates of one workspace: exactly one must succeed"
+    );
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, Error::AlreadyExists(_)),
+                "a losing create must be AlreadyExists, got {e:?}"
+            );
+        }
+    }
+
+    // Concurrent updates from the same revision, three rounds: one winner each.
+    for round in 1..=3u64 {
+        let base = store.get_workspace(&id).await.expect("read");
+        assert_eq!(base.revision, Revision(round));
+        let results = join_all((0..WRITERS).map(|i| {
+            let mut rec = base.value.clone();
+            rec.next_operation = 1000 * round + i as u64;
+            store.commit(
+                WorkspaceWrite::update(rec, base.revision, T0).event(event(&format!("writer {i}"))),
+            )
+        }))
+        .await;
+        let winners: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one of {WRITERS} writers must win, got {winners:?}"
+        );
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, Error::Conflict { .. }),
+                    "a losing update must be a Conflict, got {e:?}"
+                );
+            }
+        }
+        let after = store.get_workspace(&id).await.expect("read");
+        assert_eq!(after.revision, Revision(round + 1));
+        assert_eq!(
+            after.value.next_operation,
+            1000 * round + winners[0] as u64,
+            "the winner's write is stored"
+        );
+    }
+    let history = store
+        .read_events(&id, EventSeq(0), 0)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 3, "only the winners' events are appended");
+}
+
+async fn atomic_commits(store: &dyn WorkspaceStore) {
+    let id = create(store, "atom").await;
+    store
+        .commit(WorkspaceWrite::new(id.clone(), T0).command(command("c1")))
+        .await
+        .expect("queue a command");
+
+    let base = store.get_workspace(&id).await.expect("read");
+    let mut changed = base.value.clone();
+    changed.next_operation = 42;
+
+    // A stale revision refuses the events and commands that came with it.
+    let stale = WorkspaceWrite::update(changed.clone(), Revision(base.revision.0 + 5), T0)
+        .event(event("should not appear"))
+        .command(command("c2"));
+    expect_err!(
+        store.commit(stale).await,
+        Error::Conflict { .. },
+        "stale revision"
+    );
+
+    // A duplicate command id refuses the record change and events with it.
+    let dup = WorkspaceWrite::update(changed.clone(), base.revision, T0)
+        .event(event("nope"))
+        .command(command("c1"));
+    expect_err!(
+        store.commit(dup).await,
+        Error::AlreadyExists(Resource::Command(..)),
+        "duplicate command id"
+    );
+
+    // So does a duplicate inside one write, and an oversized payload.
+    let twice = WorkspaceWrite::update(changed.clone(), base.revision, T0)
+        .command(command("c3"))
+        .command(command("c3"));
+    expect_err!(
+        store.commit(twice).await,
+        Error::AlreadyExists(_),
+        "one command id twice in one write"
+    );
+    let mut big = command("c4");
+    big.payload = json!("x".repeat(cogrion_agent_proto::MAX_PAYLOAD_LEN + 1));
+    let oversized = WorkspaceWrite::update(changed, base.revision, T0)
+        .event(event("nope"))
+        .command(big);
+    expect_err!(
+        store.commit(oversized).await,
+        Error::InvalidValue(_),
+        "an oversized command payload"
+    );
+
+    let after = store.get_workspace(&id).await.expect("read");
+    assert_eq!(
+        after.revision, base.revision,
+        "refused commits changed the record"
+    );
+    assert_eq!(
+        after.value, base.value,
+        "refused commits changed the record"
+    );
+    assert!(
+        store
+            .read_events(&id, EventSeq(0), 0)
+            .await
+            .expect("history")
+            .is_empty(),
+        "refused commits appended events"
+    );
+    let pending = store.deliver(&id, 0, T0).await.expect("deliver");
+    let ids: Vec<&str> = pending.iter().map(|c| c.command.id.as_str()).collect();
+    assert_eq!(ids, ["c1"], "refused commits queued commands");
+}
+
+async fn batch_commits(store: &dyn WorkspaceStore) {
+    let a = create(store, "batch").await;
+    let b = create(store, "batch").await;
+    let c = create(store, "batch").await;
+    let read = |id: WorkspaceId| async move { store.get_workspace(&id).await.expect("read") };
+    let (ra, rb, rc) = (
+        read(a.clone()).await,
+        read(b.clone()).await,
+        read(c.clone()).await,
+    );
+    let results = store
+        .commit_batch(vec![
+            WorkspaceWrite::update(ra.value.clone(), ra.revision, T0).event(event("a")),
+            WorkspaceWrite::update(rb.value.clone(), Revision(99), T0).event(event("b")),
+            WorkspaceWrite::update(rc.value.clone(), rc.revision, T0)
+                .event(event("c"))
+                .command(command("c1")),
+        ])
+        .await;
+    assert_eq!(results.len(), 3, "one result per write");
+    assert!(results[0].is_ok(), "write a: {:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(Error::Conflict { .. })),
+        "write b must conflict alone: {:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "write c: {:?}", results[2]);
+    assert_eq!(read(a.clone()).await.revision, Revision(2));
+    assert_eq!(
+        read(b.clone()).await.revision,
+        Revision(1),
+        "the conflicting write changed its record"
+    );
+    assert_eq!(read(c.clone()).await.revision, Revision(2));
+    assert!(
+        store
+            .read_events(&b, EventSeq(0), 0)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(store.deliver(&c, 0, T0).await.expect("deliver").len(), 1);
+    // Two writes to one workspace in one batch: the second sees the first.
+    let ra = read(a.clone()).await;
+    let results = store
+        .commit_batch(vec![
+            WorkspaceWrite::update(ra.value.clone(), ra.revision, T0),
+            WorkspaceWrite::update(ra.value.clone(), Revision(ra.revision.0 + 1), T0),
+            WorkspaceWrite::update(ra.value.clone(), ra.revision, T0),
+        ])
+        .await;
+    assert!(
+        results[0].is_ok() && results[1].is_ok(),
+        "chained writes in one batch: {results:?}"
+    );
+    assert!(
+        matches!(results[2], Err(Error::Conflict { .. })),
+        "a stale write in a batch: {:?}",
+        results[2]
+    );
+    assert!(store.commit_batch(Vec::new()).await.is_empty());
+}
+
+async fn history(store: &dyn WorkspaceStore) {
+    let id = create(store, "hist").await;
+    let first = store
+        .commit(
+            WorkspaceWrite::new(id.clone(), T0)
+                .event(event("e1"))
+                .event(event("e2"))
+                .event(event("e3")),
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        first.events,
+        [EventSeq(1), EventSeq(2), EventSeq(3)],
+        "events are numbered from 1"
+    );
+    let base = store.get_workspace(&id).await.expect("read");
+    let mut ev = event("e4");
+    ev.actor = Actor::Engine {
+        holder: holder("replica-1"),
+    };
+    ev.kind = EventKind::Transition {
+        from: StateName::Provisioning,
+        to: StateName::Active,
+        event: crate::EventName::AgentFirstPoll,
+    };
+    let second = store
+        .commit(
+            WorkspaceWrite::update(base.value, base.revision, T0)
+                .event(ev.clone())
+                .event(event("e5")),
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        second.events,
+        [EventSeq(4), EventSeq(5)],
+        "numbers continue without a gap"
+    );
+
+    let all = store
+        .read_events(&id, EventSeq(0), 0)
+        .await
+        .expect("history");
+    let messages: Vec<&str> = all.iter().map(|e| e.event.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["e1", "e2", "e3", "e4", "e5"],
+        "history in commit order"
+    );
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == EventSeq(i as u64 + 1)),
+        "gapless numbering"
+    );
+    assert_eq!(all[3].event, ev, "an event reads back exactly as written");
+    let page = store.read_events(&id, EventSeq(2), 2).await.expect("page");
+    assert_eq!(
+        page.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        [3, 4],
+        "paging with after and limit"
+    );
+    assert!(
+        store
+            .read_events(&id, EventSeq(5), 0)
+            .await
+            .expect("page")
+            .is_empty()
+    );
+    expect_err!(
+        store
+            .read_events(&random_workspace_id("hist"), EventSeq(0), 0)
+            .await,
+        Error::NotFound(_),
+        "history of an unknown workspace"
+    );
+}
+
+async fn leases(store: &dyn WorkspaceStore) {
+    let id = create(store, "lease").await;
+    let (r1, r2, r3) = (
+        holder("replica-1"),
+        holder("replica-2"),
+        holder("replica-3"),
+    );
+
+    expect_err!(
+        store.acquire(&id, &r1, Duration::ZERO, T0).await,
+        Error::InvalidValue(_),
+        "a zero TTL"
+    );
+    expect_err!(
+        store
+            .acquire(&id, &r1, MAX_LEASE_TTL + Duration::from_secs(1), T0)
+            .await,
+        Error::InvalidValue(_),
+        "a TTL above MAX_LEASE_TTL"
+    );
+    expect_err!(
+        store
+            .acquire(&random_workspace_id("lease"), &r1, TTL, T0)
+            .await,
+        Error::NotFound(_),
+        "a lease on an unknown workspace"
+    );
+
+    let l1 = store
+        .acquire(&id, &r1, TTL, T0)
+        .await
+        .expect("first acquire");
+    assert_eq!(l1.expires_at, T0 + TTL);
+    match store
+        .acquire(&id, &r2, TTL, T0 + Duration::from_secs(10))
+        .await
+    {
+        Err(e @ Error::LeaseHeld { .. }) => {
+            let Error::LeaseHeld {
+                ref holder,
+                expires_at,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (holder, expires_at),
+                (&r1, l1.expires_at),
+                "LeaseHeld names the holder and expiry"
+            );
+            assert_eq!(
+                e.retry(),
+                Retry::After(Some(Duration::from_secs(20))),
+                "retry when the lease expires"
+            );
+        }
+        other => panic!("a held lease must refuse another holder, got {other:?}"),
+    }
+    let again = store
+        .acquire(&id, &r1, TTL, T0 + Duration::from_secs(10))
+        .await
+        .expect("re-acquire by holder");
+    assert_eq!(
+        again.fence, l1.fence,
+        "re-acquiring a held lease keeps its fencing token"
+    );
+    let renewed = store
+        .renew(&again, TTL, T0 + Duration::from_secs(20))
+        .await
+        .expect("renew");
+    assert_eq!(
+        (renewed.fence, renewed.expires_at),
+        (l1.fence, T0 + Duration::from_secs(50))
+    );
+    expect_err!(
+        store
+            .acquire(&id, &r2, TTL, T0 + Duration::from_secs(49))
+            .await,
+        Error::LeaseHeld { .. },
+        "a renewed lease holds until its new expiry"
+    );
+
+    // Expired: another replica takes over with a greater token.
+    let l2 = store
+        .acquire(&id, &r2, TTL, T0 + Duration::from_secs(50))
+        .await
+        .expect("take over at expiry");
+    assert!(
+        l2.fence > l1.fence,
+        "a new acquisition must get a greater fencing token"
+    );
+    expect_err!(
+        store
+            .renew(&renewed, TTL, T0 + Duration::from_secs(51))
+            .await,
+        Error::LeaseLost { .. },
+        "renewing a lease that was taken over"
+    );
+    store
+        .release(&renewed)
+        .await
+        .expect("releasing a stale lease is a no-op");
+    expect_err!(
+        store
+            .acquire(&id, &r3, TTL, T0 + Duration::from_secs(52))
+            .await,
+        Error::LeaseHeld { .. },
+        "releasing a stale lease must not release the current one"
+    );
+
+    store.release(&l2).await.expect("release");
+    let l3 = store
+        .acquire(&id, &r3, TTL, T0 + Duration::from_secs(53))
+        .await
+        .expect("acquire after release");
+    assert!(l3.fence > l2.fence, "fencing tokens keep increasing");
+    expect_err!(
+        store.renew(&l2, TTL, T0 + Duration::from_secs(54)).await,
+        Error::LeaseLost { .. },
+        "renewing a released lease"
+    );
+
+    // An expired lease nobody took over can still be renewed: its token is current.
+    let late = store
+        .renew(&l3, TTL, T0 + Duration::from_secs(500))
+        .await
+        .expect("renew after expiry, not taken over");
+    assert_eq!(late.fence, l3.fence);
+
+    // Concurrent acquisition of a free lease: exactly one winner.
+    let id = create(store, "lease").await;
+    let holders: Vec<HolderId> = (0..12).map(|i| holder(&format!("replica-{i}"))).collect();
+    let results = join_all(holders.iter().map(|h| store.acquire(&id, h, TTL, T0))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "concurrent acquires: exactly one winner"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(Error::LeaseHeld { .. })))
+    );
+}
+
+async fn fencing(store: &dyn WorkspaceStore) {
+    let id = create(store, "fence").await;
+    let l1 = store
+        .acquire(&id, &holder("replica-1"), TTL, T0)
+        .await
+        .expect("acquire");
+    let base = store.get_workspace(&id).await.expect("read");
+    store
+        .commit(WorkspaceWrite::update(base.value.clone(), base.revision, T0).fenced(l1.fence))
+        .await
+        .expect("a write under the current lease");
+    let base = store.get_workspace(&id).await.expect("read");
+
+    expect_err!(
+        store
+            .commit(
+                WorkspaceWrite::update(base.value.clone(), base.revision, T0)
+                    .fenced(FencingToken(l1.fence.0 + 100))
+            )
+            .await,
+        Error::LeaseLost { .. },
+        "a write with a token that was never issued"
+    );
+
+    // Expired but not taken over: the token is still the current one.
+    store
+        .commit(
+            WorkspaceWrite::new(id.clone(), T0 + Duration::from_secs(60))
+                .event(event("late"))
+                .fenced(l1.fence),
+        )
+        .await
+        .expect("an expired lease nobody took over still fences");
+
+    let l2 = store
+        .acquire(&id, &holder("replica-2"), TTL, T0 + Duration::from_secs(60))
+        .await
+        .expect("take over");
+    let stale = WorkspaceWrite::update(base.value.clone(), base.revision, T0)
+        .event(event("stale"))
+        .fenced(l1.fence);
+    expect_err!(
+        store.commit(stale).await,
+        Error::LeaseLost { .. },
+        "a write by the previous holder, at the current revision"
+    );
+    assert_eq!(
+        store.get_workspace(&id).await.expect("read").revision,
+        base.revision,
+        "a fenced-out write changed the record"
+    );
+
+    store.release(&l2).await.expect("release");
+    expect_err!(
+        store
+            .commit(
+                WorkspaceWrite::new(id.clone(), T0)
+                    .event(event("released"))
+                    .fenced(l2.fence)
+            )
+            .await,
+        Error::LeaseLost { .. },
+        "a write under a released lease"
+    );
+    let messages: Vec<String> = store
+        .read_events(&id, EventSeq(0), 0)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|e| e.event.message)
+        .collect();
+    assert_eq!(messages, ["late"], "fenced-out writes appended events");
+
+    let fresh = random_workspace_id("fence");
+    expect_err!(
+        store
+            .commit(WorkspaceWrite::create(record(&fresh), T0).fenced(FencingToken(1)))
+            .await,
+        Error::LeaseLost { .. },
+        "a fenced create (no lease can exist yet)"
+    );
+}
+
+async fn checkpoints(store: &dyn WorkspaceStore) {
+    let id = create(store, "ckpt").await;
+    let key = CheckpointKey::for_step(1, "cluster").expect("valid key");
+    assert_eq!(
+        store.get_checkpoint(&id, &key).await.expect("read"),
+        None,
+        "a checkpoint never written"
+    );
+    expect_err!(
+        store
+            .put_checkpoint(&id, &key, json!(1), FencingToken(1))
+            .await,
+        Error::LeaseLost { .. },
+        "a checkpoint written without a lease"
+    );
+    let l1 = store
+        .acquire(&id, &holder("replica-1"), TTL, T0)
+        .await
+        .expect("acquire");
+    store
+        .put_checkpoint(&id, &key, json!({"vpc": "vpc-1"}), l1.fence)
+        .await
+        .expect("write");
+    store
+        .put_checkpoint(&id, &key, json!({"vpc": "vpc-1", "subnets": 3}), l1.fence)
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        store.get_checkpoint(&id, &key).await.expect("read"),
+        Some(json!({"vpc": "vpc-1", "subnets": 3}))
+    );
+    let other = CheckpointKey::for_step(1, "network").expect("valid key");
+    assert_eq!(
+        store.get_checkpoint(&id, &other).await.expect("read"),
+        None,
+        "checkpoints are per key"
+    );
+
+    let _l2 = store
+        .acquire(&id, &holder("replica-2"), TTL, T0 + TTL)
+        .await
+        .expect("take over");
+    expect_err!(
+        store
+            .put_checkpoint(&id, &key, json!("stale"), l1.fence)
+            .await,
+        Error::LeaseLost { .. },
+        "a checkpoint written by the previous holder"
+    );
+    assert_eq!(
+        store.get_checkpoint(&id, &key).await.expect("read"),
+        Some(json!({"vpc": "vpc-1", "subnets": 3}))
+    );
+    let unknown = random_workspace_id("ckpt");
+    expect_err!(
+        store.get_checkpoint(&unknown, &key).await,
+        Error::NotFound(_),
+        "checkpoint of an unknown workspace"
+    );
+    expect_err!(
+        store
+            .put_checkpoint(&unknown, &key, json!(1), l1.fence)
+            .await,
+        Error::NotFound(_),
+        "checkpoint of an unknown workspace"
+    );
+}
+
+fn result(id: &str, outcome: CommandOutcome) -> CommandResult {
+    CommandResult {
+        id: CommandId::new(id).expect("valid id"),
+        outcome,
+        output: json!({ "by": id }),
+    }
+}
+
+async fn command_queue(store: &dyn WorkspaceStore) {
+    let a = create(store, "queue").await;
+    let b = create(store, "queue").await;
+    assert!(
+        store.deliver(&a, 0, T0).await.expect("deliver").is_empty(),
+        "an empty queue delivers nothing"
+    );
+    expect_err!(
+        store.deliver(&random_workspace_id("queue"), 0, T0).await,
+        Error::NotFound(_),
+        "queue of an unknown workspace"
+    );
+
+    let c = store
+        .commit(
+            WorkspaceWrite::new(a.clone(), T0)
+                .command(command("a1"))
+                .command(command("a2"))
+                .command(command("a3")),
+        )
+        .await
+        .expect("queue");
+    assert_eq!(
+        c.commands,
+        [CommandSeq(1), CommandSeq(2), CommandSeq(3)],
+        "commands are numbered from 1"
+    );
+    store
+        .commit(WorkspaceWrite::new(b.clone(), T0).command(command("b1")))
+        .await
+        .expect("queue");
+
+    let first = store.deliver(&a, 0, T0).await.expect("deliver");
+    let ids: Vec<&str> = first.iter().map(|q| q.command.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a1", "a2", "a3"],
+        "delivery in sequence order, own workspace only"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|q| q.deliveries == 1 && q.status == CommandStatus::Pending)
+    );
+    assert_eq!(
+        first[1].command.payload,
+        json!({"n": "a2"}),
+        "payload round-trips"
+    );
+    assert_eq!(first[1].command.seq, CommandSeq(2));
+    let second = store.deliver(&a, 2, T0).await.expect("deliver");
+    assert_eq!(
+        second
+            .iter()
+            .map(|q| q.command.id.as_str())
+            .collect::<Vec<_>>(),
+        ["a1", "a2"],
+        "limit"
+    );
+    assert!(
+        second.iter().all(|q| q.deliveries == 2),
+        "unanswered commands are delivered again (at-least-once)"
+    );
+
+    assert!(
+        store
+            .answer(&a, result("a2", CommandOutcome::Succeeded), T0)
+            .await
+            .expect("answer"),
+        "a first answer"
+    );
+    let failed = CommandOutcome::Failed {
+        message: "late duplicate".into(),
+        retryable: false,
+    };
+    assert!(
+        !store
+            .answer(&a, result("a2", failed), T0)
+            .await
+            .expect("answer"),
+        "a repeated answer reports false"
+    );
+    match store
+        .get_command(&a, &CommandId::new("a2").expect("id"))
+        .await
+        .expect("read")
+        .status
+    {
+        CommandStatus::Answered { result: r, at } => {
+            assert_eq!(
+                (r.outcome, at),
+                (CommandOutcome::Succeeded, T0),
+                "the first answer is kept"
+            );
+            assert_eq!(r.output, json!({"by": "a2"}));
+        }
+        other => panic!("an answered command must read back as answered, got {other:?}"),
+    }
+    let pending = store.deliver(&a, 0, T0).await.expect("deliver");
+    assert_eq!(
+        pending
+            .iter()
+            .map(|q| q.command.id.as_str())
+            .collect::<Vec<_>>(),
+        ["a1", "a3"],
+        "answered commands are not delivered"
+    );
+
+    // Isolation: A's agent cannot see or answer B's commands.
+    expect_err!(
+        store
+            .answer(&a, result("b1", CommandOutcome::Succeeded), T0)
+            .await,
+        Error::NotFound(Resource::Command(..)),
+        "answering another workspace's command"
+    );
+    expect_err!(
+        store
+            .get_command(&a, &CommandId::new("b1").expect("id"))
+            .await,
+        Error::NotFound(_),
+        "reading another workspace's command"
+    );
+    assert_eq!(
+        store.deliver(&b, 0, T0).await.expect("deliver")[0].status,
+        CommandStatus::Pending,
+        "B's command stays pending"
+    );
+    expect_err!(
+        store
+            .answer(&a, result("zz", CommandOutcome::Succeeded), T0)
+            .await,
+        Error::NotFound(_),
+        "answering an unknown command"
+    );
+    let mut big = result("a1", CommandOutcome::Succeeded);
+    big.output = json!("x".repeat(cogrion_agent_proto::MAX_PAYLOAD_LEN + 1));
+    expect_err!(
+        store.answer(&a, big, T0).await,
+        Error::InvalidValue(_),
+        "an oversized result"
+    );
+    assert_eq!(
+        store
+            .get_command(&a, &CommandId::new("a1").expect("id"))
+            .await
+            .expect("read")
+            .status,
+        CommandStatus::Pending,
+        "a refused answer changed the command"
+    );
+    // Ids are unique per workspace, but two workspaces may use the same id.
+    expect_err!(
+        store
+            .commit(WorkspaceWrite::new(a.clone(), T0).command(command("a1")))
+            .await,
+        Error::AlreadyExists(_),
+        "re-queueing an existing id"
+    );
+    let c = store
+        .commit(WorkspaceWrite::new(b.clone(), T0).command(command("a1")))
+        .await
+        .expect("same id in B");
+    assert_eq!(c.commands, [CommandSeq(2)], "numbering is per workspace");
+    let c = store
+        .commit(WorkspaceWrite::new(a.clone(), T0).command(command("a4")))
+        .await
+        .expect("queue");
+    assert_eq!(
+        c.commands,
+        [CommandSeq(4)],
+        "numbering continues without a gap"
+    );
+}
+
+fn hash(byte: u8, salt: &WorkspaceId) -> TokenHash {
+    let mut h = [byte; 32];
+    for (i, b) in salt.as_str().bytes().enumerate() {
+        h[i % 32] ^= b;
+    }
+    TokenHash(h)
+}
+
+async fn tokens(store: &dyn WorkspaceStore) {
+    let a = create(store, "token").await;
+    let b = create(store, "token").await;
+    let token = |byte: u8, ws: &WorkspaceId, ttl: u64| BootstrapTokenRecord {
+        workspace: ws.clone(),
+        hash: hash(byte, ws),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(ttl),
+        consumed_at: None,
+    };
+    expect_err!(
+        store
+            .put_token(token(1, &random_workspace_id("token"), 3600))
+            .await,
+        Error::NotFound(_),
+        "a token for an unknown workspace"
+    );
+    let t1 = token(1, &a, 3600);
+    store.put_token(t1.clone()).await.expect("store token");
+    expect_err!(
+        store.put_token(t1.clone()).await,
+        Error::AlreadyExists(_),
+        "storing a hash twice"
+    );
+
+    expect_err!(
+        store.consume(&hash(9, &a), &a, T0).await,
+        Error::TokenRefused(TokenRefusal::Unknown),
+        "an unknown token"
+    );
+    expect_err!(
+        store.consume(&t1.hash, &b, T0).await,
+        Error::TokenRefused(TokenRefusal::WrongWorkspace),
+        "a token presented for another workspace"
+    );
+    let expired_at = t1.expires_at;
+    match store.consume(&t1.hash, &a, expired_at).await {
+        Err(Error::TokenRefused(TokenRefusal::Expired { expired_at: at })) => {
+            assert_eq!(at, expired_at)
+        }
+        other => panic!("a token at its expiry must be refused as expired, got {other:?}"),
+    }
+    let now = T0 + Duration::from_secs(5);
+    let consumed = store
+        .consume(&t1.hash, &a, now)
+        .await
+        .expect("refusals must not consume the token");
+    assert_eq!(consumed.consumed_at, Some(now));
+    assert_eq!(consumed.workspace, a);
+    match store
+        .consume(&t1.hash, &a, now + Duration::from_secs(1))
+        .await
+    {
+        Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at })) => {
+            assert_eq!(consumed_at, now)
+        }
+        other => panic!("a used token must be refused as reused, got {other:?}"),
+    }
+
+    // A newer token replaces the unconsumed one.
+    let t2 = token(2, &b, 3600);
+    let t3 = token(3, &b, 3600);
+    store.put_token(t2.clone()).await.expect("store");
+    store
+        .put_token(t3.clone())
+        .await
+        .expect("store replacement");
+    expect_err!(
+        store.consume(&t2.hash, &b, T0).await,
+        Error::TokenRefused(TokenRefusal::Unknown),
+        "a replaced token"
+    );
+
+    // Concurrent exchanges of one token: exactly one wins.
+    let results = join_all((0..12).map(|_| store.consume(&t3.hash, &b, T0))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "concurrent exchanges: exactly one winner"
+    );
+    assert!(
+        results.iter().all(
+            |r| r.is_ok() || matches!(r, Err(Error::TokenRefused(TokenRefusal::Reused { .. })))
+        )
+    );
+}
+
+async fn credentials(store: &dyn WorkspaceStore) {
+    let a = create(store, "cred").await;
+    let b = create(store, "cred").await;
+    let serial = |ws: &WorkspaceId, n: u8| {
+        let digits: String = ws
+            .as_str()
+            .bytes()
+            .map(|b| format!("{:02x}", b))
+            .collect::<String>();
+        CertSerial::new(format!(
+            "{n:02x}{}",
+            &digits[digits.len().saturating_sub(30)..]
+        ))
+        .expect("valid serial")
+    };
+    let cred = |ws: &WorkspaceId, n: u8| AgentCredential {
+        workspace: ws.clone(),
+        serial: serial(ws, n),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(86_400),
+        revoked: None,
+    };
+    expect_err!(
+        store
+            .put_credential(cred(&random_workspace_id("cred"), 1))
+            .await,
+        Error::NotFound(_),
+        "a credential for an unknown workspace"
+    );
+    for n in [2, 1] {
+        store.put_credential(cred(&a, n)).await.expect("record");
+    }
+    store.put_credential(cred(&b, 1)).await.expect("record");
+    expect_err!(
+        store.put_credential(cred(&a, 1)).await,
+        Error::AlreadyExists(_),
+        "a serial recorded twice"
+    );
+    assert_eq!(
+        store.get_credential(&serial(&a, 1)).await.expect("read"),
+        cred(&a, 1)
+    );
+    expect_err!(
+        store.get_credential(&serial(&a, 9)).await,
+        Error::NotFound(_),
+        "an unknown serial"
+    );
+    let listed = store.list_credentials(&a).await.expect("list");
+    assert_eq!(
+        listed,
+        [cred(&a, 1), cred(&a, 2)],
+        "a workspace's credentials, by serial, and only its own"
+    );
+
+    let at = T0 + Duration::from_secs(100);
+    let mut revoked = store
+        .revoke_all(&a, "workspace destroyed", at)
+        .await
+        .expect("revoke");
+    revoked.sort();
+    assert_eq!(revoked, [serial(&a, 1), serial(&a, 2)]);
+    let r = store
+        .get_credential(&serial(&a, 2))
+        .await
+        .expect("read")
+        .revoked
+        .expect("revoked");
+    assert_eq!((r.at, r.reason.as_str()), (at, "workspace destroyed"));
+    assert!(
+        store
+            .revoke_all(&a, "again", at + TTL)
+            .await
+            .expect("revoke")
+            .is_empty(),
+        "revocation is permanent"
+    );
+    assert_eq!(
+        store
+            .get_credential(&serial(&a, 2))
+            .await
+            .expect("read")
+            .revoked
+            .expect("revoked")
+            .reason,
+        "workspace destroyed",
+        "the first revocation is kept"
+    );
+    assert!(
+        store
+            .get_credential(&serial(&b, 1))
+            .await
+            .expect("read")
+            .revoked
+            .is_none(),
+        "other workspaces untouched"
+    );
+}
+
+async fn listing(store: &dyn WorkspaceStore) {
+    let tenant = TenantId::new(format!(
+        "t{}",
+        random_workspace_id("x").as_str().replace('-', "")
+    ))
+    .expect("tenant");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = random_workspace_id("list");
+        let mut rec = record(&id);
+        rec.spec.tenant = tenant.clone();
+        if i == 1 {
+            rec.state = WorkspaceState::Active;
+            rec.wake_at = Some(T0 + Duration::from_secs(10));
+        }
+        store
+            .commit(WorkspaceWrite::create(rec, T0))
+            .await
+            .expect("create");
+        ids.push(id);
+    }
+    ids.sort();
+    let query = |f: &dyn Fn(&mut ListQuery)| {
+        let mut q = ListQuery {
+            tenant: Some(tenant.clone()),
+            ..ListQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let names = |v: Vec<crate::Versioned<WorkspaceRecord>>| {
+        v.into_iter().map(|r| r.value.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(store.list_workspaces(&query(&|_| {})).await.expect("list")),
+        ids,
+        "by tenant, in id order"
+    );
+    let page1 = names(
+        store
+            .list_workspaces(&query(&|q| q.limit = 2))
+            .await
+            .expect("list"),
+    );
+    assert_eq!(page1, ids[..2], "limit");
+    let after = page1[1].clone();
+    let page2 = names(
+        store
+            .list_workspaces(&query(&|q| q.after = Some(after.clone())))
+            .await
+            .expect("list"),
+    );
+    assert_eq!(page2, ids[2..], "paging with after");
+    let active = store
+        .list_workspaces(&query(&|q| q.state = Some(StateName::Active)))
+        .await
+        .expect("list");
+    assert_eq!(active.len(), 1, "by state");
+    let due = |at| query(&move |q| q.due_at = Some(at));
+    assert!(
+        store
+            .list_workspaces(&due(T0))
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing due yet"
+    );
+    assert_eq!(
+        store
+            .list_workspaces(&due(T0 + Duration::from_secs(10)))
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "due at wake_at"
+    );
+}

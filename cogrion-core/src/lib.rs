@@ -1,0 +1,69 @@
+//! # Cogrion core
+//!
+//! The domain model, state machines, traits and in-memory implementations of
+//! Cogrion. This crate names no cloud, database or network library: those live in
+//! `cogrion-providers`, behind the traits defined here.
+//!
+//! Read it as a short book:
+//! 1. [Overview](book::overview) — workspaces, stacks, and who owns what.
+//! 2. [Lifecycle](book::lifecycle) — the workspace and stack state machines.
+//! 3. [Traits](book::traits) — `WorkspaceStore`, `CloudProvisioner`, `Executor`,
+//!    `AgentTransport`, and the one error type.
+//! 4. [Implementing a provider](book::implementing_a_provider).
+//! 5. [Testing with the conformance suites](book::testing).
+
+pub mod book;
+mod checkpoint;
+mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+mod executor;
+mod ids;
+mod memory;
+mod provisioner;
+pub mod spec;
+mod stack;
+mod state;
+mod store;
+mod transport;
+
+pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use error::{Error, Resource, Result, Retry, TokenRefusal};
+pub use executor::{
+    ExecutionTarget, Executor, ExecutorKind, StackRequest, StackStatus, check_kind,
+};
+pub use ids::{
+    HolderId, IdempotencyKey, InstanceType, InvalidValue, KubernetesVersion, NetworkCidr,
+    NodePoolName, NodePoolSize, Region, StackName, TenantId, WorkspaceId,
+};
+pub use memory::InMemoryStore;
+pub use provisioner::{
+    CloudProvisioner, CloudResource, ClusterAccess, InfraDescription, InfraLayer, LayerRequest,
+    LayerState,
+};
+pub use spec::{
+    CloudTarget, ExecutorSpec, NetworkSpec, NodePoolSpec, SpecErrors, SpecProblem, StackKind,
+    StackSpec, TemplateOverrides, WorkspaceSpec,
+};
+pub use stack::{
+    GraphError, StackEntry, StackEvent, StackEventName, StackFailure, StackGraph, StackOperation,
+    StackState, StackStateName, stack_step,
+};
+pub use state::{
+    EventName, Failure, StateName, Transition, TransitionError, WorkspaceEvent, WorkspaceOperation,
+    WorkspaceState, step,
+};
+pub use store::{
+    Actor, AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue,
+    CommandStatus, Committed, CredentialStore, EventKind, EventRecord, EventSeq, FencingToken,
+    Lease, LeaseStore, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind,
+    OperationRecord, PutMode, QueuedCommand, RecordStore, Revision, Revocation, StepRecord,
+    StepStatus, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    check_lease_ttl, check_write,
+};
+pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport};
+
+/// The wire types shared with the Cluster Agent.
+pub use cogrion_agent_proto as proto;

@@ -1,0 +1,512 @@
+//! [`InMemoryStore`]: a complete [`WorkspaceStore`](crate::WorkspaceStore) in
+//! memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cogrion_agent_proto::{CommandId, CommandResult};
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Resource, Result, TokenRefusal};
+use crate::ids::{HolderId, WorkspaceId};
+use crate::store::{
+    AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
+    Committed, CredentialStore, EventRecord, EventSeq, FencingToken, Lease, LeaseStore, ListQuery,
+    PutMode, QueuedCommand, RecordStore, Revision, Revocation, TokenHash, TokenStore, Versioned,
+    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_write,
+};
+
+const DEFAULT_PAGE: usize = 1000;
+
+/// A [`WorkspaceStore`](crate::WorkspaceStore) that keeps everything in process
+/// memory, behind one mutex. Clones share the same data.
+///
+/// It implements every method with the same guarantees as the durable stores (it
+/// passes the same conformance suite) but keeps nothing across a restart: use it
+/// for tests, simulations and single-process demos.
+///
+/// ```
+/// use std::sync::Arc;
+/// use cogrion_core::{Error, InMemoryStore, WorkspaceStore};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store: Arc<dyn WorkspaceStore> = Arc::new(InMemoryStore::new());
+/// let missing = store.get_workspace(&"acme-prod".parse().unwrap()).await;
+/// assert!(matches!(missing, Err(Error::NotFound(_))));
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    workspaces: BTreeMap<WorkspaceId, Workspace>,
+    tokens: HashMap<TokenHash, BootstrapTokenRecord>,
+    credentials: BTreeMap<CertSerial, AgentCredential>,
+}
+
+#[derive(Debug)]
+struct Workspace {
+    record: WorkspaceRecord,
+    revision: Revision,
+    events: Vec<EventRecord>,
+    commands: Vec<QueuedCommand>,
+    command_index: HashMap<CommandId, usize>,
+    lease: Option<LeaseState>,
+    last_fence: u64,
+    checkpoints: BTreeMap<CheckpointKey, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+struct LeaseState {
+    holder: HolderId,
+    fence: FencingToken,
+    expires_at: Timestamp,
+    released: bool,
+}
+
+impl Workspace {
+    fn check_fence(&self, fence: FencingToken) -> Result<()> {
+        match &self.lease {
+            Some(l) if l.fence == fence && !l.released => Ok(()),
+            _ => Err(Error::LeaseLost {
+                workspace: self.record.id.clone(),
+                fence: fence.0,
+            }),
+        }
+    }
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied write: every
+        // method checks everything before it mutates.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    fn workspace(&self, id: &WorkspaceId) -> Result<&Workspace> {
+        self.workspaces
+            .get(id)
+            .ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))
+    }
+
+    fn workspace_mut(&mut self, id: &WorkspaceId) -> Result<&mut Workspace> {
+        self.workspaces
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))
+    }
+
+    fn commit(&mut self, write: WorkspaceWrite) -> Result<Committed> {
+        let id = write.workspace.clone();
+        let existing = self.workspaces.get(&id);
+        let first_seq = existing.map_or(1, |w| w.commands.len() as u64 + 1);
+        let commands = check_write(&write, first_seq)?;
+
+        // Check everything before changing anything.
+        match (&write.record, existing) {
+            (Some((_, PutMode::Create)), Some(_)) => {
+                return Err(Error::AlreadyExists(Resource::Workspace(id)));
+            }
+            (Some((_, PutMode::Create)), None) => {
+                if let Some(fence) = write.fence {
+                    return Err(Error::LeaseLost {
+                        workspace: id,
+                        fence: fence.0,
+                    });
+                }
+            }
+            (_, None) => return Err(Error::NotFound(Resource::Workspace(id))),
+            (record, Some(ws)) => {
+                if let Some(fence) = write.fence {
+                    ws.check_fence(fence)?;
+                }
+                if let Some((_, PutMode::Update(expected))) = record
+                    && *expected != ws.revision
+                {
+                    return Err(Error::Conflict {
+                        what: Resource::Workspace(id),
+                        expected: *expected,
+                        found: ws.revision,
+                    });
+                }
+                if let Some(c) = commands
+                    .iter()
+                    .find(|c| ws.command_index.contains_key(&c.id))
+                {
+                    return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
+                }
+            }
+        }
+
+        let record_written = write.record.is_some();
+        let ws = match write.record {
+            Some((record, PutMode::Create)) => self.workspaces.entry(id).or_insert(Workspace {
+                record,
+                revision: Revision(1),
+                events: Vec::new(),
+                commands: Vec::new(),
+                command_index: HashMap::new(),
+                lease: None,
+                last_fence: 0,
+                checkpoints: BTreeMap::new(),
+            }),
+            Some((record, PutMode::Update(rev))) => {
+                let ws = self.workspaces.get_mut(&id).expect("checked above");
+                ws.record = record;
+                ws.revision = Revision(rev.0 + 1);
+                ws
+            }
+            None => self.workspaces.get_mut(&id).expect("checked above"),
+        };
+        let mut committed = Committed {
+            revision: record_written.then_some(ws.revision),
+            events: Vec::with_capacity(write.events.len()),
+            commands: Vec::with_capacity(commands.len()),
+        };
+        for event in write.events {
+            let seq = EventSeq(ws.events.len() as u64 + 1);
+            ws.events.push(EventRecord { seq, event });
+            committed.events.push(seq);
+        }
+        for command in commands {
+            committed.commands.push(command.seq);
+            ws.command_index
+                .insert(command.id.clone(), ws.commands.len());
+            ws.commands.push(QueuedCommand {
+                command,
+                enqueued_at: write.now,
+                deliveries: 0,
+                status: CommandStatus::Pending,
+            });
+        }
+        Ok(committed)
+    }
+}
+
+#[async_trait]
+impl RecordStore for InMemoryStore {
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
+        let inner = self.lock();
+        let ws = inner.workspace(id)?;
+        Ok(Versioned {
+            value: ws.record.clone(),
+            revision: ws.revision,
+        })
+    }
+
+    async fn list_workspaces(&self, query: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
+        let inner = self.lock();
+        let limit = if query.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            query.limit
+        };
+        Ok(inner
+            .workspaces
+            .values()
+            .filter(|w| query.after.as_ref().is_none_or(|a| &w.record.id > a))
+            .filter(|w| {
+                query
+                    .tenant
+                    .as_ref()
+                    .is_none_or(|t| &w.record.spec.tenant == t)
+            })
+            .filter(|w| query.state.is_none_or(|s| w.record.state.name() == s))
+            .filter(|w| {
+                query
+                    .due_at
+                    .is_none_or(|d| w.record.wake_at.is_some_and(|at| at <= d))
+            })
+            .take(limit)
+            .map(|w| Versioned {
+                value: w.record.clone(),
+                revision: w.revision,
+            })
+            .collect())
+    }
+
+    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
+        self.lock().commit(write)
+    }
+
+    async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
+        let mut inner = self.lock();
+        writes.into_iter().map(|w| inner.commit(w)).collect()
+    }
+
+    async fn read_events(
+        &self,
+        id: &WorkspaceId,
+        after: EventSeq,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
+        let inner = self.lock();
+        let ws = inner.workspace(id)?;
+        let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+        let start = usize::try_from(after.0)
+            .unwrap_or(usize::MAX)
+            .min(ws.events.len());
+        Ok(ws.events[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn get_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+    ) -> Result<Option<serde_json::Value>> {
+        let inner = self.lock();
+        Ok(inner.workspace(id)?.checkpoints.get(key).cloned())
+    }
+
+    async fn put_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+        value: serde_json::Value,
+        fence: FencingToken,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(id)?;
+        ws.check_fence(fence)?;
+        ws.checkpoints.insert(key.clone(), value);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for InMemoryStore {
+    async fn acquire(
+        &self,
+        workspace: &WorkspaceId,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease> {
+        check_lease_ttl(ttl)?;
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(workspace)?;
+        let live = ws
+            .lease
+            .as_ref()
+            .filter(|l| !l.released && l.expires_at > now);
+        let fence = match live {
+            Some(l) if &l.holder != holder => {
+                return Err(Error::LeaseHeld {
+                    workspace: workspace.clone(),
+                    holder: l.holder.clone(),
+                    expires_at: l.expires_at,
+                    retry_after: l.expires_at.since(now),
+                });
+            }
+            Some(l) => l.fence,
+            None => {
+                ws.last_fence += 1;
+                FencingToken(ws.last_fence)
+            }
+        };
+        let expires_at = now + ttl;
+        ws.lease = Some(LeaseState {
+            holder: holder.clone(),
+            fence,
+            expires_at,
+            released: false,
+        });
+        Ok(Lease {
+            workspace: workspace.clone(),
+            holder: holder.clone(),
+            fence,
+            expires_at,
+        })
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        check_lease_ttl(ttl)?;
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(&lease.workspace)?;
+        ws.check_fence(lease.fence)?;
+        let state = ws.lease.as_mut().expect("check_fence found it");
+        state.expires_at = now + ttl;
+        Ok(Lease {
+            expires_at: state.expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(&lease.workspace)?;
+        if let Some(state) = ws.lease.as_mut()
+            && state.fence == lease.fence
+        {
+            state.released = true;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CommandQueue for InMemoryStore {
+    async fn deliver(
+        &self,
+        workspace: &WorkspaceId,
+        limit: usize,
+        _now: Timestamp,
+    ) -> Result<Vec<QueuedCommand>> {
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(workspace)?;
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        Ok(ws
+            .commands
+            .iter_mut()
+            .filter(|c| c.status == CommandStatus::Pending)
+            .take(limit)
+            .map(|c| {
+                c.deliveries += 1;
+                c.clone()
+            })
+            .collect())
+    }
+
+    async fn answer(
+        &self,
+        workspace: &WorkspaceId,
+        result: CommandResult,
+        now: Timestamp,
+    ) -> Result<bool> {
+        result.check()?;
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(workspace)?;
+        let Some(&i) = ws.command_index.get(&result.id) else {
+            return Err(Error::NotFound(Resource::Command(
+                workspace.clone(),
+                result.id,
+            )));
+        };
+        let command = &mut ws.commands[i];
+        if command.status != CommandStatus::Pending {
+            return Ok(false);
+        }
+        command.status = CommandStatus::Answered { result, at: now };
+        Ok(true)
+    }
+
+    async fn get_command(&self, workspace: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand> {
+        let inner = self.lock();
+        let ws = inner.workspace(workspace)?;
+        ws.command_index
+            .get(id)
+            .map(|&i| ws.commands[i].clone())
+            .ok_or_else(|| Error::NotFound(Resource::Command(workspace.clone(), id.clone())))
+    }
+}
+
+#[async_trait]
+impl TokenStore for InMemoryStore {
+    async fn put_token(&self, token: BootstrapTokenRecord) -> Result<()> {
+        let mut inner = self.lock();
+        inner.workspace(&token.workspace)?;
+        if inner.tokens.contains_key(&token.hash) {
+            return Err(Error::AlreadyExists(Resource::BootstrapToken));
+        }
+        inner
+            .tokens
+            .retain(|_, t| t.workspace != token.workspace || t.consumed_at.is_some());
+        inner.tokens.insert(token.hash, token);
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        hash: &TokenHash,
+        workspace: &WorkspaceId,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
+        let mut inner = self.lock();
+        let token = inner
+            .tokens
+            .get_mut(hash)
+            .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
+        if &token.workspace != workspace {
+            return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
+        }
+        if let Some(consumed_at) = token.consumed_at {
+            return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
+        }
+        if now >= token.expires_at {
+            return Err(Error::TokenRefused(TokenRefusal::Expired {
+                expired_at: token.expires_at,
+            }));
+        }
+        token.consumed_at = Some(now);
+        Ok(token.clone())
+    }
+}
+
+#[async_trait]
+impl CredentialStore for InMemoryStore {
+    async fn put_credential(&self, credential: AgentCredential) -> Result<()> {
+        let mut inner = self.lock();
+        inner.workspace(&credential.workspace)?;
+        if inner.credentials.contains_key(&credential.serial) {
+            return Err(Error::AlreadyExists(Resource::Credential(
+                credential.serial,
+            )));
+        }
+        inner
+            .credentials
+            .insert(credential.serial.clone(), credential);
+        Ok(())
+    }
+
+    async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential> {
+        self.lock()
+            .credentials
+            .get(serial)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))
+    }
+
+    async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
+        let inner = self.lock();
+        inner.workspace(workspace)?;
+        Ok(inner
+            .credentials
+            .values()
+            .filter(|c| &c.workspace == workspace)
+            .cloned()
+            .collect())
+    }
+
+    async fn revoke_all(
+        &self,
+        workspace: &WorkspaceId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<CertSerial>> {
+        let mut inner = self.lock();
+        inner.workspace(workspace)?;
+        let mut revoked = Vec::new();
+        for c in inner.credentials.values_mut() {
+            if &c.workspace == workspace && c.revoked.is_none() {
+                c.revoked = Some(Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                });
+                revoked.push(c.serial.clone());
+            }
+        }
+        Ok(revoked)
+    }
+}

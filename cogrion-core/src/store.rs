@@ -1,0 +1,861 @@
+//! Persistence the host owns: the [`WorkspaceStore`] family of traits and the
+//! records they hold.
+//!
+//! # Expected flow
+//! A control-plane replica takes a workspace's [lease](LeaseStore), reads the
+//! [record](RecordStore::get_workspace), decides what to do (a pure step), and
+//! [commits](RecordStore::commit) the new record together with the events that
+//! explain it and any agent commands it queues — one atomic, compare-and-swap,
+//! fenced write. Providers save sub-step progress through
+//! [checkpoints](RecordStore::put_checkpoint). Agents' commands leave through the
+//! [queue](CommandQueue); bootstrap [tokens](TokenStore) and agent
+//! [credentials](CredentialStore) live beside the records.
+//!
+//! # Guarantees every implementation gives
+//! - **Compare-and-swap.** A [`PutMode::Create`] fails with
+//!   [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the record exists; a
+//!   [`PutMode::Update`] fails with [`Error::Conflict`](crate::Error::Conflict)
+//!   unless the stored revision is exactly the one given. Of N concurrent writers
+//!   based on the same revision, exactly one succeeds.
+//! - **Atomic commits.** A [`WorkspaceWrite`] applies entirely or not at all:
+//!   record, events and commands.
+//! - **Fencing.** A write that carries a fencing token is refused with
+//!   [`Error::LeaseLost`](crate::Error::LeaseLost) unless that token belongs to the
+//!   workspace's current, unreleased lease. A replica that lost its lease cannot
+//!   change anything, even if its compare-and-swap revision is still current.
+//! - **Append-only history.** Events get gapless sequence numbers from 1 per
+//!   workspace, in commit order, and are never changed.
+//! - **Refusals change nothing.** Every error leaves the store as it was.
+//!
+//! # Caveats
+//! Times (`now`) come from the caller's [`Clock`](crate::Clock), not the store's, so
+//! simulations are deterministic; replicas sharing a store must keep their clocks
+//! within a small fraction of a lease's time to live.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cogrion_agent_proto::{
+    Command, CommandId, CommandKind, CommandResult, CommandSeq, checked_string,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::ids::{HolderId, InvalidValue, StackName, WorkspaceId};
+use crate::spec::WorkspaceSpec;
+use crate::stack::{StackGraph, StackStateName};
+use crate::state::{EventName, StateName, WorkspaceState};
+
+/// The version of a stored record: 1 when created, one more on every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Revision(pub u64);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a record write treats what is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Only if nothing is stored under the id.
+    Create,
+    /// Only if the stored record has exactly this revision.
+    Update(Revision),
+}
+
+/// A value together with the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Its revision; pass it to [`PutMode::Update`] to write a change.
+    pub revision: Revision,
+}
+
+/// A lease's fencing token: strictly increasing per workspace, one per
+/// acquisition (renewals keep it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FencingToken(pub u64);
+
+/// The position of an event in its workspace's history: gapless from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventSeq(pub u64);
+
+/// The serial number of an agent certificate.
+///
+/// **Rule:** 1 to 40 lowercase hex digits (at most 20 bytes, RFC 5280).
+///
+/// ```
+/// use cogrion_core::CertSerial;
+/// assert!("01a9ff".parse::<CertSerial>().is_ok());
+/// assert!("xyz".parse::<CertSerial>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CertSerial(String);
+
+impl CertSerial {
+    /// Checks `value` against the rule above.
+    pub fn new(value: impl Into<String>) -> Result<Self, InvalidValue> {
+        let value = value.into();
+        cogrion_agent_proto::check_chars(
+            "certificate serial",
+            &value,
+            40,
+            "lowercase hex digits",
+            |_, c| c.is_ascii_digit() || ('a'..='f').contains(&c),
+        )?;
+        Ok(Self(value))
+    }
+}
+checked_string!(CertSerial);
+
+/// The SHA-256 hash of a bootstrap token. The token itself is never stored.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TokenHash(pub [u8; 32]);
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({self})")
+    }
+}
+
+impl fmt::Display for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl From<TokenHash> for String {
+    fn from(h: TokenHash) -> Self {
+        h.to_string()
+    }
+}
+
+impl TryFrom<String> for TokenHash {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for TokenHash {
+    type Err = InvalidValue;
+    /// Parses 64 lowercase hex digits.
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        cogrion_agent_proto::check_chars("token hash", s, 64, "lowercase hex digits", |_, c| {
+            c.is_ascii_digit() || ('a'..='f').contains(&c)
+        })?;
+        if s.len() != 64 {
+            return Err(InvalidValue::Malformed {
+                what: "token hash",
+                reason: format!("{} hex digits, expected 64", s.len()),
+            });
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("checked hex digits");
+        }
+        Ok(Self(out))
+    }
+}
+
+/// The key of an operation checkpoint: which operation and step it belongs to.
+///
+/// **Rule:** 1 to 128 bytes of lowercase letters, digits, `.`, `/`, `_` and `-`.
+///
+/// ```
+/// use cogrion_core::CheckpointKey;
+/// assert!("op3/cluster".parse::<CheckpointKey>().is_ok());
+/// assert!("op3 cluster".parse::<CheckpointKey>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CheckpointKey(String);
+
+impl CheckpointKey {
+    /// Checks `value` against the rule above.
+    pub fn new(value: impl Into<String>) -> Result<Self, InvalidValue> {
+        let value = value.into();
+        cogrion_agent_proto::check_chars(
+            "checkpoint key",
+            &value,
+            128,
+            "lowercase letters, digits, '.', '/', '_', '-'",
+            |_, c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '/' | '_' | '-')
+            },
+        )?;
+        Ok(Self(value))
+    }
+
+    /// The key of step `step` of operation number `operation`.
+    pub fn for_step(operation: u64, step: &str) -> Result<Self, InvalidValue> {
+        Self::new(format!("op{operation}/{step}"))
+    }
+}
+checked_string!(CheckpointKey);
+
+/// The kinds of operation the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    /// Stand up infrastructure and bootstrap the agent.
+    Provision,
+    /// Apply an infrastructure change.
+    Update,
+    /// Tear everything down.
+    Destroy,
+    /// Install or upgrade one stack.
+    StackDeploy,
+    /// Tear down one stack.
+    StackDestroy,
+}
+
+/// Where one step of an operation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Started; its effect may or may not have happened.
+    Running,
+    /// Finished. Never run again.
+    Done,
+    /// Not run, on purpose (e.g. the agent was unreachable past the deadline).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// Failed permanently or exhausted its retries.
+    Failed,
+}
+
+/// One step of a persisted operation plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step's name, unique in its operation (`network`, `cluster`, …).
+    pub name: String,
+    /// Where it stands.
+    pub status: StepStatus,
+    /// How many times it was attempted.
+    pub attempts: u32,
+    /// The last attempt's error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A persisted operation: a list of named, idempotent steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    /// The operation's number within its workspace (from
+    /// [`WorkspaceRecord::next_operation`]); idempotency keys derive from it.
+    pub seq: u64,
+    /// What it does.
+    pub kind: OperationKind,
+    /// The stack it concerns, for stack operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackName>,
+    /// Its steps, in order.
+    pub steps: Vec<StepRecord>,
+    /// When it started.
+    pub started_at: Timestamp,
+}
+
+/// Everything stored about one workspace except its history, queue, tokens and
+/// credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    /// The workspace's id.
+    pub id: WorkspaceId,
+    /// What was asked for (the latest accepted spec).
+    pub spec: WorkspaceSpec,
+    /// Its state.
+    pub state: WorkspaceState,
+    /// Its stacks.
+    #[serde(default)]
+    pub stacks: StackGraph,
+    /// The operations in progress.
+    #[serde(default)]
+    pub operations: Vec<OperationRecord>,
+    /// The number the next operation gets.
+    #[serde(default)]
+    pub next_operation: u64,
+    /// When the workspace next needs driving, if it waits on time rather than on
+    /// an event. Stores can list workspaces due by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<Timestamp>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was last written.
+    pub updated_at: Timestamp,
+}
+
+impl WorkspaceRecord {
+    /// A new record in `Provisioning` with no stacks and no operations.
+    pub fn new(id: WorkspaceId, spec: WorkspaceSpec, now: Timestamp) -> Self {
+        Self {
+            id,
+            spec,
+            state: WorkspaceState::Provisioning,
+            stacks: StackGraph::new(),
+            operations: Vec::new(),
+            next_operation: 1,
+            wake_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Actor {
+    /// A host's API call, with the principal the host authenticated.
+    Api {
+        /// Who called.
+        principal: String,
+    },
+    /// The lifecycle engine, running on this replica.
+    Engine {
+        /// The lease holder.
+        holder: HolderId,
+    },
+    /// The workspace's Cluster Agent.
+    Agent,
+}
+
+/// What happened, in structured form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The workspace was created.
+    Created,
+    /// The workspace changed state.
+    Transition {
+        /// The state before.
+        from: StateName,
+        /// The state after.
+        to: StateName,
+        /// The event that caused it.
+        event: EventName,
+    },
+    /// A stack changed state.
+    StackTransition {
+        /// The stack.
+        stack: StackName,
+        /// Its state before (`None` when it was just added).
+        from: Option<StackStateName>,
+        /// Its state after.
+        to: StackStateName,
+    },
+    /// A step began an attempt.
+    StepStarted {
+        /// The operation's number.
+        operation: u64,
+        /// The step.
+        step: String,
+        /// The attempt, from 1.
+        attempt: u32,
+    },
+    /// A step finished.
+    StepDone {
+        /// The operation's number.
+        operation: u64,
+        /// The step.
+        step: String,
+    },
+    /// A step's attempt failed.
+    StepFailed {
+        /// The operation's number.
+        operation: u64,
+        /// The step.
+        step: String,
+        /// The attempt, from 1.
+        attempt: u32,
+        /// Whether it will be retried.
+        will_retry: bool,
+    },
+    /// A step was skipped on purpose.
+    StepSkipped {
+        /// The operation's number.
+        operation: u64,
+        /// The step.
+        step: String,
+    },
+    /// A command was queued for the agent.
+    CommandQueued {
+        /// The command.
+        id: CommandId,
+    },
+    /// The agent answered a command.
+    CommandAnswered {
+        /// The command.
+        id: CommandId,
+        /// Whether it succeeded.
+        succeeded: bool,
+    },
+    /// Anything else worth recording.
+    Note,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// When it happened.
+    pub at: Timestamp,
+    /// Who caused it.
+    pub actor: Actor,
+    /// What happened.
+    pub kind: EventKind,
+    /// Why, in words.
+    pub message: String,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Its position in the workspace's history.
+    pub seq: EventSeq,
+    /// The event.
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// A command to queue for a workspace's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewCommand {
+    /// Its id: derive it from the operation and step so a replay names the same
+    /// command.
+    pub id: CommandId,
+    /// What to do.
+    pub kind: CommandKind,
+    /// The arguments.
+    pub payload: serde_json::Value,
+}
+
+/// Where a queued command stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Not yet answered; delivered again on every poll until it is.
+    Pending,
+    /// Answered; the result is stored.
+    Answered {
+        /// The agent's result.
+        result: CommandResult,
+        /// When it was stored.
+        at: Timestamp,
+    },
+}
+
+/// A command in a workspace's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedCommand {
+    /// The command as the agent sees it.
+    pub command: Command,
+    /// When it was queued.
+    pub enqueued_at: Timestamp,
+    /// How many times it was handed to an agent.
+    pub deliveries: u32,
+    /// Where it stands.
+    pub status: CommandStatus,
+}
+
+/// One atomic, optionally fenced write to a workspace: a compare-and-swap of its
+/// record, events appended to its history and commands queued for its agent.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WorkspaceWrite {
+    /// The workspace written.
+    pub workspace: WorkspaceId,
+    /// The new record and how to treat the stored one (`None`: leave it).
+    pub record: Option<(WorkspaceRecord, PutMode)>,
+    /// Events to append, in order.
+    pub events: Vec<NewEvent>,
+    /// Commands to queue, in order.
+    pub commands: Vec<NewCommand>,
+    /// The writer's fencing token, if it writes under a lease.
+    pub fence: Option<FencingToken>,
+    /// When the write happens (stamps queued commands).
+    pub now: Timestamp,
+}
+
+impl WorkspaceWrite {
+    /// An empty write to `workspace` at `now`.
+    pub fn new(workspace: WorkspaceId, now: Timestamp) -> Self {
+        Self {
+            workspace,
+            record: None,
+            events: Vec::new(),
+            commands: Vec::new(),
+            fence: None,
+            now,
+        }
+    }
+
+    /// Creates the record (it must not exist yet).
+    pub fn create(record: WorkspaceRecord, now: Timestamp) -> Self {
+        let mut w = Self::new(record.id.clone(), now);
+        w.record = Some((record, PutMode::Create));
+        w
+    }
+
+    /// Replaces the record if it is still at `revision`.
+    pub fn update(record: WorkspaceRecord, revision: Revision, now: Timestamp) -> Self {
+        let mut w = Self::new(record.id.clone(), now);
+        w.record = Some((record, PutMode::Update(revision)));
+        w
+    }
+
+    /// Appends an event.
+    pub fn event(mut self, event: NewEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    /// Queues a command.
+    pub fn command(mut self, command: NewCommand) -> Self {
+        self.commands.push(command);
+        self
+    }
+
+    /// Makes the write conditional on the lease with this fencing token.
+    pub fn fenced(mut self, fence: FencingToken) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+}
+
+/// What a successful [`WorkspaceWrite`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The record's new revision, if the write included a record.
+    pub revision: Option<Revision>,
+    /// The sequence numbers given to the appended events.
+    pub events: Vec<EventSeq>,
+    /// The queue positions given to the queued commands.
+    pub commands: Vec<CommandSeq>,
+}
+
+/// Which workspaces to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListQuery {
+    /// Only this tenant's.
+    pub tenant: Option<crate::ids::TenantId>,
+    /// Only those in this state.
+    pub state: Option<StateName>,
+    /// Only those whose `wake_at` is at or before this instant.
+    pub due_at: Option<Timestamp>,
+    /// Only ids after this one (for paging).
+    pub after: Option<WorkspaceId>,
+    /// At most this many (a store may cap it; 0 means the store's default).
+    pub limit: usize,
+}
+
+/// Workspace records, their history and operation checkpoints.
+///
+/// # Errors
+/// [`NotFound`](crate::Error::NotFound) for a workspace that does not exist;
+/// [`AlreadyExists`](crate::Error::AlreadyExists) and
+/// [`Conflict`](crate::Error::Conflict) from compare-and-swap;
+/// [`LeaseLost`](crate::Error::LeaseLost) from a stale fencing token;
+/// [`InvalidValue`](crate::Error::InvalidValue) for a write whose record id is not
+/// its workspace; [`Unavailable`](crate::Error::Unavailable) when the database is
+/// unreachable (nothing was written); [`Corrupt`](crate::Error::Corrupt) when a
+/// stored row cannot be read.
+#[async_trait]
+pub trait RecordStore: fmt::Debug + Send + Sync + 'static {
+    /// Reads a workspace record and its revision.
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>>;
+
+    /// Lists workspace records matching `query`, ordered by id.
+    async fn list_workspaces(&self, query: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>>;
+
+    /// Applies one atomic write (see [`WorkspaceWrite`]). A write without a record
+    /// requires the workspace to exist.
+    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed>;
+
+    /// Applies several writes, each exactly as [`commit`](Self::commit) would —
+    /// each with its own compare-and-swap and fence, one failing not affecting the
+    /// others — returning one result per write, in order. Stores override it to
+    /// share one durable transaction among many workspaces (group commit).
+    async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(self.commit(w).await);
+        }
+        out
+    }
+
+    /// Reads a workspace's history: events with a sequence number above `after`,
+    /// in order, at most `limit` (0: the store's default page).
+    async fn read_events(
+        &self,
+        id: &WorkspaceId,
+        after: EventSeq,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>>;
+
+    /// Reads a checkpoint; `None` if it was never written.
+    async fn get_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+    ) -> Result<Option<serde_json::Value>>;
+
+    /// Writes a checkpoint, refused unless `fence` is the workspace's current lease.
+    async fn put_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+        value: serde_json::Value,
+        fence: FencingToken,
+    ) -> Result<()>;
+}
+
+/// A held lease on one workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// Who holds it.
+    pub holder: HolderId,
+    /// The token that fences the holder's writes.
+    pub fence: FencingToken,
+    /// When it expires unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// The longest lease a store grants.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+
+/// Leases: at most one replica drives a workspace at a time.
+///
+/// # Contract
+/// - [`acquire`](Self::acquire) succeeds when nobody holds an unexpired lease, or
+///   when the caller already does (then it renews it, keeping the fencing token).
+///   A fresh acquisition gets a fencing token greater than every earlier one.
+/// - While the lease is held and unexpired, others get
+///   [`LeaseHeld`](crate::Error::LeaseHeld).
+/// - [`renew`](Self::renew) extends a lease whose token is still current — even
+///   past its expiry, if nobody took it over — and fails with
+///   [`LeaseLost`](crate::Error::LeaseLost) otherwise.
+/// - [`release`](Self::release) ends a current lease; releasing a stale one does
+///   nothing.
+/// - A TTL of zero or above [`MAX_LEASE_TTL`] is refused with
+///   [`InvalidValue`](crate::Error::InvalidValue).
+#[async_trait]
+pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
+    /// Takes (or renews) the lease on `workspace` for `ttl` from `now`.
+    async fn acquire(
+        &self,
+        workspace: &WorkspaceId,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease>;
+
+    /// Extends `lease` to `now + ttl`.
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease>;
+
+    /// Gives `lease` up.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+}
+
+/// The durable queue of commands for each workspace's agent.
+///
+/// # Contract
+/// Commands are queued by [`RecordStore::commit`] (atomically with the state change
+/// that needs them), get gapless sequence numbers per workspace, and stay
+/// [`Pending`](CommandStatus::Pending) — delivered again on every
+/// [`deliver`](Self::deliver) — until [`answer`](Self::answer) stores the agent's
+/// result. Delivery is therefore at-least-once; agents de-duplicate by id. A
+/// command id is unique within its workspace: queueing it again fails the whole
+/// commit with [`AlreadyExists`](crate::Error::AlreadyExists). A workspace's agent
+/// can only see and answer that workspace's commands: another workspace's id is
+/// [`NotFound`](crate::Error::NotFound).
+#[async_trait]
+pub trait CommandQueue: fmt::Debug + Send + Sync + 'static {
+    /// Hands out the workspace's pending commands in sequence order (at most
+    /// `limit`, 0 meaning all), counting one delivery for each. With nothing
+    /// pending it writes nothing.
+    async fn deliver(
+        &self,
+        workspace: &WorkspaceId,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<QueuedCommand>>;
+
+    /// Stores the agent's result for one of the workspace's commands. Answering an
+    /// already answered command keeps the first result and returns `false`;
+    /// otherwise returns `true`.
+    async fn answer(
+        &self,
+        workspace: &WorkspaceId,
+        result: CommandResult,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Reads one command and where it stands.
+    async fn get_command(&self, workspace: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand>;
+}
+
+/// A stored bootstrap token (its hash, never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapTokenRecord {
+    /// The workspace it is bound to.
+    pub workspace: WorkspaceId,
+    /// The token's hash.
+    pub hash: TokenHash,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// When it stops being accepted.
+    pub expires_at: Timestamp,
+    /// When it was exchanged, if it was.
+    pub consumed_at: Option<Timestamp>,
+}
+
+/// Bootstrap-token hashes.
+///
+/// # Contract
+/// A workspace has at most one unconsumed token: storing a new one replaces it.
+/// [`consume`](Self::consume) is atomic: of two concurrent exchanges of one token
+/// exactly one succeeds; each refusal is a distinct
+/// [`TokenRefused`](crate::Error::TokenRefused) reason and changes nothing.
+#[async_trait]
+pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
+    /// Stores a newly issued token's hash, replacing the workspace's unconsumed
+    /// token if any. The workspace must exist; a hash already stored is
+    /// [`AlreadyExists`](crate::Error::AlreadyExists).
+    async fn put_token(&self, token: BootstrapTokenRecord) -> Result<()>;
+
+    /// Exchanges the token with this hash for `workspace` at `now`, marking it
+    /// consumed.
+    async fn consume(
+        &self,
+        hash: &TokenHash,
+        workspace: &WorkspaceId,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord>;
+}
+
+/// A revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When.
+    pub at: Timestamp,
+    /// Why (`workspace destroyed`, `re-bootstrapped`).
+    pub reason: String,
+}
+
+/// An agent certificate the control plane issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCredential {
+    /// The workspace whose agent holds it.
+    pub workspace: WorkspaceId,
+    /// Its serial.
+    pub serial: CertSerial,
+    /// Start of validity.
+    pub issued_at: Timestamp,
+    /// End of validity.
+    pub expires_at: Timestamp,
+    /// Set once revoked.
+    pub revoked: Option<Revocation>,
+}
+
+/// Issued agent certificates and their revocations.
+///
+/// # Contract
+/// Serials are unique across workspaces. Revocation is permanent.
+#[async_trait]
+pub trait CredentialStore: fmt::Debug + Send + Sync + 'static {
+    /// Records an issued certificate (the workspace must exist).
+    async fn put_credential(&self, credential: AgentCredential) -> Result<()>;
+
+    /// Reads a certificate's record.
+    async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential>;
+
+    /// Lists a workspace's certificates, by serial.
+    async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>>;
+
+    /// Revokes every unrevoked certificate of the workspace; returns their serials.
+    async fn revoke_all(
+        &self,
+        workspace: &WorkspaceId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<CertSerial>>;
+}
+
+/// Everything a control plane stores: the traits above, implemented together.
+///
+/// Implemented automatically for every type that implements all of them; use it
+/// as `Arc<dyn WorkspaceStore>`.
+pub trait WorkspaceStore:
+    RecordStore + LeaseStore + CommandQueue + TokenStore + CredentialStore
+{
+}
+
+impl<T> WorkspaceStore for T where
+    T: RecordStore + LeaseStore + CommandQueue + TokenStore + CredentialStore
+{
+}
+
+/// The checks every store makes on a write before touching anything: the record
+/// belongs to the workspace written, command payloads are within the protocol's
+/// limits, and no command id appears twice in the write. Returns the commands as
+/// they will be queued, numbered from `first_seq`.
+pub fn check_write(write: &WorkspaceWrite, first_seq: u64) -> Result<Vec<Command>> {
+    if let Some((record, _)) = &write.record
+        && record.id != write.workspace
+    {
+        return Err(InvalidValue::Malformed {
+            what: "workspace write",
+            reason: format!(
+                "record {} written as workspace {}",
+                record.id, write.workspace
+            ),
+        }
+        .into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(write.commands.len());
+    for (i, c) in write.commands.iter().enumerate() {
+        if !seen.insert(&c.id) {
+            return Err(crate::Error::AlreadyExists(
+                crate::error::Resource::Command(write.workspace.clone(), c.id.clone()),
+            ));
+        }
+        out.push(Command::new(
+            c.id.clone(),
+            CommandSeq(first_seq + i as u64),
+            c.kind.clone(),
+            c.payload.clone(),
+        )?);
+    }
+    Ok(out)
+}
+
+/// Checks a lease's time to live against [`MAX_LEASE_TTL`].
+pub fn check_lease_ttl(ttl: Duration) -> Result<(), InvalidValue> {
+    if ttl.is_zero() || ttl > MAX_LEASE_TTL {
+        return Err(InvalidValue::OutOfRange {
+            what: "lease time to live",
+            value: format!("{ttl:?}"),
+            allowed: format!("more than 0 and at most {MAX_LEASE_TTL:?}"),
+        });
+    }
+    Ok(())
+}

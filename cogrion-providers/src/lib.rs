@@ -1,0 +1,18 @@
+//! Implementations of the [`cogrion_core`] traits that talk to real systems, one
+//! module per feature:
+//!
+//! | feature | trait | status |
+//! |---|---|---|
+//! | `aws`, `gcp`, `azure` | `CloudProvisioner` | not implemented yet |
+//! | `helm`, `manifest`, `terraform` | `Executor` | not implemented yet |
+//! | `sqlite`, `postgres` | `WorkspaceStore` | not implemented yet |
+//! | `https` | `AgentTransport` | not implemented yet |
+//!
+//! The features exist so that the facade's feature names are stable; enabling one
+//! today adds nothing. Until a module lands, use the implementations in
+//! `cogrion-core` (`InMemoryStore`).
+//!
+//! Provider modules never import each other, so any of them can move into its own
+//! crate without changing the public API.
+
+pub use cogrion_core as core;

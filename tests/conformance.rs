@@ -1,0 +1,14 @@
+//! Every implementation in this repository runs its trait's conformance suite.
+
+use cogrion::InMemoryStore;
+use cogrion::conformance::store_suite;
+
+/// The in-memory store passes the full `WorkspaceStore` suite, on a multi-threaded
+/// runtime so the suite's concurrent writers really race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_store_passes_the_store_suite() {
+    let store = InMemoryStore::new();
+    store_suite(&store).await;
+    // And again on the same (now non-empty) store: the suite isolates itself.
+    store_suite(&store).await;
+}
