@@ -44,8 +44,9 @@ pub use provisioner::{
     LayerState,
 };
 pub use spec::{
-    CloudTarget, ExecutorSpec, NetworkSpec, NodePoolSpec, SpecErrors, SpecProblem, StackKind,
-    StackSpec, TemplateOverrides, WorkspaceSpec,
+    AwsAccountId, AwsRoleArn, AzureResourceGroup, AzureSubscriptionId, CloudTarget, ExecutorSpec,
+    GcpProjectId, NetworkSpec, NodePoolSpec, SpecErrors, SpecProblem, StackKind, StackSpec,
+    TemplateOverrides, WorkspaceSpec,
 };
 pub use stack::{
     GraphError, StackEntry, StackEvent, StackEventName, StackFailure, StackGraph, StackOperation,

@@ -670,3 +670,6 @@ fn find_cycle(stacks: &BTreeMap<StackName, StackEntry>) -> Option<Vec<StackName>
     }
     None
 }
+
+#[cfg(test)]
+mod tests;
