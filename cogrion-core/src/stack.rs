@@ -273,7 +273,7 @@ pub enum GraphError {
         cycle: Vec<StackName>,
     },
     /// Other stacks depend on this one; remove them first (or together with it).
-    #[error("stack {stack} cannot be removed alone: {} depend on it", dependents.iter().map(StackName::as_str).collect::<Vec<_>>().join(", "))]
+    #[error("stack {stack} cannot be removed alone: it is a dependency of {}", dependents.iter().map(StackName::as_str).collect::<Vec<_>>().join(", "))]
     HasDependents {
         /// The stack asked to be removed.
         stack: StackName,

@@ -409,6 +409,55 @@ pub enum EventKind {
     Note,
 }
 
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Created => f.write_str("created"),
+            Self::Transition { from, to, .. } => write!(f, "{from} -> {to}"),
+            Self::StackTransition {
+                stack,
+                from: Some(from),
+                to,
+            } => write!(f, "stack {stack}: {from} -> {to}"),
+            Self::StackTransition {
+                stack,
+                from: None,
+                to,
+            } => write!(f, "stack {stack}: {to}"),
+            Self::StepStarted {
+                operation,
+                step,
+                attempt,
+            } => {
+                write!(f, "op {operation} step {step} attempt {attempt} started")
+            }
+            Self::StepDone { operation, step } => write!(f, "op {operation} step {step} done"),
+            Self::StepFailed {
+                operation,
+                step,
+                attempt,
+                will_retry,
+            } => write!(
+                f,
+                "op {operation} step {step} attempt {attempt} failed{}",
+                if *will_retry { ", will retry" } else { "" }
+            ),
+            Self::StepSkipped { operation, step } => {
+                write!(f, "op {operation} step {step} skipped")
+            }
+            Self::CommandQueued { id } => write!(f, "command {id} queued"),
+            Self::CommandAnswered { id, succeeded } => {
+                write!(
+                    f,
+                    "command {id} {}",
+                    if *succeeded { "succeeded" } else { "failed" }
+                )
+            }
+            Self::Note => f.write_str("note"),
+        }
+    }
+}
+
 /// An event to append.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewEvent {
