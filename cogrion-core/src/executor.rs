@@ -121,9 +121,23 @@ pub enum StackStatus {
 /// [`StackRequest::command_result`] set. Control-plane executors (Terraform)
 /// do the work themselves and may return [`Progress::InProgress`].
 ///
+/// ## Commands
+/// One call asks for at most one command. The engine queues it durably, waits for
+/// the agent's answer and calls again with the same request plus
+/// [`StackRequest::command_result`]; it keeps passing that result — through
+/// `InProgress` answers too — until the executor asks for another command or
+/// finishes. When the result says the command failed, the executor decides what
+/// that means: [`Unavailable`](crate::Error::Unavailable) if it was marked
+/// retryable (the engine retries the step), [`Rejected`](crate::Error::Rejected)
+/// otherwise (the stack fails). Command ids must derive from the idempotency key,
+/// so a replayed step names the same command.
+///
 /// # Guarantees an implementation must give
-/// - **Idempotent.** Applying the same spec twice leaves one installation;
-///   destroying what is gone is success.
+/// - **Idempotent.** Applying the same spec twice leaves one installation (its
+///   `revision` may change — a Helm upgrade always bumps it — but its resources are
+///   not duplicated); destroying what is gone is success. This holds for replays of
+///   `apply` and `destroy` with the same key, with or without the step's
+///   checkpoint.
 /// - **Truthful status.** After a successful apply, [`status`](Self::status) is
 ///   `Installed`; after a successful destroy, `Absent`.
 /// - **Own kind only.** A stack of another executor kind is refused with
@@ -133,6 +147,9 @@ pub enum StackStatus {
 /// As for [`CloudProvisioner`](crate::CloudProvisioner): transient errors are
 /// retried by the engine; [`Rejected`](crate::Error::Rejected) fails the stack
 /// (not the workspace).
+///
+/// The conformance suite (`conformance::executor_suite`, feature `conformance`)
+/// checks these guarantees against any implementation.
 #[async_trait]
 pub trait Executor: fmt::Debug + Send + Sync + 'static {
     /// The kind of stack this executor deploys.
@@ -144,8 +161,9 @@ pub trait Executor: fmt::Debug + Send + Sync + 'static {
     /// Tears the stack down.
     async fn destroy(&self, request: StackRequest) -> Result<Progress<()>>;
 
-    /// Reports what the stack has on its target.
-    async fn status(&self, target: &ExecutionTarget, stack: &StackSpec) -> Result<StackStatus>;
+    /// Reports what the stack has on its target. Executors whose stacks live in the
+    /// cluster ask the agent, with [`Progress::AwaitCommand`], exactly as `apply` does.
+    async fn status(&self, request: StackRequest) -> Result<Progress<StackStatus>>;
 }
 
 /// Refuses a stack of another kind than `executor`'s: the check every executor's

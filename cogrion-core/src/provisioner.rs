@@ -73,14 +73,15 @@ pub struct LayerState {
     pub layer: InfraLayer,
     /// The resources that make it up.
     pub resources: Vec<CloudResource>,
-    /// How to reach the cluster, once the cluster layer exists.
+    /// How to reach the cluster: `Some` for the [`InfraLayer::Cluster`] layer,
+    /// `None` for the others.
     pub cluster: Option<ClusterAccess>,
 }
 
 /// What exists in the cloud for a workspace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfraDescription {
-    /// Every resource found, sorted.
+    /// Every resource found, sorted by [`CloudResource`]'s order, without duplicates.
     pub resources: Vec<CloudResource>,
     /// How to reach the cluster, if it exists.
     pub cluster: Option<ClusterAccess>,
@@ -141,15 +142,23 @@ impl LayerRequest {
 /// delay.
 ///
 /// # Guarantees an implementation must give
-/// - **Idempotent and resumable.** Calling `provision` again with the same
-///   idempotency key — after a crash, after a lost response, after `InProgress` —
-///   never creates a second resource: derive resource names deterministically
-///   from the workspace, pass the key as the cloud's client request token, and
-///   adopt what already exists.
+/// - **Idempotent and resumable.** Calling `provision`, `update` or `destroy`
+///   again with the same idempotency key — after a crash, after a lost response,
+///   after `InProgress`, with or without the step's checkpoint — never creates a
+///   second resource: derive resource names deterministically from the workspace,
+///   pass the key as the cloud's client request token, and adopt what already
+///   exists.
 /// - **Destroy converges.** Destroying what is already gone is success; destroying
 ///   a layer of a workspace that was only partly provisioned removes whatever
-///   exists.
-/// - **Describe tells the truth.** After a full destroy it lists nothing.
+///   exists — including a resource whose creation is still running (answer
+///   `InProgress` until the cloud lets it go). `destroy` and `describe` act on
+///   everything the workspace holds in the cloud (found by its deterministic
+///   names or tags), not only on what the current spec names: a node pool that a
+///   later spec dropped is still torn down.
+/// - **Describe tells the truth.** It lists every resource the workspace holds,
+///   sorted by [`CloudResource`]'s order (layer, kind, id), without duplicates,
+///   and the cluster's access once the cluster exists; after a full destroy it
+///   lists nothing.
 ///
 /// # Caveats
 /// Clouds apply some changes asynchronously; `InProgress` is the way to say so —

@@ -22,8 +22,14 @@
 //! The suites create their own workspaces with random ids, so they can run against
 //! a shared, non-empty database.
 
+mod executor;
+mod options;
+mod provisioner;
 mod store;
 
+pub use executor::executor_suite;
+pub use options::{AgentStandIn, SleepFn, SuiteOptions};
+pub use provisioner::provisioner_suite;
 pub use store::store_suite;
 
 /// A valid workspace spec on the simulated cloud, for suites and tests.

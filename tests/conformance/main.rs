@@ -1,4 +1,7 @@
-//! Every implementation in this repository runs its trait's conformance suite.
+//! Every implementation in this repository runs its trait's conformance suite, and
+//! the suites themselves are shown to catch broken implementations.
+
+mod suites_catch_broken_fakes;
 
 use cogrion::InMemoryStore;
 use cogrion::conformance::store_suite;
