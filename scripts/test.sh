@@ -23,10 +23,15 @@ step "cargo clippy (warnings denied)"
 cargo clippy "${FEATURES[@]}" --all-targets -- -D warnings
 
 step "cargo test"
-cargo test "${FEATURES[@]}" --all-targets
-cargo test "${FEATURES[@]}" --doc
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test "${FEATURES[@]}" --all-targets 2>&1 | tee "$log"
+cargo test "${FEATURES[@]}" --doc 2>&1 | tee -a "$log"
 
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc "${FEATURES[@]}" --no-deps
 
 step "all checks passed"
+# One closing line for the whole run: the sum of every cargo test result.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

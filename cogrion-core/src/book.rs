@@ -9,5 +9,10 @@ pub mod lifecycle {}
 pub mod traits {}
 #[doc = include_str!("../book/implementing_a_provider.md")]
 pub mod implementing_a_provider {}
-#[doc = include_str!("../book/testing.md")]
+#[cfg_attr(feature = "conformance", doc = include_str!("../book/testing.md"))]
+#[cfg_attr(
+    not(feature = "conformance"),
+    doc = "# Testing with the conformance suites\n\nThis chapter describes the `conformance` \
+           feature; build the docs with `--features conformance` (or `--all-features`) to read it."
+)]
 pub mod testing {}

@@ -1,7 +1,6 @@
 //! Tests of the conformance suites themselves: correct fakes must pass them, and
 //! fakes that break one guarantee each must make them panic, naming it.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
