@@ -338,21 +338,7 @@ impl Executor for FakeManifests {
 // ---------------------------------------------------------------------------
 
 fn workspace_spec() -> WorkspaceSpec {
-    serde_json::from_value(serde_json::json!({
-        "tenant": "acme",
-        "cloud": { "provider": "simulated" },
-        "region": "local-1",
-        "kubernetes_version": "1.34",
-        "network": { "cidr": "10.42.0.0/16" },
-        "node_pools": [
-            {
-                "name": "general",
-                "instance_type": "sim-small",
-                "size": { "min": 1, "desired": 2, "max": 3 }
-            }
-        ]
-    }))
-    .expect("a valid workspace spec")
+    cogrion_core::conformance::sample_workspace_spec()
 }
 
 fn manifests_stack() -> StackSpec {

@@ -28,16 +28,6 @@ const OP_STATUS: u64 = 5;
 /// The longest stack name ([`StackName`]'s rule).
 const MAX_STACK_NAME_LEN: usize = 53;
 
-macro_rules! broken {
-    ($guarantee:expr, $($arg:tt)+) => {
-        panic!(
-            "{WHO} conformance: guarantee \"{}\" broken: {}",
-            $guarantee,
-            format_args!($($arg)+)
-        )
-    };
-}
-
 /// Checks that `executor` gives the guarantees of [`Executor`], and panics with a
 /// message naming the broken guarantee on the first violation.
 ///

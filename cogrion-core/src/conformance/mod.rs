@@ -22,6 +22,18 @@
 //! The suites create their own workspaces with random ids, so they can run against
 //! a shared, non-empty database.
 
+/// Panics naming the guarantee that was broken; `WHO` (the trait's name) must be
+/// in scope.
+macro_rules! broken {
+    ($guarantee:expr, $($arg:tt)+) => {
+        panic!(
+            "{WHO} conformance: guarantee \"{}\" broken: {}",
+            $guarantee,
+            format_args!($($arg)+)
+        )
+    };
+}
+
 mod executor;
 mod options;
 mod provisioner;

@@ -35,16 +35,6 @@ const TEARDOWN_ORDER: [InfraLayer; 3] = [
     InfraLayer::Network,
 ];
 
-macro_rules! broken {
-    ($guarantee:expr, $($arg:tt)+) => {
-        panic!(
-            "{WHO} conformance: guarantee \"{}\" broken: {}",
-            $guarantee,
-            format_args!($($arg)+)
-        )
-    };
-}
-
 /// Checks that `provisioner` gives the guarantees of [`CloudProvisioner`], and
 /// panics with a message naming the broken guarantee on the first violation.
 ///
