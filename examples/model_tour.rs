@@ -183,6 +183,7 @@ async fn main() -> Result<()> {
             issued_at: now,
             expires_at: now + Duration::from_secs(24 * 3600),
             revoked: None,
+            first_poll_at: None,
         })
         .await?;
     clock.advance(Duration::from_secs(3));

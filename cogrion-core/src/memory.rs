@@ -489,6 +489,19 @@ impl CredentialStore for InMemoryStore {
             .collect())
     }
 
+    async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool> {
+        let mut inner = self.lock();
+        let c = inner
+            .credentials
+            .get_mut(serial)
+            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        if c.first_poll_at.is_some() {
+            return Ok(false);
+        }
+        c.first_poll_at = Some(now);
+        Ok(true)
+    }
+
     async fn revoke_all(
         &self,
         workspace: &WorkspaceId,

@@ -251,10 +251,36 @@ pub struct StepRecord {
     /// The last attempt's error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The agent command the step is waiting for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandId>,
+    /// When the step's current wait (an agent command, the agent's first poll)
+    /// gives up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+}
+
+impl StepRecord {
+    /// A step not started yet.
+    pub fn pending(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: StepStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            command: None,
+            deadline: None,
+        }
+    }
+
+    /// Whether the step needs no more work.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, StepStatus::Done | StepStatus::Skipped { .. })
+    }
 }
 
 /// A persisted operation: a list of named, idempotent steps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperationRecord {
     /// The operation's number within its workspace (from
     /// [`WorkspaceRecord::next_operation`]); idempotency keys derive from it.
@@ -268,6 +294,16 @@ pub struct OperationRecord {
     pub steps: Vec<StepRecord>,
     /// When it started.
     pub started_at: Timestamp,
+    /// When it may run next (after `InProgress`, a backoff, or a deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<Timestamp>,
+    /// Set when a destroy superseded it: it finishes its running step, then is
+    /// dropped.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// For an update, the spec the infrastructure was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<WorkspaceSpec>,
 }
 
 /// Everything stored about one workspace except its history, queue, tokens and
@@ -289,6 +325,9 @@ pub struct WorkspaceRecord {
     /// The number the next operation gets.
     #[serde(default)]
     pub next_operation: u64,
+    /// How to reach the cluster, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::provisioner::ClusterAccess>,
     /// When the workspace next needs driving, if it waits on time rather than on
     /// an event. Stores can list workspaces due by this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +348,7 @@ impl WorkspaceRecord {
             stacks: StackGraph::new(),
             operations: Vec::new(),
             next_operation: 1,
+            cluster: None,
             wake_at: None,
             created_at: now,
             updated_at: now,
@@ -822,6 +862,9 @@ pub struct AgentCredential {
     pub expires_at: Timestamp,
     /// Set once revoked.
     pub revoked: Option<Revocation>,
+    /// When the agent first made an authenticated poll with this certificate.
+    #[serde(default)]
+    pub first_poll_at: Option<Timestamp>,
 }
 
 /// Issued agent certificates and their revocations.
@@ -838,6 +881,11 @@ pub trait CredentialStore: fmt::Debug + Send + Sync + 'static {
 
     /// Lists a workspace's certificates, by serial.
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>>;
+
+    /// Records the certificate's first authenticated poll (one write per
+    /// certificate, never one per poll). Returns `true` if this was the first,
+    /// `false` if a poll was recorded before (the first time is kept).
+    async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool>;
 
     /// Revokes every unrevoked certificate of the workspace; returns their serials.
     async fn revoke_all(

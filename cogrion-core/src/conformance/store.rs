@@ -130,8 +130,18 @@ async fn records(store: &dyn WorkspaceStore) {
             status: crate::StepStatus::Done,
             attempts: 2,
             last_error: Some("throttled".into()),
+            command: Some(CommandId::new("c-7").expect("valid id")),
+            deadline: Some(T0 + Duration::from_secs(60)),
         }],
         started_at: T0,
+        wake_at: Some(T0 + Duration::from_secs(3)),
+        cancel_requested: true,
+        previous_spec: Some(sample_workspace_spec()),
+    });
+    rec.cluster = Some(crate::ClusterAccess {
+        name: "c".into(),
+        endpoint: "https://c.invalid".into(),
+        ca_bundle_pem: "-----BEGIN CERTIFICATE-----".into(),
     });
     let committed = store
         .commit(WorkspaceWrite::create(rec.clone(), T0))
@@ -1105,6 +1115,7 @@ async fn credentials(store: &dyn WorkspaceStore) {
         issued_at: T0,
         expires_at: T0 + Duration::from_secs(86_400),
         revoked: None,
+        first_poll_at: None,
     };
     expect_err!(
         store
@@ -1136,6 +1147,36 @@ async fn credentials(store: &dyn WorkspaceStore) {
         listed,
         [cred(&a, 1), cred(&a, 2)],
         "a workspace's credentials, by serial, and only its own"
+    );
+
+    // The first poll is recorded once; later polls keep the first time.
+    let polled = T0 + Duration::from_secs(10);
+    assert!(
+        store
+            .mark_polled(&serial(&a, 1), polled)
+            .await
+            .expect("mark"),
+        "the first poll reports true"
+    );
+    assert!(
+        !store
+            .mark_polled(&serial(&a, 1), polled + TTL)
+            .await
+            .expect("mark"),
+        "later polls report false"
+    );
+    assert_eq!(
+        store
+            .get_credential(&serial(&a, 1))
+            .await
+            .expect("read")
+            .first_poll_at,
+        Some(polled)
+    );
+    expect_err!(
+        store.mark_polled(&serial(&a, 9), polled).await,
+        Error::NotFound(_),
+        "marking an unknown serial"
     );
 
     let at = T0 + Duration::from_secs(100);
