@@ -12,11 +12,13 @@
 //! 4. [Implementing a provider](book::implementing_a_provider).
 //! 5. [Testing with the conformance suites](book::testing).
 
+mod agent;
 pub mod book;
 mod checkpoint;
 mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod engine;
 mod error;
 mod executor;
 mod ids;
@@ -28,8 +30,16 @@ mod state;
 mod store;
 mod transport;
 
+pub use agent::{
+    AgentGateway, AgentInstall, AgentInstaller, BootstrapToken, GatewayConfig,
+    issue_bootstrap_token,
+};
 pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use engine::{
+    Action, CloudKind, DestroyPlan, Engine, EngineBuilder, EngineConfig, EngineEvent,
+    EngineEventKind, PlannedStep, RetryPolicy,
+};
 pub use error::{Error, Resource, Result, Retry, TokenRefusal};
 pub use executor::{
     ExecutionTarget, Executor, ExecutorKind, StackRequest, StackStatus, check_kind,

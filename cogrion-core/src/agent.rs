@@ -1,0 +1,359 @@
+//! The control plane's side of the agent protocol, independent of any transport:
+//! bootstrap tokens, the [`AgentInstaller`] seam, and the [`AgentGateway`] that a
+//! transport (in-process, HTTPS) calls for every agent request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cogrion_agent_proto::{Command, CommandId, CommandResult};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::Progress;
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Error, Result};
+use crate::ids::{IdempotencyKey, WorkspaceId};
+use crate::provisioner::ClusterAccess;
+use crate::store::{AgentCredential, BootstrapTokenRecord, CertSerial, TokenHash, WorkspaceStore};
+use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
+
+/// A one-time bootstrap token: 256 bits from a CSPRNG (rand's thread RNG, ChaCha
+/// seeded and periodically reseeded from the operating system), shown
+/// once (to the agent installer), stored only as its SHA-256 [`TokenHash`].
+///
+/// Its `Debug` and `Display` never print the secret.
+///
+/// ```
+/// use cogrion_core::BootstrapToken;
+/// let token = BootstrapToken::generate();
+/// assert_eq!(token.expose().len(), 64);
+/// assert!(!format!("{token:?}").contains(token.expose()));
+/// assert_eq!(BootstrapToken::parse(token.expose()).unwrap().hash(), token.hash());
+/// assert!(BootstrapToken::parse("too-short").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapToken(String);
+
+impl BootstrapToken {
+    /// A fresh token.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Reads a token presented by an agent: exactly 64 lowercase hex digits.
+    pub fn parse(text: &str) -> Result<Self, crate::ids::InvalidValue> {
+        let text = text.trim();
+        cogrion_agent_proto::check_chars(
+            "bootstrap token",
+            text,
+            64,
+            "lowercase hex digits",
+            |_, c| c.is_ascii_digit() || ('a'..='f').contains(&c),
+        )?;
+        if text.len() != 64 {
+            return Err(crate::ids::InvalidValue::Malformed {
+                what: "bootstrap token",
+                reason: format!("{} hex digits, expected 64", text.len()),
+            });
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The secret itself — hand it only to the agent's installer.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The hash the store keeps.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "BootstrapToken(sha256:{})",
+            &self.hash().to_string()[..12]
+        )
+    }
+}
+
+/// What the agent installer needs to install a workspace's Cluster Agent.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AgentInstall {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// How to reach its cluster.
+    pub cluster: ClusterAccess,
+    /// The one-time token the agent exchanges for its certificate.
+    pub token: BootstrapToken,
+    /// The step's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+}
+
+impl AgentInstall {
+    /// An install request.
+    pub fn new(
+        workspace: WorkspaceId,
+        cluster: ClusterAccess,
+        token: BootstrapToken,
+        idempotency_key: IdempotencyKey,
+    ) -> Self {
+        Self {
+            workspace,
+            cluster,
+            token,
+            idempotency_key,
+        }
+    }
+}
+
+/// Installs the Cluster Agent into a workspace's cluster (namespace, service
+/// account, RBAC, the token's secret, the deployment) and removes it again.
+///
+/// # Contract
+/// Both methods are idempotent: installing again replaces the token's secret and
+/// leaves one agent; uninstalling what is gone is success. They run from the
+/// control plane against the cluster's API (`ClusterAccess`).
+#[async_trait]
+pub trait AgentInstaller: fmt::Debug + Send + Sync + 'static {
+    /// Installs (or re-installs with a new token) the agent.
+    async fn install(&self, request: AgentInstall) -> Result<Progress<()>>;
+    /// Removes the agent and everything installed with it.
+    async fn uninstall(
+        &self,
+        workspace: &WorkspaceId,
+        cluster: &ClusterAccess,
+    ) -> Result<Progress<()>>;
+}
+
+/// Settings of the [`AgentGateway`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// How long an agent certificate is valid (default 24 h).
+    pub credential_ttl: Duration,
+    /// The most commands handed out on one poll (default 32).
+    pub max_commands_per_poll: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            credential_ttl: Duration::from_secs(24 * 3600),
+            max_commands_per_poll: 32,
+        }
+    }
+}
+
+/// The control plane's side of every agent request, whatever carries it.
+///
+/// A transport authenticates the connection, then calls
+/// [`bootstrap`](Self::bootstrap) (with a token), [`poll`](Self::poll) and
+/// [`post_result`](Self::post_result) (with the certificate serial it verified).
+/// The gateway checks tokens and credentials against the store, makes every fact
+/// durable before reporting it ([`AgentEventSink`]), and keeps liveness in memory:
+/// an idle poll costs no durable write.
+#[derive(Debug, Clone)]
+pub struct AgentGateway {
+    store: Arc<dyn WorkspaceStore>,
+    clock: Arc<dyn Clock>,
+    sink: Arc<dyn AgentEventSink>,
+    config: GatewayConfig,
+    presence: Arc<Mutex<HashMap<WorkspaceId, AgentPresence>>>,
+}
+
+impl AgentGateway {
+    /// A gateway over `store`, reporting to `sink`.
+    pub fn new(
+        store: Arc<dyn WorkspaceStore>,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn AgentEventSink>,
+        config: GatewayConfig,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            sink,
+            config,
+            presence: Arc::default(),
+        }
+    }
+
+    /// Exchanges a bootstrap token for a credential. The token is consumed
+    /// atomically; the workspace's earlier credentials are revoked (a re-bootstrap
+    /// replaces the agent's identity). Refusals are
+    /// [`Error::TokenRefused`] with a distinct reason, and change nothing.
+    pub async fn bootstrap(
+        &self,
+        workspace: &WorkspaceId,
+        token: &BootstrapToken,
+    ) -> Result<AgentCredential> {
+        let now = self.clock.now();
+        let record = self
+            .store
+            .consume(&token.hash(), workspace, now)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(workspace = %workspace, error = %e, "bootstrap refused");
+            })?;
+        self.store
+            .revoke_all(workspace, "re-bootstrapped", now)
+            .await?;
+        let mut serial = [0u8; 16];
+        rand::rng().fill_bytes(&mut serial);
+        serial[0] &= 0x7f; // a positive DER integer
+        let credential = AgentCredential {
+            workspace: record.workspace.clone(),
+            serial: CertSerial::new(
+                serial
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            )?,
+            issued_at: now,
+            expires_at: now + self.config.credential_ttl,
+            revoked: None,
+            first_poll_at: None,
+        };
+        self.store.put_credential(credential.clone()).await?;
+        tracing::info!(workspace = %workspace, serial = %credential.serial, "agent bootstrapped");
+        self.sink
+            .on_agent_event(AgentEvent::Bootstrapped {
+                workspace: workspace.clone(),
+                serial: credential.serial.clone(),
+                at: now,
+            })
+            .await?;
+        Ok(credential)
+    }
+
+    /// Checks that `serial` is a current credential and returns it.
+    pub async fn authenticate(&self, serial: &CertSerial) -> Result<AgentCredential> {
+        let now = self.clock.now();
+        let credential = self.store.get_credential(serial).await?;
+        if let Some(r) = &credential.revoked {
+            return Err(Error::CredentialRevoked {
+                serial: serial.clone(),
+                at: r.at,
+            });
+        }
+        if now >= credential.expires_at {
+            return Err(Error::Rejected {
+                service: "agent gateway".into(),
+                detail: format!("certificate {serial} expired at {}", credential.expires_at),
+            });
+        }
+        Ok(credential)
+    }
+
+    /// An authenticated poll: records the credential's first poll (once), then
+    /// hands out the workspace's pending commands in order. With nothing pending,
+    /// nothing is written.
+    pub async fn poll(&self, serial: &CertSerial) -> Result<Vec<Command>> {
+        let credential = self.authenticate(serial).await?;
+        let now = self.clock.now();
+        let workspace = credential.workspace;
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                workspace.clone(),
+                AgentPresence {
+                    last_seen: now,
+                    serial: Some(serial.clone()),
+                    connected: true,
+                },
+            );
+        if credential.first_poll_at.is_none() && self.store.mark_polled(serial, now).await? {
+            self.sink
+                .on_agent_event(AgentEvent::Polled {
+                    workspace: workspace.clone(),
+                    serial: serial.clone(),
+                    at: now,
+                })
+                .await?;
+        }
+        let queued = self
+            .store
+            .deliver(&workspace, self.config.max_commands_per_poll, now)
+            .await?;
+        Ok(queued.into_iter().map(|q| q.command).collect())
+    }
+
+    /// Stores an agent's result (before acknowledging it) and reports it. A
+    /// result for a command of another workspace is [`Error::NotFound`].
+    pub async fn post_result(&self, serial: &CertSerial, result: CommandResult) -> Result<bool> {
+        let credential = self.authenticate(serial).await?;
+        let now = self.clock.now();
+        let id: CommandId = result.id.clone();
+        let first = self
+            .store
+            .answer(&credential.workspace, result, now)
+            .await?;
+        if first {
+            self.sink
+                .on_agent_event(AgentEvent::CommandAnswered {
+                    workspace: credential.workspace.clone(),
+                    id,
+                    at: now,
+                })
+                .await?;
+        }
+        Ok(first)
+    }
+
+    /// What the gateway last saw of `workspace`'s agent.
+    pub fn presence(&self, workspace: &WorkspaceId) -> Option<AgentPresence> {
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(workspace)
+            .cloned()
+    }
+
+    /// Forgets a workspace's presence (after its agent was disconnected).
+    pub fn forget(&self, workspace: &WorkspaceId) {
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(workspace);
+    }
+}
+
+/// Issues a fresh bootstrap token for `workspace`, valid for `ttl`, and stores
+/// its hash (replacing the workspace's unconsumed token). The token is returned
+/// once and never stored.
+pub async fn issue_bootstrap_token(
+    store: &dyn WorkspaceStore,
+    workspace: &WorkspaceId,
+    now: Timestamp,
+    ttl: Duration,
+) -> Result<BootstrapToken> {
+    let token = BootstrapToken::generate();
+    store
+        .put_token(BootstrapTokenRecord {
+            workspace: workspace.clone(),
+            hash: token.hash(),
+            issued_at: now,
+            expires_at: now + ttl,
+            consumed_at: None,
+        })
+        .await
+        .map_err(|e| match e {
+            Error::AlreadyExists(_) => Error::Unavailable {
+                service: "token issuer".into(),
+                detail: "token hash collision; issue again".into(),
+            },
+            other => other,
+        })?;
+    Ok(token)
+}

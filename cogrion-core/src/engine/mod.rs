@@ -1,0 +1,922 @@
+//! The lifecycle engine: operations as persisted plans of idempotent steps,
+//! driven one step at a time by [`Engine::advance`].
+//!
+//! # Expected flow
+//! A host calls an operation — [`create`](Engine::create),
+//! [`update`](Engine::update), [`retry`](Engine::retry),
+//! [`destroy`](Engine::destroy), [`deploy_stack`](Engine::deploy_stack),
+//! [`remove_stack`](Engine::remove_stack) — which checks the request against the
+//! workspace's state, plans the operation's steps and stores them with the
+//! workspace in one compare-and-swap write. Then something calls
+//! [`advance`](Engine::advance) for the workspace until it answers
+//! [`Action::Done`]: the built-in [`Driver`](crate::Driver), or the host's own
+//! scheduler. Each call takes the workspace's lease, runs the next step through
+//! the traits, and persists the outcome with a fenced compare-and-swap write.
+//!
+//! # Guarantees
+//! - **Crash-safe.** All state is in the store. A process can die anywhere —
+//!   before a step, between a step's side effect and the write of its outcome,
+//!   after it — and the next `advance`, on any replica, resumes from the last
+//!   persisted step. Steps are idempotent (deterministic names, idempotency keys,
+//!   checkpoints), so a repeated effect adopts what the first one did.
+//! - **One driver at a time.** A replica that lost the lease, or whose write meets
+//!   a newer revision, stops and changes nothing.
+//! - **Bounded retries.** A transient error is retried with exponential backoff and
+//!   full jitter, its attempt count persisted; a permanent error, or the last
+//!   allowed attempt, fails the operation with its step and error recorded.
+//! - **Retry resumes.** [`retry`](Engine::retry) continues a failed operation at the
+//!   failed step; finished steps never run again.
+//! - **Destroy converges.** Every teardown step is idempotent; in-cluster teardown
+//!   that cannot reach the agent is skipped after a deadline and says so in the
+//!   history, and cloud-side teardown always runs.
+//!
+//! # Caveats
+//! A step's attempt is counted when it fails; a process that crashes in the middle
+//! of an attempt, over and over, retries without limit. Steps waiting on the
+//! cloud or the agent hold no thread: `advance` returns and the caller wakes it.
+
+mod events;
+mod plan;
+mod retry;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+pub use events::{EngineEvent, EngineEventKind};
+pub use retry::RetryPolicy;
+
+use crate::agent::{AgentInstaller, BootstrapToken};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::error::{Error, Result};
+use crate::executor::{Executor, ExecutorKind};
+use crate::ids::{HolderId, StackName, WorkspaceId};
+use crate::provisioner::{CloudProvisioner, InfraLayer};
+use crate::spec::{CloudTarget, SpecErrors, SpecProblem, StackSpec, WorkspaceSpec};
+use crate::stack::{StackEvent, StackState};
+use crate::state::{WorkspaceEvent, WorkspaceState, step};
+use crate::store::{
+    Actor, EventKind, EventRecord, EventSeq, Lease, NewEvent, OperationKind, OperationRecord,
+    StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+};
+use crate::transport::{AgentEvent, AgentEventSink, AgentTransport};
+
+/// What the caller of [`Engine::advance`] should do next for that workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Call `advance` again now: there is more to do.
+    RunAgain,
+    /// Nothing to do before this time (a cloud operation in progress, a backoff, a
+    /// lease held by another replica).
+    WakeAt(Timestamp),
+    /// Waiting for the agent (its first poll, a command's result): call again on
+    /// an agent event for this workspace, or at the deadline.
+    AwaitAgent {
+        /// When the wait gives up.
+        until: Option<Timestamp>,
+    },
+    /// No operation in progress: nothing to do until the next request.
+    Done,
+}
+
+/// Which cloud a [`CloudProvisioner`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudKind {
+    /// AWS.
+    Aws,
+    /// Google Cloud.
+    Gcp,
+    /// Azure.
+    Azure,
+    /// Cogrion's simulated cloud.
+    Simulated,
+}
+
+impl CloudKind {
+    /// The cloud a workspace targets.
+    pub fn of(target: &CloudTarget) -> Self {
+        match target {
+            CloudTarget::Aws { .. } => Self::Aws,
+            CloudTarget::Gcp { .. } => Self::Gcp,
+            CloudTarget::Azure { .. } => Self::Azure,
+            CloudTarget::Simulated => Self::Simulated,
+        }
+    }
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// This replica's name, written into leases and the history.
+    pub holder: HolderId,
+    /// How long a lease lasts unless renewed (default 30 s).
+    pub lease_ttl: Duration,
+    /// How transient errors are retried.
+    pub retry: RetryPolicy,
+    /// How long provisioning waits for the agent's first poll (default 15 min).
+    pub agent_poll_deadline: Duration,
+    /// How long a step waits for an agent command's result (default 15 min).
+    pub command_deadline: Duration,
+    /// How long an in-cluster teardown step keeps trying before it is skipped
+    /// (default 10 min).
+    pub teardown_deadline: Duration,
+    /// How long a bootstrap token is valid (default 1 h).
+    pub token_ttl: Duration,
+    /// Seed of the backoff jitter (random when `None`); set it for reproducible
+    /// simulations.
+    pub seed: Option<u64>,
+}
+
+impl EngineConfig {
+    /// The defaults, for the replica `holder`.
+    pub fn new(holder: HolderId) -> Self {
+        Self {
+            holder,
+            lease_ttl: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            agent_poll_deadline: Duration::from_secs(15 * 60),
+            command_deadline: Duration::from_secs(15 * 60),
+            teardown_deadline: Duration::from_secs(10 * 60),
+            token_ttl: Duration::from_secs(3600),
+            seed: None,
+        }
+    }
+
+    /// With this retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// With this lease time to live.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// With these deadlines: the agent's first poll, a command's result, an
+    /// in-cluster teardown step.
+    pub fn with_deadlines(
+        mut self,
+        agent_poll: Duration,
+        command: Duration,
+        teardown: Duration,
+    ) -> Self {
+        self.agent_poll_deadline = agent_poll;
+        self.command_deadline = command;
+        self.teardown_deadline = teardown;
+        self
+    }
+
+    /// With a fixed jitter seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug)]
+pub struct EngineBuilder {
+    store: Arc<dyn WorkspaceStore>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    clouds: BTreeMap<CloudKind, Arc<dyn CloudProvisioner>>,
+    executors: BTreeMap<ExecutorKind, Arc<dyn Executor>>,
+    installer: Option<Arc<dyn AgentInstaller>>,
+    transport: Option<Arc<dyn AgentTransport>>,
+}
+
+impl EngineBuilder {
+    /// An engine over `store`, with the system clock and default settings for
+    /// holder `cogrion`.
+    pub fn new(store: Arc<dyn WorkspaceStore>) -> Self {
+        Self {
+            store,
+            clock: Arc::new(SystemClock),
+            config: EngineConfig::new(HolderId::new("cogrion").expect("a valid holder")),
+            clouds: BTreeMap::new(),
+            executors: BTreeMap::new(),
+            installer: None,
+            transport: None,
+        }
+    }
+
+    /// Uses this clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Uses these settings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Provisions workspaces on `cloud` with `provisioner`.
+    pub fn cloud(mut self, cloud: CloudKind, provisioner: Arc<dyn CloudProvisioner>) -> Self {
+        self.clouds.insert(cloud, provisioner);
+        self
+    }
+
+    /// Deploys stacks of `executor.kind()` with `executor`.
+    pub fn executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executors.insert(executor.kind(), executor);
+        self
+    }
+
+    /// Installs Cluster Agents with `installer` (required).
+    pub fn agent_installer(mut self, installer: Arc<dyn AgentInstaller>) -> Self {
+        self.installer = Some(installer);
+        self
+    }
+
+    /// Notifies and disconnects agents through `transport`.
+    pub fn transport(mut self, transport: Arc<dyn AgentTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The engine. Fails if no agent installer was given.
+    pub fn build(self) -> Result<Engine> {
+        let installer = self.installer.ok_or_else(|| Error::Rejected {
+            service: "engine".into(),
+            detail: "an agent installer is required (EngineBuilder::agent_installer)".into(),
+        })?;
+        let rng = match self.config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let (events, _) = broadcast::channel(4096);
+        let (wakeups, _) = broadcast::channel(4096);
+        Ok(Engine(Arc::new(Inner {
+            store: self.store,
+            clock: self.clock,
+            config: self.config,
+            clouds: self.clouds,
+            executors: self.executors,
+            installer,
+            transport: self.transport,
+            rng: Mutex::new(rng),
+            leases: Mutex::default(),
+            tokens: Mutex::default(),
+            events,
+            wakeups,
+        })))
+    }
+}
+
+/// The lifecycle engine. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Engine(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn WorkspaceStore>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    clouds: BTreeMap<CloudKind, Arc<dyn CloudProvisioner>>,
+    executors: BTreeMap<ExecutorKind, Arc<dyn Executor>>,
+    installer: Arc<dyn AgentInstaller>,
+    transport: Option<Arc<dyn AgentTransport>>,
+    rng: Mutex<StdRng>,
+    leases: Mutex<HashMap<WorkspaceId, Lease>>,
+    /// Bootstrap tokens between the step that issues them and the step that
+    /// installs them, by workspace and operation. Never stored: a process that
+    /// dies in between issues a new one (the old hash is replaced).
+    tokens: Mutex<HashMap<(WorkspaceId, u64), BootstrapToken>>,
+    events: broadcast::Sender<EngineEvent>,
+    wakeups: broadcast::Sender<WorkspaceId>,
+}
+
+/// One step of a [`DestroyPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// The step's name, as the history will show it.
+    pub step: String,
+    /// What it will remove.
+    pub removes: Vec<String>,
+}
+
+/// What destroying a workspace would do, in order: a dry run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestroyPlan {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// The steps, in the order they would run.
+    pub steps: Vec<PlannedStep>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Starts building an engine over `store`.
+    pub fn builder(store: Arc<dyn WorkspaceStore>) -> EngineBuilder {
+        EngineBuilder::new(store)
+    }
+
+    /// The store the engine writes to.
+    pub fn store(&self) -> &Arc<dyn WorkspaceStore> {
+        &self.0.store
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.0.clock
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.0.config
+    }
+
+    /// Engine events as they happen (operations planned, steps started, waiting,
+    /// done, failed; state changes). A slow subscriber misses events rather than
+    /// slowing the engine; the durable history has them all.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.0.events.subscribe()
+    }
+
+    /// Workspaces that have something new to do (a request, an agent event), as
+    /// they arise. The [`Driver`](crate::Driver) listens here; a host with its own
+    /// scheduler can too.
+    pub fn wakeups(&self) -> broadcast::Receiver<WorkspaceId> {
+        self.0.wakeups.subscribe()
+    }
+
+    fn wake(&self, id: &WorkspaceId) {
+        let _ = self.0.wakeups.send(id.clone());
+    }
+
+    fn publish(&self, events: Vec<EngineEvent>) {
+        for e in events {
+            let _ = self.0.events.send(e);
+        }
+    }
+
+    /// The workspace's record.
+    pub async fn workspace(&self, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+        Ok(self.0.store.get_workspace(id).await?.value)
+    }
+
+    /// The workspace's whole history, oldest first.
+    pub async fn history(&self, id: &WorkspaceId) -> Result<Vec<EventRecord>> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map_or(EventSeq(0), |e: &EventRecord| e.seq);
+            let page = self.0.store.read_events(id, after, 1000).await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+
+    /// Creates a workspace in `Provisioning` and plans its provisioning. The spec
+    /// must pass [`WorkspaceSpec::validate`] and name a cloud the engine has a
+    /// provisioner for.
+    pub async fn create(
+        &self,
+        id: WorkspaceId,
+        spec: WorkspaceSpec,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        spec.validate()?;
+        self.check_cloud(&spec)?;
+        let now = self.0.clock.now();
+        let mut record = WorkspaceRecord::new(id.clone(), spec, now);
+        let mut events = vec![NewEvent {
+            at: now,
+            actor: actor.clone(),
+            kind: EventKind::Created,
+            message: "workspace created".into(),
+        }];
+        let mut notices = Vec::new();
+        self.plan(
+            &mut record,
+            OperationKind::Provision,
+            None,
+            plan::provision(),
+            now,
+            &actor,
+            &mut events,
+            &mut notices,
+        );
+        let mut write = WorkspaceWrite::create(record.clone(), now);
+        write.events = events;
+        self.0.store.commit(write).await?;
+        self.publish(notices);
+        self.wake(&id);
+        Ok(record)
+    }
+
+    /// Changes the workspace's infrastructure to `spec` (only from `Active`):
+    /// plans the layers that differ. Tenant, cloud and region cannot change.
+    pub async fn update(
+        &self,
+        id: &WorkspaceId,
+        spec: WorkspaceSpec,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        spec.validate()?;
+        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+            let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, now)?;
+            let mut problems = Vec::new();
+            for (path, same) in [
+                ("tenant", rec.spec.tenant == spec.tenant),
+                ("cloud", rec.spec.cloud == spec.cloud),
+                ("region", rec.spec.region == spec.region),
+            ] {
+                if !same {
+                    problems.push(SpecProblem {
+                        path: path.into(),
+                        message: "cannot change after creation".into(),
+                    });
+                }
+            }
+            if !problems.is_empty() {
+                return Err(SpecErrors { problems }.into());
+            }
+            let previous = std::mem::replace(&mut rec.spec, spec.clone());
+            let steps = plan::update(&previous, &spec);
+            engine.transition(rec, t, &actor, "update requested", events, notices);
+            engine.plan(
+                rec,
+                OperationKind::Update,
+                None,
+                steps,
+                now,
+                &actor,
+                events,
+                notices,
+            );
+            if let Some(op) = rec.operations.last_mut() {
+                op.previous_spec = Some(previous);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Resumes the failed operation of a `Failed` workspace at its failed step
+    /// (finished steps do not run again). A failed wait for the agent restarts at
+    /// issuing a new bootstrap token, since a token works once.
+    pub async fn retry(&self, id: &WorkspaceId, actor: Actor) -> Result<WorkspaceRecord> {
+        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+            let t = step(&rec.state, &WorkspaceEvent::RetryRequested, now)?;
+            let kind = match &rec.state {
+                WorkspaceState::Failed(f) => match f.operation {
+                    crate::state::WorkspaceOperation::Provision => OperationKind::Provision,
+                    crate::state::WorkspaceOperation::Update => OperationKind::Update,
+                    crate::state::WorkspaceOperation::Destroy => OperationKind::Destroy,
+                },
+                _ => unreachable!("retry is accepted only from Failed"),
+            };
+            let op = rec
+                .operations
+                .iter_mut()
+                .find(|o| o.kind == kind)
+                .ok_or_else(|| Error::Corrupt {
+                    what: crate::error::Resource::Workspace(rec.id.clone()),
+                    detail: format!("failed {kind:?} operation has no stored plan"),
+                })?;
+            reset_failed_steps(op, now);
+            engine.transition(rec, t, &actor, "retry requested", events, notices);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Tears the workspace down: from `Active`, `Failed` (removing whatever a
+    /// half-finished operation left), `Provisioning` (cancelling it) or `Updating`
+    /// (after the running step). Stacks go first, in reverse dependency order, then
+    /// the agent, node pools, cluster and network.
+    pub async fn destroy(&self, id: &WorkspaceId, actor: Actor) -> Result<WorkspaceRecord> {
+        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+            let was_failed_destroy = matches!(&rec.state, WorkspaceState::Failed(f) if f.operation == crate::state::WorkspaceOperation::Destroy);
+            let t = step(&rec.state, &WorkspaceEvent::DestroyRequested, now)?;
+            engine.transition(rec, t, &actor, "destroy requested", events, notices);
+            if was_failed_destroy && let Some(op) = rec.operations.iter_mut().find(|o| o.kind == OperationKind::Destroy) {
+                reset_failed_steps(op, now);
+                return Ok(());
+            }
+            // Other operations stop: those mid-step finish that step first.
+            rec.operations.retain_mut(|op| {
+                if run::mid_step(op) {
+                    op.cancel_requested = true;
+                    true
+                } else {
+                    false
+                }
+            });
+            let names: Vec<StackName> = rec.stacks.iter().map(|(n, _)| n.clone()).collect();
+            for name in names {
+                let from = rec.stacks.get(&name).map(|e| e.state.name());
+                if let Ok(to) = rec.stacks.apply(&name, &StackEvent::RemoveRequested, now) {
+                    engine.stack_transition(rec, &name, from, &to, &actor, events, notices);
+                }
+            }
+            let steps = plan::destroy(&rec.stacks);
+            engine.plan(rec, OperationKind::Destroy, None, steps, now, &actor, events, notices);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a stack (or upgrades it, if one of that name exists) and plans its
+    /// deploy. Refused unless the workspace is `Active` or `Updating` and every
+    /// dependency is deployed.
+    pub async fn deploy_stack(
+        &self,
+        id: &WorkspaceId,
+        spec: StackSpec,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        spec.validate()?;
+        let kind = ExecutorKind::of(&spec.executor);
+        if !self.0.executors.contains_key(&kind) {
+            return Err(Error::Rejected {
+                service: "engine".into(),
+                detail: format!("no executor registered for {kind:?} stacks"),
+            });
+        }
+        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+            let name = spec.name.clone();
+            let from = rec.stacks.get(&name).map(|e| e.state.name());
+            if from.is_some() {
+                rec.stacks.upgrade(spec.clone())?;
+            } else {
+                rec.stacks.add(spec.clone())?;
+            }
+            let to = rec.stacks.request_deploy(&name, rec.state.name(), now)?;
+            rec.operations.retain(|o| {
+                !(o.stack.as_ref() == Some(&name)
+                    && o.steps.iter().any(|s| s.status == StepStatus::Failed))
+            });
+            engine.stack_transition(rec, &name, from, &to, &actor, events, notices);
+            engine.plan(
+                rec,
+                OperationKind::StackDeploy,
+                Some(name),
+                plan::stack_deploy(),
+                now,
+                &actor,
+                events,
+                notices,
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Resumes a failed stack's operation at its failed step.
+    pub async fn retry_stack(
+        &self,
+        id: &WorkspaceId,
+        name: &StackName,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+            let from = rec.stacks.get(name).map(|e| e.state.name());
+            let to = rec.stacks.apply(name, &StackEvent::RetryRequested, now)?;
+            let op = rec
+                .operations
+                .iter_mut()
+                .find(|o| o.stack.as_ref() == Some(name))
+                .ok_or_else(|| Error::Corrupt {
+                    what: crate::error::Resource::Stack(rec.id.clone(), name.clone()),
+                    detail: "failed stack has no stored operation".into(),
+                })?;
+            reset_failed_steps(op, now);
+            engine.stack_transition(rec, name, from, &to, &actor, events, notices);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a stack: plans its teardown. Refused while other stacks depend on it.
+    pub async fn remove_stack(
+        &self,
+        id: &WorkspaceId,
+        name: &StackName,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+            let from = rec.stacks.get(name).map(|e| e.state.name());
+            if matches!(
+                rec.state,
+                WorkspaceState::Destroying | WorkspaceState::Destroyed
+            ) {
+                return Err(crate::state::TransitionError {
+                    state: rec.state.name(),
+                    event: crate::state::EventName::DestroyRequested,
+                }
+                .into());
+            }
+            let to = rec.stacks.request_removal(name, now)?;
+            rec.operations.retain_mut(|o| {
+                if o.stack.as_ref() != Some(name) {
+                    return true;
+                }
+                o.cancel_requested = true;
+                run::mid_step(o)
+            });
+            engine.stack_transition(rec, name, from, &to, &actor, events, notices);
+            engine.plan(
+                rec,
+                OperationKind::StackDestroy,
+                Some(name.clone()),
+                plan::stack_destroy(),
+                now,
+                &actor,
+                events,
+                notices,
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// A dry run of [`destroy`](Self::destroy): the ordered teardown steps and what
+    /// each would remove, from the stack graph and the provisioner's `describe`.
+    pub async fn destroy_plan(&self, id: &WorkspaceId) -> Result<DestroyPlan> {
+        let rec = self.0.store.get_workspace(id).await?.value;
+        let described = match self.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
+            Some(p) => p.describe(id, &rec.spec).await?,
+            None => Default::default(),
+        };
+        let credentials = self.0.store.list_credentials(id).await?;
+        let steps = plan::destroy(&rec.stacks)
+            .into_iter()
+            .map(|s| {
+                let removes = match s.name.as_str() {
+                    plan::REVOKE_AGENT => credentials
+                        .iter()
+                        .filter(|c| c.revoked.is_none())
+                        .map(|c| format!("agent certificate {}", c.serial))
+                        .collect(),
+                    plan::UNINSTALL_AGENT => rec
+                        .cluster
+                        .iter()
+                        .map(|c| format!("the Cluster Agent in cluster {}", c.name))
+                        .collect(),
+                    name => match InfraLayer::BUILD_ORDER
+                        .into_iter()
+                        .find(|l| l.as_str() == name)
+                    {
+                        Some(layer) => described
+                            .resources
+                            .iter()
+                            .filter(|r| r.layer == layer)
+                            .map(|r| format!("{} {}", r.kind, r.id))
+                            .collect(),
+                        None => {
+                            let stack = name.trim_start_matches("stack/");
+                            rec.stacks
+                                .iter()
+                                .find(|(n, _)| n.as_str() == stack)
+                                .map(|(n, e)| {
+                                    vec![format!(
+                                        "{:?} stack {n} ({})",
+                                        crate::executor::ExecutorKind::of(&e.spec.executor),
+                                        e.state.name()
+                                    )]
+                                })
+                                .unwrap_or_default()
+                        }
+                    },
+                };
+                PlannedStep {
+                    step: s.name,
+                    removes,
+                }
+            })
+            .collect();
+        Ok(DestroyPlan {
+            workspace: id.clone(),
+            steps,
+        })
+    }
+
+    fn check_cloud(&self, spec: &WorkspaceSpec) -> Result<()> {
+        let cloud = CloudKind::of(&spec.cloud);
+        if self.0.clouds.contains_key(&cloud) {
+            Ok(())
+        } else {
+            Err(Error::Rejected {
+                service: "engine".into(),
+                detail: format!("no provisioner registered for {cloud:?}"),
+            })
+        }
+    }
+
+    /// Applies an API request to a workspace: load, change a copy, write it back
+    /// with compare-and-swap (retrying a few times if the engine wrote in
+    /// between). A refused request writes nothing.
+    async fn mutate<F>(
+        &self,
+        id: &WorkspaceId,
+        actor: &Actor,
+        mut change: F,
+    ) -> Result<WorkspaceRecord>
+    where
+        F: FnMut(
+                &Engine,
+                &mut WorkspaceRecord,
+                Timestamp,
+                &mut Vec<NewEvent>,
+                &mut Vec<EngineEvent>,
+            ) -> Result<()>
+            + Send,
+    {
+        let _ = actor;
+        for _ in 0..16 {
+            let current = self.0.store.get_workspace(id).await?;
+            let now = self.0.clock.now();
+            let mut rec = current.value.clone();
+            let mut events = Vec::new();
+            let mut notices = Vec::new();
+            change(self, &mut rec, now, &mut events, &mut notices)?;
+            rec.updated_at = now;
+            rec.wake_at = Some(now);
+            let mut write = WorkspaceWrite::update(rec.clone(), current.revision, now);
+            write.events = events;
+            match self.0.store.commit(write).await {
+                Ok(_) => {
+                    self.publish(notices);
+                    self.wake(id);
+                    return Ok(rec);
+                }
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable {
+            service: "engine".into(),
+            detail: format!("workspace {id} kept changing; try again"),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        rec: &mut WorkspaceRecord,
+        kind: OperationKind,
+        stack: Option<StackName>,
+        steps: Vec<crate::store::StepRecord>,
+        now: Timestamp,
+        actor: &Actor,
+        events: &mut Vec<NewEvent>,
+        notices: &mut Vec<EngineEvent>,
+    ) {
+        let seq = rec.next_operation.max(1);
+        rec.next_operation = seq + 1;
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        events.push(NewEvent {
+            at: now,
+            actor: actor.clone(),
+            kind: EventKind::Note,
+            message: format!(
+                "planned {kind:?} operation {seq}: {}",
+                if names.is_empty() {
+                    "nothing to change".into()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        });
+        notices.push(EngineEvent {
+            workspace: rec.id.clone(),
+            at: now,
+            kind: EngineEventKind::OperationStarted {
+                operation: seq,
+                kind,
+                steps: names,
+            },
+        });
+        rec.operations.push(OperationRecord {
+            seq,
+            kind,
+            stack,
+            steps,
+            started_at: now,
+            wake_at: None,
+            cancel_requested: false,
+            previous_spec: None,
+        });
+    }
+
+    fn transition(
+        &self,
+        rec: &mut WorkspaceRecord,
+        t: crate::state::Transition,
+        actor: &Actor,
+        why: &str,
+        events: &mut Vec<NewEvent>,
+        notices: &mut Vec<EngineEvent>,
+    ) {
+        let to = t.to.name();
+        rec.state = t.to;
+        events.push(NewEvent {
+            at: t.at,
+            actor: actor.clone(),
+            kind: EventKind::Transition {
+                from: t.from,
+                to,
+                event: t.event,
+            },
+            message: why.to_owned(),
+        });
+        notices.push(EngineEvent {
+            workspace: rec.id.clone(),
+            at: t.at,
+            kind: EngineEventKind::Transition { from: t.from, to },
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stack_transition(
+        &self,
+        rec: &WorkspaceRecord,
+        name: &StackName,
+        from: Option<crate::stack::StackStateName>,
+        to: &StackState,
+        actor: &Actor,
+        events: &mut Vec<NewEvent>,
+        notices: &mut Vec<EngineEvent>,
+    ) {
+        let at = self.0.clock.now();
+        let why = match to {
+            StackState::Failed(f) => format!("stack {name} failed at {}: {}", f.step, f.error),
+            other => format!("stack {name} is {}", other.name()),
+        };
+        events.push(NewEvent {
+            at,
+            actor: actor.clone(),
+            kind: EventKind::StackTransition {
+                stack: name.clone(),
+                from,
+                to: to.name(),
+            },
+            message: why,
+        });
+        notices.push(EngineEvent {
+            workspace: rec.id.clone(),
+            at,
+            kind: EngineEventKind::StackTransition {
+                stack: name.clone(),
+                from,
+                to: to.name(),
+            },
+        });
+    }
+}
+
+/// Puts an operation's failed step (and, for a failed wait for the agent, the
+/// token and install steps before it) back to pending.
+fn reset_failed_steps(op: &mut OperationRecord, now: Timestamp) {
+    let agent_wait_failed = op
+        .steps
+        .iter()
+        .any(|s| s.name == plan::AWAIT_AGENT && s.status == StepStatus::Failed);
+    for s in &mut op.steps {
+        let restart = s.status == StepStatus::Failed
+            || (agent_wait_failed
+                && [plan::ISSUE_TOKEN, plan::INSTALL_AGENT].contains(&s.name.as_str()));
+        if restart {
+            s.status = StepStatus::Pending;
+            s.attempts = 0;
+            s.command = None;
+            s.deadline = None;
+        }
+    }
+    op.wake_at = Some(now);
+}
+
+/// The engine hears agents through its transport: each event wakes the workspace
+/// (the facts themselves are already durable in the store).
+#[async_trait]
+impl AgentEventSink for Engine {
+    async fn on_agent_event(&self, event: AgentEvent) -> Result<()> {
+        let workspace = match &event {
+            AgentEvent::Bootstrapped { workspace, .. }
+            | AgentEvent::Polled { workspace, .. }
+            | AgentEvent::CommandAnswered { workspace, .. } => workspace.clone(),
+        };
+        tracing::debug!(workspace = %workspace, ?event, "agent event");
+        self.wake(&workspace);
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Operation plans: the named, idempotent steps of each operation.
+
+use crate::ids::StackName;
+use crate::provisioner::InfraLayer;
+use crate::spec::WorkspaceSpec;
+use crate::stack::{StackGraph, StackState};
+use crate::store::{OperationKind, OperationRecord, StepRecord};
+
+pub(crate) const ISSUE_TOKEN: &str = "issue-bootstrap-token";
+pub(crate) const INSTALL_AGENT: &str = "install-agent";
+pub(crate) const AWAIT_AGENT: &str = "await-agent";
+pub(crate) const REVOKE_AGENT: &str = "revoke-agent-credentials";
+pub(crate) const UNINSTALL_AGENT: &str = "uninstall-agent";
+pub(crate) const STACK_APPLY: &str = "apply";
+pub(crate) const STACK_DESTROY: &str = "destroy";
+const STACK_PREFIX: &str = "stack/";
+
+/// What a step does, recovered from its operation and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepKind {
+    /// Provision, update or destroy a layer (as the operation says).
+    Layer(InfraLayer),
+    IssueToken,
+    InstallAgent,
+    AwaitAgent,
+    RevokeAgent,
+    UninstallAgent,
+    /// Apply a stack (in a stack deploy).
+    StackApply(StackName),
+    /// Tear a stack down (in a stack destroy, or a workspace destroy).
+    StackDestroy(StackName),
+}
+
+impl StepKind {
+    pub(crate) fn of(op: &OperationRecord, step: &str) -> Option<Self> {
+        let layer = InfraLayer::BUILD_ORDER
+            .into_iter()
+            .find(|l| l.as_str() == step);
+        Some(match (op.kind, step) {
+            (OperationKind::Provision | OperationKind::Update | OperationKind::Destroy, _)
+                if layer.is_some() =>
+            {
+                Self::Layer(layer?)
+            }
+            (OperationKind::Provision, ISSUE_TOKEN) => Self::IssueToken,
+            (OperationKind::Provision, INSTALL_AGENT) => Self::InstallAgent,
+            (OperationKind::Provision, AWAIT_AGENT) => Self::AwaitAgent,
+            (OperationKind::Destroy, REVOKE_AGENT) => Self::RevokeAgent,
+            (OperationKind::Destroy, UNINSTALL_AGENT) => Self::UninstallAgent,
+            (OperationKind::Destroy, s) if s.starts_with(STACK_PREFIX) => {
+                Self::StackDestroy(s[STACK_PREFIX.len()..].parse().ok()?)
+            }
+            (OperationKind::StackDeploy, STACK_APPLY) => Self::StackApply(op.stack.clone()?),
+            (OperationKind::StackDestroy, STACK_DESTROY) => Self::StackDestroy(op.stack.clone()?),
+            _ => return None,
+        })
+    }
+
+    /// Whether the step acts inside the cluster through the agent, so that a
+    /// teardown may skip it when the agent cannot be reached.
+    pub(crate) fn in_cluster_teardown(&self) -> bool {
+        matches!(self, Self::UninstallAgent | Self::StackDestroy(_))
+    }
+}
+
+fn steps(names: impl IntoIterator<Item = String>) -> Vec<StepRecord> {
+    names.into_iter().map(StepRecord::pending).collect()
+}
+
+pub(crate) fn provision() -> Vec<StepRecord> {
+    let mut names: Vec<String> = InfraLayer::BUILD_ORDER
+        .iter()
+        .map(|l| l.as_str().to_owned())
+        .collect();
+    names.extend([ISSUE_TOKEN, INSTALL_AGENT, AWAIT_AGENT].map(String::from));
+    steps(names)
+}
+
+/// The layers an update must touch to go from `from` to `to`.
+pub(crate) fn update(from: &WorkspaceSpec, to: &WorkspaceSpec) -> Vec<StepRecord> {
+    let everything = from.overrides != to.overrides;
+    let mut names = Vec::new();
+    if everything || from.network != to.network {
+        names.push(InfraLayer::Network);
+    }
+    if everything || from.kubernetes_version != to.kubernetes_version {
+        names.push(InfraLayer::Cluster);
+    }
+    if everything || from.node_pools != to.node_pools {
+        names.push(InfraLayer::NodePools);
+    }
+    steps(names.into_iter().map(|l| l.as_str().to_owned()))
+}
+
+/// Stacks in reverse dependency order, then the agent, then the infrastructure
+/// in reverse build order.
+pub(crate) fn destroy(stacks: &StackGraph) -> Vec<StepRecord> {
+    let mut names: Vec<String> = stacks
+        .teardown_order()
+        .into_iter()
+        .filter(|n| {
+            stacks
+                .get(n)
+                .is_some_and(|e| e.state != StackState::Destroyed)
+        })
+        .map(|n| stack_step(&n))
+        .collect();
+    names.extend([REVOKE_AGENT, UNINSTALL_AGENT].map(String::from));
+    names.extend(
+        InfraLayer::BUILD_ORDER
+            .iter()
+            .rev()
+            .map(|l| l.as_str().to_owned()),
+    );
+    steps(names)
+}
+
+pub(crate) fn stack_step(name: &StackName) -> String {
+    format!("{STACK_PREFIX}{name}")
+}
+
+pub(crate) fn stack_deploy() -> Vec<StepRecord> {
+    steps([STACK_APPLY.to_owned()])
+}
+
+pub(crate) fn stack_destroy() -> Vec<StepRecord> {
+    steps([STACK_DESTROY.to_owned()])
+}

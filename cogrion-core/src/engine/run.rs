@@ -1,0 +1,762 @@
+//! [`Engine::advance`]: one step of one operation, persisted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cogrion_agent_proto::CommandId;
+use tracing::Instrument;
+
+use super::plan::{self, StepKind};
+use super::{Action, CloudKind, Engine, EngineEvent, EngineEventKind, lock};
+use crate::agent::{AgentInstall, issue_bootstrap_token};
+use crate::checkpoint::{Progress, StoreCheckpoint};
+use crate::clock::Timestamp;
+use crate::error::{Error, Resource, Result};
+use crate::executor::{ExecutionTarget, ExecutorKind, StackRequest};
+use crate::ids::{IdempotencyKey, WorkspaceId};
+use crate::provisioner::{InfraLayer, LayerRequest};
+use crate::stack::StackEvent;
+use crate::state::{WorkspaceEvent, WorkspaceState, step};
+use crate::store::{
+    Actor, CheckpointKey, CommandStatus, EventKind, Lease, NewCommand, NewEvent, OperationKind,
+    OperationRecord, RecordStore, StepStatus, WorkspaceRecord, WorkspaceWrite,
+};
+
+/// Whether an operation is in the middle of a step (waiting on the cloud or an
+/// agent command), so that cancelling it must wait for that step to end.
+pub(crate) fn mid_step(op: &OperationRecord) -> bool {
+    op.steps.iter().any(|s| s.status == StepStatus::Running)
+}
+
+/// How one attempt of a step ended.
+enum Outcome {
+    Done,
+    Skipped(String),
+    InProgress(Duration),
+    AwaitCommand(NewCommand),
+    AwaitAgent(Timestamp),
+    /// The bootstrap token was lost with a previous process: issue a new one.
+    ReissueToken,
+    Failed(Error),
+}
+
+/// The changes one `advance` makes, committed together.
+struct Tx {
+    rec: WorkspaceRecord,
+    events: Vec<NewEvent>,
+    commands: Vec<NewCommand>,
+    notices: Vec<EngineEvent>,
+    actor: Actor,
+    now: Timestamp,
+    changed: bool,
+}
+
+impl Tx {
+    fn event(&mut self, kind: EventKind, message: String) {
+        self.events.push(NewEvent {
+            at: self.now,
+            actor: self.actor.clone(),
+            kind,
+            message,
+        });
+        self.changed = true;
+    }
+
+    fn notice(&mut self, kind: EngineEventKind) {
+        self.notices.push(EngineEvent {
+            workspace: self.rec.id.clone(),
+            at: self.now,
+            kind,
+        });
+    }
+}
+
+impl Engine {
+    /// Runs the next step of the workspace's next runnable operation and persists
+    /// its outcome; returns what to do next.
+    ///
+    /// Takes (or reuses) the workspace's lease. When another replica holds it, or
+    /// when the persisting write finds a newer revision, nothing is changed and the
+    /// answer says when to look again. [`Error::LeaseLost`] means this replica was
+    /// fenced out in the middle of the step: stop driving the workspace.
+    pub async fn advance(&self, id: &WorkspaceId) -> Result<Action> {
+        let span = tracing::info_span!("advance", workspace = %id);
+        self.advance_inner(id).instrument(span).await
+    }
+
+    async fn advance_inner(&self, id: &WorkspaceId) -> Result<Action> {
+        let now = self.0.clock.now();
+        let lease = match self.lease(id, now).await {
+            Ok(lease) => lease,
+            Err(Error::LeaseHeld { expires_at, .. }) => return Ok(Action::WakeAt(expires_at)),
+            Err(e) => return Err(e),
+        };
+        let current = self.0.store.get_workspace(id).await?;
+        let mut tx = Tx {
+            rec: current.value,
+            events: Vec::new(),
+            commands: Vec::new(),
+            notices: Vec::new(),
+            actor: Actor::Engine {
+                holder: self.0.config.holder.clone(),
+            },
+            now,
+            changed: false,
+        };
+        let action = match self.run_next(&mut tx, &lease).await {
+            Ok(action) => action,
+            Err(e @ Error::LeaseLost { .. }) => {
+                lock(&self.0.leases).remove(id);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let wake_at = next_wake(&tx.rec, now);
+        if tx.rec.wake_at != wake_at {
+            tx.rec.wake_at = wake_at;
+            tx.changed = true;
+        }
+        if tx.changed {
+            tx.rec.updated_at = now;
+            let mut write =
+                WorkspaceWrite::update(tx.rec.clone(), current.revision, now).fenced(lease.fence);
+            write.events = std::mem::take(&mut tx.events);
+            write.commands = std::mem::take(&mut tx.commands);
+            let queued = !write.commands.is_empty();
+            match self.0.store.commit(write).await {
+                Ok(_) => {}
+                // A request (or another replica) wrote first: decide again.
+                Err(Error::Conflict { .. }) => return Ok(Action::RunAgain),
+                Err(e @ Error::LeaseLost { .. }) => {
+                    lock(&self.0.leases).remove(id);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+            if queued && let Some(t) = &self.0.transport {
+                t.notify(id).await?;
+            }
+        }
+        self.publish(std::mem::take(&mut tx.notices));
+        let release = match action {
+            Action::Done | Action::AwaitAgent { .. } => true,
+            Action::WakeAt(t) => t.since(now) > self.0.config.lease_ttl / 2,
+            Action::RunAgain => false,
+        };
+        if release {
+            lock(&self.0.leases).remove(id);
+            self.0.store.release(&lease).await?;
+        }
+        Ok(action)
+    }
+
+    /// The workspace's lease: reused while comfortably valid, else acquired (or
+    /// renewed) in the store.
+    async fn lease(&self, id: &WorkspaceId, now: Timestamp) -> Result<Lease> {
+        let ttl = self.0.config.lease_ttl;
+        if let Some(l) = lock(&self.0.leases).get(id)
+            && l.expires_at.since(now) > ttl / 2
+        {
+            return Ok(l.clone());
+        }
+        let lease = self
+            .0
+            .store
+            .acquire(id, &self.0.config.holder, ttl, now)
+            .await?;
+        lock(&self.0.leases).insert(id.clone(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn run_next(&self, tx: &mut Tx, lease: &Lease) -> Result<Action> {
+        let now = tx.now;
+        // Cancelled operations that are not mid-step are dropped.
+        let before = tx.rec.operations.len();
+        tx.rec
+            .operations
+            .retain(|op| !op.cancel_requested || mid_step(op));
+        tx.changed |= tx.rec.operations.len() != before;
+
+        let cancelling = tx.rec.operations.iter().any(|op| op.cancel_requested);
+        let workspace_ready = matches!(
+            tx.rec.state,
+            WorkspaceState::Active | WorkspaceState::Updating
+        );
+        let mut awaiting_agent = None;
+        for i in 0..tx.rec.operations.len() {
+            let op = &tx.rec.operations[i];
+            if op.steps.iter().any(|s| s.status == StepStatus::Failed) {
+                continue; // waits for a retry or a destroy
+            }
+            if op.kind == OperationKind::Destroy && cancelling {
+                continue; // the superseded operations finish their running step first
+            }
+            if op.kind == OperationKind::StackDeploy && !workspace_ready && !op.cancel_requested {
+                continue;
+            }
+            let Some(j) = op.steps.iter().position(|s| !s.is_finished()) else {
+                self.finish(tx, i);
+                return Ok(Action::RunAgain);
+            };
+            let step = &op.steps[j];
+            if let Some(command) = &step.command {
+                let answered = matches!(
+                    self.0.store.get_command(&tx.rec.id, command).await?.status,
+                    CommandStatus::Answered { .. }
+                );
+                let past_deadline = step.deadline.is_some_and(|d| now >= d);
+                if !answered && !past_deadline {
+                    awaiting_agent = Some(step.deadline);
+                    continue;
+                }
+            } else if op.wake_at.is_some_and(|t| t > now) {
+                if step.name == plan::AWAIT_AGENT {
+                    awaiting_agent = Some(op.wake_at);
+                }
+                continue;
+            }
+            self.run_step(tx, lease, i, j).await?;
+            return Ok(Action::RunAgain);
+        }
+        if tx.rec.operations.is_empty() {
+            return Ok(Action::Done);
+        }
+        Ok(match (awaiting_agent, next_wake(&tx.rec, now)) {
+            (Some(until), _) => Action::AwaitAgent {
+                until: until.or(next_wake(&tx.rec, now)),
+            },
+            (None, Some(t)) => Action::WakeAt(t),
+            (None, None) => Action::Done,
+        })
+    }
+
+    async fn run_step(&self, tx: &mut Tx, lease: &Lease, i: usize, j: usize) -> Result<()> {
+        let now = tx.now;
+        let op = &tx.rec.operations[i];
+        let (seq, name) = (op.seq, op.steps[j].name.clone());
+        let kind = StepKind::of(op, &name).ok_or_else(|| Error::Corrupt {
+            what: Resource::Workspace(tx.rec.id.clone()),
+            detail: format!("operation {seq} has a step {name:?} this engine does not know"),
+        })?;
+        let span = tracing::info_span!("step", operation = seq, step = %name);
+        {
+            let step = &mut tx.rec.operations[i].steps[j];
+            if step.status == StepStatus::Pending {
+                step.status = StepStatus::Running;
+                step.attempts += 1;
+                if kind.in_cluster_teardown() && tx.rec.operations[i].kind == OperationKind::Destroy
+                {
+                    let step = &mut tx.rec.operations[i].steps[j];
+                    step.deadline
+                        .get_or_insert(now + self.0.config.teardown_deadline);
+                }
+                let attempt = tx.rec.operations[i].steps[j].attempts;
+                tx.notice(EngineEventKind::StepStarted {
+                    operation: seq,
+                    step: name.clone(),
+                    attempt,
+                });
+            }
+        }
+        tx.changed = true;
+        let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await;
+        self.apply_outcome(tx, i, j, &kind, outcome)
+    }
+
+    /// Performs the step's side effect through the traits.
+    async fn effect(
+        &self,
+        tx: &mut Tx,
+        lease: &Lease,
+        i: usize,
+        j: usize,
+        kind: &StepKind,
+    ) -> Outcome {
+        match self.try_effect(tx, lease, i, j, kind).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    async fn try_effect(
+        &self,
+        tx: &mut Tx,
+        lease: &Lease,
+        i: usize,
+        j: usize,
+        kind: &StepKind,
+    ) -> Result<Outcome> {
+        let now = tx.now;
+        let id = tx.rec.id.clone();
+        let op = &tx.rec.operations[i];
+        let step = &op.steps[j];
+        let key = IdempotencyKey::derive(&id, op.seq, &step.name);
+        let store: Arc<dyn RecordStore> = self.0.store.clone();
+        let checkpoint = Arc::new(StoreCheckpoint::new(
+            store,
+            id.clone(),
+            CheckpointKey::for_step(op.seq, &step.name)?,
+            lease.fence,
+        ));
+        Ok(match kind {
+            StepKind::Layer(layer) => {
+                let provisioner = self
+                    .0
+                    .clouds
+                    .get(&CloudKind::of(&tx.rec.spec.cloud))
+                    .ok_or_else(|| Error::Rejected {
+                        service: "engine".into(),
+                        detail: "no provisioner registered for this cloud".into(),
+                    })?;
+                let request =
+                    LayerRequest::new(id.clone(), tx.rec.spec.clone(), *layer, key, checkpoint);
+                match op.kind {
+                    OperationKind::Destroy => match provisioner.destroy(request).await? {
+                        Progress::Ready(()) => {
+                            if *layer == InfraLayer::Cluster {
+                                tx.rec.cluster = None;
+                            }
+                            Outcome::Done
+                        }
+                        other => waiting(other),
+                    },
+                    kind => {
+                        let progress = if kind == OperationKind::Update {
+                            let previous = op
+                                .previous_spec
+                                .clone()
+                                .unwrap_or_else(|| tx.rec.spec.clone());
+                            provisioner.update(request.updating_from(previous)).await?
+                        } else {
+                            provisioner.provision(request).await?
+                        };
+                        match progress {
+                            Progress::Ready(state) => {
+                                if state.cluster.is_some() {
+                                    tx.rec.cluster = state.cluster;
+                                }
+                                Outcome::Done
+                            }
+                            other => waiting(other),
+                        }
+                    }
+                }
+            }
+            StepKind::IssueToken => {
+                let token =
+                    issue_bootstrap_token(self.0.store.as_ref(), &id, now, self.0.config.token_ttl)
+                        .await?;
+                lock(&self.0.tokens).insert((id, op.seq), token);
+                Outcome::Done
+            }
+            StepKind::InstallAgent => {
+                let cluster = tx.rec.cluster.clone().ok_or_else(|| Error::Rejected {
+                    service: "engine".into(),
+                    detail: "the cluster's access is unknown; provision the cluster first".into(),
+                })?;
+                let Some(token) = lock(&self.0.tokens).get(&(id.clone(), op.seq)).cloned() else {
+                    return Ok(Outcome::ReissueToken);
+                };
+                match self
+                    .0
+                    .installer
+                    .install(AgentInstall::new(id.clone(), cluster, token, key))
+                    .await?
+                {
+                    Progress::Ready(()) => {
+                        lock(&self.0.tokens).remove(&(id, op.seq));
+                        Outcome::Done
+                    }
+                    other => waiting(other),
+                }
+            }
+            StepKind::AwaitAgent => {
+                let started = op.started_at;
+                let polled = self.0.store.list_credentials(&id).await?.iter().any(|c| {
+                    c.revoked.is_none() && c.first_poll_at.is_some() && c.issued_at >= started
+                });
+                let deadline = step
+                    .deadline
+                    .unwrap_or(now + self.0.config.agent_poll_deadline);
+                if polled {
+                    Outcome::Done
+                } else if now >= deadline {
+                    Outcome::Failed(Error::Rejected {
+                        service: "agent".into(),
+                        detail: format!("the agent did not poll by {deadline}"),
+                    })
+                } else {
+                    Outcome::AwaitAgent(deadline)
+                }
+            }
+            StepKind::RevokeAgent => {
+                let revoked = self
+                    .0
+                    .store
+                    .revoke_all(&id, "workspace destroyed", now)
+                    .await?;
+                if let Some(t) = &self.0.transport {
+                    t.disconnect(&id, "workspace destroyed").await?;
+                }
+                tx.event(
+                    EventKind::Note,
+                    format!("revoked {} agent certificate(s)", revoked.len()),
+                );
+                Outcome::Done
+            }
+            StepKind::UninstallAgent => match tx.rec.cluster.clone() {
+                None => Outcome::Skipped("no cluster: nothing to uninstall".into()),
+                Some(cluster) => waiting(self.0.installer.uninstall(&id, &cluster).await?),
+            },
+            StepKind::StackApply(name) | StepKind::StackDestroy(name) => {
+                let Some(entry) = tx.rec.stacks.get(name) else {
+                    return Ok(Outcome::Skipped(format!("stack {name} is gone")));
+                };
+                let executor_kind = ExecutorKind::of(&entry.spec.executor);
+                let executor =
+                    self.0
+                        .executors
+                        .get(&executor_kind)
+                        .ok_or_else(|| Error::Rejected {
+                            service: "engine".into(),
+                            detail: format!("no executor registered for {executor_kind:?} stacks"),
+                        })?;
+                let mut request = StackRequest::new(
+                    ExecutionTarget::new(id.clone(), tx.rec.cluster.clone()),
+                    entry.spec.clone(),
+                    key,
+                    checkpoint,
+                );
+                if let Some(command) = &step.command {
+                    match self.0.store.get_command(&id, command).await?.status {
+                        CommandStatus::Answered { result, .. } => {
+                            request = request.with_command_result(result)
+                        }
+                        CommandStatus::Pending => {
+                            return Ok(Outcome::Failed(Error::Unavailable {
+                                service: "agent".into(),
+                                detail: format!("no answer to command {command} by its deadline"),
+                            }));
+                        }
+                    }
+                }
+                if matches!(kind, StepKind::StackApply(_)) {
+                    match executor.apply(request).await? {
+                        Progress::Ready(_) => Outcome::Done,
+                        other => waiting(other),
+                    }
+                } else {
+                    waiting(executor.destroy(request).await?)
+                }
+            }
+        })
+    }
+
+    /// Records how the attempt ended.
+    fn apply_outcome(
+        &self,
+        tx: &mut Tx,
+        i: usize,
+        j: usize,
+        kind: &StepKind,
+        outcome: Outcome,
+    ) -> Result<()> {
+        let now = tx.now;
+        let seq = tx.rec.operations[i].seq;
+        let name = tx.rec.operations[i].steps[j].name.clone();
+        let attempt = tx.rec.operations[i].steps[j].attempts;
+        let in_destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
+        // In-cluster teardown past its deadline is skipped: deleting the cluster
+        // removes what is left inside it.
+        let teardown = in_destroy && kind.in_cluster_teardown();
+        let deadline_passed = tx.rec.operations[i].steps[j]
+            .deadline
+            .is_some_and(|d| now >= d);
+        let outcome = match outcome {
+            Outcome::Failed(e) if teardown && deadline_passed && e.is_transient() => {
+                Outcome::Skipped(format!(
+                    "the agent could not be reached before the deadline ({e}); deleting the cluster removes what is left in it"
+                ))
+            }
+            other => other,
+        };
+        match outcome {
+            Outcome::Done | Outcome::Skipped(_) => {
+                let skipped = match &outcome {
+                    Outcome::Skipped(why) => Some(why.clone()),
+                    _ => None,
+                };
+                let step = &mut tx.rec.operations[i].steps[j];
+                step.status = match &skipped {
+                    Some(reason) => StepStatus::Skipped {
+                        reason: reason.clone(),
+                    },
+                    None => StepStatus::Done,
+                };
+                step.command = None;
+                step.deadline = None;
+                tx.rec.operations[i].wake_at = None;
+                match &skipped {
+                    Some(why) => tx.event(
+                        EventKind::StepSkipped {
+                            operation: seq,
+                            step: name.clone(),
+                        },
+                        why.clone(),
+                    ),
+                    None => tx.event(
+                        EventKind::StepDone {
+                            operation: seq,
+                            step: name.clone(),
+                        },
+                        format!("{name} done"),
+                    ),
+                }
+                tx.notice(EngineEventKind::StepDone {
+                    operation: seq,
+                    step: name,
+                    skipped,
+                });
+                self.after_step(tx, i, kind);
+                if tx.rec.operations[i].steps.iter().all(|s| s.is_finished()) {
+                    self.finish(tx, i);
+                }
+            }
+            Outcome::InProgress(poll_after) => {
+                let until = now + poll_after;
+                tx.rec.operations[i].wake_at = Some(until);
+                tx.notice(EngineEventKind::StepWaiting {
+                    operation: seq,
+                    step: name,
+                    until: Some(until),
+                    reason: "in progress".into(),
+                });
+            }
+            Outcome::AwaitAgent(deadline) => {
+                tx.rec.operations[i].steps[j].deadline = Some(deadline);
+                tx.rec.operations[i].wake_at = Some(deadline);
+                tx.notice(EngineEventKind::StepWaiting {
+                    operation: seq,
+                    step: name,
+                    until: Some(deadline),
+                    reason: "waiting for the agent's first poll".into(),
+                });
+            }
+            Outcome::AwaitCommand(mut command) => {
+                // One id per attempt, so a retried step never collides with the
+                // command of an earlier attempt.
+                let id = CommandId::new(format!("{}.{attempt}", command.id))
+                    .unwrap_or_else(|_| command.id.clone());
+                let step = &mut tx.rec.operations[i].steps[j];
+                if step.command.as_ref() != Some(&id) {
+                    command.id = id.clone();
+                    tx.commands.push(command);
+                    tx.event(
+                        EventKind::CommandQueued { id: id.clone() },
+                        format!("{name}: command {id} queued for the agent"),
+                    );
+                }
+                let step = &mut tx.rec.operations[i].steps[j];
+                step.command = Some(id);
+                let until = *step
+                    .deadline
+                    .get_or_insert(now + self.0.config.command_deadline);
+                let until = Some(until);
+                tx.rec.operations[i].wake_at = until;
+                tx.notice(EngineEventKind::StepWaiting {
+                    operation: seq,
+                    step: name,
+                    until,
+                    reason: "waiting for the agent".into(),
+                });
+            }
+            Outcome::ReissueToken => {
+                for s in &mut tx.rec.operations[i].steps {
+                    if s.name == plan::ISSUE_TOKEN || s.name == plan::INSTALL_AGENT {
+                        s.status = StepStatus::Pending;
+                    }
+                }
+                tx.event(
+                    EventKind::Note,
+                    "the bootstrap token was lost with an earlier process; issuing a new one"
+                        .into(),
+                );
+            }
+            Outcome::Failed(error) => {
+                let retry = error.is_transient() && attempt < self.0.config.retry.max_attempts;
+                tx.event(
+                    EventKind::StepFailed {
+                        operation: seq,
+                        step: name.clone(),
+                        attempt,
+                        will_retry: retry,
+                    },
+                    error.to_string(),
+                );
+                tx.notice(EngineEventKind::StepFailed {
+                    operation: seq,
+                    step: name.clone(),
+                    attempt,
+                    error: error.to_string(),
+                    will_retry: retry,
+                });
+                let step = &mut tx.rec.operations[i].steps[j];
+                step.last_error = Some(error.to_string());
+                step.command = None;
+                if !teardown {
+                    step.deadline = None;
+                }
+                if retry {
+                    step.status = StepStatus::Pending;
+                    let at_least = match error.retry() {
+                        crate::error::Retry::After(d) => d,
+                        _ => None,
+                    };
+                    let delay =
+                        self.0
+                            .config
+                            .retry
+                            .delay(attempt, at_least, &mut *lock(&self.0.rng));
+                    tx.rec.operations[i].wake_at = Some(now + delay);
+                } else {
+                    let error = if error.is_transient() {
+                        Error::Exhausted {
+                            attempts: attempt,
+                            last: Box::new(error),
+                        }
+                    } else {
+                        error
+                    };
+                    self.fail(tx, i, j, error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping after a step finished: stack states.
+    fn after_step(&self, tx: &mut Tx, i: usize, kind: &StepKind) {
+        let now = tx.now;
+        let (event, name) = match kind {
+            StepKind::StackApply(name) => (StackEvent::DeploySucceeded, name.clone()),
+            StepKind::StackDestroy(name) => (StackEvent::DestroySucceeded, name.clone()),
+            _ => return,
+        };
+        let _ = i;
+        let from = tx.rec.stacks.get(&name).map(|e| e.state.name());
+        if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
+            let (rec, events, notices) = (&tx.rec, &mut tx.events, &mut tx.notices);
+            self.stack_transition(rec, &name, from, &to, &tx.actor, events, notices);
+            if event == StackEvent::DestroySucceeded {
+                let _ = tx.rec.stacks.forget(&name);
+            }
+        }
+    }
+
+    /// Ends a finished operation: the workspace transition it leads to, and its
+    /// removal from the record.
+    fn finish(&self, tx: &mut Tx, i: usize) {
+        let op = tx.rec.operations.remove(i);
+        tx.changed = true;
+        let event = match op.kind {
+            OperationKind::Provision => WorkspaceEvent::AgentFirstPoll,
+            OperationKind::Update => WorkspaceEvent::UpdateCompleted,
+            OperationKind::Destroy => WorkspaceEvent::DestroyCompleted,
+            OperationKind::StackDeploy | OperationKind::StackDestroy => return,
+        };
+        if op.cancel_requested {
+            return;
+        }
+        match step(&tx.rec.state, &event, tx.now) {
+            Ok(t) => {
+                let why = match op.kind {
+                    OperationKind::Provision => "the agent's first authenticated poll arrived",
+                    OperationKind::Update => "every changed layer is applied",
+                    _ => "everything is torn down",
+                };
+                let (events, notices) = (&mut tx.events, &mut tx.notices);
+                let actor = tx.actor.clone();
+                self.transition(&mut tx.rec, t, &actor, why, events, notices);
+                if tx.rec.state == WorkspaceState::Destroyed {
+                    tx.rec.operations.clear();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "finished operation no longer matches the workspace state")
+            }
+        }
+    }
+
+    /// Fails step `j` of operation `i` for good.
+    fn fail(&self, tx: &mut Tx, i: usize, j: usize, error: Error) {
+        let now = tx.now;
+        let op = &mut tx.rec.operations[i];
+        op.steps[j].status = StepStatus::Failed;
+        op.steps[j].last_error = Some(error.to_string());
+        op.wake_at = None;
+        let step_name = op.steps[j].name.clone();
+        let kind = op.kind;
+        let stack = op.stack.clone();
+        match kind {
+            OperationKind::StackDeploy | OperationKind::StackDestroy => {
+                let Some(name) = stack else { return };
+                let from = tx.rec.stacks.get(&name).map(|e| e.state.name());
+                let event = StackEvent::OperationFailed {
+                    step: step_name,
+                    error: error.to_string(),
+                };
+                if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
+                    let (events, notices) = (&mut tx.events, &mut tx.notices);
+                    self.stack_transition(&tx.rec, &name, from, &to, &tx.actor, events, notices);
+                }
+            }
+            _ => {
+                // A destroy's stack teardown failing fails the stack and the destroy.
+                if let Some(StepKind::StackDestroy(name)) =
+                    StepKind::of(&tx.rec.operations[i], &step_name)
+                {
+                    let event = StackEvent::OperationFailed {
+                        step: step_name.clone(),
+                        error: error.to_string(),
+                    };
+                    let from = tx.rec.stacks.get(&name).map(|e| e.state.name());
+                    if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
+                        let (events, notices) = (&mut tx.events, &mut tx.notices);
+                        self.stack_transition(
+                            &tx.rec, &name, from, &to, &tx.actor, events, notices,
+                        );
+                        // Back to Destroying, so a retry of the destroy tears it down.
+                        let _ = tx.rec.stacks.apply(&name, &StackEvent::RetryRequested, now);
+                    }
+                }
+                let event = WorkspaceEvent::OperationFailed {
+                    step: step_name,
+                    error: error.to_string(),
+                };
+                if let Ok(t) = step(&tx.rec.state, &event, now) {
+                    let (events, notices) = (&mut tx.events, &mut tx.notices);
+                    let actor = tx.actor.clone();
+                    self.transition(&mut tx.rec, t, &actor, &error.to_string(), events, notices);
+                }
+            }
+        }
+    }
+}
+
+fn waiting<T>(progress: Progress<T>) -> Outcome {
+    match progress {
+        Progress::Ready(_) => Outcome::Done,
+        Progress::InProgress { poll_after } => Outcome::InProgress(poll_after),
+        Progress::AwaitCommand(command) => Outcome::AwaitCommand(command),
+    }
+}
+
+/// When the workspace next needs driving: now if an operation can run, else the
+/// earliest wake time of a waiting one; `None` when nothing waits on time.
+fn next_wake(rec: &WorkspaceRecord, now: Timestamp) -> Option<Timestamp> {
+    rec.operations
+        .iter()
+        .filter(|op| !op.steps.iter().any(|s| s.status == StepStatus::Failed))
+        .map(|op| op.wake_at.unwrap_or(now))
+        .min()
+}
