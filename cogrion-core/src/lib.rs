@@ -22,6 +22,7 @@ mod engine;
 mod error;
 mod executor;
 mod ids;
+mod inproc;
 mod memory;
 mod provisioner;
 pub mod spec;
@@ -37,8 +38,8 @@ pub use agent::{
 pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{
-    Action, CloudKind, DestroyPlan, Engine, EngineBuilder, EngineConfig, EngineEvent,
-    EngineEventKind, PlannedStep, RetryPolicy,
+    Action, CloudKind, DestroyPlan, Driver, DriverConfig, DriverHandle, DriverStats, Engine,
+    EngineBuilder, EngineConfig, EngineEvent, EngineEventKind, PlannedStep, RetryPolicy,
 };
 pub use error::{Error, Resource, Result, Retry, TokenRefusal};
 pub use executor::{
@@ -48,6 +49,7 @@ pub use ids::{
     HolderId, IdempotencyKey, InstanceType, InvalidValue, KubernetesVersion, NetworkCidr,
     NodePoolName, NodePoolSize, Region, StackName, TenantId, WorkspaceId,
 };
+pub use inproc::{CommandHandler, InProcessTransport, SimulatedAgents};
 pub use memory::InMemoryStore;
 pub use provisioner::{
     CloudProvisioner, CloudResource, ClusterAccess, InfraDescription, InfraLayer, LayerRequest,

@@ -35,6 +35,7 @@
 //! of an attempt, over and over, retries without limit. Steps waiting on the
 //! cloud or the agent hold no thread: `advance` returns and the caller wakes it.
 
+mod driver;
 mod events;
 mod plan;
 mod retry;
@@ -50,6 +51,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub use driver::{Driver, DriverConfig, DriverHandle, DriverStats};
 pub use events::{EngineEvent, EngineEventKind};
 pub use retry::RetryPolicy;
 

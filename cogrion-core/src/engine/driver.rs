@@ -1,0 +1,310 @@
+//! The built-in driver: a tokio task that calls [`Engine::advance`] for many
+//! workspaces at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::{Action, Engine};
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::ids::WorkspaceId;
+use crate::store::ListQuery;
+
+/// Settings of the [`Driver`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// The most workspaces advanced at the same time (default 64).
+    pub concurrency: usize,
+    /// How often the store is swept for due workspaces — the safety net for
+    /// missed wakeups, and how work left by a stopped process is found
+    /// (default 1 s).
+    pub sweep_interval: Duration,
+    /// How long to wait before trying a workspace again after `advance` failed
+    /// (default 1 s).
+    pub error_backoff: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            sweep_interval: Duration::from_secs(1),
+            error_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl DriverConfig {
+    /// With this concurrency (at least 1).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// With this sweep interval.
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+}
+
+/// What a driver did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Calls to `advance`.
+    pub advances: u64,
+    /// Calls that returned an error.
+    pub errors: u64,
+}
+
+/// Drives workspaces for hosts that bring no scheduler of their own.
+///
+/// # Expected flow
+/// [`Driver::spawn`] starts a task on the current tokio runtime. It advances every
+/// workspace the engine wakes (requests, agent events), every workspace whose
+/// timer falls due, and every workspace a periodic sweep of the store finds due —
+/// so after a restart it picks up all work left in flight. Hosts with their own
+/// scheduler call [`Engine::advance`] themselves and ignore this type.
+///
+/// # Guarantees
+/// At most [`DriverConfig::concurrency`] workspaces run at once, and one
+/// workspace never runs twice at once in one driver (across drivers, the lease
+/// decides). [`DriverHandle::shutdown`] lets running steps finish and starts no
+/// new one: every workspace stays resumable from the store.
+///
+/// # Caveats
+/// Timers follow the engine's clock converted to real time: use a clock that
+/// moves with real time ([`SystemClock`](crate::SystemClock)); simulations with a
+/// [`ManualClock`](crate::ManualClock) call `advance` directly.
+#[derive(Debug)]
+pub struct Driver;
+
+/// Controls a running [`Driver`].
+#[derive(Debug)]
+pub struct DriverHandle {
+    kick: mpsc::UnboundedSender<WorkspaceId>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<DriverStats>,
+}
+
+impl DriverHandle {
+    /// Asks the driver to advance `workspace` soon.
+    pub fn kick(&self, workspace: &WorkspaceId) {
+        let _ = self.kick.send(workspace.clone());
+    }
+
+    /// Stops taking new work, waits for running steps to finish, and returns what
+    /// the driver did.
+    pub async fn shutdown(self) -> DriverStats {
+        let _ = self.shutdown.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+impl Driver {
+    /// Starts driving `engine`'s workspaces on the current tokio runtime.
+    pub fn spawn(engine: Engine, config: DriverConfig) -> DriverHandle {
+        let (kick, kicks) = mpsc::unbounded_channel();
+        let (shutdown, stop) = watch::channel(false);
+        let wakeups = engine.wakeups();
+        let task = tokio::spawn(Loop::new(engine, config).run(kicks, wakeups, stop));
+        DriverHandle {
+            kick,
+            shutdown,
+            task,
+        }
+    }
+}
+
+struct Loop {
+    engine: Engine,
+    config: DriverConfig,
+    ready: VecDeque<WorkspaceId>,
+    queued: HashSet<WorkspaceId>,
+    running: HashSet<WorkspaceId>,
+    /// Woken while running: run again when the current call returns.
+    rerun: HashSet<WorkspaceId>,
+    timers: BTreeMap<Timestamp, BTreeSet<WorkspaceId>>,
+    timer_of: std::collections::HashMap<WorkspaceId, Timestamp>,
+    tasks: JoinSet<(WorkspaceId, Result<Action, Error>)>,
+    stats: DriverStats,
+}
+
+impl Loop {
+    fn new(engine: Engine, config: DriverConfig) -> Self {
+        Self {
+            engine,
+            config,
+            ready: VecDeque::new(),
+            queued: HashSet::new(),
+            running: HashSet::new(),
+            rerun: HashSet::new(),
+            timers: BTreeMap::new(),
+            timer_of: Default::default(),
+            tasks: JoinSet::new(),
+            stats: DriverStats::default(),
+        }
+    }
+
+    fn wake(&mut self, id: WorkspaceId) {
+        if self.running.contains(&id) {
+            self.rerun.insert(id);
+        } else if self.queued.insert(id.clone()) {
+            if let Some(t) = self.timer_of.remove(&id)
+                && let Some(set) = self.timers.get_mut(&t)
+            {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.timers.remove(&t);
+                }
+            }
+            self.ready.push_back(id);
+        }
+    }
+
+    fn schedule(&mut self, id: WorkspaceId, at: Timestamp) {
+        if self.queued.contains(&id) {
+            return;
+        }
+        if let Some(old) = self.timer_of.get(&id).copied() {
+            if old <= at {
+                return;
+            }
+            if let Some(set) = self.timers.get_mut(&old) {
+                set.remove(&id);
+            }
+        }
+        self.timer_of.insert(id.clone(), at);
+        self.timers.entry(at).or_default().insert(id);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.engine.clock().now();
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for id in entry.remove() {
+                self.timer_of.remove(&id);
+                self.wake(id);
+            }
+        }
+    }
+
+    fn start_ready(&mut self) {
+        while self.tasks.len() < self.config.concurrency {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            self.queued.remove(&id);
+            self.running.insert(id.clone());
+            let engine = self.engine.clone();
+            self.tasks.spawn(async move {
+                let result = engine.advance(&id).await;
+                (id, result)
+            });
+        }
+    }
+
+    fn finished(&mut self, id: WorkspaceId, result: Result<Action, Error>) {
+        self.running.remove(&id);
+        self.stats.advances += 1;
+        let now = self.engine.clock().now();
+        match result {
+            Ok(Action::RunAgain) => self.wake(id.clone()),
+            Ok(Action::WakeAt(t)) => self.schedule(id.clone(), t),
+            Ok(Action::AwaitAgent { until: Some(t) }) => self.schedule(id.clone(), t),
+            Ok(Action::AwaitAgent { until: None } | Action::Done) => {}
+            Err(e) => {
+                self.stats.errors += 1;
+                tracing::warn!(workspace = %id, error = %e, "advance failed");
+                let backoff = match e {
+                    Error::LeaseLost { .. } => self.engine.config().lease_ttl,
+                    _ => self.config.error_backoff,
+                };
+                self.schedule(id.clone(), now + backoff);
+            }
+        }
+        if self.rerun.remove(&id) {
+            self.wake(id);
+        }
+    }
+
+    async fn sweep(&mut self) {
+        let now = self.engine.clock().now();
+        let mut query = ListQuery {
+            due_at: Some(now),
+            limit: 1000,
+            ..ListQuery::default()
+        };
+        loop {
+            match self.engine.store().list_workspaces(&query).await {
+                Ok(page) => {
+                    let last = page.last().map(|r| r.value.id.clone());
+                    for r in page {
+                        self.wake(r.value.id);
+                    }
+                    match last {
+                        Some(id) => query.after = Some(id),
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping for due workspaces failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut kicks: mpsc::UnboundedReceiver<WorkspaceId>,
+        mut wakeups: broadcast::Receiver<WorkspaceId>,
+        mut stop: watch::Receiver<bool>,
+    ) -> DriverStats {
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.fire_timers();
+            self.start_ready();
+            let next_timer = self
+                .timers
+                .keys()
+                .next()
+                .map(|t| t.since(self.engine.clock().now()));
+            let timer = tokio::time::sleep(next_timer.unwrap_or(Duration::from_secs(3600)));
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok((id, result)) => self.finished(id, result),
+                    Err(e) => tracing::error!(error = %e, "an advance task panicked"),
+                },
+                Some(id) = kicks.recv() => self.wake(id),
+                woken = wakeups.recv() => match woken {
+                    Ok(id) => self.wake(id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.sweep().await,
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                _ = sweep.tick() => self.sweep().await,
+                _ = timer, if next_timer.is_some() => {}
+            }
+        }
+        // Graceful: running steps finish and persist; nothing new starts.
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok((id, result)) = done {
+                self.running.remove(&id);
+                self.stats.advances += 1;
+                if result.is_err() {
+                    self.stats.errors += 1;
+                }
+            }
+        }
+        self.stats
+    }
+}

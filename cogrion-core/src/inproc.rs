@@ -1,0 +1,294 @@
+//! Agents without a network: an [`InProcessTransport`] and a fleet of
+//! [`SimulatedAgents`] that bootstrap, poll and answer commands through the same
+//! [`AgentGateway`] paths the HTTPS transport uses.
+//!
+//! The fleet is also the [`AgentInstaller`]: "installing" an agent hands it its
+//! bootstrap token; uninstalling removes it. Agents are stepped explicitly with
+//! [`SimulatedAgents::step_all`] (deterministic, for simulations) or run by a
+//! background task with [`SimulatedAgents::run`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cogrion_agent_proto::{Command, CommandId, CommandOutcome, CommandResult};
+use tokio::sync::Notify;
+
+use crate::agent::{AgentGateway, AgentInstall, AgentInstaller, BootstrapToken};
+use crate::checkpoint::Progress;
+use crate::error::{Error, Result};
+use crate::ids::WorkspaceId;
+use crate::provisioner::ClusterAccess;
+use crate::store::CertSerial;
+use crate::transport::{AgentPresence, AgentTransport};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An [`AgentTransport`] for agents in the same process: notifications wake the
+/// [`SimulatedAgents`] fleet, and disconnecting drops the agent's session.
+#[derive(Debug, Clone, Default)]
+pub struct InProcessTransport {
+    gateway: Arc<Mutex<Option<AgentGateway>>>,
+    notify: Arc<Notify>,
+    disconnected: Arc<Mutex<Vec<WorkspaceId>>>,
+}
+
+impl InProcessTransport {
+    /// A transport; connect it to a gateway with [`attach`](Self::attach).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes agent requests to `gateway`.
+    pub fn attach(&self, gateway: AgentGateway) {
+        *lock(&self.gateway) = Some(gateway);
+    }
+
+    fn gateway(&self) -> Result<AgentGateway> {
+        lock(&self.gateway)
+            .clone()
+            .ok_or_else(|| Error::Unavailable {
+                service: "in-process transport".into(),
+                detail: "no gateway attached".into(),
+            })
+    }
+
+    /// Waits until commands were queued for some agent (or `timeout` passed).
+    pub async fn wait_for_commands(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    fn take_disconnects(&self) -> Vec<WorkspaceId> {
+        std::mem::take(&mut *lock(&self.disconnected))
+    }
+}
+
+#[async_trait]
+impl AgentTransport for InProcessTransport {
+    async fn notify(&self, _workspace: &WorkspaceId) -> Result<()> {
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn disconnect(&self, workspace: &WorkspaceId, reason: &str) -> Result<()> {
+        tracing::info!(workspace = %workspace, reason, "disconnecting agent");
+        lock(&self.disconnected).push(workspace.clone());
+        if let Ok(g) = self.gateway() {
+            g.forget(workspace);
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, workspace: &WorkspaceId) -> Result<Option<AgentPresence>> {
+        Ok(self.gateway()?.presence(workspace))
+    }
+}
+
+/// How a simulated agent carries out a command: given its workspace and the
+/// command, the result.
+pub type CommandHandler = Arc<dyn Fn(&WorkspaceId, &Command) -> CommandResult + Send + Sync>;
+
+/// One simulated Cluster Agent.
+#[derive(Debug, Default)]
+struct Agent {
+    token: Option<BootstrapToken>,
+    serial: Option<CertSerial>,
+    /// Results of commands already run, by id: a redelivered command is answered
+    /// again without being run twice.
+    done: BTreeMap<CommandId, CommandResult>,
+    executed: u64,
+}
+
+/// A fleet of simulated Cluster Agents, one per installed workspace, and the
+/// [`AgentInstaller`] that installs them.
+#[derive(Clone)]
+pub struct SimulatedAgents {
+    transport: InProcessTransport,
+    handler: CommandHandler,
+    agents: Arc<Mutex<HashMap<WorkspaceId, Agent>>>,
+    /// Workspaces whose agents stay silent (a network partition).
+    unreachable: Arc<Mutex<Vec<WorkspaceId>>>,
+}
+
+impl fmt::Debug for SimulatedAgents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimulatedAgents")
+            .field("agents", &lock(&self.agents).len())
+            .finish()
+    }
+}
+
+impl SimulatedAgents {
+    /// A fleet speaking through `transport`, running commands with `handler`
+    /// (besides the built-in `health` and `describe`).
+    pub fn new(transport: InProcessTransport, handler: CommandHandler) -> Self {
+        Self {
+            transport,
+            handler,
+            agents: Arc::default(),
+            unreachable: Arc::default(),
+        }
+    }
+
+    /// Makes `workspace`'s agent silent (`true`) or reachable again.
+    pub fn set_unreachable(&self, workspace: &WorkspaceId, unreachable: bool) {
+        let mut u = lock(&self.unreachable);
+        u.retain(|w| w != workspace);
+        if unreachable {
+            u.push(workspace.clone());
+        }
+    }
+
+    /// Whether `workspace` has an installed agent.
+    pub fn is_installed(&self, workspace: &WorkspaceId) -> bool {
+        lock(&self.agents).contains_key(workspace)
+    }
+
+    /// How many commands `workspace`'s agent has executed (not counting
+    /// redeliveries it answered from memory).
+    pub fn executed(&self, workspace: &WorkspaceId) -> u64 {
+        lock(&self.agents).get(workspace).map_or(0, |a| a.executed)
+    }
+
+    /// Forgets every agent's memory of finished commands, as a restarted agent
+    /// process would (the control plane's queue still redelivers what is not
+    /// answered).
+    pub fn restart_all(&self) {
+        for agent in lock(&self.agents).values_mut() {
+            agent.done.clear();
+            agent.serial = None;
+        }
+    }
+
+    /// One round for every installed, reachable agent: bootstrap if needed, poll,
+    /// run what was delivered, post the results. Returns how many requests failed
+    /// (they are retried on the next round).
+    pub async fn step_all(&self) -> usize {
+        for w in self.transport.take_disconnects() {
+            if let Some(a) = lock(&self.agents).get_mut(&w) {
+                a.serial = None;
+            }
+        }
+        let Ok(gateway) = self.transport.gateway() else {
+            return 0;
+        };
+        let workspaces: Vec<WorkspaceId> = lock(&self.agents).keys().cloned().collect();
+        let mut failures = 0;
+        for ws in workspaces {
+            if lock(&self.unreachable).contains(&ws) {
+                continue;
+            }
+            if let Err(e) = self.step_one(&gateway, &ws).await {
+                tracing::debug!(workspace = %ws, error = %e, "simulated agent request failed");
+                failures += 1;
+            }
+        }
+        failures
+    }
+
+    async fn step_one(&self, gateway: &AgentGateway, ws: &WorkspaceId) -> Result<()> {
+        let (token, serial) = match lock(&self.agents).get(ws) {
+            Some(a) => (a.token.clone(), a.serial.clone()),
+            None => return Ok(()),
+        };
+        let serial = match (serial, token) {
+            (Some(serial), _) => serial,
+            (None, Some(token)) => {
+                let credential = gateway.bootstrap(ws, &token).await?;
+                if let Some(a) = lock(&self.agents).get_mut(ws) {
+                    a.serial = Some(credential.serial.clone());
+                    a.token = None; // used once
+                }
+                credential.serial
+            }
+            (None, None) => return Ok(()),
+        };
+        let commands = match gateway.poll(&serial).await {
+            Ok(c) => c,
+            Err(e @ (Error::CredentialRevoked { .. } | Error::NotFound(_))) => {
+                if let Some(a) = lock(&self.agents).get_mut(ws) {
+                    a.serial = None;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        for command in commands {
+            let remembered = lock(&self.agents)
+                .get(ws)
+                .and_then(|a| a.done.get(&command.id).cloned());
+            let result = match remembered {
+                Some(r) => r,
+                None => {
+                    let r = self.execute(ws, &command);
+                    if let Some(a) = lock(&self.agents).get_mut(ws) {
+                        a.done.insert(command.id.clone(), r.clone());
+                        a.executed += 1;
+                    }
+                    r
+                }
+            };
+            gateway.post_result(&serial, result).await?;
+        }
+        Ok(())
+    }
+
+    fn execute(&self, ws: &WorkspaceId, command: &Command) -> CommandResult {
+        match command.kind.as_str() {
+            "health" => CommandResult {
+                id: command.id.clone(),
+                outcome: CommandOutcome::Succeeded,
+                output: serde_json::json!({ "status": "ok" }),
+            },
+            "describe" => CommandResult {
+                id: command.id.clone(),
+                outcome: CommandOutcome::Succeeded,
+                output: serde_json::json!({ "agent": "simulated", "workspace": ws.as_str() }),
+            },
+            _ => (self.handler)(ws, command),
+        }
+    }
+
+    /// Runs the fleet until `shutdown` completes: a round whenever commands are
+    /// queued, and at least every `interval`.
+    pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.step_all().await;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.transport.wait_for_commands(interval) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl AgentInstaller for SimulatedAgents {
+    async fn install(&self, request: AgentInstall) -> Result<Progress<()>> {
+        let mut agents = lock(&self.agents);
+        let agent = agents.entry(request.workspace).or_default();
+        agent.token = Some(request.token);
+        agent.serial = None;
+        Ok(Progress::Ready(()))
+    }
+
+    async fn uninstall(
+        &self,
+        workspace: &WorkspaceId,
+        _cluster: &ClusterAccess,
+    ) -> Result<Progress<()>> {
+        if lock(&self.unreachable).contains(workspace) {
+            return Err(Error::Unavailable {
+                service: "cluster".into(),
+                detail: "the cluster's API cannot be reached".into(),
+            });
+        }
+        lock(&self.agents).remove(workspace);
+        Ok(Progress::Ready(()))
+    }
+}
