@@ -1,0 +1,155 @@
+//! Driving a workspace to rest through crashes, races and faults, and the checks
+//! every run ends with.
+
+use std::time::Duration;
+
+use cogrion::*;
+
+use crate::world::{CRASH, World};
+
+/// How one engine's `advance` ended, for the loop.
+enum Next {
+    Again,
+    Wait(Option<Timestamp>),
+    AwaitAgent(Option<Timestamp>),
+    Rest,
+}
+
+fn handle(world: &World, slot: &mut Engine, name: &str, result: Result<Action>) -> std::result::Result<Next, String> {
+    Ok(match result {
+        Ok(Action::RunAgain) => Next::Again,
+        Ok(Action::WakeAt(t)) => Next::Wait(Some(t)),
+        Ok(Action::AwaitAgent { until }) => Next::AwaitAgent(until),
+        Ok(Action::Done) => Next::Rest,
+        // The process died: throw the engine away and start a new one on the store.
+        Err(Error::Unavailable { detail, .. }) if detail == CRASH => {
+            *slot = world.engine(name);
+            Next::Again
+        }
+        // Fenced out by another replica: this one stops; a new call re-checks the lease.
+        Err(Error::LeaseLost { .. }) => Next::Again,
+        Err(e) => return Err(format!("advance failed: {e}")),
+    })
+}
+
+/// Drives `ws` until every engine answers `Done`, stepping the agents and moving
+/// the clock as the answers ask. With two engines, they race for every step.
+pub async fn drive(world: &World, engines: &mut [Engine], ws: &WorkspaceId) -> std::result::Result<(), String> {
+    for _ in 0..20_000 {
+        let mut nexts = Vec::new();
+        if engines.len() == 1 {
+            let r = engines[0].advance(ws).await;
+            nexts.push(handle(world, &mut engines[0], "replica-a", r)?);
+        } else {
+            let (a, b) = (engines[0].clone(), engines[1].clone());
+            let (wa, wb) = (ws.clone(), ws.clone());
+            let ra = tokio::spawn(async move { a.advance(&wa).await });
+            let rb = tokio::spawn(async move { b.advance(&wb).await });
+            let (ra, rb) = (ra.await.map_err(|e| e.to_string())?, rb.await.map_err(|e| e.to_string())?);
+            nexts.push(handle(world, &mut engines[0], "replica-a", ra)?);
+            nexts.push(handle(world, &mut engines[1], "replica-b", rb)?);
+        }
+        if nexts.iter().any(|n| matches!(n, Next::Again)) {
+            continue;
+        }
+        if nexts.iter().all(|n| matches!(n, Next::Rest)) {
+            return Ok(());
+        }
+        // Everyone waits: let the agents work, then move time to the earliest wake.
+        world.agents.step_all().await;
+        let now = world.clock.now();
+        let wake = nexts
+            .iter()
+            .filter_map(|n| match n {
+                Next::Wait(t) | Next::AwaitAgent(t) => *t,
+                _ => None,
+            })
+            .min();
+        let awaiting_agent = nexts.iter().any(|n| matches!(n, Next::AwaitAgent(_)));
+        let step = if awaiting_agent { Duration::from_millis(500) } else { Duration::from_millis(1) };
+        let target = match wake {
+            Some(t) if !awaiting_agent => t.max(now + step),
+            Some(t) => t.min(now + step).max(now + Duration::from_millis(1)),
+            None => now + step,
+        };
+        world.clock.advance_to(target);
+    }
+    Err(format!("workspace {ws} did not come to rest"))
+}
+
+/// Checks the stored history: gapless numbering, a created workspace, and state
+/// changes that chain (each starts where the previous ended), stacks included.
+pub fn check_history(events: &[EventRecord]) -> std::result::Result<StateName, String> {
+    let mut state = StateName::Provisioning;
+    let mut stacks: std::collections::BTreeMap<StackName, StackStateName> = Default::default();
+    for (i, e) in events.iter().enumerate() {
+        if e.seq.0 != i as u64 + 1 {
+            return Err(format!("event {} has sequence number {}", i + 1, e.seq.0));
+        }
+        match &e.event.kind {
+            EventKind::Created if i != 0 => return Err("created twice".into()),
+            EventKind::Transition { from, to, .. } => {
+                if *from != state {
+                    return Err(format!("#{}: transition from {from} but the workspace was {state}", e.seq.0));
+                }
+                state = *to;
+            }
+            EventKind::StackTransition { stack, from, to } => {
+                let known = stacks.get(stack).copied();
+                if *from != known {
+                    return Err(format!("#{}: stack {stack} from {from:?} but it was {known:?}", e.seq.0));
+                }
+                if *to == StackStateName::Destroyed {
+                    stacks.remove(stack);
+                } else {
+                    stacks.insert(stack.clone(), *to);
+                }
+            }
+            _ => {}
+        }
+        if i == 0 && e.event.kind != EventKind::Created {
+            return Err("the history does not start with the creation".into());
+        }
+    }
+    Ok(state)
+}
+
+/// What must hold after a workspace is destroyed.
+pub async fn check_destroyed(world: &World, engine: &Engine, ws: &WorkspaceId) -> std::result::Result<(), String> {
+    let rec = engine.workspace(ws).await.map_err(|e| e.to_string())?;
+    if rec.state != WorkspaceState::Destroyed {
+        return Err(format!("expected Destroyed, found {:?}", rec.state));
+    }
+    let live = world.cloud.live_resources(ws);
+    if !live.is_empty() {
+        return Err(format!("the cloud still holds {live:?}"));
+    }
+    let installed = world.cluster.installed(ws);
+    if !installed.is_empty() {
+        return Err(format!("the cluster still holds {installed:?}"));
+    }
+    if world.agents.is_installed(ws) {
+        return Err("the agent is still installed".into());
+    }
+    let creds = engine.store().list_credentials(ws).await.map_err(|e| e.to_string())?;
+    if creds.iter().any(|c| c.revoked.is_none()) {
+        return Err("an agent certificate was not revoked".into());
+    }
+    if !rec.operations.is_empty() || rec.wake_at.is_some() {
+        return Err(format!("a destroyed workspace still has work: {:?}", rec.operations));
+    }
+    Ok(())
+}
+
+/// No intent ever held two resources, in the cloud or in the cluster.
+pub fn check_no_duplicates(world: &World) -> std::result::Result<(), String> {
+    let d = world.cloud.duplicates();
+    if !d.is_empty() {
+        return Err(format!("the cloud held two resources for {d:?}"));
+    }
+    let d = world.cluster.duplicates();
+    if !d.is_empty() {
+        return Err(format!("the cluster held two installations for {d:?}"));
+    }
+    Ok(())
+}

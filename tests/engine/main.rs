@@ -1,0 +1,11 @@
+//! The lifecycle engine against the simulated world: whole lifecycles, bad input,
+//! failures and retries, and the crash harness.
+//!
+//! The simulated cloud, cluster, executors and agents stand in for clouds,
+//! Kubernetes and the network, which do not exist here; the engine, the store,
+//! the gateway and the state machines are the real ones.
+
+mod crash;
+mod drive;
+mod lifecycle;
+mod world;

@@ -1,0 +1,248 @@
+//! A whole simulated world for engine tests: a manual clock, a store that can
+//! "crash" the engine at a chosen commit, the simulated cloud, cluster, executors
+//! and agents, and engines that can be thrown away and rebuilt from the store.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cogrion::proto::{CommandId, CommandResult};
+use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedExecutor};
+use cogrion::*;
+
+pub const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+
+/// Where a simulated crash hits a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The step's side effect happened; its outcome is never persisted.
+    BeforeCommit,
+    /// The outcome is persisted; the process dies before it learns so.
+    AfterCommit,
+}
+
+/// A store that delegates to an [`InMemoryStore`] and can fail one engine commit
+/// as a crash would: the engine that sees the error is thrown away.
+#[derive(Debug, Clone)]
+pub struct CrashStore {
+    inner: InMemoryStore,
+    /// Engine (fenced) commits so far.
+    commits: Arc<AtomicUsize>,
+    crash: Arc<Mutex<Vec<(usize, CrashPoint)>>>,
+    crashed: Arc<AtomicU64>,
+}
+
+pub const CRASH: &str = "simulated crash";
+
+impl CrashStore {
+    pub fn new() -> Self {
+        Self { inner: InMemoryStore::new(), commits: Arc::default(), crash: Arc::default(), crashed: Arc::default() }
+    }
+
+    /// Crash at these (commit index, point) pairs.
+    pub fn crash_at(&self, points: Vec<(usize, CrashPoint)>) {
+        *self.crash.lock().unwrap() = points;
+    }
+
+    pub fn commits(&self) -> usize {
+        self.commits.load(Ordering::SeqCst)
+    }
+
+    pub fn crashes(&self) -> u64 {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    fn crash_point(&self, fenced: bool) -> Option<CrashPoint> {
+        if !fenced {
+            return None;
+        }
+        let n = self.commits.fetch_add(1, Ordering::SeqCst);
+        let point = self.crash.lock().unwrap().iter().find(|(i, _)| *i == n).map(|(_, p)| *p);
+        if point.is_some() {
+            self.crashed.fetch_add(1, Ordering::SeqCst);
+        }
+        point
+    }
+}
+
+fn crashed() -> Error {
+    Error::Unavailable { service: "process".into(), detail: CRASH.into() }
+}
+
+#[async_trait]
+impl RecordStore for CrashStore {
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
+        self.inner.get_workspace(id).await
+    }
+    async fn list_workspaces(&self, q: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
+        self.inner.list_workspaces(q).await
+    }
+    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
+        match self.crash_point(write.fence.is_some()) {
+            None => self.inner.commit(write).await,
+            Some(CrashPoint::BeforeCommit) => Err(crashed()),
+            Some(CrashPoint::AfterCommit) => {
+                self.inner.commit(write).await?;
+                Err(crashed())
+            }
+        }
+    }
+    async fn read_events(&self, id: &WorkspaceId, after: EventSeq, limit: usize) -> Result<Vec<EventRecord>> {
+        self.inner.read_events(id, after, limit).await
+    }
+    async fn get_checkpoint(&self, id: &WorkspaceId, key: &CheckpointKey) -> Result<Option<serde_json::Value>> {
+        self.inner.get_checkpoint(id, key).await
+    }
+    async fn put_checkpoint(&self, id: &WorkspaceId, key: &CheckpointKey, v: serde_json::Value, f: FencingToken) -> Result<()> {
+        self.inner.put_checkpoint(id, key, v, f).await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for CrashStore {
+    async fn acquire(&self, w: &WorkspaceId, h: &HolderId, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.inner.acquire(w, h, ttl, now).await
+    }
+    async fn renew(&self, l: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        self.inner.renew(l, ttl, now).await
+    }
+    async fn release(&self, l: &Lease) -> Result<()> {
+        self.inner.release(l).await
+    }
+}
+
+#[async_trait]
+impl CommandQueue for CrashStore {
+    async fn deliver(&self, w: &WorkspaceId, limit: usize, now: Timestamp) -> Result<Vec<QueuedCommand>> {
+        self.inner.deliver(w, limit, now).await
+    }
+    async fn answer(&self, w: &WorkspaceId, r: CommandResult, now: Timestamp) -> Result<bool> {
+        self.inner.answer(w, r, now).await
+    }
+    async fn get_command(&self, w: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand> {
+        self.inner.get_command(w, id).await
+    }
+}
+
+#[async_trait]
+impl TokenStore for CrashStore {
+    async fn put_token(&self, t: BootstrapTokenRecord) -> Result<()> {
+        self.inner.put_token(t).await
+    }
+    async fn consume(&self, h: &TokenHash, w: &WorkspaceId, now: Timestamp) -> Result<BootstrapTokenRecord> {
+        self.inner.consume(h, w, now).await
+    }
+}
+
+#[async_trait]
+impl CredentialStore for CrashStore {
+    async fn put_credential(&self, c: AgentCredential) -> Result<()> {
+        self.inner.put_credential(c).await
+    }
+    async fn get_credential(&self, s: &CertSerial) -> Result<AgentCredential> {
+        self.inner.get_credential(s).await
+    }
+    async fn list_credentials(&self, w: &WorkspaceId) -> Result<Vec<AgentCredential>> {
+        self.inner.list_credentials(w).await
+    }
+    async fn mark_polled(&self, s: &CertSerial, now: Timestamp) -> Result<bool> {
+        self.inner.mark_polled(s, now).await
+    }
+    async fn revoke_all(&self, w: &WorkspaceId, reason: &str, now: Timestamp) -> Result<Vec<CertSerial>> {
+        self.inner.revoke_all(w, reason, now).await
+    }
+}
+
+/// Everything one simulated run needs.
+pub struct World {
+    pub clock: ManualClock,
+    pub store: CrashStore,
+    pub cloud: SimulatedCloud,
+    pub cluster: SimulatedCluster,
+    pub executors: Vec<Arc<dyn Executor>>,
+    pub transport: InProcessTransport,
+    pub agents: SimulatedAgents,
+    pub seed: u64,
+    engines: AtomicU64,
+}
+
+impl World {
+    pub fn new(seed: u64, faults: FaultPlan) -> Self {
+        Self::with_latency(seed, faults, Duration::ZERO)
+    }
+
+    /// A world whose cloud takes `latency` for every create and delete.
+    pub fn with_latency(seed: u64, faults: FaultPlan, latency: Duration) -> Self {
+        let clock = ManualClock::new(T0);
+        let store = CrashStore::new();
+        let cloud = SimulatedCloud::builder()
+            .clock(Arc::new(clock.clone()))
+            .latency_all(latency)
+            .faults(faults.clone())
+            .build();
+        let cluster = SimulatedCluster::new();
+        let executors: Vec<Arc<dyn Executor>> = [ExecutorKind::Helm, ExecutorKind::Manifests, ExecutorKind::Terraform]
+            .into_iter()
+            .map(|k| Arc::new(SimulatedExecutor::new(k, cluster.clone(), faults.clone())) as Arc<dyn Executor>)
+            .collect();
+        let transport = InProcessTransport::new();
+        let handler_cluster = cluster.clone();
+        let agents = SimulatedAgents::new(transport.clone(), Arc::new(move |ws, cmd| handler_cluster.handle(ws, cmd)));
+        Self { clock, store, cloud, cluster, executors, transport, agents, seed, engines: AtomicU64::new(0) }
+    }
+
+    /// A new engine process on the shared world (a restart, or another replica).
+    pub fn engine(&self, name: &str) -> Engine {
+        let n = self.engines.fetch_add(1, Ordering::SeqCst);
+        let config = EngineConfig::new(format!("{name}-{n}").parse().unwrap())
+            .with_seed(self.seed.wrapping_add(n))
+            .with_retry(RetryPolicy::new(10, Duration::from_millis(200), Duration::from_secs(5)))
+            .with_deadlines(Duration::from_secs(600), Duration::from_secs(120), Duration::from_secs(120));
+        let mut b = Engine::builder(Arc::new(self.store.clone()))
+            .clock(Arc::new(self.clock.clone()))
+            .config(config)
+            .cloud(CloudKind::Simulated, Arc::new(self.cloud.clone()))
+            .agent_installer(Arc::new(self.agents.clone()))
+            .transport(Arc::new(self.transport.clone()));
+        for e in &self.executors {
+            b = b.executor(e.clone());
+        }
+        let engine = b.build().unwrap();
+        self.transport.attach(AgentGateway::new(
+            Arc::new(self.store.clone()),
+            Arc::new(self.clock.clone()),
+            Arc::new(engine.clone()),
+            GatewayConfig::default(),
+        ));
+        engine
+    }
+}
+
+pub fn spec() -> WorkspaceSpec {
+    cogrion::conformance::sample_workspace_spec()
+}
+
+pub fn stack(name: &str, kind: ExecutorKind, deps: &[&str]) -> StackSpec {
+    let executor = match kind {
+        ExecutorKind::Helm => ExecutorSpec::Helm {
+            source: format!("oci://registry.example/charts/{name}"),
+            version: "1.0.0".into(),
+            values: Default::default(),
+        },
+        ExecutorKind::Manifests => ExecutorSpec::Manifests {
+            documents: vec![serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})],
+        },
+        ExecutorKind::Terraform => ExecutorSpec::Terraform { source: format!("./modules/{name}"), variables: Default::default() },
+    };
+    StackSpec {
+        name: name.parse().unwrap(),
+        kind: StackKind::Application,
+        executor,
+        depends_on: deps.iter().map(|d| d.parse().unwrap()).collect(),
+    }
+}
+
+pub fn api() -> Actor {
+    Actor::Api { principal: "test".into() }
+}
