@@ -25,6 +25,7 @@ mod ids;
 mod inproc;
 mod memory;
 mod provisioner;
+pub mod sim;
 pub mod spec;
 mod stack;
 mod state;

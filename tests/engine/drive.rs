@@ -15,7 +15,12 @@ enum Next {
     Rest,
 }
 
-fn handle(world: &World, slot: &mut Engine, name: &str, result: Result<Action>) -> std::result::Result<Next, String> {
+fn handle(
+    world: &World,
+    slot: &mut Engine,
+    name: &str,
+    result: Result<Action>,
+) -> std::result::Result<Next, String> {
     Ok(match result {
         Ok(Action::RunAgain) => Next::Again,
         Ok(Action::WakeAt(t)) => Next::Wait(Some(t)),
@@ -34,7 +39,11 @@ fn handle(world: &World, slot: &mut Engine, name: &str, result: Result<Action>) 
 
 /// Drives `ws` until every engine answers `Done`, stepping the agents and moving
 /// the clock as the answers ask. With two engines, they race for every step.
-pub async fn drive(world: &World, engines: &mut [Engine], ws: &WorkspaceId) -> std::result::Result<(), String> {
+pub async fn drive(
+    world: &World,
+    engines: &mut [Engine],
+    ws: &WorkspaceId,
+) -> std::result::Result<(), String> {
     for _ in 0..20_000 {
         let mut nexts = Vec::new();
         if engines.len() == 1 {
@@ -45,7 +54,10 @@ pub async fn drive(world: &World, engines: &mut [Engine], ws: &WorkspaceId) -> s
             let (wa, wb) = (ws.clone(), ws.clone());
             let ra = tokio::spawn(async move { a.advance(&wa).await });
             let rb = tokio::spawn(async move { b.advance(&wb).await });
-            let (ra, rb) = (ra.await.map_err(|e| e.to_string())?, rb.await.map_err(|e| e.to_string())?);
+            let (ra, rb) = (
+                ra.await.map_err(|e| e.to_string())?,
+                rb.await.map_err(|e| e.to_string())?,
+            );
             nexts.push(handle(world, &mut engines[0], "replica-a", ra)?);
             nexts.push(handle(world, &mut engines[1], "replica-b", rb)?);
         }
@@ -66,7 +78,11 @@ pub async fn drive(world: &World, engines: &mut [Engine], ws: &WorkspaceId) -> s
             })
             .min();
         let awaiting_agent = nexts.iter().any(|n| matches!(n, Next::AwaitAgent(_)));
-        let step = if awaiting_agent { Duration::from_millis(500) } else { Duration::from_millis(1) };
+        let step = if awaiting_agent {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_millis(1)
+        };
         let target = match wake {
             Some(t) if !awaiting_agent => t.max(now + step),
             Some(t) => t.min(now + step).max(now + Duration::from_millis(1)),
@@ -90,14 +106,20 @@ pub fn check_history(events: &[EventRecord]) -> std::result::Result<StateName, S
             EventKind::Created if i != 0 => return Err("created twice".into()),
             EventKind::Transition { from, to, .. } => {
                 if *from != state {
-                    return Err(format!("#{}: transition from {from} but the workspace was {state}", e.seq.0));
+                    return Err(format!(
+                        "#{}: transition from {from} but the workspace was {state}",
+                        e.seq.0
+                    ));
                 }
                 state = *to;
             }
             EventKind::StackTransition { stack, from, to } => {
                 let known = stacks.get(stack).copied();
                 if *from != known {
-                    return Err(format!("#{}: stack {stack} from {from:?} but it was {known:?}", e.seq.0));
+                    return Err(format!(
+                        "#{}: stack {stack} from {from:?} but it was {known:?}",
+                        e.seq.0
+                    ));
                 }
                 if *to == StackStateName::Destroyed {
                     stacks.remove(stack);
@@ -115,7 +137,11 @@ pub fn check_history(events: &[EventRecord]) -> std::result::Result<StateName, S
 }
 
 /// What must hold after a workspace is destroyed.
-pub async fn check_destroyed(world: &World, engine: &Engine, ws: &WorkspaceId) -> std::result::Result<(), String> {
+pub async fn check_destroyed(
+    world: &World,
+    engine: &Engine,
+    ws: &WorkspaceId,
+) -> std::result::Result<(), String> {
     let rec = engine.workspace(ws).await.map_err(|e| e.to_string())?;
     if rec.state != WorkspaceState::Destroyed {
         return Err(format!("expected Destroyed, found {:?}", rec.state));
@@ -131,12 +157,19 @@ pub async fn check_destroyed(world: &World, engine: &Engine, ws: &WorkspaceId) -
     if world.agents.is_installed(ws) {
         return Err("the agent is still installed".into());
     }
-    let creds = engine.store().list_credentials(ws).await.map_err(|e| e.to_string())?;
+    let creds = engine
+        .store()
+        .list_credentials(ws)
+        .await
+        .map_err(|e| e.to_string())?;
     if creds.iter().any(|c| c.revoked.is_none()) {
         return Err("an agent certificate was not revoked".into());
     }
     if !rec.operations.is_empty() || rec.wake_at.is_some() {
-        return Err(format!("a destroyed workspace still has work: {:?}", rec.operations));
+        return Err(format!(
+            "a destroyed workspace still has work: {:?}",
+            rec.operations
+        ));
     }
     Ok(())
 }

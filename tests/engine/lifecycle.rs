@@ -15,7 +15,12 @@ async fn state(e: &Engine, id: &WorkspaceId) -> WorkspaceState {
 }
 
 async fn stack_state(e: &Engine, id: &WorkspaceId, name: &str) -> Option<StackStateName> {
-    e.workspace(id).await.unwrap().stacks.get(&name.parse().unwrap()).map(|s| s.state.name())
+    e.workspace(id)
+        .await
+        .unwrap()
+        .stacks
+        .get(&name.parse().unwrap())
+        .map(|s| s.state.name())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,19 +33,49 @@ async fn a_workspace_lives_its_whole_life() {
     engines[0].create(id.clone(), spec(), api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
     assert_eq!(state(&engines[0], &id).await, WorkspaceState::Active);
-    assert!(engines[0].workspace(&id).await.unwrap().cluster.is_some(), "the cluster's access is recorded");
-    assert_eq!(w.cloud.live_resources(&id).len(), 3, "network, cluster, one node pool");
+    assert!(
+        engines[0].workspace(&id).await.unwrap().cluster.is_some(),
+        "the cluster's access is recorded"
+    );
+    assert_eq!(
+        w.cloud.live_resources(&id).len(),
+        5,
+        "a VPC with two subnets, the cluster, one node pool"
+    );
 
-    engines[0].deploy_stack(&id, stack("db", ExecutorKind::Helm, &[]), api()).await.unwrap();
-    engines[0].deploy_stack(&id, stack("infra", ExecutorKind::Terraform, &[]), api()).await.unwrap();
+    engines[0]
+        .deploy_stack(&id, stack("db", ExecutorKind::Helm, &[]), api())
+        .await
+        .unwrap();
+    engines[0]
+        .deploy_stack(&id, stack("infra", ExecutorKind::Terraform, &[]), api())
+        .await
+        .unwrap();
     // web needs db deployed first: refused now, accepted once db is deployed.
-    let early = engines[0].deploy_stack(&id, stack("web", ExecutorKind::Manifests, &["db"]), api()).await;
-    assert!(matches!(early, Err(Error::StackGraph(GraphError::DependenciesNotDeployed { .. }))), "{early:?}");
+    let early = engines[0]
+        .deploy_stack(&id, stack("web", ExecutorKind::Manifests, &["db"]), api())
+        .await;
+    assert!(
+        matches!(
+            early,
+            Err(Error::StackGraph(
+                GraphError::DependenciesNotDeployed { .. }
+            ))
+        ),
+        "{early:?}"
+    );
     drive(&w, &mut engines, &id).await.unwrap();
-    engines[0].deploy_stack(&id, stack("web", ExecutorKind::Manifests, &["db"]), api()).await.unwrap();
+    engines[0]
+        .deploy_stack(&id, stack("web", ExecutorKind::Manifests, &["db"]), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
     for s in ["db", "infra", "web"] {
-        assert_eq!(stack_state(&engines[0], &id, s).await, Some(StackStateName::Deployed), "{s}");
+        assert_eq!(
+            stack_state(&engines[0], &id, s).await,
+            Some(StackStateName::Deployed),
+            "{s}"
+        );
     }
     assert_eq!(w.cluster.installed(&id).len(), 3);
 
@@ -51,17 +86,41 @@ async fn a_workspace_lives_its_whole_life() {
     assert_eq!(state(&engines[0], &id).await, WorkspaceState::Updating);
     drive(&w, &mut engines, &id).await.unwrap();
     let rec = engines[0].workspace(&id).await.unwrap();
-    assert_eq!((rec.state.clone(), rec.spec.clone()), (WorkspaceState::Active, bigger));
+    assert_eq!(
+        (rec.state.clone(), rec.spec.clone()),
+        (WorkspaceState::Active, bigger)
+    );
 
     // The dry run lists the teardown in order, with what each step removes.
     let plan = engines[0].destroy_plan(&id).await.unwrap();
     let names: Vec<&str> = plan.steps.iter().map(|s| s.step.as_str()).collect();
     assert_eq!(
         names,
-        ["stack/web", "stack/infra", "stack/db", "revoke-agent-credentials", "uninstall-agent", "node-pools", "cluster", "network"]
+        [
+            "stack/web",
+            "stack/infra",
+            "stack/db",
+            "revoke-agent-credentials",
+            "uninstall-agent",
+            "node-pools",
+            "cluster",
+            "network"
+        ]
     );
-    assert!(plan.steps.iter().find(|s| s.step == "cluster").unwrap().removes.len() == 1);
-    assert_eq!(state(&engines[0], &id).await, WorkspaceState::Active, "a dry run changes nothing");
+    assert!(
+        plan.steps
+            .iter()
+            .find(|s| s.step == "cluster")
+            .unwrap()
+            .removes
+            .len()
+            == 1
+    );
+    assert_eq!(
+        state(&engines[0], &id).await,
+        WorkspaceState::Active,
+        "a dry run changes nothing"
+    );
 
     engines[0].destroy(&id, api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
@@ -69,7 +128,10 @@ async fn a_workspace_lives_its_whole_life() {
     check_no_duplicates(&w).unwrap();
     let history = engines[0].history(&id).await.unwrap();
     assert_eq!(check_history(&history).unwrap(), StateName::Destroyed);
-    assert!(history.iter().all(|e| !e.event.message.is_empty()), "every event says why");
+    assert!(
+        history.iter().all(|e| !e.event.message.is_empty()),
+        "every event says why"
+    );
 
     // Subscribers saw the transitions as they happened.
     let mut transitions = Vec::new();
@@ -80,7 +142,13 @@ async fn a_workspace_lives_its_whole_life() {
     }
     assert_eq!(
         transitions,
-        [StateName::Active, StateName::Updating, StateName::Active, StateName::Destroying, StateName::Destroyed]
+        [
+            StateName::Active,
+            StateName::Updating,
+            StateName::Active,
+            StateName::Destroying,
+            StateName::Destroyed
+        ]
     );
 }
 
@@ -104,7 +172,10 @@ async fn requests_in_the_wrong_state_are_typed_errors_that_change_nothing() {
     e.create(id.clone(), spec(), api()).await.unwrap();
     let revision = || async { e.store().get_workspace(&id).await.unwrap().revision };
     let before = revision().await;
-    assert!(matches!(e.create(id.clone(), spec(), api()).await, Err(Error::AlreadyExists(_))));
+    assert!(matches!(
+        e.create(id.clone(), spec(), api()).await,
+        Err(Error::AlreadyExists(_))
+    ));
     for (what, result) in [
         ("update", e.update(&id, spec(), api()).await.map(|_| ())),
         ("retry", e.retry(&id, api()).await.map(|_| ())),
@@ -114,8 +185,13 @@ async fn requests_in_the_wrong_state_are_typed_errors_that_change_nothing() {
             other => panic!("{what} while provisioning: {other:?}"),
         }
     }
-    match e.deploy_stack(&id, stack("db", ExecutorKind::Helm, &[]), api()).await {
-        Err(Error::StackGraph(GraphError::WorkspaceNotReady { state, .. })) => assert_eq!(state, StateName::Provisioning),
+    match e
+        .deploy_stack(&id, stack("db", ExecutorKind::Helm, &[]), api())
+        .await
+    {
+        Err(Error::StackGraph(GraphError::WorkspaceNotReady { state, .. })) => {
+            assert_eq!(state, StateName::Provisioning)
+        }
         other => panic!("deploy while provisioning: {other:?}"),
     }
     assert_eq!(revision().await, before, "refused requests wrote nothing");
@@ -124,18 +200,35 @@ async fn requests_in_the_wrong_state_are_typed_errors_that_change_nothing() {
     let before = revision().await;
     let mut moved = spec();
     moved.region = "local-2".parse().unwrap();
-    assert!(matches!(e.update(&id, moved, api()).await, Err(Error::InvalidSpec(_))), "the region cannot change");
+    assert!(
+        matches!(
+            e.update(&id, moved, api()).await,
+            Err(Error::InvalidSpec(_))
+        ),
+        "the region cannot change"
+    );
     assert!(matches!(
-        e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &["nope"]), api()).await,
+        e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &["nope"]), api())
+            .await,
         Err(Error::StackGraph(GraphError::UnknownDependency { .. }))
     ));
-    assert!(matches!(e.retry(&id, api()).await, Err(Error::WrongState(_))));
-    assert!(matches!(e.retry_stack(&id, &"web".parse().unwrap(), api()).await, Err(Error::StackGraph(GraphError::UnknownStack(_)))));
+    assert!(matches!(
+        e.retry(&id, api()).await,
+        Err(Error::WrongState(_))
+    ));
+    assert!(matches!(
+        e.retry_stack(&id, &"web".parse().unwrap(), api()).await,
+        Err(Error::StackGraph(GraphError::UnknownStack(_)))
+    ));
     assert_eq!(revision().await, before, "refused requests wrote nothing");
 
-    e.deploy_stack(&id, stack("db", ExecutorKind::Helm, &[]), api()).await.unwrap();
+    e.deploy_stack(&id, stack("db", ExecutorKind::Helm, &[]), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
-    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &["db"]), api()).await.unwrap();
+    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &["db"]), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
     let before = revision().await;
     assert!(matches!(
@@ -173,24 +266,31 @@ async fn a_failed_provisioning_is_retried_from_the_failed_step() {
     drive(&w, &mut engines, &id).await.unwrap();
     match state(&e, &id).await {
         WorkspaceState::Failed(f) => {
-            assert_eq!((f.operation, f.step.as_str()), (WorkspaceOperation::Provision, "cluster"));
+            assert_eq!(
+                (f.operation, f.step.as_str()),
+                (WorkspaceOperation::Provision, "cluster")
+            );
             assert!(f.error.contains("rejected"), "{}", f.error);
         }
         other => panic!("expected Failed, got {other:?}"),
     }
     let creates = w.cloud.api_calls().total_creates();
-    assert_eq!(creates, 1, "only the network was created");
+    assert_eq!(creates, 3, "only the network (a VPC, two subnets) was created");
 
     // Retrying while the cloud still refuses fails again, at the same step.
     e.retry(&id, api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
     assert!(matches!(state(&e, &id).await, WorkspaceState::Failed(f) if f.step == "cluster"));
 
-    faults.clear_permanent(&FaultTarget::Layer(InfraLayer::Cluster));
+    faults.clear_permanent(FaultTarget::Layer(InfraLayer::Cluster));
     e.retry(&id, api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
     assert_eq!(state(&e, &id).await, WorkspaceState::Active);
-    assert_eq!(w.cloud.api_calls().total_creates(), 3, "the network was not created again");
+    assert_eq!(
+        w.cloud.api_calls().total_creates(),
+        5,
+        "the network was not created again"
+    );
     check_no_duplicates(&w).unwrap();
 }
 
@@ -206,9 +306,12 @@ async fn destroy_from_failed_and_from_provisioning_leaves_nothing() {
     faults.fail_permanently(FaultTarget::Layer(InfraLayer::NodePools));
     e.create(failed.clone(), spec(), api()).await.unwrap();
     drive(&w, &mut engines, &failed).await.unwrap();
-    assert!(matches!(state(&e, &failed).await, WorkspaceState::Failed(_)));
-    assert_eq!(w.cloud.live_resources(&failed).len(), 2);
-    faults.clear_permanent(&FaultTarget::Layer(InfraLayer::NodePools));
+    assert!(matches!(
+        state(&e, &failed).await,
+        WorkspaceState::Failed(_)
+    ));
+    assert_eq!(w.cloud.live_resources(&failed).len(), 4, "network and cluster exist, no node pool");
+    faults.clear_permanent(FaultTarget::Layer(InfraLayer::NodePools));
     e.destroy(&failed, api()).await.unwrap();
     drive(&w, &mut engines, &failed).await.unwrap();
     check_destroyed(&w, &e, &failed).await.unwrap();
@@ -224,7 +327,13 @@ async fn destroy_from_failed_and_from_provisioning_leaves_nothing() {
     check_destroyed(&w, &e, &cancelled).await.unwrap();
     let history = e.history(&cancelled).await.unwrap();
     assert_eq!(check_history(&history).unwrap(), StateName::Destroyed);
-    assert!(!history.iter().any(|h| matches!(h.event.kind, EventKind::Transition { to: StateName::Active, .. })));
+    assert!(!history.iter().any(|h| matches!(
+        h.event.kind,
+        EventKind::Transition {
+            to: StateName::Active,
+            ..
+        }
+    )));
     check_no_duplicates(&w).unwrap();
 }
 
@@ -239,20 +348,37 @@ async fn a_failed_stack_does_not_fail_its_workspace() {
     drive(&w, &mut engines, &id).await.unwrap();
 
     faults.fail_permanently(FaultTarget::Stack("web".parse().unwrap()));
-    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api()).await.unwrap();
+    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
     let rec = e.workspace(&id).await.unwrap();
-    assert_eq!(rec.state, WorkspaceState::Active, "the workspace stays active");
+    assert_eq!(
+        rec.state,
+        WorkspaceState::Active,
+        "the workspace stays active"
+    );
     assert_eq!(rec.stacks.failed(), [&"web".parse::<StackName>().unwrap()]);
 
-    faults.clear_permanent(&FaultTarget::Stack("web".parse().unwrap()));
-    e.retry_stack(&id, &"web".parse().unwrap(), api()).await.unwrap();
+    faults.clear_permanent(FaultTarget::Stack("web".parse().unwrap()));
+    e.retry_stack(&id, &"web".parse().unwrap(), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
-    assert_eq!(stack_state(&e, &id, "web").await, Some(StackStateName::Deployed));
+    assert_eq!(
+        stack_state(&e, &id, "web").await,
+        Some(StackStateName::Deployed)
+    );
 
-    e.remove_stack(&id, &"web".parse().unwrap(), api()).await.unwrap();
+    e.remove_stack(&id, &"web".parse().unwrap(), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
-    assert_eq!(stack_state(&e, &id, "web").await, None, "a removed stack leaves the graph");
+    assert_eq!(
+        stack_state(&e, &id, "web").await,
+        None,
+        "a removed stack leaves the graph"
+    );
     assert!(w.cluster.installed(&id).is_empty());
 }
 
@@ -264,7 +390,9 @@ async fn destroy_skips_in_cluster_teardown_when_the_agent_is_gone() {
     let id = ws("acme-prod");
     e.create(id.clone(), spec(), api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
-    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api()).await.unwrap();
+    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
+        .await
+        .unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
 
     w.agents.set_unreachable(&id, true);
@@ -272,7 +400,10 @@ async fn destroy_skips_in_cluster_teardown_when_the_agent_is_gone() {
     drive(&w, &mut engines, &id).await.unwrap();
     let rec = e.workspace(&id).await.unwrap();
     assert_eq!(rec.state, WorkspaceState::Destroyed);
-    assert!(w.cloud.live_resources(&id).is_empty(), "cloud-side teardown always runs");
+    assert!(
+        w.cloud.live_resources(&id).is_empty(),
+        "cloud-side teardown always runs"
+    );
     let history = e.history(&id).await.unwrap();
     let skipped: Vec<&str> = history
         .iter()
@@ -281,7 +412,11 @@ async fn destroy_skips_in_cluster_teardown_when_the_agent_is_gone() {
             _ => None,
         })
         .collect();
-    assert_eq!(skipped, ["stack/web", "uninstall-agent"], "the history says what was skipped");
+    assert_eq!(
+        skipped,
+        ["stack/web", "uninstall-agent"],
+        "the history says what was skipped"
+    );
 }
 
 #[tokio::test]

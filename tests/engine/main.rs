@@ -5,6 +5,8 @@
 //! Kubernetes and the network, which do not exist here; the engine, the store,
 //! the gateway and the state machines are the real ones.
 
+#![allow(unreachable_pub)]
+
 mod crash;
 mod drive;
 mod lifecycle;

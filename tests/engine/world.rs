@@ -37,7 +37,12 @@ pub const CRASH: &str = "simulated crash";
 
 impl CrashStore {
     pub fn new() -> Self {
-        Self { inner: InMemoryStore::new(), commits: Arc::default(), crash: Arc::default(), crashed: Arc::default() }
+        Self {
+            inner: InMemoryStore::new(),
+            commits: Arc::default(),
+            crash: Arc::default(),
+            crashed: Arc::default(),
+        }
     }
 
     /// Crash at these (commit index, point) pairs.
@@ -58,7 +63,13 @@ impl CrashStore {
             return None;
         }
         let n = self.commits.fetch_add(1, Ordering::SeqCst);
-        let point = self.crash.lock().unwrap().iter().find(|(i, _)| *i == n).map(|(_, p)| *p);
+        let point = self
+            .crash
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(i, _)| *i == n)
+            .map(|(_, p)| *p);
         if point.is_some() {
             self.crashed.fetch_add(1, Ordering::SeqCst);
         }
@@ -67,7 +78,10 @@ impl CrashStore {
 }
 
 fn crashed() -> Error {
-    Error::Unavailable { service: "process".into(), detail: CRASH.into() }
+    Error::Unavailable {
+        service: "process".into(),
+        detail: CRASH.into(),
+    }
 }
 
 #[async_trait]
@@ -88,20 +102,41 @@ impl RecordStore for CrashStore {
             }
         }
     }
-    async fn read_events(&self, id: &WorkspaceId, after: EventSeq, limit: usize) -> Result<Vec<EventRecord>> {
+    async fn read_events(
+        &self,
+        id: &WorkspaceId,
+        after: EventSeq,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
         self.inner.read_events(id, after, limit).await
     }
-    async fn get_checkpoint(&self, id: &WorkspaceId, key: &CheckpointKey) -> Result<Option<serde_json::Value>> {
+    async fn get_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+    ) -> Result<Option<serde_json::Value>> {
         self.inner.get_checkpoint(id, key).await
     }
-    async fn put_checkpoint(&self, id: &WorkspaceId, key: &CheckpointKey, v: serde_json::Value, f: FencingToken) -> Result<()> {
+    async fn put_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+        v: serde_json::Value,
+        f: FencingToken,
+    ) -> Result<()> {
         self.inner.put_checkpoint(id, key, v, f).await
     }
 }
 
 #[async_trait]
 impl LeaseStore for CrashStore {
-    async fn acquire(&self, w: &WorkspaceId, h: &HolderId, ttl: Duration, now: Timestamp) -> Result<Lease> {
+    async fn acquire(
+        &self,
+        w: &WorkspaceId,
+        h: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease> {
         self.inner.acquire(w, h, ttl, now).await
     }
     async fn renew(&self, l: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
@@ -114,7 +149,12 @@ impl LeaseStore for CrashStore {
 
 #[async_trait]
 impl CommandQueue for CrashStore {
-    async fn deliver(&self, w: &WorkspaceId, limit: usize, now: Timestamp) -> Result<Vec<QueuedCommand>> {
+    async fn deliver(
+        &self,
+        w: &WorkspaceId,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<QueuedCommand>> {
         self.inner.deliver(w, limit, now).await
     }
     async fn answer(&self, w: &WorkspaceId, r: CommandResult, now: Timestamp) -> Result<bool> {
@@ -130,7 +170,12 @@ impl TokenStore for CrashStore {
     async fn put_token(&self, t: BootstrapTokenRecord) -> Result<()> {
         self.inner.put_token(t).await
     }
-    async fn consume(&self, h: &TokenHash, w: &WorkspaceId, now: Timestamp) -> Result<BootstrapTokenRecord> {
+    async fn consume(
+        &self,
+        h: &TokenHash,
+        w: &WorkspaceId,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
         self.inner.consume(h, w, now).await
     }
 }
@@ -149,7 +194,12 @@ impl CredentialStore for CrashStore {
     async fn mark_polled(&self, s: &CertSerial, now: Timestamp) -> Result<bool> {
         self.inner.mark_polled(s, now).await
     }
-    async fn revoke_all(&self, w: &WorkspaceId, reason: &str, now: Timestamp) -> Result<Vec<CertSerial>> {
+    async fn revoke_all(
+        &self,
+        w: &WorkspaceId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<CertSerial>> {
         self.inner.revoke_all(w, reason, now).await
     }
 }
@@ -182,14 +232,34 @@ impl World {
             .faults(faults.clone())
             .build();
         let cluster = SimulatedCluster::new();
-        let executors: Vec<Arc<dyn Executor>> = [ExecutorKind::Helm, ExecutorKind::Manifests, ExecutorKind::Terraform]
-            .into_iter()
-            .map(|k| Arc::new(SimulatedExecutor::new(k, cluster.clone(), faults.clone())) as Arc<dyn Executor>)
-            .collect();
+        let executors: Vec<Arc<dyn Executor>> = [
+            ExecutorKind::Helm,
+            ExecutorKind::Manifests,
+            ExecutorKind::Terraform,
+        ]
+        .into_iter()
+        .map(|k| {
+            Arc::new(SimulatedExecutor::new(k, cluster.clone(), faults.clone()))
+                as Arc<dyn Executor>
+        })
+        .collect();
         let transport = InProcessTransport::new();
         let handler_cluster = cluster.clone();
-        let agents = SimulatedAgents::new(transport.clone(), Arc::new(move |ws, cmd| handler_cluster.handle(ws, cmd)));
-        Self { clock, store, cloud, cluster, executors, transport, agents, seed, engines: AtomicU64::new(0) }
+        let agents = SimulatedAgents::new(
+            transport.clone(),
+            Arc::new(move |ws, cmd| handler_cluster.handle(ws, cmd)),
+        );
+        Self {
+            clock,
+            store,
+            cloud,
+            cluster,
+            executors,
+            transport,
+            agents,
+            seed,
+            engines: AtomicU64::new(0),
+        }
     }
 
     /// A new engine process on the shared world (a restart, or another replica).
@@ -197,8 +267,16 @@ impl World {
         let n = self.engines.fetch_add(1, Ordering::SeqCst);
         let config = EngineConfig::new(format!("{name}-{n}").parse().unwrap())
             .with_seed(self.seed.wrapping_add(n))
-            .with_retry(RetryPolicy::new(10, Duration::from_millis(200), Duration::from_secs(5)))
-            .with_deadlines(Duration::from_secs(600), Duration::from_secs(120), Duration::from_secs(120));
+            .with_retry(RetryPolicy::new(
+                10,
+                Duration::from_millis(200),
+                Duration::from_secs(5),
+            ))
+            .with_deadlines(
+                Duration::from_secs(600),
+                Duration::from_secs(120),
+                Duration::from_secs(120),
+            );
         let mut b = Engine::builder(Arc::new(self.store.clone()))
             .clock(Arc::new(self.clock.clone()))
             .config(config)
@@ -231,9 +309,14 @@ pub fn stack(name: &str, kind: ExecutorKind, deps: &[&str]) -> StackSpec {
             values: Default::default(),
         },
         ExecutorKind::Manifests => ExecutorSpec::Manifests {
-            documents: vec![serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})],
+            documents: vec![
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}),
+            ],
         },
-        ExecutorKind::Terraform => ExecutorSpec::Terraform { source: format!("./modules/{name}"), variables: Default::default() },
+        ExecutorKind::Terraform => ExecutorSpec::Terraform {
+            source: format!("./modules/{name}"),
+            variables: Default::default(),
+        },
     };
     StackSpec {
         name: name.parse().unwrap(),
@@ -244,5 +327,7 @@ pub fn stack(name: &str, kind: ExecutorKind, deps: &[&str]) -> StackSpec {
 }
 
 pub fn api() -> Actor {
-    Actor::Api { principal: "test".into() }
+    Actor::Api {
+        principal: "test".into(),
+    }
 }

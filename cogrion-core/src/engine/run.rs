@@ -429,8 +429,10 @@ impl Engine {
                 );
                 if let Some(command) = &step.command {
                     match self.0.store.get_command(&id, command).await?.status {
-                        CommandStatus::Answered { result, .. } => {
-                            request = request.with_command_result(result)
+                        CommandStatus::Answered { mut result, .. } => {
+                            // The executor sees its own id, without the attempt suffix.
+                            result.id = base_command_id(command, step.attempts);
+                            request = request.with_command_result(result);
                         }
                         CommandStatus::Pending => {
                             return Ok(Outcome::Failed(Error::Unavailable {
@@ -583,7 +585,10 @@ impl Engine {
                 );
             }
             Outcome::Failed(error) => {
-                let retry = error.is_transient() && attempt < self.0.config.retry.max_attempts;
+                // In-cluster teardown keeps trying until its deadline, then is
+                // skipped (above); other steps stop after the policy's attempts.
+                let retry = error.is_transient()
+                    && (attempt < self.0.config.retry.max_attempts || (teardown && !deadline_passed));
                 tx.event(
                     EventKind::StepFailed {
                         operation: seq,
@@ -741,6 +746,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// The id the executor asked for, before the engine added the attempt number.
+fn base_command_id(queued: &CommandId, attempt: u32) -> CommandId {
+    queued
+        .as_str()
+        .strip_suffix(&format!(".{attempt}"))
+        .and_then(|base| CommandId::new(base).ok())
+        .unwrap_or_else(|| queued.clone())
 }
 
 fn waiting<T>(progress: Progress<T>) -> Outcome {
