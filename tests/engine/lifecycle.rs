@@ -275,7 +275,10 @@ async fn a_failed_provisioning_is_retried_from_the_failed_step() {
         other => panic!("expected Failed, got {other:?}"),
     }
     let creates = w.cloud.api_calls().total_creates();
-    assert_eq!(creates, 3, "only the network (a VPC, two subnets) was created");
+    assert_eq!(
+        creates, 3,
+        "only the network (a VPC, two subnets) was created"
+    );
 
     // Retrying while the cloud still refuses fails again, at the same step.
     e.retry(&id, api()).await.unwrap();
@@ -310,7 +313,11 @@ async fn destroy_from_failed_and_from_provisioning_leaves_nothing() {
         state(&e, &failed).await,
         WorkspaceState::Failed(_)
     ));
-    assert_eq!(w.cloud.live_resources(&failed).len(), 4, "network and cluster exist, no node pool");
+    assert_eq!(
+        w.cloud.live_resources(&failed).len(),
+        4,
+        "network and cluster exist, no node pool"
+    );
     faults.clear_permanent(FaultTarget::Layer(InfraLayer::NodePools));
     e.destroy(&failed, api()).await.unwrap();
     drive(&w, &mut engines, &failed).await.unwrap();

@@ -48,7 +48,6 @@ struct Tx {
     notices: Vec<EngineEvent>,
     actor: Actor,
     now: Timestamp,
-    changed: bool,
 }
 
 impl Tx {
@@ -59,7 +58,6 @@ impl Tx {
             kind,
             message,
         });
-        self.changed = true;
     }
 
     fn notice(&mut self, kind: EngineEventKind) {
@@ -92,6 +90,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let current = self.0.store.get_workspace(id).await?;
+        let original = current.value.clone();
         let mut tx = Tx {
             rec: current.value,
             events: Vec::new(),
@@ -101,7 +100,6 @@ impl Engine {
                 holder: self.0.config.holder.clone(),
             },
             now,
-            changed: false,
         };
         let action = match self.run_next(&mut tx, &lease).await {
             Ok(action) => action,
@@ -111,12 +109,9 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let wake_at = next_wake(&tx.rec, now);
-        if tx.rec.wake_at != wake_at {
-            tx.rec.wake_at = wake_at;
-            tx.changed = true;
-        }
-        if tx.changed {
+        tx.rec.wake_at = next_wake(&tx.rec, now);
+        let changed = tx.rec != original || !tx.events.is_empty() || !tx.commands.is_empty();
+        if changed {
             tx.rec.updated_at = now;
             let mut write =
                 WorkspaceWrite::update(tx.rec.clone(), current.revision, now).fenced(lease.fence);
@@ -171,27 +166,13 @@ impl Engine {
     async fn run_next(&self, tx: &mut Tx, lease: &Lease) -> Result<Action> {
         let now = tx.now;
         // Cancelled operations that are not mid-step are dropped.
-        let before = tx.rec.operations.len();
         tx.rec
             .operations
             .retain(|op| !op.cancel_requested || mid_step(op));
-        tx.changed |= tx.rec.operations.len() != before;
 
-        let cancelling = tx.rec.operations.iter().any(|op| op.cancel_requested);
-        let workspace_ready = matches!(
-            tx.rec.state,
-            WorkspaceState::Active | WorkspaceState::Updating
-        );
-        let mut awaiting_agent = None;
         for i in 0..tx.rec.operations.len() {
             let op = &tx.rec.operations[i];
-            if op.steps.iter().any(|s| s.status == StepStatus::Failed) {
-                continue; // waits for a retry or a destroy
-            }
-            if op.kind == OperationKind::Destroy && cancelling {
-                continue; // the superseded operations finish their running step first
-            }
-            if op.kind == OperationKind::StackDeploy && !workspace_ready && !op.cancel_requested {
+            if blocked(&tx.rec, op) {
                 continue;
             }
             let Some(j) = op.steps.iter().position(|s| !s.is_finished()) else {
@@ -204,33 +185,39 @@ impl Engine {
                     self.0.store.get_command(&tx.rec.id, command).await?.status,
                     CommandStatus::Answered { .. }
                 );
-                let past_deadline = step.deadline.is_some_and(|d| now >= d);
-                if !answered && !past_deadline {
-                    awaiting_agent = Some(step.deadline);
+                if !answered && step.deadline.is_none_or(|d| now < d) {
                     continue;
                 }
-            } else if op.wake_at.is_some_and(|t| t > now) {
-                if step.name == plan::AWAIT_AGENT {
-                    awaiting_agent = Some(op.wake_at);
-                }
+            } else if op.wake_at.is_some_and(|t| t > now) && step.name != plan::AWAIT_AGENT {
                 continue;
             }
-            self.run_step(tx, lease, i, j).await?;
-            return Ok(Action::RunAgain);
+            if self.run_step(tx, lease, i, j).await? {
+                return Ok(Action::RunAgain);
+            }
+            break; // one effect per call; the step now waits
         }
         if tx.rec.operations.is_empty() {
             return Ok(Action::Done);
         }
-        Ok(match (awaiting_agent, next_wake(&tx.rec, now)) {
-            (Some(until), _) => Action::AwaitAgent {
-                until: until.or(next_wake(&tx.rec, now)),
-            },
-            (None, Some(t)) => Action::WakeAt(t),
-            (None, None) => Action::Done,
+        let awaiting_agent = tx.rec.operations.iter().any(|op| {
+            !blocked(&tx.rec, op)
+                && op
+                    .steps
+                    .iter()
+                    .find(|s| !s.is_finished())
+                    .is_some_and(|s| s.command.is_some() || s.name == plan::AWAIT_AGENT)
+        });
+        Ok(match next_wake(&tx.rec, now) {
+            Some(t) if t <= now => Action::RunAgain,
+            until if awaiting_agent => Action::AwaitAgent { until },
+            Some(t) => Action::WakeAt(t),
+            None => Action::Done,
         })
     }
 
-    async fn run_step(&self, tx: &mut Tx, lease: &Lease, i: usize, j: usize) -> Result<()> {
+    /// Runs one attempt of step `j` of operation `i`; returns whether the step
+    /// moved on (finished, failed, or must start over) rather than waits.
+    async fn run_step(&self, tx: &mut Tx, lease: &Lease, i: usize, j: usize) -> Result<bool> {
         let now = tx.now;
         let op = &tx.rec.operations[i];
         let (seq, name) = (op.seq, op.steps[j].name.clone());
@@ -258,9 +245,13 @@ impl Engine {
                 });
             }
         }
-        tx.changed = true;
         let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await;
-        self.apply_outcome(tx, i, j, &kind, outcome)
+        let moved_on = !matches!(
+            outcome,
+            Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
+        );
+        self.apply_outcome(tx, i, j, &kind, outcome)?;
+        Ok(moved_on)
     }
 
     /// Performs the step's side effect through the traits.
@@ -588,7 +579,8 @@ impl Engine {
                 // In-cluster teardown keeps trying until its deadline, then is
                 // skipped (above); other steps stop after the policy's attempts.
                 let retry = error.is_transient()
-                    && (attempt < self.0.config.retry.max_attempts || (teardown && !deadline_passed));
+                    && (attempt < self.0.config.retry.max_attempts
+                        || (teardown && !deadline_passed));
                 tx.event(
                     EventKind::StepFailed {
                         operation: seq,
@@ -662,7 +654,6 @@ impl Engine {
     /// removal from the record.
     fn finish(&self, tx: &mut Tx, i: usize) {
         let op = tx.rec.operations.remove(i);
-        tx.changed = true;
         let event = match op.kind {
             OperationKind::Provision => WorkspaceEvent::AgentFirstPoll,
             OperationKind::Update => WorkspaceEvent::UpdateCompleted,
@@ -765,12 +756,24 @@ fn waiting<T>(progress: Progress<T>) -> Outcome {
     }
 }
 
+/// Whether an operation cannot run now whatever the time: it failed (and waits
+/// for a retry or a destroy), it is a destroy waiting for superseded operations to
+/// finish their running step, or it deploys a stack into a workspace that is not
+/// `Active` or `Updating`.
+fn blocked(rec: &WorkspaceRecord, op: &OperationRecord) -> bool {
+    op.steps.iter().any(|s| s.status == StepStatus::Failed)
+        || (op.kind == OperationKind::Destroy && rec.operations.iter().any(|o| o.cancel_requested))
+        || (op.kind == OperationKind::StackDeploy
+            && !op.cancel_requested
+            && !matches!(rec.state, WorkspaceState::Active | WorkspaceState::Updating))
+}
+
 /// When the workspace next needs driving: now if an operation can run, else the
 /// earliest wake time of a waiting one; `None` when nothing waits on time.
 fn next_wake(rec: &WorkspaceRecord, now: Timestamp) -> Option<Timestamp> {
     rec.operations
         .iter()
-        .filter(|op| !op.steps.iter().any(|s| s.status == StepStatus::Failed))
+        .filter(|op| !blocked(rec, op))
         .map(|op| op.wake_at.unwrap_or(now))
         .min()
 }
