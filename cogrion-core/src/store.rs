@@ -653,6 +653,38 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+impl ListQuery {
+    /// Every workspace, the store's default page.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Only `tenant`'s workspaces.
+    pub fn tenant(mut self, tenant: crate::ids::TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+    /// Only workspaces in `state`.
+    pub fn state(mut self, state: StateName) -> Self {
+        self.state = Some(state);
+        self
+    }
+    /// Only workspaces due at `at` (their `wake_at` at or before it).
+    pub fn due_at(mut self, at: Timestamp) -> Self {
+        self.due_at = Some(at);
+        self
+    }
+    /// Only ids after `id`.
+    pub fn after(mut self, id: WorkspaceId) -> Self {
+        self.after = Some(id);
+        self
+    }
+    /// At most `limit` records.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
 /// Workspace records, their history and operation checkpoints.
 ///
 /// # Errors

@@ -9,5 +9,6 @@
 
 mod crash;
 mod drive;
+mod driver;
 mod lifecycle;
 mod world;

@@ -399,6 +399,7 @@ impl Engine {
         self.check_cloud(&spec)?;
         let now = self.0.clock.now();
         let mut record = WorkspaceRecord::new(id.clone(), spec, now);
+        record.wake_at = Some(now);
         let mut events = vec![NewEvent {
             at: now,
             actor: actor.clone(),
