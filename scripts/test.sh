@@ -25,7 +25,9 @@ cargo clippy "${FEATURES[@]}" --all-targets -- -D warnings
 step "cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test "${FEATURES[@]}" --all-targets 2>&1 | tee "$log"
+# Tests, examples (built), and benches built but not run: they run only when measuring.
+cargo test "${FEATURES[@]}" --lib --bins --tests --examples 2>&1 | tee "$log"
+cargo build "${FEATURES[@]}" --benches
 cargo test "${FEATURES[@]}" --doc 2>&1 | tee -a "$log"
 
 step "cargo doc (warnings denied)"

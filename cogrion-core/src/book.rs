@@ -7,6 +7,8 @@ pub mod overview {}
 pub mod lifecycle {}
 #[doc = include_str!("../book/traits.md")]
 pub mod traits {}
+#[doc = include_str!("../book/engine.md")]
+pub mod engine {}
 #[doc = include_str!("../book/implementing_a_provider.md")]
 pub mod implementing_a_provider {}
 #[cfg_attr(feature = "conformance", doc = include_str!("../book/testing.md"))]

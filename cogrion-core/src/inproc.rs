@@ -35,6 +35,8 @@ pub struct InProcessTransport {
     gateway: Arc<Mutex<Option<AgentGateway>>>,
     notify: Arc<Notify>,
     disconnected: Arc<Mutex<Vec<WorkspaceId>>>,
+    /// Workspaces with commands queued since their agent last polled.
+    notified: Arc<Mutex<std::collections::HashSet<WorkspaceId>>>,
 }
 
 impl InProcessTransport {
@@ -62,6 +64,10 @@ impl InProcessTransport {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
     }
 
+    fn take_notified(&self) -> std::collections::HashSet<WorkspaceId> {
+        std::mem::take(&mut *lock(&self.notified))
+    }
+
     fn take_disconnects(&self) -> Vec<WorkspaceId> {
         std::mem::take(&mut *lock(&self.disconnected))
     }
@@ -69,7 +75,8 @@ impl InProcessTransport {
 
 #[async_trait]
 impl AgentTransport for InProcessTransport {
-    async fn notify(&self, _workspace: &WorkspaceId) -> Result<()> {
+    async fn notify(&self, workspace: &WorkspaceId) -> Result<()> {
+        lock(&self.notified).insert(workspace.clone());
         self.notify.notify_waiters();
         Ok(())
     }
@@ -168,6 +175,24 @@ impl SimulatedAgents {
     /// run what was delivered, post the results. Returns how many requests failed
     /// (they are retried on the next round).
     pub async fn step_all(&self) -> usize {
+        self.step(None).await
+    }
+
+    /// One round for the agents that have something to do — those still to
+    /// bootstrap and those whose workspace was notified of new commands — as long
+    /// polls would: an idle agent costs nothing.
+    pub async fn step_due(&self) -> usize {
+        let mut due = self.transport.take_notified();
+        due.extend(
+            lock(&self.agents)
+                .iter()
+                .filter(|(_, a)| a.serial.is_none() && a.token.is_some())
+                .map(|(w, _)| w.clone()),
+        );
+        self.step(Some(due)).await
+    }
+
+    async fn step(&self, only: Option<std::collections::HashSet<WorkspaceId>>) -> usize {
         for w in self.transport.take_disconnects() {
             if let Some(a) = lock(&self.agents).get_mut(&w) {
                 a.serial = None;
@@ -176,7 +201,13 @@ impl SimulatedAgents {
         let Ok(gateway) = self.transport.gateway() else {
             return 0;
         };
-        let workspaces: Vec<WorkspaceId> = lock(&self.agents).keys().cloned().collect();
+        let workspaces: Vec<WorkspaceId> = match only {
+            Some(due) => due
+                .into_iter()
+                .filter(|w| lock(&self.agents).contains_key(w))
+                .collect(),
+            None => lock(&self.agents).keys().cloned().collect(),
+        };
         let mut failures = 0;
         for ws in workspaces {
             if lock(&self.unreachable).contains(&ws) {
@@ -253,12 +284,19 @@ impl SimulatedAgents {
         }
     }
 
-    /// Runs the fleet until `shutdown` completes: a round whenever commands are
-    /// queued, and at least every `interval`.
+    /// Runs the fleet until `shutdown` completes: the agents with something to do
+    /// whenever commands are queued and at least every `interval`, and every agent
+    /// once a second (a long poll's renewal).
     pub async fn run(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut last_full = std::time::Instant::now();
         loop {
-            self.step_all().await;
+            if last_full.elapsed() >= Duration::from_secs(1) {
+                last_full = std::time::Instant::now();
+                self.step_all().await;
+            } else {
+                self.step_due().await;
+            }
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.transport.wait_for_commands(interval) => {}

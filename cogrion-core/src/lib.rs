@@ -9,8 +9,10 @@
 //! 2. [Lifecycle](book::lifecycle) — the workspace and stack state machines.
 //! 3. [Traits](book::traits) — `WorkspaceStore`, `CloudProvisioner`, `Executor`,
 //!    `AgentTransport`, and the one error type.
-//! 4. [Implementing a provider](book::implementing_a_provider).
-//! 5. [Testing with the conformance suites](book::testing).
+//! 4. [The lifecycle engine](book::engine) — persisted plans, `advance`, the
+//!    built-in driver, simulation.
+//! 5. [Implementing a provider](book::implementing_a_provider).
+//! 6. [Testing with the conformance suites](book::testing).
 
 mod agent;
 pub mod book;

@@ -58,6 +58,10 @@ struct Workspace {
     lease: Option<LeaseState>,
     last_fence: u64,
     checkpoints: BTreeMap<CheckpointKey, serde_json::Value>,
+    /// The workspace's unconsumed bootstrap token, if any.
+    open_token: Option<TokenHash>,
+    /// The workspace's credentials, by serial.
+    credentials: std::collections::BTreeSet<CertSerial>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +165,8 @@ impl Inner {
                 lease: None,
                 last_fence: 0,
                 checkpoints: BTreeMap::new(),
+                open_token: None,
+                credentials: Default::default(),
             }),
             Some((record, PutMode::Update(rev))) => {
                 let ws = self.workspaces.get_mut(&id).expect("checked above");
@@ -420,9 +426,13 @@ impl TokenStore for InMemoryStore {
         if inner.tokens.contains_key(&token.hash) {
             return Err(Error::AlreadyExists(Resource::BootstrapToken));
         }
-        inner
-            .tokens
-            .retain(|_, t| t.workspace != token.workspace || t.consumed_at.is_some());
+        let replaced = inner
+            .workspace_mut(&token.workspace)?
+            .open_token
+            .replace(token.hash);
+        if let Some(old) = replaced {
+            inner.tokens.remove(&old);
+        }
         inner.tokens.insert(token.hash, token);
         Ok(())
     }
@@ -450,7 +460,12 @@ impl TokenStore for InMemoryStore {
             }));
         }
         token.consumed_at = Some(now);
-        Ok(token.clone())
+        let token = token.clone();
+        let ws = inner.workspace_mut(workspace)?;
+        if ws.open_token == Some(*hash) {
+            ws.open_token = None;
+        }
+        Ok(token)
     }
 }
 
@@ -464,6 +479,10 @@ impl CredentialStore for InMemoryStore {
                 credential.serial,
             )));
         }
+        inner
+            .workspace_mut(&credential.workspace)?
+            .credentials
+            .insert(credential.serial.clone());
         inner
             .credentials
             .insert(credential.serial.clone(), credential);
@@ -480,12 +499,11 @@ impl CredentialStore for InMemoryStore {
 
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
         let inner = self.lock();
-        inner.workspace(workspace)?;
-        Ok(inner
+        let ws = inner.workspace(workspace)?;
+        Ok(ws
             .credentials
-            .values()
-            .filter(|c| &c.workspace == workspace)
-            .cloned()
+            .iter()
+            .filter_map(|s| inner.credentials.get(s).cloned())
             .collect())
     }
 
@@ -509,10 +527,18 @@ impl CredentialStore for InMemoryStore {
         now: Timestamp,
     ) -> Result<Vec<CertSerial>> {
         let mut inner = self.lock();
-        inner.workspace(workspace)?;
+        let serials: Vec<CertSerial> = inner
+            .workspace(workspace)?
+            .credentials
+            .iter()
+            .cloned()
+            .collect();
         let mut revoked = Vec::new();
-        for c in inner.credentials.values_mut() {
-            if &c.workspace == workspace && c.revoked.is_none() {
+        for serial in serials {
+            let Some(c) = inner.credentials.get_mut(&serial) else {
+                continue;
+            };
+            if c.revoked.is_none() {
                 c.revoked = Some(Revocation {
                     at: now,
                     reason: reason.to_owned(),
