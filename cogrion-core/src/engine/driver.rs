@@ -26,6 +26,9 @@ pub struct DriverConfig {
     /// How long to wait before trying a workspace again after `advance` failed
     /// (default 1 s).
     pub error_backoff: Duration,
+    /// How often a workspace waiting on its agent is checked even without an
+    /// agent event — the net under a missed wakeup (default 5 s; a read, no write).
+    pub agent_recheck: Duration,
 }
 
 impl Default for DriverConfig {
@@ -34,6 +37,7 @@ impl Default for DriverConfig {
             concurrency: 64,
             sweep_interval: Duration::from_secs(1),
             error_backoff: Duration::from_secs(1),
+            agent_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -217,8 +221,11 @@ impl Loop {
         match result {
             Ok(Action::RunAgain) => self.wake(id.clone()),
             Ok(Action::WakeAt(t)) => self.schedule(id.clone(), t),
-            Ok(Action::AwaitAgent { until: Some(t) }) => self.schedule(id.clone(), t),
-            Ok(Action::AwaitAgent { until: None } | Action::Done) => {}
+            Ok(Action::AwaitAgent { until }) => {
+                let recheck = now + self.config.agent_recheck;
+                self.schedule(id.clone(), until.map_or(recheck, |t| t.min(recheck)));
+            }
+            Ok(Action::Done) => {}
             Err(e) => {
                 self.stats.errors += 1;
                 tracing::warn!(workspace = %id, error = %e, "advance failed");
@@ -234,13 +241,10 @@ impl Loop {
         }
     }
 
-    async fn sweep(&mut self) {
-        let now = self.engine.clock().now();
-        let mut query = ListQuery {
-            due_at: Some(now),
-            limit: 1000,
-            ..ListQuery::default()
-        };
+    /// Wakes the workspaces due by `until` (the first sweep after start wakes
+    /// every workspace with work pending, whenever it is due).
+    async fn sweep(&mut self, until: Timestamp) {
+        let mut query = ListQuery::new().due_at(until).limit(1000);
         loop {
             match self.engine.store().list_workspaces(&query).await {
                 Ok(page) => {
@@ -269,6 +273,7 @@ impl Loop {
     ) -> DriverStats {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first_sweep = true;
         loop {
             self.fire_timers();
             self.start_ready();
@@ -288,10 +293,14 @@ impl Loop {
                 Some(id) = kicks.recv() => self.wake(id),
                 woken = wakeups.recv() => match woken {
                     Ok(id) => self.wake(id),
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.sweep().await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.sweep(self.engine.clock().now()).await,
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick() => {
+                    let until = if first_sweep { Timestamp::from_millis(u64::MAX) } else { self.engine.clock().now() };
+                    first_sweep = false;
+                    self.sweep(until).await;
+                }
                 _ = timer, if next_timer.is_some() => {}
             }
         }

@@ -255,6 +255,9 @@ pub struct CloudApi {
 struct ApiState {
     next_serial: u64,
     resources: BTreeMap<ResourceId, Record>,
+    /// Every resource ever created for a workspace, in creation order: every
+    /// query and dependency check is per workspace, so none scans the cloud.
+    by_workspace: std::collections::HashMap<WorkspaceId, Vec<ResourceId>>,
     latency: BTreeMap<InfraLayer, Duration>,
     calls: ApiCallCounts,
     duplicates: BTreeSet<String>,
@@ -262,7 +265,6 @@ struct ApiState {
 
 #[derive(Debug, Clone)]
 struct Record {
-    serial: u64,
     id: ResourceId,
     kind: String,
     tags: ResourceTags,
@@ -272,6 +274,17 @@ struct Record {
     ready_at: Timestamp,
     updated_until: Option<Timestamp>,
     gone_at: Option<Timestamp>,
+}
+
+impl ApiState {
+    /// The records of `workspace`, oldest first.
+    fn of<'a>(&'a self, workspace: &WorkspaceId) -> impl Iterator<Item = &'a Record> + 'a {
+        self.by_workspace
+            .get(workspace)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.resources.get(id))
+    }
 }
 
 impl Record {
@@ -372,17 +385,20 @@ impl CloudApi {
         let id = ResourceId(format!("{kind}-{serial:08x}"));
         let latency = state.latency.get(&tags.layer).copied().unwrap_or_default();
         let live_same_intent = state
-            .resources
-            .values()
+            .of(&tags.workspace)
             .filter(|r| r.tags == tags && r.is_live(now))
             .count();
+        state
+            .by_workspace
+            .entry(tags.workspace.clone())
+            .or_default()
+            .push(id.clone());
         if live_same_intent > 0 {
             state.duplicates.insert(tags.intent());
         }
         state.resources.insert(
             id.clone(),
             Record {
-                serial,
                 id: id.clone(),
                 kind: kind.to_owned(),
                 tags,
@@ -412,13 +428,13 @@ impl CloudApi {
     /// The resources of `workspace` named `name` that are not deleted, oldest
     /// first. More than one means someone created a duplicate.
     pub fn find_by_name(&self, workspace: &WorkspaceId, name: &str) -> Vec<ApiResource> {
-        self.read(|r| &r.tags.workspace == workspace && r.tags.name == name)
+        self.read(workspace, |r| r.tags.name == name)
     }
 
     /// Every resource tagged with `workspace` that is not deleted, oldest first
     /// (like a tagging API's search).
     pub fn list(&self, workspace: &WorkspaceId) -> Vec<ApiResource> {
-        self.read(|r| &r.tags.workspace == workspace)
+        self.read(workspace, |_| true)
     }
 
     /// Changes a resource's attributes; the change takes the layer's latency
@@ -478,9 +494,10 @@ impl CloudApi {
             .get(id)
             .map_or_else(|| "?".to_owned(), |r| r.kind.clone());
         *state.calls.deletes.entry(kind).or_default() += 1;
-        let dependents: Vec<ResourceId> = state
-            .resources
-            .values()
+        let workspace = state.resources.get(id).map(|r| r.tags.workspace.clone());
+        let dependents: Vec<ResourceId> = workspace
+            .iter()
+            .flat_map(|w| state.of(w))
             .filter(|r| r.depends_on.contains(id) && r.is_live(now))
             .map(|r| r.id.clone())
             .collect();
@@ -523,9 +540,8 @@ impl CloudApi {
         let now = self.clock.now();
         let state = self.state();
         let mut live: Vec<CloudResource> = state
-            .resources
-            .values()
-            .filter(|r| &r.tags.workspace == workspace && r.is_live(now))
+            .of(workspace)
+            .filter(|r| r.is_live(now))
             .map(|r| r.view(now).to_cloud_resource())
             .collect();
         live.sort();
@@ -553,17 +569,16 @@ impl CloudApi {
         self.state().calls.clone()
     }
 
-    fn read(&self, filter: impl Fn(&Record) -> bool) -> Vec<ApiResource> {
+    fn read(&self, workspace: &WorkspaceId, filter: impl Fn(&Record) -> bool) -> Vec<ApiResource> {
         let now = self.clock.now();
         let mut state = self.state();
         state.calls.reads += 1;
-        let mut found: Vec<&Record> = state
-            .resources
-            .values()
+        // Creation order is serial order.
+        state
+            .of(workspace)
             .filter(|r| filter(r) && r.is_live(now))
-            .collect();
-        found.sort_by_key(|r| r.serial);
-        found.into_iter().map(|r| r.view(now)).collect()
+            .map(|r| r.view(now))
+            .collect()
     }
 
     fn state(&self) -> MutexGuard<'_, ApiState> {
