@@ -37,6 +37,7 @@
 
 mod driver;
 mod events;
+mod journal;
 mod plan;
 mod retry;
 mod run;
@@ -55,6 +56,8 @@ pub use driver::{Driver, DriverConfig, DriverHandle, DriverStats};
 pub use events::{EngineEvent, EngineEventKind};
 pub use retry::RetryPolicy;
 
+use journal::Journal;
+
 use crate::agent::{AgentInstaller, BootstrapToken};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
@@ -62,11 +65,11 @@ use crate::executor::{Executor, ExecutorKind};
 use crate::ids::{HolderId, StackName, WorkspaceId};
 use crate::provisioner::{CloudProvisioner, InfraLayer};
 use crate::spec::{CloudTarget, SpecErrors, SpecProblem, StackSpec, WorkspaceSpec};
-use crate::stack::{StackEvent, StackState};
+use crate::stack::StackEvent;
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, EventKind, EventRecord, EventSeq, Lease, NewEvent, OperationKind, OperationRecord,
-    StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    Actor, EventKind, EventRecord, EventSeq, Lease, OperationKind, OperationRecord, StepStatus,
+    WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
 };
 use crate::transport::{AgentEvent, AgentEventSink, AgentTransport};
 
@@ -400,27 +403,18 @@ impl Engine {
         let now = self.0.clock.now();
         let mut record = WorkspaceRecord::new(id.clone(), spec, now);
         record.wake_at = Some(now);
-        let mut events = vec![NewEvent {
-            at: now,
-            actor: actor.clone(),
-            kind: EventKind::Created,
-            message: "workspace created".into(),
-        }];
-        let mut notices = Vec::new();
-        self.plan(
+        let mut j = Journal::new(actor, now);
+        j.event(EventKind::Created, "workspace created".into());
+        j.plan(
             &mut record,
             OperationKind::Provision,
             None,
             plan::provision(),
-            now,
-            &actor,
-            &mut events,
-            &mut notices,
         );
         let mut write = WorkspaceWrite::create(record.clone(), now);
-        write.events = events;
+        write.events = std::mem::take(&mut j.events);
         self.0.store.commit(write).await?;
-        self.publish(notices);
+        self.publish(j.notices);
         self.wake(&id);
         Ok(record)
     }
@@ -434,8 +428,8 @@ impl Engine {
         actor: Actor,
     ) -> Result<WorkspaceRecord> {
         spec.validate()?;
-        self.mutate(id, &actor, |engine, rec, now, events, notices| {
-            let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, now)?;
+        self.mutate(id, &actor, |rec, j| {
+            let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, j.now)?;
             let mut problems = Vec::new();
             for (path, same) in [
                 ("tenant", rec.spec.tenant == spec.tenant),
@@ -454,17 +448,8 @@ impl Engine {
             }
             let previous = std::mem::replace(&mut rec.spec, spec.clone());
             let steps = plan::update(&previous, &spec);
-            engine.transition(rec, t, &actor, "update requested", events, notices);
-            engine.plan(
-                rec,
-                OperationKind::Update,
-                None,
-                steps,
-                now,
-                &actor,
-                events,
-                notices,
-            );
+            j.transition(rec, t, "update requested");
+            j.plan(rec, OperationKind::Update, None, steps);
             if let Some(op) = rec.operations.last_mut() {
                 op.previous_spec = Some(previous);
             }
@@ -477,8 +462,8 @@ impl Engine {
     /// (finished steps do not run again). A failed wait for the agent restarts at
     /// issuing a new bootstrap token, since a token works once.
     pub async fn retry(&self, id: &WorkspaceId, actor: Actor) -> Result<WorkspaceRecord> {
-        self.mutate(id, &actor, |engine, rec, now, events, notices| {
-            let t = step(&rec.state, &WorkspaceEvent::RetryRequested, now)?;
+        self.mutate(id, &actor, |rec, j| {
+            let t = step(&rec.state, &WorkspaceEvent::RetryRequested, j.now)?;
             let kind = match &rec.state {
                 WorkspaceState::Failed(f) => match f.operation {
                     crate::state::WorkspaceOperation::Provision => OperationKind::Provision,
@@ -495,8 +480,8 @@ impl Engine {
                     what: crate::error::Resource::Workspace(rec.id.clone()),
                     detail: format!("failed {kind:?} operation has no stored plan"),
                 })?;
-            reset_failed_steps(op, now);
-            engine.transition(rec, t, &actor, "retry requested", events, notices);
+            reset_failed_steps(op, j.now);
+            j.transition(rec, t, "retry requested");
             Ok(())
         })
         .await
@@ -507,12 +492,12 @@ impl Engine {
     /// (after the running step). Stacks go first, in reverse dependency order, then
     /// the agent, node pools, cluster and network.
     pub async fn destroy(&self, id: &WorkspaceId, actor: Actor) -> Result<WorkspaceRecord> {
-        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+        self.mutate(id, &actor, |rec, j| {
             let was_failed_destroy = matches!(&rec.state, WorkspaceState::Failed(f) if f.operation == crate::state::WorkspaceOperation::Destroy);
-            let t = step(&rec.state, &WorkspaceEvent::DestroyRequested, now)?;
-            engine.transition(rec, t, &actor, "destroy requested", events, notices);
+            let t = step(&rec.state, &WorkspaceEvent::DestroyRequested, j.now)?;
+            j.transition(rec, t, "destroy requested");
             if was_failed_destroy && let Some(op) = rec.operations.iter_mut().find(|o| o.kind == OperationKind::Destroy) {
-                reset_failed_steps(op, now);
+                reset_failed_steps(op, j.now);
                 return Ok(());
             }
             // Other operations stop: those mid-step finish that step first.
@@ -527,12 +512,12 @@ impl Engine {
             let names: Vec<StackName> = rec.stacks.iter().map(|(n, _)| n.clone()).collect();
             for name in names {
                 let from = rec.stacks.get(&name).map(|e| e.state.name());
-                if let Ok(to) = rec.stacks.apply(&name, &StackEvent::RemoveRequested, now) {
-                    engine.stack_transition(rec, &name, from, &to, &actor, events, notices);
+                if let Ok(to) = rec.stacks.apply(&name, &StackEvent::RemoveRequested, j.now) {
+                    j.stack_transition(rec, &name, from, &to);
                 }
             }
             let steps = plan::destroy(&rec.stacks);
-            engine.plan(rec, OperationKind::Destroy, None, steps, now, &actor, events, notices);
+            j.plan(rec, OperationKind::Destroy, None, steps);
             Ok(())
         })
         .await
@@ -555,7 +540,7 @@ impl Engine {
                 detail: format!("no executor registered for {kind:?} stacks"),
             });
         }
-        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+        self.mutate(id, &actor, |rec, j| {
             let name = spec.name.clone();
             let from = rec.stacks.get(&name).map(|e| e.state.name());
             if from.is_some() {
@@ -563,21 +548,17 @@ impl Engine {
             } else {
                 rec.stacks.add(spec.clone())?;
             }
-            let to = rec.stacks.request_deploy(&name, rec.state.name(), now)?;
+            let to = rec.stacks.request_deploy(&name, rec.state.name(), j.now)?;
             rec.operations.retain(|o| {
                 !(o.stack.as_ref() == Some(&name)
                     && o.steps.iter().any(|s| s.status == StepStatus::Failed))
             });
-            engine.stack_transition(rec, &name, from, &to, &actor, events, notices);
-            engine.plan(
+            j.stack_transition(rec, &name, from, &to);
+            j.plan(
                 rec,
                 OperationKind::StackDeploy,
                 Some(name),
                 plan::stack_deploy(),
-                now,
-                &actor,
-                events,
-                notices,
             );
             Ok(())
         })
@@ -591,9 +572,9 @@ impl Engine {
         name: &StackName,
         actor: Actor,
     ) -> Result<WorkspaceRecord> {
-        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+        self.mutate(id, &actor, |rec, j| {
             let from = rec.stacks.get(name).map(|e| e.state.name());
-            let to = rec.stacks.apply(name, &StackEvent::RetryRequested, now)?;
+            let to = rec.stacks.apply(name, &StackEvent::RetryRequested, j.now)?;
             let op = rec
                 .operations
                 .iter_mut()
@@ -602,8 +583,8 @@ impl Engine {
                     what: crate::error::Resource::Stack(rec.id.clone(), name.clone()),
                     detail: "failed stack has no stored operation".into(),
                 })?;
-            reset_failed_steps(op, now);
-            engine.stack_transition(rec, name, from, &to, &actor, events, notices);
+            reset_failed_steps(op, j.now);
+            j.stack_transition(rec, name, from, &to);
             Ok(())
         })
         .await
@@ -616,7 +597,7 @@ impl Engine {
         name: &StackName,
         actor: Actor,
     ) -> Result<WorkspaceRecord> {
-        self.mutate(id, &actor, |engine, rec, now, events, notices| {
+        self.mutate(id, &actor, |rec, j| {
             let from = rec.stacks.get(name).map(|e| e.state.name());
             if matches!(
                 rec.state,
@@ -628,7 +609,7 @@ impl Engine {
                 }
                 .into());
             }
-            let to = rec.stacks.request_removal(name, now)?;
+            let to = rec.stacks.request_removal(name, j.now)?;
             rec.operations.retain_mut(|o| {
                 if o.stack.as_ref() != Some(name) {
                     return true;
@@ -636,16 +617,12 @@ impl Engine {
                 o.cancel_requested = true;
                 run::mid_step(o)
             });
-            engine.stack_transition(rec, name, from, &to, &actor, events, notices);
-            engine.plan(
+            j.stack_transition(rec, name, from, &to);
+            j.plan(
                 rec,
                 OperationKind::StackDestroy,
                 Some(name.clone()),
                 plan::stack_destroy(),
-                now,
-                &actor,
-                events,
-                notices,
             );
             Ok(())
         })
@@ -735,30 +712,21 @@ impl Engine {
         mut change: F,
     ) -> Result<WorkspaceRecord>
     where
-        F: FnMut(
-                &Engine,
-                &mut WorkspaceRecord,
-                Timestamp,
-                &mut Vec<NewEvent>,
-                &mut Vec<EngineEvent>,
-            ) -> Result<()>
-            + Send,
+        F: FnMut(&mut WorkspaceRecord, &mut Journal) -> Result<()> + Send,
     {
-        let _ = actor;
         for _ in 0..16 {
             let current = self.0.store.get_workspace(id).await?;
             let now = self.0.clock.now();
             let mut rec = current.value.clone();
-            let mut events = Vec::new();
-            let mut notices = Vec::new();
-            change(self, &mut rec, now, &mut events, &mut notices)?;
+            let mut j = Journal::new(actor.clone(), now);
+            change(&mut rec, &mut j)?;
             rec.updated_at = now;
             rec.wake_at = Some(now);
             let mut write = WorkspaceWrite::update(rec.clone(), current.revision, now);
-            write.events = events;
+            write.events = std::mem::take(&mut j.events);
             match self.0.store.commit(write).await {
                 Ok(_) => {
-                    self.publish(notices);
+                    self.publish(j.notices);
                     self.wake(id);
                     return Ok(rec);
                 }
@@ -770,120 +738,6 @@ impl Engine {
             service: "engine".into(),
             detail: format!("workspace {id} kept changing; try again"),
         })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn plan(
-        &self,
-        rec: &mut WorkspaceRecord,
-        kind: OperationKind,
-        stack: Option<StackName>,
-        steps: Vec<crate::store::StepRecord>,
-        now: Timestamp,
-        actor: &Actor,
-        events: &mut Vec<NewEvent>,
-        notices: &mut Vec<EngineEvent>,
-    ) {
-        let seq = rec.next_operation.max(1);
-        rec.next_operation = seq + 1;
-        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
-        events.push(NewEvent {
-            at: now,
-            actor: actor.clone(),
-            kind: EventKind::Note,
-            message: format!(
-                "planned {kind:?} operation {seq}: {}",
-                if names.is_empty() {
-                    "nothing to change".into()
-                } else {
-                    names.join(", ")
-                }
-            ),
-        });
-        notices.push(EngineEvent {
-            workspace: rec.id.clone(),
-            at: now,
-            kind: EngineEventKind::OperationStarted {
-                operation: seq,
-                kind,
-                steps: names,
-            },
-        });
-        rec.operations.push(OperationRecord {
-            seq,
-            kind,
-            stack,
-            steps,
-            started_at: now,
-            wake_at: None,
-            cancel_requested: false,
-            previous_spec: None,
-        });
-    }
-
-    fn transition(
-        &self,
-        rec: &mut WorkspaceRecord,
-        t: crate::state::Transition,
-        actor: &Actor,
-        why: &str,
-        events: &mut Vec<NewEvent>,
-        notices: &mut Vec<EngineEvent>,
-    ) {
-        let to = t.to.name();
-        rec.state = t.to;
-        events.push(NewEvent {
-            at: t.at,
-            actor: actor.clone(),
-            kind: EventKind::Transition {
-                from: t.from,
-                to,
-                event: t.event,
-            },
-            message: why.to_owned(),
-        });
-        notices.push(EngineEvent {
-            workspace: rec.id.clone(),
-            at: t.at,
-            kind: EngineEventKind::Transition { from: t.from, to },
-        });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn stack_transition(
-        &self,
-        rec: &WorkspaceRecord,
-        name: &StackName,
-        from: Option<crate::stack::StackStateName>,
-        to: &StackState,
-        actor: &Actor,
-        events: &mut Vec<NewEvent>,
-        notices: &mut Vec<EngineEvent>,
-    ) {
-        let at = self.0.clock.now();
-        let why = match to {
-            StackState::Failed(f) => format!("stack {name} failed at {}: {}", f.step, f.error),
-            other => format!("stack {name} is {}", other.name()),
-        };
-        events.push(NewEvent {
-            at,
-            actor: actor.clone(),
-            kind: EventKind::StackTransition {
-                stack: name.clone(),
-                from,
-                to: to.name(),
-            },
-            message: why,
-        });
-        notices.push(EngineEvent {
-            workspace: rec.id.clone(),
-            at,
-            kind: EngineEventKind::StackTransition {
-                stack: name.clone(),
-                from,
-                to: to.name(),
-            },
-        });
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use cogrion_agent_proto::CommandId;
 use tracing::Instrument;
 
+use super::journal::Journal;
 use super::plan::{self, StepKind};
-use super::{Action, CloudKind, Engine, EngineEvent, EngineEventKind, lock};
+use super::{Action, CloudKind, Engine, EngineEventKind, lock};
 use crate::agent::{AgentInstall, issue_bootstrap_token};
 use crate::checkpoint::{Progress, StoreCheckpoint};
 use crate::clock::Timestamp;
@@ -18,7 +19,7 @@ use crate::provisioner::{InfraLayer, LayerRequest};
 use crate::stack::StackEvent;
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, CheckpointKey, CommandStatus, EventKind, Lease, NewCommand, NewEvent, OperationKind,
+    Actor, CheckpointKey, CommandStatus, EventKind, Lease, NewCommand, OperationKind,
     OperationRecord, RecordStore, StepStatus, WorkspaceRecord, WorkspaceWrite,
 };
 
@@ -43,29 +44,17 @@ enum Outcome {
 /// The changes one `advance` makes, committed together.
 struct Tx {
     rec: WorkspaceRecord,
-    events: Vec<NewEvent>,
     commands: Vec<NewCommand>,
-    notices: Vec<EngineEvent>,
-    actor: Actor,
-    now: Timestamp,
+    j: Journal,
 }
 
 impl Tx {
     fn event(&mut self, kind: EventKind, message: String) {
-        self.events.push(NewEvent {
-            at: self.now,
-            actor: self.actor.clone(),
-            kind,
-            message,
-        });
+        self.j.event(kind, message);
     }
 
     fn notice(&mut self, kind: EngineEventKind) {
-        self.notices.push(EngineEvent {
-            workspace: self.rec.id.clone(),
-            at: self.now,
-            kind,
-        });
+        self.j.notice(&self.rec, kind);
     }
 }
 
@@ -93,13 +82,13 @@ impl Engine {
         let original = current.value.clone();
         let mut tx = Tx {
             rec: current.value,
-            events: Vec::new(),
             commands: Vec::new(),
-            notices: Vec::new(),
-            actor: Actor::Engine {
-                holder: self.0.config.holder.clone(),
-            },
-            now,
+            j: Journal::new(
+                Actor::Engine {
+                    holder: self.0.config.holder.clone(),
+                },
+                now,
+            ),
         };
         let action = match self.run_next(&mut tx, &lease).await {
             Ok(action) => action,
@@ -110,12 +99,12 @@ impl Engine {
             Err(e) => return Err(e),
         };
         tx.rec.wake_at = next_wake(&tx.rec, now);
-        let changed = tx.rec != original || !tx.events.is_empty() || !tx.commands.is_empty();
+        let changed = tx.rec != original || !tx.j.events.is_empty() || !tx.commands.is_empty();
         if changed {
             tx.rec.updated_at = now;
             let mut write =
                 WorkspaceWrite::update(tx.rec.clone(), current.revision, now).fenced(lease.fence);
-            write.events = std::mem::take(&mut tx.events);
+            write.events = std::mem::take(&mut tx.j.events);
             write.commands = std::mem::take(&mut tx.commands);
             let queued = !write.commands.is_empty();
             match self.0.store.commit(write).await {
@@ -132,7 +121,7 @@ impl Engine {
                 t.notify(id).await?;
             }
         }
-        self.publish(std::mem::take(&mut tx.notices));
+        self.publish(std::mem::take(&mut tx.j.notices));
         let release = match action {
             Action::Done | Action::AwaitAgent { .. } => true,
             Action::WakeAt(t) => t.since(now) > self.0.config.lease_ttl / 2,
@@ -164,7 +153,7 @@ impl Engine {
     }
 
     async fn run_next(&self, tx: &mut Tx, lease: &Lease) -> Result<Action> {
-        let now = tx.now;
+        let now = tx.j.now;
         // Cancelled operations that are not mid-step are dropped.
         tx.rec
             .operations
@@ -218,7 +207,7 @@ impl Engine {
     /// Runs one attempt of step `j` of operation `i`; returns whether the step
     /// moved on (finished, failed, or must start over) rather than waits.
     async fn run_step(&self, tx: &mut Tx, lease: &Lease, i: usize, j: usize) -> Result<bool> {
-        let now = tx.now;
+        let now = tx.j.now;
         let op = &tx.rec.operations[i];
         let (seq, name) = (op.seq, op.steps[j].name.clone());
         let kind = StepKind::of(op, &name).ok_or_else(|| Error::Corrupt {
@@ -277,7 +266,7 @@ impl Engine {
         j: usize,
         kind: &StepKind,
     ) -> Result<Outcome> {
-        let now = tx.now;
+        let now = tx.j.now;
         let id = tx.rec.id.clone();
         let op = &tx.rec.operations[i];
         let step = &op.steps[j];
@@ -454,7 +443,7 @@ impl Engine {
         kind: &StepKind,
         outcome: Outcome,
     ) -> Result<()> {
-        let now = tx.now;
+        let now = tx.j.now;
         let seq = tx.rec.operations[i].seq;
         let name = tx.rec.operations[i].steps[j].name.clone();
         let attempt = tx.rec.operations[i].steps[j].attempts;
@@ -510,7 +499,7 @@ impl Engine {
                     step: name,
                     skipped,
                 });
-                self.after_step(tx, i, kind);
+                self.after_step(tx, kind);
                 if tx.rec.operations[i].steps.iter().all(|s| s.is_finished()) {
                     self.finish(tx, i);
                 }
@@ -632,18 +621,16 @@ impl Engine {
     }
 
     /// Bookkeeping after a step finished: stack states.
-    fn after_step(&self, tx: &mut Tx, i: usize, kind: &StepKind) {
-        let now = tx.now;
+    fn after_step(&self, tx: &mut Tx, kind: &StepKind) {
+        let now = tx.j.now;
         let (event, name) = match kind {
             StepKind::StackApply(name) => (StackEvent::DeploySucceeded, name.clone()),
             StepKind::StackDestroy(name) => (StackEvent::DestroySucceeded, name.clone()),
             _ => return,
         };
-        let _ = i;
         let from = tx.rec.stacks.get(&name).map(|e| e.state.name());
         if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
-            let (rec, events, notices) = (&tx.rec, &mut tx.events, &mut tx.notices);
-            self.stack_transition(rec, &name, from, &to, &tx.actor, events, notices);
+            tx.j.stack_transition(&tx.rec, &name, from, &to);
             if event == StackEvent::DestroySucceeded {
                 let _ = tx.rec.stacks.forget(&name);
             }
@@ -663,16 +650,14 @@ impl Engine {
         if op.cancel_requested {
             return;
         }
-        match step(&tx.rec.state, &event, tx.now) {
+        match step(&tx.rec.state, &event, tx.j.now) {
             Ok(t) => {
                 let why = match op.kind {
                     OperationKind::Provision => "the agent's first authenticated poll arrived",
                     OperationKind::Update => "every changed layer is applied",
                     _ => "everything is torn down",
                 };
-                let (events, notices) = (&mut tx.events, &mut tx.notices);
-                let actor = tx.actor.clone();
-                self.transition(&mut tx.rec, t, &actor, why, events, notices);
+                tx.j.transition(&mut tx.rec, t, why);
                 if tx.rec.state == WorkspaceState::Destroyed {
                     tx.rec.operations.clear();
                 }
@@ -685,7 +670,7 @@ impl Engine {
 
     /// Fails step `j` of operation `i` for good.
     fn fail(&self, tx: &mut Tx, i: usize, j: usize, error: Error) {
-        let now = tx.now;
+        let now = tx.j.now;
         let op = &mut tx.rec.operations[i];
         op.steps[j].status = StepStatus::Failed;
         op.steps[j].last_error = Some(error.to_string());
@@ -702,8 +687,7 @@ impl Engine {
                     error: error.to_string(),
                 };
                 if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
-                    let (events, notices) = (&mut tx.events, &mut tx.notices);
-                    self.stack_transition(&tx.rec, &name, from, &to, &tx.actor, events, notices);
+                    tx.j.stack_transition(&tx.rec, &name, from, &to);
                 }
             }
             _ => {
@@ -717,10 +701,7 @@ impl Engine {
                     };
                     let from = tx.rec.stacks.get(&name).map(|e| e.state.name());
                     if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
-                        let (events, notices) = (&mut tx.events, &mut tx.notices);
-                        self.stack_transition(
-                            &tx.rec, &name, from, &to, &tx.actor, events, notices,
-                        );
+                        tx.j.stack_transition(&tx.rec, &name, from, &to);
                         // Back to Destroying, so a retry of the destroy tears it down.
                         let _ = tx.rec.stacks.apply(&name, &StackEvent::RetryRequested, now);
                     }
@@ -730,9 +711,7 @@ impl Engine {
                     error: error.to_string(),
                 };
                 if let Ok(t) = step(&tx.rec.state, &event, now) {
-                    let (events, notices) = (&mut tx.events, &mut tx.notices);
-                    let actor = tx.actor.clone();
-                    self.transition(&mut tx.rec, t, &actor, &error.to_string(), events, notices);
+                    tx.j.transition(&mut tx.rec, t, &error.to_string());
                 }
             }
         }
