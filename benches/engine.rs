@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedExecutor};
+use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
 use criterion::{Criterion, Throughput};
 use tokio::runtime::Runtime;
@@ -32,41 +32,13 @@ fn setup(concurrent_driver: bool) -> Bench {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store: Arc<dyn WorkspaceStore> = Arc::new(InMemoryStore::new());
     let cloud = SimulatedCloud::builder().clock(clock.clone()).build();
-    let cluster = SimulatedCluster::new();
-    let transport = InProcessTransport::new();
-    let handler = cluster.clone();
-    let agents = SimulatedAgents::new(
-        transport.clone(),
-        Arc::new(move |ws, cmd| handler.handle(ws, cmd)),
-    );
     let mut config = EngineConfig::new("bench".parse().unwrap());
     if concurrent_driver {
         config = config.with_lease_ttl(Duration::from_secs(60));
     }
-    let mut b = Engine::builder(store.clone())
-        .clock(clock.clone())
-        .config(config)
-        .cloud(CloudKind::Simulated, Arc::new(cloud.clone()))
-        .agent_installer(Arc::new(agents.clone()))
-        .transport(Arc::new(transport.clone()));
-    for kind in [
-        ExecutorKind::Helm,
-        ExecutorKind::Manifests,
-        ExecutorKind::Terraform,
-    ] {
-        b = b.executor(Arc::new(SimulatedExecutor::new(
-            kind,
-            cluster.clone(),
-            FaultPlan::none(),
-        )));
-    }
-    let engine = b.build().unwrap();
-    transport.attach(AgentGateway::new(
-        store.clone(),
-        clock,
-        Arc::new(engine.clone()),
-        GatewayConfig::default(),
-    ));
+    let world = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
+    let engine = world.engine(store.clone(), clock, config).unwrap();
+    let agents = world.agents;
     Bench {
         store,
         engine,

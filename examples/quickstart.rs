@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedExecutor};
+use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -146,37 +146,9 @@ async fn main() -> Result<()> {
         .latency(InfraLayer::Cluster, Duration::from_millis(3500))
         .latency(InfraLayer::NodePools, Duration::from_millis(2000))
         .build();
-    let cluster = SimulatedCluster::new();
-    let transport = InProcessTransport::new();
-    let handler = cluster.clone();
-    let agents = SimulatedAgents::new(
-        transport.clone(),
-        Arc::new(move |ws, cmd| handler.handle(ws, cmd)),
-    );
-    let mut builder = Engine::builder(store.clone())
-        .clock(clock.clone())
-        .config(EngineConfig::new("quickstart".parse()?))
-        .cloud(CloudKind::Simulated, Arc::new(cloud.clone()))
-        .agent_installer(Arc::new(agents.clone()))
-        .transport(Arc::new(transport.clone()));
-    for kind in [
-        ExecutorKind::Helm,
-        ExecutorKind::Manifests,
-        ExecutorKind::Terraform,
-    ] {
-        builder = builder.executor(Arc::new(SimulatedExecutor::new(
-            kind,
-            cluster.clone(),
-            FaultPlan::none(),
-        )));
-    }
-    let engine = builder.build()?;
-    transport.attach(AgentGateway::new(
-        store.clone(),
-        clock.clone(),
-        Arc::new(engine.clone()),
-        GatewayConfig::default(),
-    ));
+    let world = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
+    let engine = world.engine(store, clock, EngineConfig::new("quickstart".parse()?))?;
+    let agents = world.agents.clone();
 
     let progress = tokio::spawn(show_progress(engine.clone(), started));
     let (stop_agents, agents_stopped) = tokio::sync::oneshot::channel::<()>();

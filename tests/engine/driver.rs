@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedExecutor};
+use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
 
 use crate::world::{api, spec};
@@ -49,40 +49,22 @@ impl CloudProvisioner for Counting {
 struct Setup {
     store: Arc<dyn WorkspaceStore>,
     cloud: Arc<Counting>,
-    cluster: SimulatedCluster,
-    transport: InProcessTransport,
-    agents: SimulatedAgents,
+    sim: SimulatedWorld,
 }
 
 impl Setup {
+    /// An engine process whose cloud calls go through the counter.
     fn engine(&self, holder: &str) -> Engine {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let config =
             EngineConfig::new(holder.parse().unwrap()).with_lease_ttl(Duration::from_secs(1));
-        let mut b = Engine::builder(self.store.clone())
-            .clock(clock.clone())
-            .config(config)
+        let engine = self
+            .sim
+            .engine_builder(self.store.clone(), Arc::new(SystemClock))
             .cloud(CloudKind::Simulated, self.cloud.clone())
-            .agent_installer(Arc::new(self.agents.clone()))
-            .transport(Arc::new(self.transport.clone()));
-        for kind in [
-            ExecutorKind::Helm,
-            ExecutorKind::Manifests,
-            ExecutorKind::Terraform,
-        ] {
-            b = b.executor(Arc::new(SimulatedExecutor::new(
-                kind,
-                self.cluster.clone(),
-                FaultPlan::none(),
-            )));
-        }
-        let engine = b.build().unwrap();
-        self.transport.attach(AgentGateway::new(
-            self.store.clone(),
-            clock,
-            Arc::new(engine.clone()),
-            GatewayConfig::default(),
-        ));
+            .config(config)
+            .build()
+            .unwrap();
+        self.sim.attach(&engine);
         engine
     }
 }
@@ -113,13 +95,8 @@ async fn the_driver_drives_many_workspaces_and_a_restart_resumes_them() {
         .clock(Arc::new(SystemClock))
         .latency_all(Duration::from_millis(30))
         .build();
-    let cluster = SimulatedCluster::new();
-    let transport = InProcessTransport::new();
-    let handler = cluster.clone();
-    let agents = SimulatedAgents::new(
-        transport.clone(),
-        Arc::new(move |ws, cmd| handler.handle(ws, cmd)),
-    );
+    let sim = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
+    let agents = sim.agents.clone();
     let setup = Setup {
         store: Arc::new(InMemoryStore::new()),
         cloud: Arc::new(Counting {
@@ -127,9 +104,7 @@ async fn the_driver_drives_many_workspaces_and_a_restart_resumes_them() {
             now: AtomicUsize::new(0),
             max: AtomicUsize::new(0),
         }),
-        cluster,
-        transport,
-        agents: agents.clone(),
+        sim,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(async move {

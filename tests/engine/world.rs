@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cogrion::proto::{CommandId, CommandResult};
-use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedExecutor};
+use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedWorld};
 use cogrion::*;
 
 pub const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
@@ -210,10 +210,9 @@ pub struct World {
     pub store: CrashStore,
     pub cloud: SimulatedCloud,
     pub cluster: SimulatedCluster,
-    pub executors: Vec<Arc<dyn Executor>>,
-    pub transport: InProcessTransport,
     pub agents: SimulatedAgents,
     pub seed: u64,
+    sim: SimulatedWorld,
     engines: AtomicU64,
 }
 
@@ -225,39 +224,20 @@ impl World {
     /// A world whose cloud takes `latency` for every create and delete.
     pub fn with_latency(seed: u64, faults: FaultPlan, latency: Duration) -> Self {
         let clock = ManualClock::new(T0);
-        let store = CrashStore::new();
         let cloud = SimulatedCloud::builder()
             .clock(Arc::new(clock.clone()))
             .latency_all(latency)
             .faults(faults.clone())
             .build();
-        let cluster = SimulatedCluster::new();
-        let executors: Vec<Arc<dyn Executor>> = [
-            ExecutorKind::Helm,
-            ExecutorKind::Manifests,
-            ExecutorKind::Terraform,
-        ]
-        .into_iter()
-        .map(|k| {
-            Arc::new(SimulatedExecutor::new(k, cluster.clone(), faults.clone()))
-                as Arc<dyn Executor>
-        })
-        .collect();
-        let transport = InProcessTransport::new();
-        let handler_cluster = cluster.clone();
-        let agents = SimulatedAgents::new(
-            transport.clone(),
-            Arc::new(move |ws, cmd| handler_cluster.handle(ws, cmd)),
-        );
+        let sim = SimulatedWorld::new(cloud, faults);
         Self {
             clock,
-            store,
-            cloud,
-            cluster,
-            executors,
-            transport,
-            agents,
+            store: CrashStore::new(),
+            cloud: sim.cloud.clone(),
+            cluster: sim.cluster.clone(),
+            agents: sim.agents.clone(),
             seed,
+            sim,
             engines: AtomicU64::new(0),
         }
     }
@@ -277,23 +257,13 @@ impl World {
                 Duration::from_secs(120),
                 Duration::from_secs(120),
             );
-        let mut b = Engine::builder(Arc::new(self.store.clone()))
-            .clock(Arc::new(self.clock.clone()))
-            .config(config)
-            .cloud(CloudKind::Simulated, Arc::new(self.cloud.clone()))
-            .agent_installer(Arc::new(self.agents.clone()))
-            .transport(Arc::new(self.transport.clone()));
-        for e in &self.executors {
-            b = b.executor(e.clone());
-        }
-        let engine = b.build().unwrap();
-        self.transport.attach(AgentGateway::new(
-            Arc::new(self.store.clone()),
-            Arc::new(self.clock.clone()),
-            Arc::new(engine.clone()),
-            GatewayConfig::default(),
-        ));
-        engine
+        self.sim
+            .engine(
+                Arc::new(self.store.clone()),
+                Arc::new(self.clock.clone()),
+                config,
+            )
+            .unwrap()
     }
 }
 

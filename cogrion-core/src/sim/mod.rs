@@ -83,6 +83,7 @@ mod cluster;
 mod executor;
 mod faults;
 mod provisioner;
+mod world;
 
 #[cfg(test)]
 mod tests;
@@ -98,3 +99,4 @@ pub use faults::{
     DEFAULT_RETRY_AFTER, Fault, FaultPlan, FaultTarget, InjectedFault, RESPONSE_LOST,
 };
 pub use provisioner::SIM_CA_BUNDLE_PEM;
+pub use world::SimulatedWorld;
