@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::Progress;
 use crate::clock::{Clock, Timestamp};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TokenRefusal};
 use crate::ids::{IdempotencyKey, WorkspaceId};
 use crate::provisioner::ClusterAccess;
+use crate::state::StateName;
 use crate::store::{AgentCredential, BootstrapTokenRecord, CertSerial, TokenHash, WorkspaceStore};
 use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
 
@@ -198,6 +199,21 @@ impl AgentGateway {
         token: &BootstrapToken,
     ) -> Result<AgentCredential> {
         let now = self.clock.now();
+        // A workspace being torn down gets no new agent identity, whatever token
+        // is presented.
+        let state = self
+            .store
+            .get_workspace(workspace)
+            .await?
+            .value
+            .state
+            .name();
+        if matches!(state, StateName::Destroying | StateName::Destroyed) {
+            tracing::warn!(workspace = %workspace, %state, "bootstrap refused: workspace is being destroyed");
+            return Err(Error::TokenRefused(TokenRefusal::WorkspaceRetired {
+                state,
+            }));
+        }
         let record = self
             .store
             .consume(&token.hash(), workspace, now)

@@ -81,6 +81,11 @@ pub enum TokenRefusal {
     },
     /// The token is bound to a different workspace than the one presenting it.
     WrongWorkspace,
+    /// The workspace is being destroyed (or is destroyed): no agent may join it.
+    WorkspaceRetired {
+        /// The workspace's state.
+        state: crate::state::StateName,
+    },
 }
 
 impl fmt::Display for TokenRefusal {
@@ -90,6 +95,7 @@ impl fmt::Display for TokenRefusal {
             Self::Reused { consumed_at } => write!(f, "token already used at {consumed_at}"),
             Self::Expired { expired_at } => write!(f, "token expired at {expired_at}"),
             Self::WrongWorkspace => f.write_str("token belongs to another workspace"),
+            Self::WorkspaceRetired { state } => write!(f, "the workspace is {state}"),
         }
     }
 }

@@ -246,8 +246,13 @@ pub struct StepRecord {
     pub name: String,
     /// Where it stands.
     pub status: StepStatus,
-    /// How many times it was attempted.
+    /// How many times it was attempted, over its whole life (never reset, so an
+    /// attempt's number — and the agent command ids derived from it — is unique).
     pub attempts: u32,
+    /// The attempt count when the current retry budget began (a retry requested
+    /// after a failure starts a new budget).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_from: u32,
     /// The last attempt's error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -267,6 +272,7 @@ impl StepRecord {
             name: name.into(),
             status: StepStatus::Pending,
             attempts: 0,
+            budget_from: 0,
             last_error: None,
             command: None,
             deadline: None,
@@ -277,6 +283,10 @@ impl StepRecord {
     pub fn is_finished(&self) -> bool {
         matches!(self.status, StepStatus::Done | StepStatus::Skipped { .. })
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A persisted operation: a list of named, idempotent steps.

@@ -445,3 +445,82 @@ async fn the_agent_must_poll_before_the_workspace_is_active() {
     drive(&w, &mut engines, &id).await.unwrap();
     assert_eq!(state(&e, &id).await, WorkspaceState::Active);
 }
+
+/// A stack whose agent never answers exhausts its retries (each attempt queues a
+/// command of its own); a retry after the agent is back starts a new budget with
+/// new command ids and succeeds.
+#[tokio::test]
+async fn a_stack_retried_after_its_commands_went_unanswered_deploys() {
+    let w = World::new(8, FaultPlan::none());
+    let mut engines = vec![w.engine("cp")];
+    let e = engines[0].clone();
+    let id = ws("acme-prod");
+    e.create(id.clone(), spec(), api()).await.unwrap();
+    drive(&w, &mut engines, &id).await.unwrap();
+
+    w.agents.set_unreachable(&id, true);
+    e.deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
+        .await
+        .unwrap();
+    drive(&w, &mut engines, &id).await.unwrap();
+    let rec = e.workspace(&id).await.unwrap();
+    match &rec.stacks.get(&"web".parse().unwrap()).unwrap().state {
+        StackState::Failed(f) => {
+            assert!(f.error.contains("gave up after 10 attempts"), "{}", f.error)
+        }
+        other => panic!("expected the stack to fail, got {other:?}"),
+    }
+    assert_eq!(rec.state, WorkspaceState::Active);
+
+    w.agents.set_unreachable(&id, false);
+    e.retry_stack(&id, &"web".parse().unwrap(), api())
+        .await
+        .unwrap();
+    drive(&w, &mut engines, &id).await.unwrap();
+    assert_eq!(
+        stack_state(&e, &id, "web").await,
+        Some(StackStateName::Deployed)
+    );
+}
+
+/// Destroy while provisioning waits for the agent's first poll: the wait is
+/// dropped at once (nothing is in flight), the workspace never fails, and the
+/// agent that shows up late gets no identity.
+#[tokio::test]
+async fn destroy_while_waiting_for_the_agent_cancels_cleanly() {
+    let w = World::new(9, FaultPlan::none());
+    let mut engines = vec![w.engine("cp")];
+    let e = engines[0].clone();
+    let id = ws("acme-prod");
+    w.agents.set_unreachable(&id, true);
+    e.create(id.clone(), spec(), api()).await.unwrap();
+    while !matches!(e.advance(&id).await.unwrap(), Action::AwaitAgent { .. }) {}
+
+    e.destroy(&id, api()).await.unwrap();
+    // The late agent tries to bootstrap with its still-valid token: refused.
+    w.agents.set_unreachable(&id, false);
+    w.agents.step_all().await;
+    assert!(
+        e.store().list_credentials(&id).await.unwrap().is_empty(),
+        "no identity for a retiring workspace"
+    );
+
+    let start = w.clock.now();
+    drive(&w, &mut engines, &id).await.unwrap();
+    check_destroyed(&w, &e, &id).await.unwrap();
+    assert!(
+        w.clock.now().since(start) < std::time::Duration::from_secs(60),
+        "the wait was not sat out"
+    );
+    let history = e.history(&id).await.unwrap();
+    assert!(
+        !history.iter().any(|h| matches!(
+            h.event.kind,
+            EventKind::Transition {
+                to: StateName::Failed,
+                ..
+            }
+        )),
+        "a cancelled wait does not fail the workspace"
+    );
+}

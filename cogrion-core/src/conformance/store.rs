@@ -129,6 +129,7 @@ async fn records(store: &dyn WorkspaceStore) {
             name: "network".into(),
             status: crate::StepStatus::Done,
             attempts: 2,
+            budget_from: 1,
             last_error: Some("throttled".into()),
             command: Some(CommandId::new("c-7").expect("valid id")),
             deadline: Some(T0 + Duration::from_secs(60)),

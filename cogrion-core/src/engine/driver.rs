@@ -87,7 +87,8 @@ pub struct DriverStats {
 #[derive(Debug)]
 pub struct Driver;
 
-/// Controls a running [`Driver`].
+/// Controls a running [`Driver`]. Dropping it stops the driver as
+/// [`shutdown`](Self::shutdown) would, without waiting.
 #[derive(Debug)]
 pub struct DriverHandle {
     kick: mpsc::UnboundedSender<WorkspaceId>,
@@ -135,6 +136,8 @@ struct Loop {
     timers: BTreeMap<Timestamp, BTreeSet<WorkspaceId>>,
     timer_of: std::collections::HashMap<WorkspaceId, Timestamp>,
     tasks: JoinSet<(WorkspaceId, Result<Action, Error>)>,
+    /// Which workspace each task advances, so a panicking task can be accounted.
+    task_workspace: std::collections::HashMap<tokio::task::Id, WorkspaceId>,
     stats: DriverStats,
 }
 
@@ -150,6 +153,7 @@ impl Loop {
             timers: BTreeMap::new(),
             timer_of: Default::default(),
             tasks: JoinSet::new(),
+            task_workspace: Default::default(),
             stats: DriverStats::default(),
         }
     }
@@ -207,10 +211,14 @@ impl Loop {
             self.queued.remove(&id);
             self.running.insert(id.clone());
             let engine = self.engine.clone();
-            self.tasks.spawn(async move {
-                let result = engine.advance(&id).await;
-                (id, result)
+            let task = self.tasks.spawn({
+                let id = id.clone();
+                async move {
+                    let result = engine.advance(&id).await;
+                    (id, result)
+                }
             });
+            self.task_workspace.insert(task.id(), id);
         }
     }
 
@@ -286,9 +294,20 @@ impl Loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok((id, result)) => self.finished(id, result),
-                    Err(e) => tracing::error!(error = %e, "an advance task panicked"),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match done {
+                    Ok((task, (id, result))) => {
+                        self.task_workspace.remove(&task);
+                        self.finished(id, result);
+                    }
+                    Err(e) => {
+                        // The workspace is accounted as failed and retried later,
+                        // not left marked as running forever.
+                        tracing::error!(error = %e, "an advance task panicked");
+                        if let Some(id) = self.task_workspace.remove(&e.id()) {
+                            let failure = Error::Unavailable { service: "driver".into(), detail: format!("advance panicked: {e}") };
+                            self.finished(id, Err(failure));
+                        }
+                    }
                 },
                 Some(id) = kicks.recv() => self.wake(id),
                 woken = wakeups.recv() => match woken {

@@ -202,13 +202,17 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// An engine over `store`, with the system clock and default settings for
-    /// holder `cogrion`.
+    /// An engine over `store`, with the system clock and default settings for a
+    /// holder named `cogrion-<random>` (give each replica a stable, unique name
+    /// with [`config`](Self::config): two replicas under one name share a lease).
     pub fn new(store: Arc<dyn WorkspaceStore>) -> Self {
         Self {
             store,
             clock: Arc::new(SystemClock),
-            config: EngineConfig::new(HolderId::new("cogrion").expect("a valid holder")),
+            config: EngineConfig::new(
+                HolderId::new(format!("cogrion-{:016x}", rand::random::<u64>()))
+                    .expect("a valid holder"),
+            ),
             clouds: BTreeMap::new(),
             executors: BTreeMap::new(),
             installer: None,
@@ -297,9 +301,10 @@ struct Inner {
     rng: Mutex<StdRng>,
     leases: Mutex<HashMap<WorkspaceId, Lease>>,
     /// Bootstrap tokens between the step that issues them and the step that
-    /// installs them, by workspace and operation. Never stored: a process that
-    /// dies in between issues a new one (the old hash is replaced).
-    tokens: Mutex<HashMap<(WorkspaceId, u64), BootstrapToken>>,
+    /// installs them, by workspace, with the operation and the issuing attempt.
+    /// Never stored: a process that dies in between issues a new one (the old
+    /// hash is replaced).
+    tokens: Mutex<HashMap<WorkspaceId, (u64, u32, BootstrapToken)>>,
     events: broadcast::Sender<EngineEvent>,
     wakeups: broadcast::Sender<WorkspaceId>,
 }
@@ -578,7 +583,10 @@ impl Engine {
             let op = rec
                 .operations
                 .iter_mut()
-                .find(|o| o.stack.as_ref() == Some(name))
+                .find(|o| {
+                    o.stack.as_ref() == Some(name)
+                        && o.steps.iter().any(|s| s.status == StepStatus::Failed)
+                })
                 .ok_or_else(|| Error::Corrupt {
                     what: crate::error::Resource::Stack(rec.id.clone(), name.clone()),
                     detail: "failed stack has no stored operation".into(),
@@ -754,7 +762,7 @@ fn reset_failed_steps(op: &mut OperationRecord, now: Timestamp) {
                 && [plan::ISSUE_TOKEN, plan::INSTALL_AGENT].contains(&s.name.as_str()));
         if restart {
             s.status = StepStatus::Pending;
-            s.attempts = 0;
+            s.budget_from = s.attempts;
             s.command = None;
             s.deadline = None;
         }

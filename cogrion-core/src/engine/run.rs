@@ -26,7 +26,10 @@ use crate::store::{
 /// Whether an operation is in the middle of a step (waiting on the cloud or an
 /// agent command), so that cancelling it must wait for that step to end.
 pub(crate) fn mid_step(op: &OperationRecord) -> bool {
-    op.steps.iter().any(|s| s.status == StepStatus::Running)
+    // Waiting for the agent's first poll has nothing in flight to wait for.
+    op.steps
+        .iter()
+        .any(|s| s.status == StepStatus::Running && s.name != plan::AWAIT_AGENT)
 }
 
 /// How one attempt of a step ended.
@@ -98,6 +101,14 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
+        if !tx
+            .rec
+            .operations
+            .iter()
+            .any(|o| o.kind == OperationKind::Provision)
+        {
+            lock(&self.0.tokens).remove(id);
+        }
         tx.rec.wake_at = next_wake(&tx.rec, now);
         let changed = tx.rec != original || !tx.j.events.is_empty() || !tx.commands.is_empty();
         if changed {
@@ -117,8 +128,11 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             }
-            if queued && let Some(t) = &self.0.transport {
-                t.notify(id).await?;
+            if queued
+                && let Some(t) = &self.0.transport
+                && let Err(e) = t.notify(id).await
+            {
+                tracing::warn!(workspace = %id, error = %e, "could not notify the agent's transport");
             }
         }
         self.publish(std::mem::take(&mut tx.j.notices));
@@ -129,7 +143,9 @@ impl Engine {
         };
         if release {
             lock(&self.0.leases).remove(id);
-            self.0.store.release(&lease).await?;
+            if let Err(e) = self.0.store.release(&lease).await {
+                tracing::warn!(workspace = %id, error = %e, "could not release the lease; it expires by itself");
+            }
         }
         Ok(action)
     }
@@ -326,7 +342,7 @@ impl Engine {
                 let token =
                     issue_bootstrap_token(self.0.store.as_ref(), &id, now, self.0.config.token_ttl)
                         .await?;
-                lock(&self.0.tokens).insert((id, op.seq), token);
+                lock(&self.0.tokens).insert(id, (op.seq, step.attempts, token));
                 Outcome::Done
             }
             StepKind::InstallAgent => {
@@ -334,7 +350,18 @@ impl Engine {
                     service: "engine".into(),
                     detail: "the cluster's access is unknown; provision the cluster first".into(),
                 })?;
-                let Some(token) = lock(&self.0.tokens).get(&(id.clone(), op.seq)).cloned() else {
+                // The token of this operation's latest issue; anything else (a crash
+                // lost it, another replica issued a newer one) means issuing again.
+                let issued = op
+                    .steps
+                    .iter()
+                    .find(|s| s.name == plan::ISSUE_TOKEN)
+                    .map(|s| s.attempts);
+                let Some(token) = lock(&self.0.tokens)
+                    .get(&id)
+                    .filter(|(seq, attempt, _)| *seq == op.seq && Some(*attempt) == issued)
+                    .map(|(_, _, token)| token.clone())
+                else {
                     return Ok(Outcome::ReissueToken);
                 };
                 match self
@@ -344,7 +371,7 @@ impl Engine {
                     .await?
                 {
                     Progress::Ready(()) => {
-                        lock(&self.0.tokens).remove(&(id, op.seq));
+                        lock(&self.0.tokens).remove(&id);
                         Outcome::Done
                     }
                     other => waiting(other),
@@ -451,6 +478,21 @@ impl Engine {
         // In-cluster teardown past its deadline is skipped: deleting the cluster
         // removes what is left inside it.
         let teardown = in_destroy && kind.in_cluster_teardown();
+        if tx.rec.operations[i].cancel_requested
+            && !matches!(
+                outcome,
+                Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
+            )
+        {
+            // Superseded (by a destroy or a removal): its running step has ended,
+            // so it goes, and changes no workspace or stack state on its way out.
+            tx.rec.operations.remove(i);
+            tx.event(
+                EventKind::Note,
+                format!("operation {seq} cancelled after its running step {name} ended"),
+            );
+            return Ok(());
+        }
         let deadline_passed = tx.rec.operations[i].steps[j]
             .deadline
             .is_some_and(|d| now >= d);
@@ -567,9 +609,9 @@ impl Engine {
             Outcome::Failed(error) => {
                 // In-cluster teardown keeps trying until its deadline, then is
                 // skipped (above); other steps stop after the policy's attempts.
+                let used = attempt - tx.rec.operations[i].steps[j].budget_from;
                 let retry = error.is_transient()
-                    && (attempt < self.0.config.retry.max_attempts
-                        || (teardown && !deadline_passed));
+                    && (used < self.0.config.retry.max_attempts || (teardown && !deadline_passed));
                 tx.event(
                     EventKind::StepFailed {
                         operation: seq,
@@ -607,7 +649,7 @@ impl Engine {
                 } else {
                     let error = if error.is_transient() {
                         Error::Exhausted {
-                            attempts: attempt,
+                            attempts: used,
                             last: Box::new(error),
                         }
                     } else {
@@ -737,14 +779,21 @@ fn waiting<T>(progress: Progress<T>) -> Outcome {
 
 /// Whether an operation cannot run now whatever the time: it failed (and waits
 /// for a retry or a destroy), it is a destroy waiting for superseded operations to
-/// finish their running step, or it deploys a stack into a workspace that is not
-/// `Active` or `Updating`.
+/// finish their running step, it deploys a stack into a workspace that is not
+/// `Active` or `Updating`, or it concerns a stack whose superseded operation has
+/// not finished its running step yet.
 fn blocked(rec: &WorkspaceRecord, op: &OperationRecord) -> bool {
     op.steps.iter().any(|s| s.status == StepStatus::Failed)
         || (op.kind == OperationKind::Destroy && rec.operations.iter().any(|o| o.cancel_requested))
         || (op.kind == OperationKind::StackDeploy
             && !op.cancel_requested
             && !matches!(rec.state, WorkspaceState::Active | WorkspaceState::Updating))
+        || (op.stack.is_some()
+            && !op.cancel_requested
+            && rec
+                .operations
+                .iter()
+                .any(|o| o.cancel_requested && o.stack == op.stack && mid_step(o)))
 }
 
 /// When the workspace next needs driving: now if an operation can run, else the
