@@ -19,6 +19,42 @@ use crate::world::{CrashPoint, World, api, spec, stack};
 
 type Outcome = std::result::Result<(), String>;
 
+/// Drives `id` to rest; when transient faults exhausted a step's retries (the
+/// workspace or a stack is `Failed` with "gave up after"), retries as an operator
+/// would and drives again. Any other failure is left for the checks to report.
+async fn settle(world: &World, engines: &mut [Engine], id: &WorkspaceId) -> Outcome {
+    for _ in 0..8 {
+        drive(world, engines, id).await?;
+        let rec = engines[0].workspace(id).await.map_err(|e| e.to_string())?;
+        let exhausted = |error: &str| error.contains("gave up after");
+        if let WorkspaceState::Failed(f) = &rec.state
+            && exhausted(&f.error)
+        {
+            engines[0]
+                .retry(id, api())
+                .await
+                .map_err(|e| format!("retry refused: {e}"))?;
+            continue;
+        }
+        let failed: Vec<StackName> = rec
+            .stacks
+            .iter()
+            .filter(|(_, s)| matches!(&s.state, StackState::Failed(f) if exhausted(&f.error)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        for name in failed {
+            engines[0]
+                .retry_stack(id, &name, api())
+                .await
+                .map_err(|e| format!("retry of {name} refused: {e}"))?;
+        }
+    }
+    Err(format!("workspace {id} kept exhausting its retries"))
+}
+
 async fn expect_state(e: &Engine, id: &WorkspaceId, want: StateName, phase: &str) -> Outcome {
     let got = e.workspace(id).await.map_err(|e| e.to_string())?.state;
     if got.name() != want {
@@ -51,7 +87,7 @@ async fn scenario(world: &World, engines: &mut [Engine]) -> Outcome {
         |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
 
     api_call(engines[0].create(id.clone(), spec(), api()).await)?;
-    drive(world, engines, &id).await?;
+    settle(world, engines, &id).await?;
     expect_state(&engines[0], &id, StateName::Active, "provision").await?;
 
     api_call(
@@ -64,19 +100,19 @@ async fn scenario(world: &World, engines: &mut [Engine]) -> Outcome {
             .deploy_stack(&id, stack("infra", ExecutorKind::Terraform, &[]), api())
             .await,
     )?;
-    drive(world, engines, &id).await?;
+    settle(world, engines, &id).await?;
     api_call(
         engines[0]
             .deploy_stack(&id, stack("web", ExecutorKind::Manifests, &["db"]), api())
             .await,
     )?;
-    drive(world, engines, &id).await?;
+    settle(world, engines, &id).await?;
     expect_stacks(&engines[0], &id, &["db", "infra", "web"], "stack deploys").await?;
 
     let mut bigger = spec();
     bigger.node_pools[0].size = NodePoolSize::new(1, 3, 5).unwrap();
     api_call(engines[0].update(&id, bigger, api()).await)?;
-    drive(world, engines, &id).await?;
+    settle(world, engines, &id).await?;
     expect_state(&engines[0], &id, StateName::Active, "update").await?;
 
     api_call(
@@ -84,11 +120,77 @@ async fn scenario(world: &World, engines: &mut [Engine]) -> Outcome {
             .remove_stack(&id, &"web".parse().unwrap(), api())
             .await,
     )?;
-    drive(world, engines, &id).await?;
+    settle(world, engines, &id).await?;
     expect_stacks(&engines[0], &id, &["db", "infra"], "stack removal").await?;
 
     api_call(engines[0].destroy(&id, api()).await)?;
-    drive(world, engines, &id).await?;
+    settle(world, engines, &id).await?;
+    check_destroyed(world, &engines[0], &id).await?;
+    check_no_duplicates(world)?;
+    let history = engines[0].history(&id).await.map_err(|e| e.to_string())?;
+    match check_history(&history)? {
+        StateName::Destroyed => Ok(()),
+        other => Err(format!("the history ends in {other}")),
+    }
+}
+
+/// Requests that interrupt work in flight: a stack removed while its deploy is
+/// under way, then a destroy while an update runs — or, for `early`, a destroy
+/// while the workspace is still provisioning. `steps` advances happen before each
+/// interruption, so seeds interrupt at different points.
+async fn interrupting_scenario(
+    world: &World,
+    engines: &mut [Engine],
+    steps: usize,
+    early: bool,
+) -> Outcome {
+    let id: WorkspaceId = "sim-ws".parse().unwrap();
+    let api_call =
+        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
+    let partial = |engines: &mut [Engine]| {
+        let engine = engines[0].clone();
+        let id = id.clone();
+        async move {
+            for _ in 0..steps {
+                // Crashes and lease races surface later, in `drive`.
+                if !matches!(engine.advance(&id).await, Ok(Action::RunAgain)) {
+                    break;
+                }
+            }
+        }
+    };
+    api_call(engines[0].create(id.clone(), spec(), api()).await)?;
+    if early {
+        partial(engines).await;
+        api_call(engines[0].destroy(&id, api()).await)?;
+    } else {
+        settle(world, engines, &id).await?;
+        expect_state(&engines[0], &id, StateName::Active, "provision").await?;
+        api_call(
+            engines[0]
+                .deploy_stack(&id, stack("db", ExecutorKind::Terraform, &[]), api())
+                .await,
+        )?;
+        api_call(
+            engines[0]
+                .deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
+                .await,
+        )?;
+        partial(engines).await;
+        api_call(
+            engines[0]
+                .remove_stack(&id, &"web".parse().unwrap(), api())
+                .await,
+        )?;
+        settle(world, engines, &id).await?;
+        expect_stacks(&engines[0], &id, &["db"], "removal during deploy").await?;
+        let mut bigger = spec();
+        bigger.node_pools[0].size = NodePoolSize::new(1, 3, 5).unwrap();
+        api_call(engines[0].update(&id, bigger, api()).await)?;
+        partial(engines).await;
+        api_call(engines[0].destroy(&id, api()).await)?;
+    }
+    settle(world, engines, &id).await?;
     check_destroyed(world, &engines[0], &id).await?;
     check_no_duplicates(world)?;
     let history = engines[0].history(&id).await.map_err(|e| e.to_string())?;
@@ -105,6 +207,7 @@ async fn run(
     latency: Duration,
     racing: bool,
     crashes: Vec<(usize, CrashPoint)>,
+    interrupt: Option<(usize, bool)>,
 ) -> (Outcome, usize, u64) {
     let world = World::with_latency(seed, faults, latency);
     world.store.crash_at(crashes);
@@ -112,7 +215,10 @@ async fn run(
     if racing {
         engines.push(world.engine("replica-b"));
     }
-    let outcome = scenario(&world, &mut engines).await;
+    let outcome = match interrupt {
+        None => scenario(&world, &mut engines).await,
+        Some((steps, early)) => interrupting_scenario(&world, &mut engines, steps, early).await,
+    };
     (outcome, world.store.commits(), world.store.crashes())
 }
 
@@ -121,28 +227,41 @@ async fn run(
 /// point kills the engine exactly there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_survives_a_crash_at_every_commit() {
-    let (outcome, commits, _) = run(0, FaultPlan::none(), Duration::ZERO, false, Vec::new()).await;
-    outcome.expect("the fault-free run");
-    assert!(commits > 20, "the scenario commits {commits} times");
     let mut runs = 0;
-    for k in 0..commits {
-        for point in [CrashPoint::BeforeCommit, CrashPoint::AfterCommit] {
-            let (outcome, _, crashed) = run(
-                0,
-                FaultPlan::none(),
-                Duration::ZERO,
-                false,
-                vec![(k, point)],
-            )
-            .await;
-            if let Err(e) = outcome {
-                panic!("crash {point:?} commit {k} of {commits}: {e}");
+    // The whole lifecycle, then the interrupted ones (removal during a deploy and
+    // destroy during an update; destroy during provisioning).
+    for interrupt in [None, Some((2, false)), Some((3, true))] {
+        let (outcome, commits, _) = run(
+            0,
+            FaultPlan::none(),
+            Duration::ZERO,
+            false,
+            Vec::new(),
+            interrupt,
+        )
+        .await;
+        outcome.unwrap_or_else(|e| panic!("the crash-free run of {interrupt:?}: {e}"));
+        assert!(commits > 5, "the scenario commits {commits} times");
+        for k in 0..commits {
+            for point in [CrashPoint::BeforeCommit, CrashPoint::AfterCommit] {
+                let (outcome, _, crashed) = run(
+                    0,
+                    FaultPlan::none(),
+                    Duration::ZERO,
+                    false,
+                    vec![(k, point)],
+                    interrupt,
+                )
+                .await;
+                if let Err(e) = outcome {
+                    panic!("{interrupt:?}: crash {point:?} commit {k} of {commits}: {e}");
+                }
+                assert_eq!(crashed, 1, "the crash at commit {k} happened");
+                runs += 1;
             }
-            assert_eq!(crashed, 1, "the crash at commit {k} happened");
-            runs += 1;
         }
     }
-    println!("crash sweep: {runs} runs, one crash each, over {commits} engine commits");
+    println!("crash sweep: {runs} runs, one crash each, at every engine commit of three scenarios");
 }
 
 /// Random seeds: crashes at random commits, transient faults and lost responses,
@@ -157,7 +276,7 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let (mut total_crashes, mut raced, mut faulty) = (0, 0, 0);
+    let (mut total_crashes, mut raced, mut faulty, mut interrupted) = (0, 0, 0, 0);
     for seed in first..first + runs {
         let mut rng = StdRng::seed_from_u64(seed);
         let faults = if rng.random_bool(0.7) {
@@ -168,6 +287,10 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
         };
         let latency = Duration::from_millis(rng.random_range(0..4000));
         let racing = rng.random_bool(0.4);
+        let interrupt = rng
+            .random_bool(0.35)
+            .then(|| (rng.random_range(0..8), rng.random_bool(0.5)));
+        interrupted += u64::from(interrupt.is_some());
         raced += u64::from(racing);
         let crash_rate = rng.random_range(0.0..0.15);
         let mut crashes: Vec<(usize, CrashPoint)> = Vec::new();
@@ -181,7 +304,7 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
                 crashes.push((k, point));
             }
         }
-        let (outcome, _, crashed) = run(seed, faults, latency, racing, crashes).await;
+        let (outcome, _, crashed) = run(seed, faults, latency, racing, crashes, interrupt).await;
         if let Err(e) = outcome {
             panic!(
                 "seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=1"
@@ -190,6 +313,6 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
         total_crashes += crashed;
     }
     println!(
-        "{runs} seeds from {first}: {total_crashes} crashes, {raced} raced, {faulty} with faults"
+        "{runs} seeds from {first}: {total_crashes} crashes, {raced} raced, {faulty} with faults, {interrupted} interrupted"
     );
 }
