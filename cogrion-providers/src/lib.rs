@@ -5,14 +5,17 @@
 //! |---|---|---|
 //! | `aws`, `gcp`, `azure` | `CloudProvisioner` | not implemented yet |
 //! | `helm`, `manifest`, `terraform` | `Executor` | not implemented yet |
-//! | `sqlite`, `postgres` | `WorkspaceStore` | not implemented yet |
+//! | `sqlite` | `WorkspaceStore` | [`sqlite::SqliteStore`] — passes the store conformance suite |
+//! | `postgres` | `WorkspaceStore` | not implemented yet |
 //! | `https` | `AgentTransport` | not implemented yet |
 //!
-//! The features exist so that the facade's feature names are stable; enabling one
-//! today adds nothing. Until a module lands, use the implementations in
-//! `cogrion-core` (`InMemoryStore`).
+//! The features exist so that the facade's feature names are stable; a feature
+//! whose module has not landed adds nothing yet.
 //!
 //! Provider modules never import each other, so any of them can move into its own
 //! crate without changing the public API.
 
 pub use cogrion_core as core;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

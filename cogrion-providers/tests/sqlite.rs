@@ -1,0 +1,196 @@
+//! The SQLite store against a real SQLite database (files in a temporary folder).
+
+#![cfg(feature = "sqlite")]
+
+use std::path::PathBuf;
+
+use cogrion_core::conformance::{random_workspace_id, sample_workspace_spec, store_suite};
+use cogrion_core::{
+    Error, EventSeq, NewEvent, RecordStore, Resource, Timestamp, WorkspaceId, WorkspaceRecord,
+    WorkspaceWrite,
+};
+use cogrion_providers::sqlite::{Durability, SqliteOptions, SqliteStore};
+use sqlx::Connection;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "cogrion-{name}-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn db(&self) -> PathBuf {
+        self.0.join("cogrion.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+
+async fn raw(path: &PathBuf) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
+async fn create(store: &SqliteStore) -> WorkspaceId {
+    let id = random_workspace_id("sql");
+    let write = WorkspaceWrite::create(
+        WorkspaceRecord::new(id.clone(), sample_workspace_spec(), T0),
+        T0,
+    )
+    .event(NewEvent {
+        at: T0,
+        actor: cogrion_core::Actor::Api {
+            principal: "test".into(),
+        },
+        kind: cogrion_core::EventKind::Created,
+        message: "created".into(),
+    });
+    store.commit(write).await.unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_store_suite_in_both_durabilities() {
+    for durability in [Durability::Normal, Durability::Full] {
+        let dir = TempDir::new("suite");
+        let store = SqliteStore::open_with(
+            dir.db(),
+            SqliteOptions::default().with_durability(durability),
+        )
+        .await
+        .unwrap();
+        store_suite(&store).await;
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopening_and_a_newer_schema_is_refused_untouched() {
+    let dir = TempDir::new("reopen");
+    let id = {
+        let store = SqliteStore::open(dir.db()).await.unwrap();
+        create(&store).await
+    };
+    let store = SqliteStore::open(dir.db()).await.unwrap();
+    assert_eq!(store.get_workspace(&id).await.unwrap().value.id, id);
+    assert_eq!(
+        store.read_events(&id, EventSeq(0), 0).await.unwrap().len(),
+        1
+    );
+    drop(store);
+
+    // A database from a future schema: refused, and not modified.
+    let mut conn = raw(&dir.db()).await;
+    sqlx::query("INSERT INTO cogrion_schema (version) VALUES (99)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(dir.db()).unwrap();
+    match SqliteStore::open(dir.db()).await {
+        Err(Error::Rejected { detail, .. }) => {
+            assert!(detail.contains("schema version 99"), "{detail}")
+        }
+        other => panic!("a newer schema must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(dir.db()).unwrap(),
+        before,
+        "the refused database was modified"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_typed_errors_naming_the_workspace() {
+    let dir = TempDir::new("corrupt");
+    let store = SqliteStore::open(dir.db()).await.unwrap();
+    let (bad_json, bad_state, wrong_id, gap) = (
+        create(&store).await,
+        create(&store).await,
+        create(&store).await,
+        create(&store).await,
+    );
+    let other = create(&store).await;
+    let mut conn = raw(&dir.db()).await;
+    sqlx::query("UPDATE workspaces SET record = '{not json' WHERE id = ?")
+        .bind(bad_json.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let record: String = sqlx::query_scalar("SELECT record FROM workspaces WHERE id = ?")
+        .bind(bad_state.as_str())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let edited = record.replace("\"state\":\"provisioning\"", "\"state\":\"exploded\"");
+    assert_ne!(edited, record);
+    sqlx::query("UPDATE workspaces SET record = ? WHERE id = ?")
+        .bind(edited)
+        .bind(bad_state.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let foreign: String = sqlx::query_scalar("SELECT record FROM workspaces WHERE id = ?")
+        .bind(other.as_str())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE workspaces SET record = ? WHERE id = ?")
+        .bind(foreign)
+        .bind(wrong_id.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET seq = 5 WHERE workspace = ?")
+        .bind(gap.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    for id in [&bad_json, &bad_state, &wrong_id] {
+        match store.get_workspace(id).await {
+            Err(Error::Corrupt {
+                what: Resource::Workspace(w),
+                detail,
+            }) => {
+                assert_eq!(&w, id);
+                assert!(!detail.is_empty());
+            }
+            other => panic!("a corrupt row of {id} must be Corrupt, got {other:?}"),
+        }
+    }
+    match store.read_events(&gap, EventSeq(0), 0).await {
+        Err(Error::Corrupt {
+            what: Resource::Workspace(w),
+            detail,
+        }) => {
+            assert_eq!(w, gap);
+            assert!(detail.contains("jumps"), "{detail}");
+        }
+        other => panic!("a gap in the history must be Corrupt, got {other:?}"),
+    }
+    // Listing refuses too, rather than skipping rows silently.
+    assert!(matches!(
+        store.list_workspaces(&cogrion_core::ListQuery::new()).await,
+        Err(Error::Corrupt { .. })
+    ));
+    // The healthy workspace still reads.
+    assert_eq!(store.get_workspace(&other).await.unwrap().value.id, other);
+}
