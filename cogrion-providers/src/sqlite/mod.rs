@@ -577,9 +577,8 @@ impl RecordStore for SqliteStore {
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let mut expected = after.0 + 1;
         let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
+        for (expected, r) in (after.0 + 1..).zip(rows) {
             let seq: i64 = r.get("seq");
             if seq as u64 != expected {
                 return Err(corrupt(
@@ -587,7 +586,6 @@ impl RecordStore for SqliteStore {
                     format!("the history jumps from event {} to {seq}", expected - 1),
                 ));
             }
-            expected += 1;
             let event: NewEvent = from_json(r.get("body"), || Resource::Workspace(id.clone()))?;
             out.push(EventRecord {
                 seq: EventSeq(seq as u64),
