@@ -42,7 +42,7 @@ fn rand_suffix() -> u64 {
 
 const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
-async fn raw(path: &PathBuf) -> sqlx::SqliteConnection {
+async fn raw(path: &std::path::Path) -> sqlx::SqliteConnection {
     sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap()
