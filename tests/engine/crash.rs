@@ -209,7 +209,51 @@ async fn run(
     crashes: Vec<(usize, CrashPoint)>,
     interrupt: Option<(usize, bool)>,
 ) -> (Outcome, usize, u64) {
-    let world = World::with_latency(seed, faults, latency);
+    run_on(
+        Backend::Memory,
+        seed,
+        faults,
+        latency,
+        racing,
+        crashes,
+        interrupt,
+    )
+    .await
+}
+
+/// Which store a run uses.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+}
+
+/// One run on `backend` with these crash points.
+async fn run_on(
+    backend: Backend,
+    seed: u64,
+    faults: FaultPlan,
+    latency: Duration,
+    racing: bool,
+    crashes: Vec<(usize, CrashPoint)>,
+    interrupt: Option<(usize, bool)>,
+) -> (Outcome, usize, u64) {
+    let (store, _dir): (
+        std::sync::Arc<dyn WorkspaceStore>,
+        Option<crate::world::TempDir>,
+    ) = match backend {
+        Backend::Memory => (std::sync::Arc::new(InMemoryStore::new()), None),
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => {
+            let dir = crate::world::TempDir::new("crash");
+            let store = cogrion::providers::sqlite::SqliteStore::open(dir.db())
+                .await
+                .expect("open sqlite");
+            (std::sync::Arc::new(store), Some(dir))
+        }
+    };
+    let world = World::with_store(seed, faults, latency, store);
     world.store.crash_at(crashes);
     let mut engines = vec![world.engine("replica-a")];
     if racing {
@@ -315,4 +359,91 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
     println!(
         "{runs} seeds from {first}: {total_crashes} crashes, {raced} raced, {faulty} with faults, {interrupted} interrupted"
     );
+}
+
+/// The crash sweep again, on the SQLite store: every commit of the whole
+/// lifecycle, crashed before and after.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_survives_a_crash_at_every_commit_on_sqlite() {
+    let none = || FaultPlan::none();
+    let (outcome, commits, _) = run_on(
+        Backend::Sqlite,
+        0,
+        none(),
+        Duration::ZERO,
+        false,
+        Vec::new(),
+        None,
+    )
+    .await;
+    outcome.expect("the crash-free run on sqlite");
+    for k in 0..commits {
+        for point in [CrashPoint::BeforeCommit, CrashPoint::AfterCommit] {
+            let (outcome, _, crashed) = run_on(
+                Backend::Sqlite,
+                0,
+                none(),
+                Duration::ZERO,
+                false,
+                vec![(k, point)],
+                None,
+            )
+            .await;
+            if let Err(e) = outcome {
+                panic!("sqlite: crash {point:?} commit {k} of {commits}: {e}");
+            }
+            assert_eq!(crashed, 1);
+        }
+    }
+}
+
+/// Seeded runs on the SQLite store (a quarter as many as in memory, at least 50).
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_runs_converge_on_sqlite() {
+    let first: u64 = std::env::var("COGRION_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let runs: u64 = std::env::var("COGRION_SIM_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    for seed in first..first + (runs / 4).max(50) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let faults = FaultPlan::transient(seed, rng.random_range(0.02..0.12));
+        let racing = rng.random_bool(0.4);
+        let mut crashes = Vec::new();
+        for k in 0..400 {
+            if rng.random_bool(0.08) {
+                crashes.push((
+                    k,
+                    if rng.random_bool(0.5) {
+                        CrashPoint::BeforeCommit
+                    } else {
+                        CrashPoint::AfterCommit
+                    },
+                ));
+            }
+        }
+        let interrupt = rng
+            .random_bool(0.35)
+            .then(|| (rng.random_range(0..8), rng.random_bool(0.5)));
+        let (outcome, _, _) = run_on(
+            Backend::Sqlite,
+            seed,
+            faults,
+            Duration::from_millis(500),
+            racing,
+            crashes,
+            interrupt,
+        )
+        .await;
+        if let Err(e) = outcome {
+            panic!(
+                "sqlite seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=4"
+            );
+        }
+    }
 }

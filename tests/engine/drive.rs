@@ -67,6 +67,18 @@ pub async fn drive(
         if nexts.iter().all(|n| matches!(n, Next::Rest)) {
             return Ok(());
         }
+        // Racing replicas: one finished (and released the lease) while the other
+        // saw the lease held. The workspace is at rest if nothing is planned.
+        if nexts.iter().any(|n| matches!(n, Next::Rest))
+            && engines[0]
+                .workspace(ws)
+                .await
+                .map_err(|e| e.to_string())?
+                .operations
+                .is_empty()
+        {
+            return Ok(());
+        }
         // Everyone waits: let the agents work, then move time to the earliest wake.
         world.agents.step_all().await;
         let now = world.clock.now();

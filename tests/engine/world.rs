@@ -26,7 +26,7 @@ pub enum CrashPoint {
 /// as a crash would: the engine that sees the error is thrown away.
 #[derive(Debug, Clone)]
 pub struct CrashStore {
-    inner: InMemoryStore,
+    inner: Arc<dyn WorkspaceStore>,
     /// Engine (fenced) commits so far.
     commits: Arc<AtomicUsize>,
     crash: Arc<Mutex<Vec<(usize, CrashPoint)>>>,
@@ -36,9 +36,9 @@ pub struct CrashStore {
 pub const CRASH: &str = "simulated crash";
 
 impl CrashStore {
-    pub fn new() -> Self {
+    pub fn new(inner: Arc<dyn WorkspaceStore>) -> Self {
         Self {
-            inner: InMemoryStore::new(),
+            inner,
             commits: Arc::default(),
             crash: Arc::default(),
             crashed: Arc::default(),
@@ -223,6 +223,16 @@ impl World {
 
     /// A world whose cloud takes `latency` for every create and delete.
     pub fn with_latency(seed: u64, faults: FaultPlan, latency: Duration) -> Self {
+        Self::with_store(seed, faults, latency, Arc::new(InMemoryStore::new()))
+    }
+
+    /// A world on `store`.
+    pub fn with_store(
+        seed: u64,
+        faults: FaultPlan,
+        latency: Duration,
+        store: Arc<dyn WorkspaceStore>,
+    ) -> Self {
         let clock = ManualClock::new(T0);
         let cloud = SimulatedCloud::builder()
             .clock(Arc::new(clock.clone()))
@@ -232,7 +242,7 @@ impl World {
         let sim = SimulatedWorld::new(cloud, faults);
         Self {
             clock,
-            store: CrashStore::new(),
+            store: CrashStore::new(store),
             cloud: sim.cloud.clone(),
             cluster: sim.cluster.clone(),
             agents: sim.agents.clone(),
@@ -299,5 +309,32 @@ pub fn stack(name: &str, kind: ExecutorKind, deps: &[&str]) -> StackSpec {
 pub fn api() -> Actor {
     Actor::Api {
         principal: "test".into(),
+    }
+}
+
+/// A temporary folder, removed when dropped.
+#[cfg(feature = "sqlite")]
+pub struct TempDir(std::path::PathBuf);
+
+#[cfg(feature = "sqlite")]
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let suffix = RandomState::new().hash_one(std::time::SystemTime::now());
+        let dir =
+            std::env::temp_dir().join(format!("cogrion-{name}-{}-{suffix:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn db(&self) -> std::path::PathBuf {
+        self.0.join("cogrion.db")
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
