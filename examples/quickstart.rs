@@ -1,5 +1,7 @@
 //! Cogrion's quickstart: one workspace's whole life on the embedded defaults.
 //!
+//! The store is a SQLite file (`cogrion-quickstart.db`, or `$COGRION_QUICKSTART_DB`):
+//! run it twice and the second run lists the first one's workspace and history.
 //! A simulated cloud with realistic (shortened) latency stands in for EKS / GKE /
 //! AKS, simulated Cluster Agents answer over an in-process transport, and the
 //! built-in driver runs the lifecycle engine. Watch it create a workspace, deploy
@@ -11,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cogrion::providers::sqlite::SqliteStore;
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
 use tokio::sync::broadcast::error::RecvError;
@@ -136,10 +139,31 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    // The embedded defaults: the in-memory store, a simulated cloud whose
-    // network, cluster and node pools take a few seconds each, simulated stacks
-    // and agents.
-    let store: Arc<dyn WorkspaceStore> = Arc::new(InMemoryStore::new());
+    // The embedded defaults: a SQLite file, a simulated cloud whose network,
+    // cluster and node pools take a few seconds each, simulated stacks and agents.
+    let path =
+        std::env::var("COGRION_QUICKSTART_DB").unwrap_or_else(|_| "cogrion-quickstart.db".into());
+    let store: Arc<dyn WorkspaceStore> = Arc::new(SqliteStore::open(&path).await?);
+    let earlier = store.list_workspaces(&ListQuery::new()).await?;
+    if !earlier.is_empty() {
+        println!(
+            "{path} already holds {} workspace(s) from earlier runs:",
+            earlier.len()
+        );
+        for w in &earlier {
+            let events = store.read_events(&w.value.id, EventSeq(0), 0).await?;
+            let last = events
+                .last()
+                .map(|e| format!("{} — {}", e.event.at, e.event.message))
+                .unwrap_or_default();
+            println!(
+                "    {:<10} {:<12} {} events, last: {last}",
+                w.value.id,
+                w.value.state.name(),
+                events.len()
+            );
+        }
+    }
     let cloud = SimulatedCloud::builder()
         .clock(clock.clone())
         .latency(InfraLayer::Network, Duration::from_millis(1200))
@@ -167,10 +191,30 @@ async fn main() -> Result<()> {
         DriverConfig::default().with_sweep_interval(Duration::from_millis(250)),
     );
 
-    let id: WorkspaceId = "acme-prod".parse()?;
     let actor = Actor::Api {
         principal: "platform-team".into(),
     };
+    // A run that was stopped part-way left its workspace in flight. The simulated
+    // cloud lived in that process, so its resources are gone: destroying the
+    // leftover converges on nothing to delete.
+    for w in earlier
+        .iter()
+        .filter(|w| w.value.state != WorkspaceState::Destroyed)
+    {
+        println!(
+            "Destroying {} left {} by an earlier run…",
+            w.value.id,
+            w.value.state.name()
+        );
+        if w.value.state != WorkspaceState::Destroying {
+            engine.destroy(&w.value.id, actor.clone()).await?;
+        }
+        wait_for(&engine, &w.value.id, "cleanup", |r| {
+            r.state == WorkspaceState::Destroyed
+        })
+        .await?;
+    }
+    let id: WorkspaceId = format!("acme-{}", earlier.len() + 1).parse()?;
     println!("Creating workspace {id} on the simulated cloud…");
     engine
         .create(id.clone(), WorkspaceSpec::from_json(SPEC)?, actor.clone())
