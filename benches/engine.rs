@@ -29,8 +29,11 @@ struct Bench {
 }
 
 fn setup(concurrent_driver: bool) -> Bench {
+    setup_on(Arc::new(InMemoryStore::new()), concurrent_driver)
+}
+
+fn setup_on(store: Arc<dyn WorkspaceStore>, concurrent_driver: bool) -> Bench {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store: Arc<dyn WorkspaceStore> = Arc::new(InMemoryStore::new());
     let cloud = SimulatedCloud::builder().clock(clock.clone()).build();
     let mut config = EngineConfig::new("bench".parse().unwrap());
     if concurrent_driver {
@@ -195,6 +198,45 @@ fn report_ratio(rt: &Runtime) {
     println!("REPORT ratio engine/raw:         {:>12.3}", engine / raw);
 }
 
+/// The same head-to-head on the SQLite store, at both durabilities: raw
+/// step-sized writes against engine steps, on fresh database files.
+fn report_sqlite(rt: &Runtime) {
+    use cogrion::providers::sqlite::{Durability, SqliteOptions, SqliteStore};
+    let dir = std::env::temp_dir().join(format!("cogrion-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut n = 0;
+    let mut open = |durability| {
+        n += 1;
+        let path = dir.join(format!("bench-{n}.db"));
+        let store = rt
+            .block_on(SqliteStore::open_with(
+                path,
+                SqliteOptions::default().with_durability(durability),
+            ))
+            .unwrap();
+        Arc::new(store) as Arc<dyn WorkspaceStore>
+    };
+    for (name, durability, writes, workspaces) in [
+        ("NORMAL", Durability::Normal, 5_000, 100),
+        ("FULL", Durability::Full, 1_000, 20),
+    ] {
+        let b = setup_on(open(durability), false);
+        let (id, lease) = rt.block_on(raw_target(b.store.as_ref(), "raw"));
+        let start = Instant::now();
+        rt.block_on(raw_writes(b.store.as_ref(), &id, &lease, writes));
+        let raw = writes as f64 / start.elapsed().as_secs_f64();
+        let b = setup_on(open(durability), false);
+        let start = Instant::now();
+        let steps = rt.block_on(lifecycles(&b, "sqlite", workspaces));
+        let engine = steps as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "REPORT sqlite {name}: raw writes/s {raw:>10.0}, engine steps/s {engine:>10.0}, ratio {:.3}",
+            engine / raw
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// 10,000 workspaces from create to Active to Destroyed with the built-in driver.
 fn report_driver(rt: &Runtime) {
     const N: usize = 10_000;
@@ -277,6 +319,7 @@ fn main() {
     // `cargo test --benches` smoke-tests the target.
     if std::env::args().any(|a| a == "--bench") {
         report_ratio(&rt);
+        report_sqlite(&rt);
         report_driver(&rt);
     }
 }
