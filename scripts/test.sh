@@ -3,9 +3,10 @@
 # targets, all features, warnings denied), every test and doctest, the docs (warnings
 # denied), and a compile of the benches and examples.
 #
-# Peers: the core model needs none yet. When a later milestone adds one (PostgreSQL,
-# moto, Helm, Terraform, Temporal), this script installs and starts it idempotently,
-# stops it on exit, and fails the run if it cannot.
+# Peers: PostgreSQL 15 (scripts/peers/postgres.sh) is installed if missing, started
+# on loopback before the tests and stopped when the script exits; if it cannot be
+# installed or started, the run fails. Later peers (moto, Helm, Terraform, Temporal)
+# join the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +23,13 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings denied)"
 cargo clippy "${FEATURES[@]}" --all-targets -- -D warnings
 
-step "cargo test"
+step "starting PostgreSQL"
+COGRION_TEST_POSTGRES_URL="$(bash scripts/peers/postgres.sh start)"
+export COGRION_TEST_POSTGRES_URL COGRION_REQUIRE_POSTGRES=1
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; bash scripts/peers/postgres.sh stop' EXIT
+
+step "cargo test"
 # Tests, examples (built), and benches built but not run: they run only when measuring.
 cargo test "${FEATURES[@]}" --lib --bins --tests --examples 2>&1 | tee "$log"
 cargo build "${FEATURES[@]}" --benches

@@ -6,7 +6,7 @@
 //! | `aws`, `gcp`, `azure` | `CloudProvisioner` | not implemented yet |
 //! | `helm`, `manifest`, `terraform` | `Executor` | not implemented yet |
 //! | `sqlite` | `WorkspaceStore` | [`sqlite::SqliteStore`] — passes the store conformance suite |
-//! | `postgres` | `WorkspaceStore` | not implemented yet |
+//! | `postgres` | `WorkspaceStore` | [`postgres::PostgresStore`] — passes the store conformance suite against a real server |
 //! | `https` | `AgentTransport` | not implemented yet |
 //!
 //! The features exist so that the facade's feature names are stable; a feature
@@ -19,3 +19,6 @@ pub use cogrion_core as core;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;

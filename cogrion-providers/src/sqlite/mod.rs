@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the [`WorkspaceStore`] in one SQLite file — Cogrion's
+//! [`SqliteStore`]: the [`WorkspaceStore`](cogrion_core::WorkspaceStore) in one SQLite file — Cogrion's
 //! embedded default.
 //!
 //! # Durability

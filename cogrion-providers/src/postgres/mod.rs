@@ -1,0 +1,1016 @@
+//! [`PostgresStore`]: the [`WorkspaceStore`](cogrion_core::WorkspaceStore) on
+//! PostgreSQL, for control planes with several replicas.
+//!
+//! # Concurrency
+//! Every write is one transaction that first locks the workspace's row
+//! (`SELECT … FOR UPDATE`): writes to one workspace — its record, history,
+//! queue, checkpoints, lease, tokens and credentials — are serialised across all
+//! replicas, while writes to different workspaces proceed in parallel. Creates race
+//! on the primary key (`INSERT … ON CONFLICT DO NOTHING`): exactly one wins.
+//!
+//! # Durability
+//! Whatever the server is configured for (`synchronous_commit`); with the default
+//! (`on`) every commit is flushed before it returns, which is why
+//! [`RecordStore::commit_batch`] shares one transaction among many writes (a
+//! savepoint each).
+//!
+//! # Schema
+//! Versioned migrations are applied when the store connects, under an advisory
+//! lock so that replicas starting together migrate once. A database written by a
+//! newer schema is refused with [`Error::Rejected`] and left untouched. Rows that
+//! cannot be read back are [`Error::Corrupt`] naming the workspace.
+//!
+//! # TLS
+//! Optional: put `sslmode=require` (or `verify-full`) in the connection URL;
+//! rustls with the aws-lc-rs provider does the TLS.
+
+mod schema;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cogrion_core::proto::{CommandId, CommandResult};
+use cogrion_core::{
+    AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
+    Committed, CredentialStore, Error, EventRecord, EventSeq, FencingToken, HolderId, Lease,
+    LeaseStore, ListQuery, NewEvent, PutMode, QueuedCommand, RecordStore, Resource, Result,
+    Revision, Revocation, Timestamp, TokenHash, TokenRefusal, TokenStore, Versioned, WorkspaceId,
+    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_write,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+
+use schema::{MIGRATIONS, SCHEMA_VERSION};
+
+const DEFAULT_PAGE: i64 = 1000;
+
+/// Settings of a [`PostgresStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// Connections in the pool (default 8).
+    pub max_connections: u32,
+    /// How long to wait for a free connection (default 10 s).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// With this many pooled connections.
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+}
+
+/// A [`WorkspaceStore`](cogrion_core::WorkspaceStore) on a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn unavailable(e: sqlx::Error) -> Error {
+    Error::Unavailable {
+        service: "postgres".into(),
+        detail: e.to_string(),
+    }
+}
+
+fn corrupt(what: Resource, detail: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+fn ws_resource(id: &str) -> Resource {
+    match WorkspaceId::new(id) {
+        Ok(id) => Resource::Workspace(id),
+        Err(_) => Resource::Provider(format!("workspace row {id:?}")),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Rejected {
+        service: "postgres".into(),
+        detail: e.to_string(),
+    })
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> Resource) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(what(), format!("unreadable JSON: {e}")))
+}
+
+fn millis(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, with `sslmode=…` for TLS)
+    /// with the default options, applying pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects to `url`, applying pending migrations; a database from a newer
+    /// schema is refused and not modified.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Runs `f` in one transaction, committing if it succeeds and rolling back
+    /// if it fails (or if the connection is lost: nothing is half-written).
+    async fn write_tx<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> futures::future::BoxFuture<'c, Result<T>>,
+    {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await.map_err(unavailable)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // Dropping the transaction rolls it back too; roll back explicitly
+                // so the connection returns to the pool clean.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`] under an advisory lock, or refuses
+/// a newer one untouched.
+async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(727274635)")
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let has_table: Option<i64> = sqlx::query_scalar(
+        "SELECT 1::BIGINT FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'cogrion_schema'",
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let current: i64 = match has_table {
+        None => 0,
+        Some(_) => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::BIGINT FROM cogrion_schema")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?
+        }
+    };
+    if current > SCHEMA_VERSION {
+        let _ = tx.rollback().await;
+        return Err(Error::Rejected {
+            service: "postgres".into(),
+            detail: format!(
+                "the database was written by a newer Cogrion (schema version {current}; this build knows up to {SCHEMA_VERSION}); it was not modified"
+            ),
+        });
+    }
+    if current < SCHEMA_VERSION {
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS cogrion_schema (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        for (i, migration) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
+            sqlx::raw_sql(*migration)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query("INSERT INTO cogrion_schema (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+async fn revision_of(conn: &mut PgConnection, id: &WorkspaceId) -> Result<Option<i64>> {
+    sqlx::query_scalar("SELECT revision FROM workspaces WHERE id = $1 FOR UPDATE")
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)
+}
+
+async fn require_workspace(conn: &mut PgConnection, id: &WorkspaceId) -> Result<()> {
+    match revision_of(conn, id).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::NotFound(Resource::Workspace(id.clone()))),
+    }
+}
+
+/// The workspace's lease row: (holder, fence, expires_at, released).
+async fn lease_row(
+    conn: &mut PgConnection,
+    id: &WorkspaceId,
+) -> Result<Option<(String, i64, i64, bool)>> {
+    let row =
+        sqlx::query("SELECT holder, fence, expires_at, released FROM leases WHERE workspace = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    Ok(row.map(|r| {
+        (
+            r.get("holder"),
+            r.get("fence"),
+            r.get("expires_at"),
+            r.get::<bool, _>("released"),
+        )
+    }))
+}
+
+async fn check_fence(conn: &mut PgConnection, id: &WorkspaceId, fence: FencingToken) -> Result<()> {
+    match lease_row(conn, id).await? {
+        Some((_, f, _, released)) if f as u64 == fence.0 && !released => Ok(()),
+        _ => Err(Error::LeaseLost {
+            workspace: id.clone(),
+            fence: fence.0,
+        }),
+    }
+}
+
+/// One write inside an open transaction; see [`RecordStore::commit`].
+async fn apply(conn: &mut PgConnection, write: WorkspaceWrite) -> Result<Committed> {
+    let id = write.workspace.clone();
+    let existing = revision_of(conn, &id).await?;
+    let last_command: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM commands WHERE workspace = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    let commands = check_write(&write, last_command as u64 + 1)?;
+    match (&write.record, existing) {
+        (Some((_, PutMode::Create)), Some(_)) => {
+            return Err(Error::AlreadyExists(Resource::Workspace(id)));
+        }
+        (Some((_, PutMode::Create)), None) => {
+            if let Some(fence) = write.fence {
+                return Err(Error::LeaseLost {
+                    workspace: id,
+                    fence: fence.0,
+                });
+            }
+        }
+        (_, None) => return Err(Error::NotFound(Resource::Workspace(id))),
+        (record, Some(revision)) => {
+            if let Some(fence) = write.fence {
+                check_fence(conn, &id, fence).await?;
+            }
+            if let Some((_, PutMode::Update(expected))) = record
+                && expected.0 as i64 != revision
+            {
+                return Err(Error::Conflict {
+                    what: Resource::Workspace(id),
+                    expected: *expected,
+                    found: Revision(revision as u64),
+                });
+            }
+            for c in &commands {
+                let taken: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1::BIGINT FROM commands WHERE workspace = $1 AND id = $2",
+                )
+                .bind(id.as_str())
+                .bind(c.id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                if taken.is_some() {
+                    return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
+                }
+            }
+        }
+    }
+
+    let mut committed = Committed {
+        revision: None,
+        events: Vec::new(),
+        commands: Vec::new(),
+    };
+    if let Some((record, mode)) = &write.record {
+        let revision = match mode {
+            PutMode::Create => 1,
+            PutMode::Update(r) => r.0 as i64 + 1,
+        };
+        let body = to_json(record)?;
+        let wake_at = record.wake_at.map(millis);
+        let sql = match mode {
+            PutMode::Create => {
+                "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO NOTHING"
+            }
+            PutMode::Update(_) => {
+                "UPDATE workspaces SET revision = $1, tenant = $2, state = $3, wake_at = $4, record = $5 WHERE id = $6"
+            }
+        };
+        let written = sqlx::query(sql)
+            .bind(revision)
+            .bind(record.spec.tenant.as_str())
+            .bind(record.state.name().as_str())
+            .bind(wake_at)
+            .bind(body)
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if written.rows_affected() == 0 {
+            // Another replica created it between our check and our insert.
+            return Err(Error::AlreadyExists(Resource::Workspace(id)));
+        }
+        committed.revision = Some(Revision(revision as u64));
+    }
+    if !write.events.is_empty() {
+        let last: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE workspace = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        for (i, event) in write.events.iter().enumerate() {
+            let seq = last + 1 + i as i64;
+            sqlx::query("INSERT INTO events (workspace, seq, body) VALUES ($1, $2, $3)")
+                .bind(id.as_str())
+                .bind(seq)
+                .bind(to_json(event)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            committed.events.push(EventSeq(seq as u64));
+        }
+    }
+    for command in commands {
+        let seq = command.seq;
+        let queued = QueuedCommand {
+            command,
+            enqueued_at: write.now,
+            deliveries: 0,
+            status: CommandStatus::Pending,
+        };
+        sqlx::query(
+            "INSERT INTO commands (workspace, seq, id, answered, body) VALUES ($1, $2, $3, FALSE, $4)",
+        )
+        .bind(id.as_str())
+        .bind(seq.0 as i64)
+        .bind(queued.command.id.as_str())
+        .bind(to_json(&queued)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        committed.commands.push(seq);
+    }
+    Ok(committed)
+}
+
+fn read_record(id: &str, revision: i64, body: &str) -> Result<Versioned<WorkspaceRecord>> {
+    let record: WorkspaceRecord = from_json(body, || ws_resource(id))?;
+    if record.id.as_str() != id {
+        return Err(corrupt(
+            ws_resource(id),
+            format!("the row holds the record of workspace {}", record.id),
+        ));
+    }
+    if revision < 1 {
+        return Err(corrupt(ws_resource(id), format!("revision {revision}")));
+    }
+    Ok(Versioned {
+        value: record,
+        revision: Revision(revision as u64),
+    })
+}
+
+#[async_trait]
+impl RecordStore for PostgresStore {
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
+        let row = sqlx::query("SELECT revision, record FROM workspaces WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))?;
+        read_record(id.as_str(), row.get("revision"), row.get("record"))
+    }
+
+    async fn list_workspaces(&self, query: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
+        let limit = if query.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            i64::try_from(query.limit).unwrap_or(i64::MAX)
+        };
+        let rows = sqlx::query(
+            "SELECT id, revision, record FROM workspaces \
+             WHERE ($1 IS NULL OR tenant = $1) AND ($2 IS NULL OR state = $2) \
+               AND ($3 IS NULL OR (wake_at IS NOT NULL AND wake_at <= $3)) AND ($4 IS NULL OR id > $4) \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(query.tenant.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(query.state.map(|s| s.as_str()))
+        .bind(query.due_at.map(millis))
+        .bind(query.after.as_ref().map(|a| a.as_str().to_owned()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| read_record(r.get("id"), r.get("revision"), r.get("record")))
+            .collect()
+    }
+
+    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
+        self.write_tx(move |conn| Box::pin(apply(conn, write)))
+            .await
+    }
+
+    /// Group commit: all writes in one transaction (one flush to disk with
+    /// `synchronous_commit=on`), each under its own savepoint so that one write's
+    /// refusal undoes only that write.
+    async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        let n = writes.len();
+        let outcome = self
+            .write_tx(move |conn| {
+                Box::pin(async move {
+                    let mut results = Vec::with_capacity(writes.len());
+                    for write in writes {
+                        sqlx::query("SAVEPOINT w")
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(unavailable)?;
+                        let result = apply(conn, write).await;
+                        if result.is_err() {
+                            sqlx::query("ROLLBACK TO w")
+                                .execute(&mut *conn)
+                                .await
+                                .map_err(unavailable)?;
+                        }
+                        sqlx::query("RELEASE w")
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(unavailable)?;
+                        results.push(result);
+                    }
+                    Ok(results)
+                })
+            })
+            .await;
+        match outcome {
+            Ok(results) => results,
+            // The transaction itself failed: nothing was written.
+            Err(e) => (0..n)
+                .map(|_| {
+                    Err(Error::Unavailable {
+                        service: "postgres".into(),
+                        detail: e.to_string(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    async fn read_events(
+        &self,
+        id: &WorkspaceId,
+        after: EventSeq,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        require_workspace(&mut conn, id).await?;
+        let limit = if limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        };
+        let rows = sqlx::query(
+            "SELECT seq, body FROM events WHERE workspace = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(after.0 as i64)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (expected, r) in (after.0 + 1..).zip(rows) {
+            let seq: i64 = r.get("seq");
+            if seq as u64 != expected {
+                return Err(corrupt(
+                    Resource::Workspace(id.clone()),
+                    format!("the history jumps from event {} to {seq}", expected - 1),
+                ));
+            }
+            let event: NewEvent = from_json(r.get("body"), || Resource::Workspace(id.clone()))?;
+            out.push(EventRecord {
+                seq: EventSeq(seq as u64),
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+    ) -> Result<Option<serde_json::Value>> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        require_workspace(&mut conn, id).await?;
+        let value: Option<String> =
+            sqlx::query_scalar("SELECT value FROM checkpoints WHERE workspace = $1 AND key = $2")
+                .bind(id.as_str())
+                .bind(key.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        value
+            .map(|v| from_json(&v, || Resource::Checkpoint(id.clone(), key.to_string())))
+            .transpose()
+    }
+
+    async fn put_checkpoint(
+        &self,
+        id: &WorkspaceId,
+        key: &CheckpointKey,
+        value: serde_json::Value,
+        fence: FencingToken,
+    ) -> Result<()> {
+        let (id, key) = (id.clone(), key.clone());
+        let value = to_json(&value)?;
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &id).await?;
+                check_fence(conn, &id, fence).await?;
+                sqlx::query(
+                    "INSERT INTO checkpoints (workspace, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(id.as_str())
+                .bind(key.as_str())
+                .bind(value)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn acquire(
+        &self,
+        workspace: &WorkspaceId,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease> {
+        check_lease_ttl(ttl)?;
+        let (ws, holder) = (workspace.clone(), holder.clone());
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &ws).await?;
+                let row = lease_row(conn, &ws).await?;
+                let live = row.as_ref().filter(|(_, _, expires, released)| !released && *expires > millis(now));
+                let fence = match (live, &row) {
+                    (Some((h, _, expires, _)), _) if h != holder.as_str() => {
+                        let expires_at = timestamp(*expires);
+                        return Err(Error::LeaseHeld {
+                            workspace: ws.clone(),
+                            holder: HolderId::new(h.clone()).map_err(|e| corrupt(Resource::Lease(ws.clone()), e))?,
+                            expires_at,
+                            retry_after: expires_at.since(now),
+                        });
+                    }
+                    (Some((_, f, _, _)), _) => *f,
+                    (None, Some((_, f, _, _))) => f + 1,
+                    (None, None) => 1,
+                };
+                let expires_at = now + ttl;
+                sqlx::query(
+                    "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES ($1, $2, $3, $4, FALSE) \
+                     ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+                     expires_at = excluded.expires_at, released = FALSE",
+                )
+                .bind(ws.as_str())
+                .bind(holder.as_str())
+                .bind(fence)
+                .bind(millis(expires_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(Lease { workspace: ws, holder, fence: FencingToken(fence as u64), expires_at })
+            })
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        check_lease_ttl(ttl)?;
+        let lease = lease.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &lease.workspace).await?;
+                check_fence(conn, &lease.workspace, lease.fence).await?;
+                let expires_at = now + ttl;
+                sqlx::query("UPDATE leases SET expires_at = $1 WHERE workspace = $2")
+                    .bind(millis(expires_at))
+                    .bind(lease.workspace.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Lease {
+                    expires_at,
+                    ..lease
+                })
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &lease.workspace).await?;
+                sqlx::query(
+                    "UPDATE leases SET released = TRUE WHERE workspace = $1 AND fence = $2",
+                )
+                .bind(lease.workspace.as_str())
+                .bind(lease.fence.0 as i64)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+fn read_queued(body: &str, ws: &WorkspaceId) -> Result<QueuedCommand> {
+    from_json(body, || Resource::Workspace(ws.clone()))
+}
+
+#[async_trait]
+impl CommandQueue for PostgresStore {
+    async fn deliver(
+        &self,
+        workspace: &WorkspaceId,
+        limit: usize,
+        _now: Timestamp,
+    ) -> Result<Vec<QueuedCommand>> {
+        // An idle poll reads and writes nothing else.
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        require_workspace(&mut conn, workspace).await?;
+        let pending: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::BIGINT FROM commands WHERE workspace = $1 AND NOT answered LIMIT 1",
+        )
+        .bind(workspace.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        drop(conn);
+        if pending.is_none() {
+            return Ok(Vec::new());
+        }
+        let ws = workspace.clone();
+        let limit = if limit == 0 {
+            i64::MAX
+        } else {
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        };
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT seq, body FROM commands WHERE workspace = $1 AND NOT answered ORDER BY seq LIMIT $2",
+                )
+                .bind(ws.as_str())
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let mut q = read_queued(r.get("body"), &ws)?;
+                    q.deliveries += 1;
+                    sqlx::query("UPDATE commands SET body = $1 WHERE workspace = $2 AND seq = $3")
+                        .bind(to_json(&q)?)
+                        .bind(ws.as_str())
+                        .bind(r.get::<i64, _>("seq"))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                    out.push(q);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn answer(
+        &self,
+        workspace: &WorkspaceId,
+        result: CommandResult,
+        now: Timestamp,
+    ) -> Result<bool> {
+        result.check()?;
+        let ws = workspace.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &ws).await?;
+                let row = sqlx::query(
+                    "SELECT seq, answered, body FROM commands WHERE workspace = $1 AND id = $2",
+                )
+                .bind(ws.as_str())
+                .bind(result.id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), result.id.clone())))?;
+                if row.get::<bool, _>("answered") {
+                    return Ok(false);
+                }
+                let mut q = read_queued(row.get("body"), &ws)?;
+                q.status = CommandStatus::Answered { result, at: now };
+                sqlx::query(
+                    "UPDATE commands SET answered = TRUE, body = $1 WHERE workspace = $2 AND seq = $3",
+                )
+                .bind(to_json(&q)?)
+                .bind(ws.as_str())
+                .bind(row.get::<i64, _>("seq"))
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn get_command(&self, workspace: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        require_workspace(&mut conn, workspace).await?;
+        let body: String =
+            sqlx::query_scalar("SELECT body FROM commands WHERE workspace = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| Error::NotFound(Resource::Command(workspace.clone(), id.clone())))?;
+        read_queued(&body, workspace)
+    }
+}
+
+#[async_trait]
+impl TokenStore for PostgresStore {
+    async fn put_token(&self, token: BootstrapTokenRecord) -> Result<()> {
+        let body = to_json(&token)?;
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &token.workspace).await?;
+                let hash = token.hash.to_string();
+                let taken: Option<i64> = sqlx::query_scalar("SELECT 1::BIGINT FROM tokens WHERE hash = $1")
+                    .bind(&hash)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                if taken.is_some() {
+                    return Err(Error::AlreadyExists(Resource::BootstrapToken));
+                }
+                sqlx::query("DELETE FROM tokens WHERE workspace = $1 AND NOT consumed")
+                    .bind(token.workspace.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO tokens (hash, workspace, consumed, body) VALUES ($1, $2, FALSE, $3)",
+                )
+                .bind(&hash)
+                .bind(token.workspace.as_str())
+                .bind(body)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn consume(
+        &self,
+        hash: &TokenHash,
+        workspace: &WorkspaceId,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
+        let (hash, ws) = (*hash, workspace.clone());
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let body: String =
+                    sqlx::query_scalar("SELECT body FROM tokens WHERE hash = $1 FOR UPDATE")
+                        .bind(hash.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
+                let mut token: BootstrapTokenRecord =
+                    from_json(&body, || Resource::BootstrapToken)?;
+                if token.workspace != ws {
+                    return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
+                }
+                if let Some(consumed_at) = token.consumed_at {
+                    return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
+                }
+                if now >= token.expires_at {
+                    return Err(Error::TokenRefused(TokenRefusal::Expired {
+                        expired_at: token.expires_at,
+                    }));
+                }
+                token.consumed_at = Some(now);
+                sqlx::query("UPDATE tokens SET consumed = TRUE, body = $1 WHERE hash = $2")
+                    .bind(to_json(&token)?)
+                    .bind(hash.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(token)
+            })
+        })
+        .await
+    }
+}
+
+fn read_credential(body: &str, serial: &str) -> Result<AgentCredential> {
+    from_json(body, || match CertSerial::from_str(serial) {
+        Ok(s) => Resource::Credential(s),
+        Err(_) => Resource::Provider(format!("credential row {serial:?}")),
+    })
+}
+
+#[async_trait]
+impl CredentialStore for PostgresStore {
+    async fn put_credential(&self, credential: AgentCredential) -> Result<()> {
+        let body = to_json(&credential)?;
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &credential.workspace).await?;
+                let taken: Option<i64> =
+                    sqlx::query_scalar("SELECT 1::BIGINT FROM credentials WHERE serial = $1")
+                        .bind(credential.serial.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                if taken.is_some() {
+                    return Err(Error::AlreadyExists(Resource::Credential(
+                        credential.serial,
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO credentials (serial, workspace, body) VALUES ($1, $2, $3)",
+                )
+                .bind(credential.serial.as_str())
+                .bind(credential.workspace.as_str())
+                .bind(body)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential> {
+        let body: String = sqlx::query_scalar("SELECT body FROM credentials WHERE serial = $1")
+            .bind(serial.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        read_credential(&body, serial.as_str())
+    }
+
+    async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        require_workspace(&mut conn, workspace).await?;
+        let rows = sqlx::query(
+            "SELECT serial, body FROM credentials WHERE workspace = $1 ORDER BY serial",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| read_credential(r.get("body"), r.get("serial")))
+            .collect()
+    }
+
+    async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool> {
+        let serial = serial.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let body: String =
+                    sqlx::query_scalar("SELECT body FROM credentials WHERE serial = $1 FOR UPDATE")
+                        .bind(serial.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+                let mut c = read_credential(&body, serial.as_str())?;
+                if c.first_poll_at.is_some() {
+                    return Ok(false);
+                }
+                c.first_poll_at = Some(now);
+                sqlx::query("UPDATE credentials SET body = $1 WHERE serial = $2")
+                    .bind(to_json(&c)?)
+                    .bind(serial.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn revoke_all(
+        &self,
+        workspace: &WorkspaceId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<CertSerial>> {
+        let (ws, reason) = (workspace.clone(), reason.to_owned());
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &ws).await?;
+                let rows = sqlx::query(
+                    "SELECT serial, body FROM credentials WHERE workspace = $1 ORDER BY serial",
+                )
+                .bind(ws.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                let mut revoked = Vec::new();
+                for r in rows {
+                    let mut c = read_credential(r.get("body"), r.get("serial"))?;
+                    if c.revoked.is_some() {
+                        continue;
+                    }
+                    c.revoked = Some(Revocation {
+                        at: now,
+                        reason: reason.clone(),
+                    });
+                    sqlx::query("UPDATE credentials SET body = $1 WHERE serial = $2")
+                        .bind(to_json(&c)?)
+                        .bind(c.serial.as_str())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                    revoked.push(c.serial);
+                }
+                Ok(revoked)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,69 @@
+//! The schema and its versioned migrations.
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// Migration `n` (from 1) takes the schema from version `n - 1` to `n`.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = r#"
+CREATE TABLE workspaces (
+    id        TEXT PRIMARY KEY NOT NULL,
+    revision  BIGINT NOT NULL,
+    tenant    TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    wake_at   BIGINT,
+    record    TEXT NOT NULL
+);
+CREATE INDEX workspaces_by_tenant ON workspaces (tenant, id);
+CREATE INDEX workspaces_by_state ON workspaces (state, id);
+CREATE INDEX workspaces_due ON workspaces (wake_at) WHERE wake_at IS NOT NULL;
+
+CREATE TABLE leases (
+    workspace  TEXT PRIMARY KEY NOT NULL REFERENCES workspaces (id),
+    holder     TEXT NOT NULL,
+    fence      BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    released   BOOLEAN NOT NULL
+);
+
+CREATE TABLE events (
+    workspace TEXT NOT NULL REFERENCES workspaces (id),
+    seq       BIGINT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (workspace, seq)
+);
+
+CREATE TABLE commands (
+    workspace TEXT NOT NULL REFERENCES workspaces (id),
+    seq       BIGINT NOT NULL,
+    id        TEXT NOT NULL,
+    answered  BOOLEAN NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (workspace, seq),
+    UNIQUE (workspace, id)
+);
+CREATE INDEX commands_pending ON commands (workspace, seq) WHERE NOT answered;
+
+CREATE TABLE checkpoints (
+    workspace TEXT NOT NULL REFERENCES workspaces (id),
+    key       TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    PRIMARY KEY (workspace, key)
+);
+
+CREATE TABLE tokens (
+    hash      TEXT PRIMARY KEY NOT NULL,
+    workspace TEXT NOT NULL REFERENCES workspaces (id),
+    consumed  BOOLEAN NOT NULL,
+    body      TEXT NOT NULL
+);
+CREATE INDEX tokens_open ON tokens (workspace) WHERE NOT consumed;
+
+CREATE TABLE credentials (
+    serial    TEXT PRIMARY KEY NOT NULL,
+    workspace TEXT NOT NULL REFERENCES workspaces (id),
+    body      TEXT NOT NULL
+);
+CREATE INDEX credentials_by_workspace ON credentials (workspace, serial);
+"#;
