@@ -119,6 +119,8 @@ pub struct SimulatedAgents {
     agents: Arc<Mutex<HashMap<WorkspaceId, Agent>>>,
     /// Workspaces whose agents stay silent (a network partition).
     unreachable: Arc<Mutex<Vec<WorkspaceId>>>,
+    /// Commands executed by agents that were uninstalled since.
+    retired: Arc<Mutex<HashMap<WorkspaceId, u64>>>,
 }
 
 impl fmt::Debug for SimulatedAgents {
@@ -138,6 +140,7 @@ impl SimulatedAgents {
             handler,
             agents: Arc::default(),
             unreachable: Arc::default(),
+            retired: Arc::default(),
         }
     }
 
@@ -155,10 +158,11 @@ impl SimulatedAgents {
         lock(&self.agents).contains_key(workspace)
     }
 
-    /// How many commands `workspace`'s agent has executed (not counting
-    /// redeliveries it answered from memory).
+    /// How many commands `workspace`'s agents have executed, including agents
+    /// uninstalled since (not counting redeliveries answered from memory).
     pub fn executed(&self, workspace: &WorkspaceId) -> u64 {
-        lock(&self.agents).get(workspace).map_or(0, |a| a.executed)
+        let live = lock(&self.agents).get(workspace).map_or(0, |a| a.executed);
+        live + lock(&self.retired).get(workspace).copied().unwrap_or(0)
     }
 
     /// Forgets every agent's memory of finished commands, as a restarted agent
@@ -326,7 +330,9 @@ impl AgentInstaller for SimulatedAgents {
                 detail: "the cluster's API cannot be reached".into(),
             });
         }
-        lock(&self.agents).remove(workspace);
+        if let Some(agent) = lock(&self.agents).remove(workspace) {
+            *lock(&self.retired).entry(workspace.clone()).or_default() += agent.executed;
+        }
         Ok(Progress::Ready(()))
     }
 }

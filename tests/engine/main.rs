@@ -11,4 +11,5 @@ mod crash;
 mod drive;
 mod driver;
 mod lifecycle;
+mod replicas;
 mod world;

@@ -1,0 +1,271 @@
+//! Several replicas on one PostgreSQL: three engines, each with its own
+//! connection pool, holder name and built-in driver, drive workspaces through
+//! provision → stack deploy → update → destroy with transient faults, while an
+//! audit around the cloud checks that no two lease holders ever execute steps of
+//! one workspace at the same time.
+//!
+//! The replicas share one process (and so one simulated cloud and cluster): the
+//! simulated cloud keeps its state in memory, so separate processes would each see
+//! a different cloud.
+
+#![cfg(feature = "postgres")]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cogrion::providers::postgres::{PostgresOptions, PostgresStore};
+use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
+use cogrion::*;
+
+use crate::world::{api, spec, stack};
+
+/// Records which holder is executing a step of each workspace right now.
+#[derive(Debug, Default)]
+struct Audit {
+    running: Mutex<HashMap<WorkspaceId, String>>,
+    overlaps: Mutex<Vec<String>>,
+    calls: Mutex<u64>,
+}
+
+/// One replica's view of the cloud: every call is attributed to its holder.
+#[derive(Debug)]
+struct Audited {
+    holder: String,
+    inner: SimulatedCloud,
+    audit: Arc<Audit>,
+}
+
+impl Audited {
+    async fn run<T>(&self, ws: &WorkspaceId, f: impl std::future::Future<Output = T>) -> T {
+        {
+            let mut running = self.audit.running.lock().unwrap();
+            if let Some(other) = running.get(ws)
+                && other != &self.holder
+            {
+                self.audit
+                    .overlaps
+                    .lock()
+                    .unwrap()
+                    .push(format!("{ws}: {} while {other}", self.holder));
+            }
+            running.insert(ws.clone(), self.holder.clone());
+            *self.audit.calls.lock().unwrap() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let out = f.await;
+        self.audit.running.lock().unwrap().remove(ws);
+        out
+    }
+}
+
+#[async_trait]
+impl CloudProvisioner for Audited {
+    async fn provision(&self, r: LayerRequest) -> Result<Progress<LayerState>> {
+        let ws = r.workspace.clone();
+        self.run(&ws, self.inner.provision(r)).await
+    }
+    async fn update(&self, r: LayerRequest) -> Result<Progress<LayerState>> {
+        let ws = r.workspace.clone();
+        self.run(&ws, self.inner.update(r)).await
+    }
+    async fn destroy(&self, r: LayerRequest) -> Result<Progress<()>> {
+        let ws = r.workspace.clone();
+        self.run(&ws, self.inner.destroy(r)).await
+    }
+    async fn describe(&self, w: &WorkspaceId, s: &WorkspaceSpec) -> Result<InfraDescription> {
+        self.inner.describe(w, s).await
+    }
+}
+
+async fn count(
+    store: &PostgresStore,
+    prefix: &str,
+    done: impl Fn(&WorkspaceRecord) -> bool,
+) -> usize {
+    let all = store
+        .list_workspaces(&ListQuery::new().limit(100_000))
+        .await
+        .unwrap();
+    all.iter()
+        .filter(|r| r.value.id.as_str().starts_with(prefix) && done(&r.value))
+        .count()
+}
+
+async fn wait_for(
+    store: &PostgresStore,
+    prefix: &str,
+    n: usize,
+    what: &str,
+    done: impl Fn(&WorkspaceRecord) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let got = count(store, prefix, &done).await;
+        if got == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of {n} workspaces reached {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
+    let Ok(server) = std::env::var("COGRION_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("COGRION_REQUIRE_POSTGRES").is_err(),
+            "COGRION_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!(
+            "SKIPPED: COGRION_TEST_POSTGRES_URL is not set (scripts/test.sh starts PostgreSQL)"
+        );
+        return;
+    };
+    let n: usize = std::env::var("COGRION_REPLICA_WORKSPACES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let prefix = format!("r{:x}", std::process::id() % 0xfff);
+    let faults = FaultPlan::transient(7, 0.03);
+    let cloud = SimulatedCloud::builder()
+        .clock(Arc::new(SystemClock))
+        .latency_all(Duration::from_millis(20))
+        .faults(faults.clone())
+        .build();
+    let sim = SimulatedWorld::new(cloud.clone(), faults);
+    let audit = Arc::new(Audit::default());
+
+    let mut engines = Vec::new();
+    let mut drivers = Vec::new();
+    let mut stores = Vec::new();
+    for r in 0..3 {
+        let store = PostgresStore::connect_with(
+            &server,
+            PostgresOptions::default().with_max_connections(6),
+        )
+        .await
+        .unwrap();
+        let holder = format!("replica-{r}");
+        let audited = Arc::new(Audited {
+            holder: holder.clone(),
+            inner: cloud.clone(),
+            audit: audit.clone(),
+        });
+        let engine = sim
+            .engine_builder(Arc::new(store.clone()), Arc::new(SystemClock))
+            .cloud(CloudKind::Simulated, audited)
+            .config(
+                EngineConfig::new(holder.parse().unwrap()).with_retry(RetryPolicy::new(
+                    12,
+                    Duration::from_millis(50),
+                    Duration::from_secs(1),
+                )),
+            )
+            .build()
+            .unwrap();
+        drivers.push(Driver::spawn(
+            engine.clone(),
+            DriverConfig::default()
+                .with_concurrency(8)
+                .with_sweep_interval(Duration::from_millis(100)),
+        ));
+        engines.push(engine);
+        stores.push(store);
+    }
+    // The agents answer through the first engine's gateway; every engine hears
+    // about their polls through the store and its sweeps.
+    sim.attach(&engines[0]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agents = sim.agents.clone();
+    let agent_task = tokio::spawn(async move {
+        agents
+            .run(Duration::from_millis(20), async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let ids: Vec<WorkspaceId> = (0..n)
+        .map(|i| format!("{prefix}-{i}").parse().unwrap())
+        .collect();
+    let store = &stores[0];
+    for (i, id) in ids.iter().enumerate() {
+        engines[i % 3]
+            .create(id.clone(), spec(), api())
+            .await
+            .unwrap();
+    }
+    wait_for(store, &prefix, n, "Active", |r| {
+        r.state == WorkspaceState::Active
+    })
+    .await;
+    for (i, id) in ids.iter().enumerate() {
+        engines[(i + 1) % 3]
+            .deploy_stack(id, stack("web", ExecutorKind::Helm, &[]), api())
+            .await
+            .unwrap();
+    }
+    wait_for(store, &prefix, n, "a deployed stack", |r| {
+        r.stacks
+            .iter()
+            .any(|(_, s)| s.state == StackState::Deployed)
+            && r.operations.is_empty()
+    })
+    .await;
+    let mut bigger = spec();
+    bigger.node_pools[0].size = NodePoolSize::new(1, 3, 5).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        engines[(i + 2) % 3]
+            .update(id, bigger.clone(), api())
+            .await
+            .unwrap();
+    }
+    wait_for(store, &prefix, n, "Active after the update", |r| {
+        r.state == WorkspaceState::Active && r.operations.is_empty()
+    })
+    .await;
+    for (i, id) in ids.iter().enumerate() {
+        engines[i % 3].destroy(id, api()).await.unwrap();
+    }
+    wait_for(store, &prefix, n, "Destroyed", |r| {
+        r.state == WorkspaceState::Destroyed
+    })
+    .await;
+
+    let mut advances = 0;
+    for d in drivers {
+        advances += d.shutdown().await.advances;
+    }
+    let _ = stop.send(());
+    let _ = agent_task.await;
+
+    let overlaps = audit.overlaps.lock().unwrap().clone();
+    assert!(
+        overlaps.is_empty(),
+        "two lease holders executed steps of one workspace at once: {overlaps:?}"
+    );
+    assert!(cloud.duplicates().is_empty(), "{:?}", cloud.duplicates());
+    for id in &ids {
+        assert!(cloud.live_resources(id).is_empty(), "{id} left resources");
+        // Every queued command was delivered and executed exactly once by the agent.
+        let history = engines[0].history(id).await.unwrap();
+        let queued = history
+            .iter()
+            .filter(|e| matches!(e.event.kind, EventKind::CommandQueued { .. }))
+            .count() as u64;
+        assert_eq!(
+            sim.agents.executed(id),
+            queued,
+            "{id}: commands queued vs executed by the agent"
+        );
+    }
+    println!(
+        "replicas: {n} workspaces on 3 engines, {advances} advances, {} audited cloud calls, no overlap",
+        audit.calls.lock().unwrap()
+    );
+}
