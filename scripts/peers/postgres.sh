@@ -5,6 +5,7 @@
 #
 #   scripts/peers/postgres.sh start   # prints the connection URL on stdout
 #   scripts/peers/postgres.sh stop
+#   scripts/peers/postgres.sh crash-restart   # immediate stop, then start
 #
 # Idempotent: starting a running server only prints its URL. Fails loudly if
 # anything cannot be installed or started.
@@ -65,8 +66,17 @@ stop() {
     fi
 }
 
+# Kills the server as a power cut would (no shutdown checkpoint), then starts it
+# again: it recovers from its WAL.
+crash_restart() {
+    log "crash-stopping (immediate) and restarting"
+    pgctl -D "$PGDIR/data" -m immediate -w stop >/dev/null
+    start >/dev/null
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    crash-restart) crash_restart ;;
+    *) echo "usage: $0 start|stop|crash-restart" >&2; exit 2 ;;
 esac

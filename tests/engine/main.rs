@@ -11,5 +11,6 @@ mod crash;
 mod drive;
 mod driver;
 mod lifecycle;
+mod outage;
 mod replicas;
 mod world;

@@ -114,18 +114,31 @@ async fn wait_for(
     }
 }
 
+/// The PostgreSQL tests of this binary take turns: one of them restarts the server.
+pub(crate) static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The test server's URL; `None` (and a printed reason) when it is not configured
+/// outside `scripts/test.sh`, a failure when the script said it would be.
+pub(crate) fn server() -> Option<String> {
+    match std::env::var("COGRION_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("COGRION_REQUIRE_POSTGRES").is_err(),
+                "COGRION_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!(
+                "SKIPPED: COGRION_TEST_POSTGRES_URL is not set (scripts/test.sh starts PostgreSQL)"
+            );
+            None
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
-    let Ok(server) = std::env::var("COGRION_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("COGRION_REQUIRE_POSTGRES").is_err(),
-            "COGRION_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED: COGRION_TEST_POSTGRES_URL is not set (scripts/test.sh starts PostgreSQL)"
-        );
-        return;
-    };
+    let Some(server) = server() else { return };
+    let _turn = SERVER.lock().await;
     let n: usize = std::env::var("COGRION_REPLICA_WORKSPACES")
         .ok()
         .and_then(|s| s.parse().ok())
