@@ -23,6 +23,7 @@ pub mod conformance;
 mod engine;
 mod error;
 mod executor;
+mod group;
 mod ids;
 mod inproc;
 mod memory;
@@ -48,6 +49,7 @@ pub use error::{Error, Resource, Result, Retry, TokenRefusal};
 pub use executor::{
     ExecutionTarget, Executor, ExecutorKind, StackRequest, StackStatus, check_kind,
 };
+pub use group::GroupCommit;
 pub use ids::{
     HolderId, IdempotencyKey, InstanceType, InvalidValue, KubernetesVersion, NetworkCidr,
     NodePoolName, NodePoolSize, Region, StackName, TenantId, WorkspaceId,

@@ -15,3 +15,12 @@ async fn in_memory_store_passes_the_store_suite() {
     // And again on the same (now non-empty) store: the suite isolates itself.
     store_suite(&store).await;
 }
+
+/// The group-commit wrapper keeps every guarantee of the store it wraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_over_the_in_memory_store_passes_the_store_suite() {
+    let store = cogrion::GroupCommit::new(std::sync::Arc::new(InMemoryStore::new()), 64);
+    store_suite(&store).await;
+    let (batches, writes) = store.stats();
+    assert!(batches > 0 && writes >= batches);
+}
