@@ -272,7 +272,11 @@ fn report_sqlite(rt: &Runtime) {
         }
     });
     let raw_batched = (rounds * targets.len()) as f64 / start.elapsed().as_secs_f64();
-    let grouped = rt.block_on(async { Arc::new(GroupCommit::new(open(Durability::Full), 256)) });
+    let inner = open(Durability::Full);
+    let grouped = {
+        let _runtime = rt.enter(); // the wrapper starts its writing task here
+        Arc::new(GroupCommit::new(inner, 256))
+    };
     let b = setup_on(grouped.clone(), true);
     let n = 300;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
