@@ -79,7 +79,7 @@ pub use store::{
     Lease, LeaseStore, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind,
     OperationRecord, PutMode, QueuedCommand, RecordStore, Revision, Revocation, StepRecord,
     StepStatus, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
-    check_lease_ttl, check_write,
+    check_lease_ttl, check_preconditions, check_write,
 };
 pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport};
 

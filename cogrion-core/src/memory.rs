@@ -15,7 +15,7 @@ use crate::store::{
     AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
     Committed, CredentialStore, EventRecord, EventSeq, FencingToken, Lease, LeaseStore, ListQuery,
     PutMode, QueuedCommand, RecordStore, Revision, Revocation, TokenHash, TokenStore, Versioned,
-    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_write,
+    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
 };
 
 const DEFAULT_PAGE: usize = 1000;
@@ -119,39 +119,15 @@ impl Inner {
         let commands = check_write(&write, first_seq)?;
 
         // Check everything before changing anything.
-        match (&write.record, existing) {
-            (Some((_, PutMode::Create)), Some(_)) => {
-                return Err(Error::AlreadyExists(Resource::Workspace(id)));
-            }
-            (Some((_, PutMode::Create)), None) => {
-                if let Some(fence) = write.fence {
-                    return Err(Error::LeaseLost {
-                        workspace: id,
-                        fence: fence.0,
-                    });
-                }
-            }
-            (_, None) => return Err(Error::NotFound(Resource::Workspace(id))),
-            (record, Some(ws)) => {
-                if let Some(fence) = write.fence {
-                    ws.check_fence(fence)?;
-                }
-                if let Some((_, PutMode::Update(expected))) = record
-                    && *expected != ws.revision
-                {
-                    return Err(Error::Conflict {
-                        what: Resource::Workspace(id),
-                        expected: *expected,
-                        found: ws.revision,
-                    });
-                }
-                if let Some(c) = commands
-                    .iter()
-                    .find(|c| ws.command_index.contains_key(&c.id))
-                {
-                    return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
-                }
-            }
+        let live_fence =
+            existing.and_then(|ws| ws.lease.as_ref().filter(|l| !l.released).map(|l| l.fence));
+        check_preconditions(&write, existing.map(|ws| ws.revision), live_fence)?;
+        if let Some(ws) = existing
+            && let Some(c) = commands
+                .iter()
+                .find(|c| ws.command_index.contains_key(&c.id))
+        {
+            return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
         }
 
         let record_written = write.record.is_some();

@@ -987,6 +987,55 @@ pub fn check_write(write: &WorkspaceWrite, first_seq: u64) -> Result<Vec<Command
     Ok(out)
 }
 
+/// The preconditions of a [`WorkspaceWrite`], decided the same way by every store:
+/// a create must find nothing; anything else must find the workspace; a fenced
+/// write must carry the fencing token of the workspace's current, unreleased lease
+/// (`live_fence`, which a store need only look up when the write is fenced); an
+/// update must find exactly the revision it was based on.
+///
+/// `revision` is the stored record's revision, `None` if there is none.
+pub fn check_preconditions(
+    write: &WorkspaceWrite,
+    revision: Option<Revision>,
+    live_fence: Option<FencingToken>,
+) -> Result<()> {
+    use crate::error::{Error, Resource};
+    let id = &write.workspace;
+    match (&write.record, revision) {
+        (Some((_, PutMode::Create)), Some(_)) => {
+            Err(Error::AlreadyExists(Resource::Workspace(id.clone())))
+        }
+        (Some((_, PutMode::Create)), None) => match write.fence {
+            Some(fence) => Err(Error::LeaseLost {
+                workspace: id.clone(),
+                fence: fence.0,
+            }),
+            None => Ok(()),
+        },
+        (_, None) => Err(Error::NotFound(Resource::Workspace(id.clone()))),
+        (record, Some(found)) => {
+            if let Some(fence) = write.fence
+                && live_fence != Some(fence)
+            {
+                return Err(Error::LeaseLost {
+                    workspace: id.clone(),
+                    fence: fence.0,
+                });
+            }
+            match record {
+                Some((_, PutMode::Update(expected))) if *expected != found => {
+                    Err(Error::Conflict {
+                        what: Resource::Workspace(id.clone()),
+                        expected: *expected,
+                        found,
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
 /// Checks a lease's time to live against [`MAX_LEASE_TTL`].
 pub fn check_lease_ttl(ttl: Duration) -> Result<(), InvalidValue> {
     if ttl.is_zero() || ttl > MAX_LEASE_TTL {

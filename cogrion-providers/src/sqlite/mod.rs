@@ -35,7 +35,7 @@ use cogrion_core::{
     Committed, CredentialStore, Error, EventRecord, EventSeq, FencingToken, HolderId, Lease,
     LeaseStore, ListQuery, NewEvent, PutMode, QueuedCommand, RecordStore, Resource, Result,
     Revision, Revocation, Timestamp, TokenHash, TokenRefusal, TokenStore, Versioned, WorkspaceId,
-    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_write,
+    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -333,43 +333,25 @@ async fn apply(conn: &mut SqliteConnection, write: WorkspaceWrite) -> Result<Com
             .await
             .map_err(unavailable)?;
     let commands = check_write(&write, last_command as u64 + 1)?;
-    match (&write.record, existing) {
-        (Some((_, PutMode::Create)), Some(_)) => {
-            return Err(Error::AlreadyExists(Resource::Workspace(id)));
-        }
-        (Some((_, PutMode::Create)), None) => {
-            if let Some(fence) = write.fence {
-                return Err(Error::LeaseLost {
-                    workspace: id,
-                    fence: fence.0,
-                });
-            }
-        }
-        (_, None) => return Err(Error::NotFound(Resource::Workspace(id))),
-        (record, Some(revision)) => {
-            if let Some(fence) = write.fence {
-                check_fence(conn, &id, fence).await?;
-            }
-            if let Some((_, PutMode::Update(expected))) = record
-                && expected.0 as i64 != revision
-            {
-                return Err(Error::Conflict {
-                    what: Resource::Workspace(id),
-                    expected: *expected,
-                    found: Revision(revision as u64),
-                });
-            }
-            for c in &commands {
-                let taken: Option<i64> =
-                    sqlx::query_scalar("SELECT 1 FROM commands WHERE workspace = ? AND id = ?")
-                        .bind(id.as_str())
-                        .bind(c.id.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
-                if taken.is_some() {
-                    return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
-                }
+    let live_fence = match (write.fence, existing) {
+        (Some(_), Some(_)) => lease_row(conn, &id)
+            .await?
+            .filter(|(_, _, _, released)| !released)
+            .map(|(_, fence, _, _)| FencingToken(fence as u64)),
+        _ => None,
+    };
+    check_preconditions(&write, existing.map(|r| Revision(r as u64)), live_fence)?;
+    if existing.is_some() {
+        for c in &commands {
+            let taken: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM commands WHERE workspace = ? AND id = ?")
+                    .bind(id.as_str())
+                    .bind(c.id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            if taken.is_some() {
+                return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
             }
         }
     }
