@@ -101,23 +101,28 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        if !tx
-            .rec
+        // The transaction is complete: take it apart and move its record into
+        // the write.
+        let Tx {
+            rec: mut record,
+            commands,
+            j: journal,
+        } = tx;
+        if !record
             .operations
             .iter()
             .any(|o| o.kind == OperationKind::Provision)
         {
             lock(&self.0.tokens).remove(id);
         }
-        tx.rec.wake_at = next_wake(&tx.rec, now);
-        let changed = tx.rec != original || !tx.j.events.is_empty() || !tx.commands.is_empty();
-        if changed {
-            tx.rec.updated_at = now;
+        record.wake_at = next_wake(&record, now);
+        if record != original || !journal.events.is_empty() || !commands.is_empty() {
+            record.updated_at = now;
+            let queued = !commands.is_empty();
             let mut write =
-                WorkspaceWrite::update(tx.rec.clone(), current.revision, now).fenced(lease.fence);
-            write.events = std::mem::take(&mut tx.j.events);
-            write.commands = std::mem::take(&mut tx.commands);
-            let queued = !write.commands.is_empty();
+                WorkspaceWrite::update(record, current.revision, now).fenced(lease.fence);
+            write.events = journal.events;
+            write.commands = commands;
             match self.0.store.commit(write).await {
                 Ok(_) => {}
                 // A request (or another replica) wrote first: decide again.
@@ -135,7 +140,7 @@ impl Engine {
                 tracing::warn!(workspace = %id, error = %e, "could not notify the agent's transport");
             }
         }
-        self.publish(std::mem::take(&mut tx.j.notices));
+        self.publish(journal.notices);
         let release = match action {
             Action::Done | Action::AwaitAgent { .. } => true,
             Action::WakeAt(t) => t.since(now) > self.0.config.lease_ttl / 2,
