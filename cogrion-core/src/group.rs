@@ -3,21 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use cogrion_agent_proto::{CommandId, CommandResult};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::ids::{HolderId, WorkspaceId};
-use crate::store::{
-    AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, Committed,
-    CredentialStore, EventRecord, EventSeq, FencingToken, Lease, LeaseStore, ListQuery,
-    QueuedCommand, RecordStore, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore,
-    WorkspaceWrite,
-};
+use crate::store::{Committed, WorkspaceStore, WorkspaceWrite};
 
 type Pending = (WorkspaceWrite, oneshot::Sender<Result<Committed>>);
 
@@ -33,7 +23,8 @@ type Pending = (WorkspaceWrite, oneshot::Sender<Result<Committed>>);
 /// Nothing waits on purpose: while one batch is being written, the next gathers,
 /// so a lone writer pays nothing and a crowd shares the cost of a flush.
 ///
-/// Every other method goes straight to the inner store.
+/// Every other method goes straight to the inner store
+/// ([`delegate_store!`](crate::delegate_store)).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -112,120 +103,13 @@ fn gone() -> Error {
     }
 }
 
-#[async_trait]
-impl RecordStore for GroupCommit {
-    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
-        self.inner.get_workspace(id).await
-    }
-    async fn list_workspaces(&self, query: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
-        self.inner.list_workspaces(query).await
-    }
-    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
+impl GroupCommit {
+    /// Queues `write` for the next batch and waits for its outcome.
+    async fn commit_write(&self, write: WorkspaceWrite) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
         self.queue.send((write, reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
-    async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
-        self.inner.commit_batch(writes).await
-    }
-    async fn read_events(
-        &self,
-        id: &WorkspaceId,
-        after: EventSeq,
-        limit: usize,
-    ) -> Result<Vec<EventRecord>> {
-        self.inner.read_events(id, after, limit).await
-    }
-    async fn get_checkpoint(
-        &self,
-        id: &WorkspaceId,
-        key: &CheckpointKey,
-    ) -> Result<Option<serde_json::Value>> {
-        self.inner.get_checkpoint(id, key).await
-    }
-    async fn put_checkpoint(
-        &self,
-        id: &WorkspaceId,
-        key: &CheckpointKey,
-        value: serde_json::Value,
-        fence: FencingToken,
-    ) -> Result<()> {
-        self.inner.put_checkpoint(id, key, value, fence).await
-    }
 }
 
-#[async_trait]
-impl LeaseStore for GroupCommit {
-    async fn acquire(
-        &self,
-        w: &WorkspaceId,
-        h: &HolderId,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Lease> {
-        self.inner.acquire(w, h, ttl, now).await
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.renew(lease, ttl, now).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        self.inner.release(lease).await
-    }
-}
-
-#[async_trait]
-impl CommandQueue for GroupCommit {
-    async fn deliver(
-        &self,
-        w: &WorkspaceId,
-        limit: usize,
-        now: Timestamp,
-    ) -> Result<Vec<QueuedCommand>> {
-        self.inner.deliver(w, limit, now).await
-    }
-    async fn answer(&self, w: &WorkspaceId, result: CommandResult, now: Timestamp) -> Result<bool> {
-        self.inner.answer(w, result, now).await
-    }
-    async fn get_command(&self, w: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand> {
-        self.inner.get_command(w, id).await
-    }
-}
-
-#[async_trait]
-impl TokenStore for GroupCommit {
-    async fn put_token(&self, token: BootstrapTokenRecord) -> Result<()> {
-        self.inner.put_token(token).await
-    }
-    async fn consume(
-        &self,
-        hash: &TokenHash,
-        w: &WorkspaceId,
-        now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
-        self.inner.consume(hash, w, now).await
-    }
-}
-
-#[async_trait]
-impl CredentialStore for GroupCommit {
-    async fn put_credential(&self, c: AgentCredential) -> Result<()> {
-        self.inner.put_credential(c).await
-    }
-    async fn get_credential(&self, s: &CertSerial) -> Result<AgentCredential> {
-        self.inner.get_credential(s).await
-    }
-    async fn list_credentials(&self, w: &WorkspaceId) -> Result<Vec<AgentCredential>> {
-        self.inner.list_credentials(w).await
-    }
-    async fn mark_polled(&self, s: &CertSerial, now: Timestamp) -> Result<bool> {
-        self.inner.mark_polled(s, now).await
-    }
-    async fn revoke_all(
-        &self,
-        w: &WorkspaceId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Vec<CertSerial>> {
-        self.inner.revoke_all(w, reason, now).await
-    }
-}
+crate::delegate_store!(GroupCommit, inner);

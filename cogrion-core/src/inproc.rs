@@ -20,13 +20,10 @@ use crate::agent::{AgentGateway, AgentInstall, AgentInstaller, BootstrapToken};
 use crate::checkpoint::Progress;
 use crate::error::{Error, Result};
 use crate::ids::WorkspaceId;
+use crate::lock;
 use crate::provisioner::ClusterAccess;
 use crate::store::CertSerial;
 use crate::transport::{AgentPresence, AgentTransport};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// An [`AgentTransport`] for agents in the same process: notifications wake the
 /// [`SimulatedAgents`] fleet, and disconnecting drops the agent's session.

@@ -20,6 +20,7 @@ mod checkpoint;
 mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod delegate;
 mod engine;
 mod error;
 mod executor;
@@ -85,3 +86,17 @@ pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport};
 
 /// The wire types shared with the Cluster Agent.
 pub use cogrion_agent_proto as proto;
+
+/// Locks a mutex, carrying on through poisoning: every critical section in this
+/// crate checks before it mutates, so a panic inside one leaves nothing
+/// half-changed.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What [`delegate_store!`] expands to needs; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub use serde_json::Value;
+}

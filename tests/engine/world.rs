@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cogrion::proto::{CommandId, CommandResult};
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedWorld};
 use cogrion::*;
 
@@ -84,15 +82,9 @@ fn crashed() -> Error {
     }
 }
 
-#[async_trait]
-impl RecordStore for CrashStore {
-    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
-        self.inner.get_workspace(id).await
-    }
-    async fn list_workspaces(&self, q: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
-        self.inner.list_workspaces(q).await
-    }
-    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
+impl CrashStore {
+    /// An engine commit, crashing before or after it when told to.
+    async fn commit_write(&self, write: WorkspaceWrite) -> Result<Committed> {
         match self.crash_point(write.fence.is_some()) {
             None => self.inner.commit(write).await,
             Some(CrashPoint::BeforeCommit) => Err(crashed()),
@@ -102,107 +94,9 @@ impl RecordStore for CrashStore {
             }
         }
     }
-    async fn read_events(
-        &self,
-        id: &WorkspaceId,
-        after: EventSeq,
-        limit: usize,
-    ) -> Result<Vec<EventRecord>> {
-        self.inner.read_events(id, after, limit).await
-    }
-    async fn get_checkpoint(
-        &self,
-        id: &WorkspaceId,
-        key: &CheckpointKey,
-    ) -> Result<Option<serde_json::Value>> {
-        self.inner.get_checkpoint(id, key).await
-    }
-    async fn put_checkpoint(
-        &self,
-        id: &WorkspaceId,
-        key: &CheckpointKey,
-        v: serde_json::Value,
-        f: FencingToken,
-    ) -> Result<()> {
-        self.inner.put_checkpoint(id, key, v, f).await
-    }
 }
 
-#[async_trait]
-impl LeaseStore for CrashStore {
-    async fn acquire(
-        &self,
-        w: &WorkspaceId,
-        h: &HolderId,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Lease> {
-        self.inner.acquire(w, h, ttl, now).await
-    }
-    async fn renew(&self, l: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
-        self.inner.renew(l, ttl, now).await
-    }
-    async fn release(&self, l: &Lease) -> Result<()> {
-        self.inner.release(l).await
-    }
-}
-
-#[async_trait]
-impl CommandQueue for CrashStore {
-    async fn deliver(
-        &self,
-        w: &WorkspaceId,
-        limit: usize,
-        now: Timestamp,
-    ) -> Result<Vec<QueuedCommand>> {
-        self.inner.deliver(w, limit, now).await
-    }
-    async fn answer(&self, w: &WorkspaceId, r: CommandResult, now: Timestamp) -> Result<bool> {
-        self.inner.answer(w, r, now).await
-    }
-    async fn get_command(&self, w: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand> {
-        self.inner.get_command(w, id).await
-    }
-}
-
-#[async_trait]
-impl TokenStore for CrashStore {
-    async fn put_token(&self, t: BootstrapTokenRecord) -> Result<()> {
-        self.inner.put_token(t).await
-    }
-    async fn consume(
-        &self,
-        h: &TokenHash,
-        w: &WorkspaceId,
-        now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
-        self.inner.consume(h, w, now).await
-    }
-}
-
-#[async_trait]
-impl CredentialStore for CrashStore {
-    async fn put_credential(&self, c: AgentCredential) -> Result<()> {
-        self.inner.put_credential(c).await
-    }
-    async fn get_credential(&self, s: &CertSerial) -> Result<AgentCredential> {
-        self.inner.get_credential(s).await
-    }
-    async fn list_credentials(&self, w: &WorkspaceId) -> Result<Vec<AgentCredential>> {
-        self.inner.list_credentials(w).await
-    }
-    async fn mark_polled(&self, s: &CertSerial, now: Timestamp) -> Result<bool> {
-        self.inner.mark_polled(s, now).await
-    }
-    async fn revoke_all(
-        &self,
-        w: &WorkspaceId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Vec<CertSerial>> {
-        self.inner.revoke_all(w, reason, now).await
-    }
-}
+cogrion::delegate_store!(CrashStore, inner);
 
 /// Everything one simulated run needs.
 pub struct World {

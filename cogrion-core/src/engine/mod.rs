@@ -63,6 +63,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, ExecutorKind};
 use crate::ids::{HolderId, StackName, WorkspaceId};
+use crate::lock;
 use crate::provisioner::{CloudProvisioner, InfraLayer};
 use crate::spec::{CloudTarget, SpecErrors, SpecProblem, StackSpec, WorkspaceSpec};
 use crate::stack::StackEvent;
@@ -325,10 +326,6 @@ pub struct DestroyPlan {
     pub workspace: WorkspaceId,
     /// The steps, in the order they would run.
     pub steps: Vec<PlannedStep>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Engine {
