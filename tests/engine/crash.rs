@@ -312,32 +312,43 @@ async fn the_lifecycle_survives_a_crash_at_every_commit() {
 /// cloud latency, and sometimes a second engine racing for every step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_runs_with_crashes_faults_and_races_converge() {
-    let first: u64 = std::env::var("COGRION_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let runs: u64 = std::env::var("COGRION_SIM_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let (mut total_crashes, mut raced, mut faulty, mut interrupted) = (0, 0, 0, 0);
-    for seed in first..first + runs {
+    let (first, runs) = seeds();
+    seeded_runs(Backend::Memory, first, runs).await;
+}
+
+/// `COGRION_SIM_SEED` (first seed, default 1) and `COGRION_SIM_RUNS` (how many,
+/// default 200).
+fn seeds() -> (u64, u64) {
+    let var = |name: &str, default| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    (var("COGRION_SIM_SEED", 1), var("COGRION_SIM_RUNS", 200))
+}
+
+/// What one seed decides about its run.
+struct SeedPlan {
+    faults: Option<f64>,
+    latency: Duration,
+    racing: bool,
+    interrupt: Option<(usize, bool)>,
+    crashes: Vec<(usize, CrashPoint)>,
+}
+
+impl SeedPlan {
+    /// The same seed makes the same plan on every store.
+    fn of(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let faults = if rng.random_bool(0.7) {
-            faulty += 1;
-            FaultPlan::transient(seed, rng.random_range(0.02..0.12))
-        } else {
-            FaultPlan::none()
-        };
+        let faults = rng.random_bool(0.7).then(|| rng.random_range(0.02..0.12));
         let latency = Duration::from_millis(rng.random_range(0..4000));
         let racing = rng.random_bool(0.4);
         let interrupt = rng
             .random_bool(0.35)
             .then(|| (rng.random_range(0..8), rng.random_bool(0.5)));
-        interrupted += u64::from(interrupt.is_some());
-        raced += u64::from(racing);
         let crash_rate = rng.random_range(0.0..0.15);
-        let mut crashes: Vec<(usize, CrashPoint)> = Vec::new();
+        let mut crashes = Vec::new();
         for k in 0..400 {
             if rng.random_bool(crash_rate) {
                 let point = if rng.random_bool(0.5) {
@@ -348,16 +359,46 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
                 crashes.push((k, point));
             }
         }
-        let (outcome, _, crashed) = run(seed, faults, latency, racing, crashes, interrupt).await;
+        Self {
+            faults,
+            latency,
+            racing,
+            interrupt,
+            crashes,
+        }
+    }
+}
+
+/// Runs `count` seeds from `first` on `backend`; a failure names its seed.
+async fn seeded_runs(backend: Backend, first: u64, count: u64) {
+    let (mut crashes, mut raced, mut faulty, mut interrupted) = (0, 0, 0, 0);
+    for seed in first..first + count {
+        let plan = SeedPlan::of(seed);
+        faulty += u64::from(plan.faults.is_some());
+        raced += u64::from(plan.racing);
+        interrupted += u64::from(plan.interrupt.is_some());
+        let faults = plan
+            .faults
+            .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
+        let (outcome, _, crashed) = run_on(
+            backend,
+            seed,
+            faults,
+            plan.latency,
+            plan.racing,
+            plan.crashes,
+            plan.interrupt,
+        )
+        .await;
         if let Err(e) = outcome {
             panic!(
-                "seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=1"
+                "{backend:?} seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=1"
             );
         }
-        total_crashes += crashed;
+        crashes += crashed;
     }
     println!(
-        "{runs} seeds from {first}: {total_crashes} crashes, {raced} raced, {faulty} with faults, {interrupted} interrupted"
+        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {interrupted} interrupted"
     );
 }
 
@@ -398,52 +439,10 @@ async fn the_lifecycle_survives_a_crash_at_every_commit_on_sqlite() {
     }
 }
 
-/// Seeded runs on the SQLite store (a quarter as many as in memory, at least 50).
+/// The same seeded plans on the SQLite store (a quarter as many as in memory).
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_runs_converge_on_sqlite() {
-    let first: u64 = std::env::var("COGRION_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let runs: u64 = std::env::var("COGRION_SIM_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    for seed in first..first + (runs / 4).max(50) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let faults = FaultPlan::transient(seed, rng.random_range(0.02..0.12));
-        let racing = rng.random_bool(0.4);
-        let mut crashes = Vec::new();
-        for k in 0..400 {
-            if rng.random_bool(0.08) {
-                crashes.push((
-                    k,
-                    if rng.random_bool(0.5) {
-                        CrashPoint::BeforeCommit
-                    } else {
-                        CrashPoint::AfterCommit
-                    },
-                ));
-            }
-        }
-        let interrupt = rng
-            .random_bool(0.35)
-            .then(|| (rng.random_range(0..8), rng.random_bool(0.5)));
-        let (outcome, _, _) = run_on(
-            Backend::Sqlite,
-            seed,
-            faults,
-            Duration::from_millis(500),
-            racing,
-            crashes,
-            interrupt,
-        )
-        .await;
-        if let Err(e) = outcome {
-            panic!(
-                "sqlite seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=4"
-            );
-        }
-    }
+    let (first, runs) = seeds();
+    seeded_runs(Backend::Sqlite, first, (runs / 4).max(1)).await;
 }
