@@ -49,6 +49,9 @@ struct Tx {
     rec: WorkspaceRecord,
     commands: Vec<NewCommand>,
     j: Journal,
+    /// The awaited agent command's status, as `run_next` read it to decide that
+    /// the step may run; the step uses it instead of reading it again.
+    awaited: Option<CommandStatus>,
 }
 
 impl Tx {
@@ -86,6 +89,7 @@ impl Engine {
         let mut tx = Tx {
             rec: current.value,
             commands: Vec::new(),
+            awaited: None,
             j: Journal::new(
                 Actor::Engine {
                     holder: self.0.config.holder.clone(),
@@ -107,6 +111,7 @@ impl Engine {
             rec: mut record,
             commands,
             j: journal,
+            ..
         } = tx;
         if !record
             .operations
@@ -190,17 +195,17 @@ impl Engine {
                 return Ok(Action::RunAgain);
             };
             let step = &op.steps[j];
+            let mut awaited = None;
             if let Some(command) = &step.command {
-                let answered = matches!(
-                    self.0.store.get_command(&tx.rec.id, command).await?.status,
-                    CommandStatus::Answered { .. }
-                );
-                if !answered && step.deadline.is_none_or(|d| now < d) {
+                let status = self.0.store.get_command(&tx.rec.id, command).await?.status;
+                if status == CommandStatus::Pending && step.deadline.is_none_or(|d| now < d) {
                     continue;
                 }
+                awaited = Some(status);
             } else if op.wake_at.is_some_and(|t| t > now) && step.name != plan::AWAIT_AGENT {
                 continue;
             }
+            tx.awaited = awaited;
             if self.run_step(tx, lease, i, j).await? {
                 return Ok(Action::RunAgain);
             }
@@ -440,7 +445,11 @@ impl Engine {
                     checkpoint,
                 );
                 if let Some(command) = &step.command {
-                    match self.0.store.get_command(&id, command).await?.status {
+                    let status = match tx.awaited.take() {
+                        Some(status) => status,
+                        None => self.0.store.get_command(&id, command).await?.status,
+                    };
+                    match status {
                         CommandStatus::Answered { mut result, .. } => {
                             // The executor sees its own id, without the attempt suffix.
                             result.id = base_command_id(command, step.attempts);
