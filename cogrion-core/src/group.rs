@@ -11,9 +11,9 @@ use crate::store::{Committed, WorkspaceStore, WorkspaceWrite};
 
 type Pending = (WorkspaceWrite, oneshot::Sender<Result<Committed>>);
 
-/// A [`WorkspaceStore`] wrapper that gathers concurrent [`commit`](RecordStore::commit)s
+/// A [`WorkspaceStore`] wrapper that gathers concurrent [`commit`](crate::RecordStore::commit)s
 /// — typically the steps of many workspaces that finish together — and writes
-/// them with one [`commit_batch`](RecordStore::commit_batch) of the inner store:
+/// them with one [`commit_batch`](crate::RecordStore::commit_batch) of the inner store:
 /// one transaction, one flush to disk.
 ///
 /// # Guarantees
