@@ -108,6 +108,16 @@ macro_rules! delegate_store {
             async fn release(&self, lease: &$crate::Lease) -> $crate::Result<()> {
                 self.$inner.release(lease).await
             }
+            async fn claim_due(
+                &self,
+                holder: &$crate::HolderId,
+                ttl: ::std::time::Duration,
+                now: $crate::Timestamp,
+                until: $crate::Timestamp,
+                limit: usize,
+            ) -> $crate::Result<::std::vec::Vec<$crate::Lease>> {
+                self.$inner.claim_due(holder, ttl, now, until, limit).await
+            }
         }
 
         #[$crate::__private::async_trait]

@@ -84,6 +84,52 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Whether `holder` may take the lease now: nobody else holds it live.
+    fn claimable_by(&self, holder: &HolderId, now: Timestamp) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|l| l.released || l.expires_at <= now || &l.holder == holder)
+    }
+
+    /// Grants (or renews) the lease to `holder`, by the rules of
+    /// [`LeaseStore::acquire`].
+    fn grant(&mut self, holder: &HolderId, ttl: Duration, now: Timestamp) -> Result<Lease> {
+        let live = self
+            .lease
+            .as_ref()
+            .filter(|l| !l.released && l.expires_at > now);
+        let fence = match live {
+            Some(l) if &l.holder != holder => {
+                return Err(Error::LeaseHeld {
+                    workspace: self.record.id.clone(),
+                    holder: l.holder.clone(),
+                    expires_at: l.expires_at,
+                    retry_after: l.expires_at.since(now),
+                });
+            }
+            Some(l) => l.fence,
+            None => {
+                self.last_fence += 1;
+                FencingToken(self.last_fence)
+            }
+        };
+        let expires_at = now + ttl;
+        self.lease = Some(LeaseState {
+            holder: holder.clone(),
+            fence,
+            expires_at,
+            released: false,
+        });
+        Ok(Lease {
+            workspace: self.record.id.clone(),
+            holder: holder.clone(),
+            fence,
+            expires_at,
+        })
+    }
+}
+
 impl InMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -277,40 +323,9 @@ impl LeaseStore for InMemoryStore {
         now: Timestamp,
     ) -> Result<Lease> {
         check_lease_ttl(ttl)?;
-        let mut inner = self.lock();
-        let ws = inner.workspace_mut(workspace)?;
-        let live = ws
-            .lease
-            .as_ref()
-            .filter(|l| !l.released && l.expires_at > now);
-        let fence = match live {
-            Some(l) if &l.holder != holder => {
-                return Err(Error::LeaseHeld {
-                    workspace: workspace.clone(),
-                    holder: l.holder.clone(),
-                    expires_at: l.expires_at,
-                    retry_after: l.expires_at.since(now),
-                });
-            }
-            Some(l) => l.fence,
-            None => {
-                ws.last_fence += 1;
-                FencingToken(ws.last_fence)
-            }
-        };
-        let expires_at = now + ttl;
-        ws.lease = Some(LeaseState {
-            holder: holder.clone(),
-            fence,
-            expires_at,
-            released: false,
-        });
-        Ok(Lease {
-            workspace: workspace.clone(),
-            holder: holder.clone(),
-            fence,
-            expires_at,
-        })
+        self.lock()
+            .workspace_mut(workspace)?
+            .grant(holder, ttl, now)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
@@ -335,6 +350,32 @@ impl LeaseStore for InMemoryStore {
             state.released = true;
         }
         Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Lease>> {
+        check_lease_ttl(ttl)?;
+        let mut inner = self.lock();
+        let mut due: Vec<(Timestamp, WorkspaceId)> = inner
+            .workspaces
+            .values()
+            .filter_map(|w| {
+                let at = w.record.wake_at.filter(|at| *at <= until)?;
+                w.claimable_by(holder, now)
+                    .then(|| (at, w.record.id.clone()))
+            })
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        due.into_iter()
+            .map(|(_, id)| inner.workspace_mut(&id)?.grant(holder, ttl, now))
+            .collect()
     }
 }
 

@@ -785,6 +785,14 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 ///   [`LeaseLost`](crate::Error::LeaseLost) otherwise.
 /// - [`release`](Self::release) ends a current lease; releasing a stale one does
 ///   nothing.
+/// - [`claim_due`](Self::claim_due) acquires, in one transaction, the leases of
+///   up to `limit` workspaces that are due (their
+///   [`wake_at`](WorkspaceRecord::wake_at) is at or before `until`) and that no
+///   other holder has a live lease on — earliest due first. Workspaces another
+///   replica is claiming at the same moment are skipped, not waited for
+///   (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so replicas spread the work
+///   instead of contending for it. Each returned lease follows the rules of
+///   `acquire`.
 /// - A TTL of zero or above [`MAX_LEASE_TTL`] is refused with
 ///   [`InvalidValue`](crate::Error::InvalidValue).
 #[async_trait]
@@ -803,6 +811,17 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
 
     /// Gives `lease` up.
     async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Takes the leases of up to `limit` due workspaces nobody else holds (see the
+    /// contract above); an empty answer means there is nothing to claim now.
+    async fn claim_due(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Lease>>;
 }
 
 /// The durable queue of commands for each workspace's agent.

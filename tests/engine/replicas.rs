@@ -2,7 +2,9 @@
 //! connection pool, holder name and built-in driver, drive workspaces through
 //! provision → stack deploy → update → destroy with transient faults, while an
 //! audit around the cloud checks that no two lease holders ever execute steps of
-//! one workspace at the same time.
+//! one workspace at the same time. Requests come in through a fourth, driverless
+//! engine, so the drivers find all their work by claiming due workspaces
+//! (`FOR UPDATE SKIP LOCKED`), and the test checks the claims spread it.
 //!
 //! The replicas share one process (and so one simulated cloud and cluster): the
 //! simulated cloud keeps its state in memory, so separate processes would each see
@@ -10,7 +12,7 @@
 
 #![cfg(feature = "postgres")]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,8 @@ struct Audit {
     running: Mutex<HashMap<WorkspaceId, String>>,
     overlaps: Mutex<Vec<String>>,
     calls: Mutex<u64>,
+    /// The workspaces each holder executed cloud steps for.
+    by_holder: Mutex<HashMap<String, HashSet<WorkspaceId>>>,
 }
 
 /// One replica's view of the cloud: every call is attributed to its holder.
@@ -52,6 +56,13 @@ impl Audited {
             }
             running.insert(ws.clone(), self.holder.clone());
             *self.audit.calls.lock().unwrap() += 1;
+            self.audit
+                .by_holder
+                .lock()
+                .unwrap()
+                .entry(self.holder.clone())
+                .or_default()
+                .insert(ws.clone());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
         let out = f.await;
@@ -190,6 +201,14 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
         engines.push(engine);
         stores.push(store);
     }
+    // Requests arrive through a front replica that drives nothing (an API
+    // server): the three drivers find every workspace by claiming due ones from
+    // the store, so how the work spreads is the claims' doing.
+    let front = sim
+        .engine_builder(Arc::new(stores[0].clone()), Arc::new(SystemClock))
+        .config(EngineConfig::new("front".parse().unwrap()))
+        .build()
+        .unwrap();
     // The agents answer through the first engine's gateway; every engine hears
     // about their polls through the store and its sweeps.
     sim.attach(&engines[0]);
@@ -207,18 +226,15 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
         .map(|i| format!("{prefix}-{i}").parse().unwrap())
         .collect();
     let store = &stores[0];
-    for (i, id) in ids.iter().enumerate() {
-        engines[i % 3]
-            .create(id.clone(), spec(), api())
-            .await
-            .unwrap();
+    for id in &ids {
+        front.create(id.clone(), spec(), api()).await.unwrap();
     }
     wait_for(store, &prefix, n, "Active", |r| {
         r.state == WorkspaceState::Active
     })
     .await;
-    for (i, id) in ids.iter().enumerate() {
-        engines[(i + 1) % 3]
+    for id in &ids {
+        front
             .deploy_stack(id, stack("web", ExecutorKind::Helm, &[]), api())
             .await
             .unwrap();
@@ -232,18 +248,15 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
     .await;
     let mut bigger = spec();
     bigger.node_pools[0].size = NodePoolSize::new(1, 3, 5).unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        engines[(i + 2) % 3]
-            .update(id, bigger.clone(), api())
-            .await
-            .unwrap();
+    for id in &ids {
+        front.update(id, bigger.clone(), api()).await.unwrap();
     }
     wait_for(store, &prefix, n, "Active after the update", |r| {
         r.state == WorkspaceState::Active && r.operations.is_empty()
     })
     .await;
-    for (i, id) in ids.iter().enumerate() {
-        engines[i % 3].destroy(id, api()).await.unwrap();
+    for id in &ids {
+        front.destroy(id, api()).await.unwrap();
     }
     wait_for(store, &prefix, n, "Destroyed", |r| {
         r.state == WorkspaceState::Destroyed
@@ -263,6 +276,26 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
         "two lease holders executed steps of one workspace at once: {overlaps:?}"
     );
     assert!(cloud.duplicates().is_empty(), "{:?}", cloud.duplicates());
+    let spread: Vec<(String, usize)> = {
+        let by_holder = audit.by_holder.lock().unwrap();
+        let mut v: Vec<_> = by_holder
+            .iter()
+            .map(|(h, w)| (h.clone(), w.len()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        spread.len(),
+        3,
+        "every replica executed cloud steps: {spread:?}"
+    );
+    for (holder, count) in &spread {
+        assert!(
+            *count >= n / 10,
+            "{holder} executed steps of only {count} of {n} workspaces: claims did not spread the work ({spread:?})"
+        );
+    }
     for id in &ids {
         assert!(cloud.live_resources(id).is_empty(), "{id} left resources");
         // Every queued command was delivered and executed exactly once by the agent.
@@ -278,7 +311,8 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
         );
     }
     println!(
-        "replicas: {n} workspaces on 3 engines, {advances} advances, {} audited cloud calls, no overlap",
+        "replicas: {n} workspaces on 3 engines, {advances} advances, {} audited cloud calls, no overlap; \
+         workspaces with cloud steps per replica: {spread:?}",
         audit.calls.lock().unwrap()
     );
 }

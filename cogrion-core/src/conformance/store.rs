@@ -42,6 +42,8 @@ macro_rules! expect_err {
 /// - history: gapless sequence numbers in commit order, paging;
 /// - leases: exclusivity, expiry, renewal, release, strictly increasing fencing
 ///   tokens, and fenced writes refused after the lease moved on;
+/// - bulk claims of due workspaces: earliest due first, up to the limit, never a
+///   workspace another holder has live, disjoint between concurrent claimers;
 /// - checkpoints: fenced writes, read back;
 /// - the command queue: ordered at-least-once delivery until answered, first
 ///   answer kept, per-workspace isolation, duplicate and oversized commands
@@ -59,6 +61,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     batch_commits(store).await;
     history(store).await;
     leases(store).await;
+    claims(store).await;
     fencing(store).await;
     checkpoints(store).await;
     command_queue(store).await;
@@ -663,6 +666,201 @@ async fn leases(store: &dyn WorkspaceStore) {
         results
             .iter()
             .all(|r| r.is_ok() || matches!(r, Err(Error::LeaseHeld { .. })))
+    );
+}
+
+/// Long before any other case's due times, so only this case's workspaces are
+/// due by then (the suite may run on a database shared with other runs).
+const EARLY: Timestamp = Timestamp::from_millis(1_000_000_000_000);
+
+async fn create_due(
+    store: &dyn WorkspaceStore,
+    prefix: &str,
+    due: Option<Duration>,
+) -> WorkspaceId {
+    let id = random_workspace_id(prefix);
+    let mut rec = record(&id);
+    rec.wake_at = due.map(|d| EARLY + d);
+    store
+        .commit(WorkspaceWrite::create(rec, T0))
+        .await
+        .unwrap_or_else(|e| panic!("creating workspace {id}: {e}"));
+    id
+}
+
+/// Takes the workspaces out of every later claim (a run leaves nothing due).
+async fn undue(store: &dyn WorkspaceStore, ids: &[WorkspaceId]) {
+    for id in ids {
+        let current = store.get_workspace(id).await.expect("read");
+        let mut rec = current.value;
+        rec.wake_at = None;
+        store
+            .commit(WorkspaceWrite::update(rec, current.revision, T0))
+            .await
+            .expect("clearing wake_at");
+    }
+}
+
+async fn claims(store: &dyn WorkspaceStore) {
+    let secs = Duration::from_secs;
+    let (r1, r2) = (holder("claimer-1"), holder("claimer-2"));
+    let a = create_due(store, "claim", Some(secs(1))).await;
+    let b = create_due(store, "claim", Some(secs(2))).await;
+    let c = create_due(store, "claim", Some(secs(3))).await;
+    let later = create_due(store, "claim", Some(secs(100))).await;
+    let never = create_due(store, "claim", None).await;
+    let until = EARLY + secs(10);
+    let now = EARLY + secs(10);
+    let sorted = |v: Vec<crate::Lease>| {
+        let mut v: Vec<_> = v.into_iter().map(|l| (l.workspace.clone(), l)).collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    let names =
+        |v: &[(WorkspaceId, crate::Lease)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    let mut first_two = vec![a.clone(), b.clone()];
+    first_two.sort();
+
+    expect_err!(
+        store.claim_due(&r1, Duration::ZERO, now, until, 10).await,
+        Error::InvalidValue(_),
+        "a claim with a zero TTL"
+    );
+    let mine = sorted(
+        store
+            .claim_due(&r1, TTL, now, until, 2)
+            .await
+            .expect("claim"),
+    );
+    assert_eq!(
+        names(&mine),
+        first_two,
+        "a claim takes the earliest due first, up to the limit"
+    );
+    for (_, l) in &mine {
+        assert_eq!(l.holder, r1);
+        assert_eq!(l.expires_at, now + TTL, "a claimed lease lasts the TTL");
+    }
+    expect_err!(
+        store.acquire(&a, &r2, TTL, now).await,
+        Error::LeaseHeld { .. },
+        "acquiring a workspace another holder claimed"
+    );
+    let theirs = sorted(
+        store
+            .claim_due(&r2, TTL, now, until, 10)
+            .await
+            .expect("claim"),
+    );
+    assert_eq!(
+        names(&theirs),
+        vec![c.clone()],
+        "a claim skips what others hold live, and what is not due (or never due)"
+    );
+    // Claiming again renews one's own leases and keeps their tokens.
+    let again = sorted(
+        store
+            .claim_due(&r1, TTL, now + secs(5), until, 10)
+            .await
+            .expect("claim"),
+    );
+    assert_eq!(
+        names(&again),
+        first_two,
+        "a holder claims its own leases again"
+    );
+    for ((_, old), (_, new)) in mine.iter().zip(&again) {
+        assert_eq!(old.fence, new.fence, "re-claiming keeps the fencing token");
+        assert_eq!(new.expires_at, now + secs(5) + TTL);
+    }
+    // Once they expire, another holder takes them over with greater tokens, and
+    // the first holder's fenced writes are refused.
+    let late = now + secs(5) + TTL + secs(1);
+    let taken = sorted(
+        store
+            .claim_due(&r2, TTL, late, until, 10)
+            .await
+            .expect("claim"),
+    );
+    let mut all_three = vec![a.clone(), b.clone(), c.clone()];
+    all_three.sort();
+    assert_eq!(names(&taken), all_three, "expired leases are claimable");
+    for (id, old) in &again {
+        let new = &taken.iter().find(|(t, _)| t == id).expect("taken").1;
+        assert!(
+            new.fence > old.fence,
+            "a takeover by claim gets a greater token"
+        );
+        expect_err!(
+            store
+                .commit(
+                    WorkspaceWrite::new(id.clone(), late)
+                        .event(event("stale"))
+                        .fenced(old.fence)
+                )
+                .await,
+            Error::LeaseLost { .. },
+            "a write fenced by a lease taken over by a claim"
+        );
+    }
+    // A released lease is claimable at once.
+    let (_, lc) = taken.iter().find(|(t, _)| t == &c).expect("c");
+    store.release(lc).await.expect("release");
+    let after_release = store
+        .claim_due(&r1, TTL, late, until, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        after_release
+            .iter()
+            .map(|l| l.workspace.clone())
+            .collect::<Vec<_>>(),
+        vec![c.clone()],
+        "a released lease is claimable"
+    );
+    assert!(after_release[0].fence > lc.fence);
+    undue(store, &[a, b, c, later, never]).await;
+
+    // Concurrent claimers never get the same workspace, and together they get
+    // every due one.
+    let mut due = Vec::new();
+    for i in 0..12 {
+        due.push(create_due(store, "claim", Some(secs(20 + i))).await);
+    }
+    due.sort();
+    let claimers: Vec<HolderId> = (0..4).map(|i| holder(&format!("claimer-c{i}"))).collect();
+    let n = due.len();
+    let results = join_all(claimers.iter().map(|h| async move {
+        store
+            .claim_due(h, TTL, now, EARLY + secs(60), n)
+            .await
+            .expect("claim")
+            .into_iter()
+            .map(|l| l.workspace)
+            .collect::<Vec<_>>()
+    }))
+    .await;
+    let mut union: Vec<WorkspaceId> = results.iter().flatten().cloned().collect();
+    union.sort();
+    let total = union.len();
+    union.dedup();
+    assert_eq!(
+        total,
+        union.len(),
+        "two concurrent claimers got the same workspace"
+    );
+    assert_eq!(
+        union, due,
+        "concurrent claimers together took every due workspace"
+    );
+    undue(store, &due).await;
+    assert!(
+        store
+            .claim_due(&r1, TTL, late + TTL * 4, EARLY + secs(1000), 100)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a workspace whose wake_at is cleared is not claimed"
     );
 }
 

@@ -11,7 +11,6 @@ use super::{Action, Engine};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::ids::WorkspaceId;
-use crate::store::ListQuery;
 
 /// Settings of the [`Driver`].
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +137,10 @@ struct Loop {
     tasks: JoinSet<(WorkspaceId, Result<Action, Error>)>,
     /// Which workspace each task advances, so a panicking task can be accounted.
     task_workspace: std::collections::HashMap<tokio::task::Id, WorkspaceId>,
+    /// The last sweep's claim came back full: claim again when the queue runs low.
+    more_due: bool,
+    /// The due time of the last sweep, for those follow-up claims.
+    sweep_until: Timestamp,
     stats: DriverStats,
 }
 
@@ -154,6 +157,8 @@ impl Loop {
             timer_of: Default::default(),
             tasks: JoinSet::new(),
             task_workspace: Default::default(),
+            more_due: false,
+            sweep_until: Timestamp::EPOCH,
             stats: DriverStats::default(),
         }
     }
@@ -249,26 +254,29 @@ impl Loop {
         }
     }
 
-    /// Wakes the workspaces due by `until` (the first sweep after start wakes
-    /// every workspace with work pending, whenever it is due).
+    /// Claims workspaces due by `until` (the first sweep after start claims
+    /// every workspace with work pending, whenever it is due) and wakes them. It
+    /// claims only what it can start soon — up to twice the concurrency, minus
+    /// what is already queued or running — so replicas spread the work; when a
+    /// claim comes back full, more is claimed as soon as the queue runs low.
     async fn sweep(&mut self, until: Timestamp) {
-        let mut query = ListQuery::new().due_at(until).limit(1000);
-        loop {
-            match self.engine.store().list_workspaces(&query).await {
-                Ok(page) => {
-                    let last = page.last().map(|r| r.value.id.clone());
-                    for r in page {
-                        self.wake(r.value.id);
-                    }
-                    match last {
-                        Some(id) => query.after = Some(id),
-                        None => return,
-                    }
+        self.sweep_until = until;
+        let want =
+            (2 * self.config.concurrency).saturating_sub(self.ready.len() + self.running.len());
+        if want == 0 {
+            self.more_due = true;
+            return;
+        }
+        match self.engine.claim_due(until, want).await {
+            Ok(ids) => {
+                self.more_due = ids.len() == want;
+                for id in ids {
+                    self.wake(id);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweeping for due workspaces failed");
-                    return;
-                }
+            }
+            Err(e) => {
+                self.more_due = false;
+                tracing::warn!(error = %e, "claiming due workspaces failed");
             }
         }
     }
@@ -284,6 +292,9 @@ impl Loop {
         let mut first_sweep = true;
         loop {
             self.fire_timers();
+            if self.more_due && self.ready.len() < self.config.concurrency {
+                self.sweep(self.sweep_until).await;
+            }
             self.start_ready();
             let next_timer = self
                 .timers
@@ -333,6 +344,8 @@ impl Loop {
                 }
             }
         }
+        // Another process can take these workspaces over now, not in a lease TTL.
+        self.engine.release_leases().await;
         self.stats
     }
 }

@@ -160,6 +160,52 @@ impl Engine {
         Ok(action)
     }
 
+    /// Claims, in one store transaction, the leases of up to `limit` workspaces
+    /// due by `until` that no other replica holds (see
+    /// [`LeaseStore::claim_due`](crate::LeaseStore::claim_due)), keeps them for the
+    /// following [`advance`](Self::advance) calls, and returns their ids —
+    /// earliest due first. Hosts with their own scheduler call this to find work;
+    /// the [`Driver`](crate::Driver) does.
+    pub async fn claim_due(&self, until: Timestamp, limit: usize) -> Result<Vec<WorkspaceId>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let leases = self
+            .0
+            .store
+            .claim_due(
+                &self.0.config.holder,
+                self.0.config.lease_ttl,
+                self.0.clock.now(),
+                until,
+                limit,
+            )
+            .await?;
+        let mut cache = lock(&self.0.leases);
+        Ok(leases
+            .into_iter()
+            .map(|l| {
+                let id = l.workspace.clone();
+                cache.insert(id.clone(), l);
+                id
+            })
+            .collect())
+    }
+
+    /// Gives up every lease this engine keeps between steps, so that another
+    /// process can take its workspaces over at once instead of after the leases
+    /// expire. Call it when the process stops driving (the
+    /// [`Driver`](crate::Driver) does on shutdown); a lease that cannot be
+    /// released expires by itself.
+    pub async fn release_leases(&self) {
+        let leases: Vec<Lease> = lock(&self.0.leases).drain().map(|(_, l)| l).collect();
+        for lease in leases {
+            if let Err(e) = self.0.store.release(&lease).await {
+                tracing::warn!(workspace = %lease.workspace, error = %e, "could not release the lease; it expires by itself");
+            }
+        }
+    }
+
     /// The workspace's lease: reused while comfortably valid, else acquired (or
     /// renewed) in the store.
     async fn lease(&self, id: &WorkspaceId, now: Timestamp) -> Result<Lease> {

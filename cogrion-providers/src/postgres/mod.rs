@@ -665,6 +665,82 @@ impl LeaseStore for PostgresStore {
         })
         .await
     }
+
+    async fn claim_due(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Lease>> {
+        check_lease_ttl(ttl)?;
+        let owner = holder.clone();
+        let holder = holder.clone();
+        let expires_at = now + ttl;
+        let rows = self
+            .write_tx(move |conn| {
+                let holder = holder.clone();
+                Box::pin(async move {
+                    // First lock the due rows nobody else holds, skipping those
+                    // another replica is locking right now (every lease change
+                    // locks its workspace row first). The filter on leases here
+                    // reads this statement's snapshot, so it only narrows the
+                    // candidates...
+                    let ids: Vec<String> = sqlx::query_scalar(
+                        "SELECT w.id FROM workspaces w \
+                         WHERE w.wake_at IS NOT NULL AND w.wake_at <= $1 \
+                           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.workspace = w.id \
+                               AND NOT l.released AND l.expires_at > $2 AND l.holder <> $3) \
+                         ORDER BY w.wake_at, w.id LIMIT $4 \
+                         FOR UPDATE OF w SKIP LOCKED",
+                    )
+                    .bind(millis(until))
+                    .bind(millis(now))
+                    .bind(holder.as_str())
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                    if ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    // ...then, with the rows locked, a new statement (a fresh
+                    // snapshot) grants the leases that are still free.
+                    sqlx::query(
+                        "INSERT INTO leases (workspace, holder, fence, expires_at, released) \
+                         SELECT c.id, $2, CASE WHEN l.workspace IS NULL THEN 1 \
+                             WHEN NOT l.released AND l.expires_at > $3 THEN l.fence ELSE l.fence + 1 END, $4, FALSE \
+                         FROM unnest($1::text[]) AS c(id) LEFT JOIN leases l ON l.workspace = c.id \
+                         WHERE l.workspace IS NULL OR l.released OR l.expires_at <= $3 OR l.holder = $2 \
+                         ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+                         expires_at = excluded.expires_at, released = FALSE \
+                         RETURNING workspace, fence",
+                    )
+                    .bind(&ids)
+                    .bind(holder.as_str())
+                    .bind(millis(now))
+                    .bind(millis(expires_at))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(unavailable)
+                })
+            })
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let ws: String = r.get("workspace");
+                let workspace =
+                    WorkspaceId::new(ws.clone()).map_err(|e| corrupt(ws_resource(&ws), e))?;
+                Ok(Lease {
+                    workspace,
+                    holder: owner.clone(),
+                    fence: FencingToken(r.get::<i64, _>("fence") as u64),
+                    expires_at,
+                })
+            })
+            .collect()
+    }
 }
 
 fn read_queued(body: &str, ws: &WorkspaceId) -> Result<QueuedCommand> {

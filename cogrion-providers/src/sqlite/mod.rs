@@ -714,6 +714,62 @@ impl LeaseStore for SqliteStore {
         })
         .await
     }
+
+    async fn claim_due(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Lease>> {
+        check_lease_ttl(ttl)?;
+        let owner = holder.clone();
+        let holder = holder.clone();
+        let expires_at = now + ttl;
+        // One writer: the statement that picks the due workspaces also grants
+        // their leases, inside the writer's transaction.
+        let rows = self
+            .write_tx(move |conn| {
+                let holder = holder.clone();
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO leases (workspace, holder, fence, expires_at, released) \
+                         SELECT w.id, ?1, CASE WHEN l.workspace IS NULL THEN 1 \
+                             WHEN l.released = 0 AND l.expires_at > ?2 THEN l.fence ELSE l.fence + 1 END, ?3, 0 \
+                         FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id \
+                         WHERE w.wake_at IS NOT NULL AND w.wake_at <= ?4 \
+                           AND (l.workspace IS NULL OR l.released <> 0 OR l.expires_at <= ?2 OR l.holder = ?1) \
+                         ORDER BY w.wake_at, w.id LIMIT ?5 \
+                         ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+                         expires_at = excluded.expires_at, released = 0 \
+                         RETURNING workspace, fence",
+                    )
+                    .bind(holder.as_str())
+                    .bind(millis(now))
+                    .bind(millis(expires_at))
+                    .bind(millis(until))
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(unavailable)
+                })
+            })
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let ws: String = r.get("workspace");
+                let workspace =
+                    WorkspaceId::new(ws.clone()).map_err(|e| corrupt(ws_resource(&ws), e))?;
+                Ok(Lease {
+                    workspace,
+                    holder: owner.clone(),
+                    fence: FencingToken(r.get::<i64, _>("fence") as u64),
+                    expires_at,
+                })
+            })
+            .collect()
+    }
 }
 
 fn read_queued(body: &str, ws: &WorkspaceId) -> Result<QueuedCommand> {
