@@ -2,6 +2,9 @@
 //!
 //! The store is a SQLite file (`cogrion-quickstart.db`, or `$COGRION_QUICKSTART_DB`):
 //! run it twice and the second run lists the first one's workspace and history.
+//! Stop it (Ctrl-C) while the cloud infrastructure is being built and run it
+//! again: it resumes that workspace at the step where it stopped, on the
+//! resources the simulated cloud kept in `cogrion-quickstart.db.cloud.json`.
 //! A simulated cloud with realistic (shortened) latency stands in for EKS / GKE /
 //! AKS, simulated Cluster Agents answer over an in-process transport, and the
 //! built-in driver runs the lifecycle engine. Watch it create a workspace, deploy
@@ -164,14 +167,29 @@ async fn main() -> Result<()> {
             );
         }
     }
+    // The simulated cloud keeps its resources next to the database, so that a
+    // run stopped mid-provision finds them again, as it would on a real cloud.
+    let cloud_file = format!("{path}.cloud.json");
     let cloud = SimulatedCloud::builder()
         .clock(clock.clone())
         .latency(InfraLayer::Network, Duration::from_millis(1200))
         .latency(InfraLayer::Cluster, Duration::from_millis(3500))
         .latency(InfraLayer::NodePools, Duration::from_millis(2000))
-        .build();
+        .build_persistent(&cloud_file)
+        .map_err(|e| Error::Unavailable {
+            service: "simulated cloud".into(),
+            detail: e.to_string(),
+        })?;
     let world = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
-    let engine = world.engine(store, clock, EngineConfig::new("quickstart".parse()?))?;
+    // Short deadlines suit a demo: the simulated agents answer in milliseconds,
+    // and a leftover workspace whose agent died with an earlier run has its
+    // in-cluster teardown skipped (the history says so) after 5 s, not 10 min.
+    let config = EngineConfig::new("quickstart".parse()?).with_deadlines(
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    let engine = world.engine(store, clock, config)?;
     let agents = world.agents.clone();
 
     let progress = tokio::spawn(show_progress(engine.clone(), started));
@@ -194,31 +212,75 @@ async fn main() -> Result<()> {
     let actor = Actor::Api {
         principal: "platform-team".into(),
     };
-    // A run that was stopped part-way left its workspace in flight. The simulated
-    // cloud lived in that process, so its resources are gone: destroying the
-    // leftover converges on nothing to delete.
+    // A run that was stopped part-way left its workspace in flight. One stopped
+    // while its cloud infrastructure was being built is resumed where it stopped:
+    // the store has its operation and checkpoints, the cloud file its resources.
+    // The simulated Cluster Agent, though, lived inside the stopped process (the
+    // real one runs in the cluster and outlives it), so a workspace stopped after
+    // its agent was installed, or later in the tour, is destroyed instead.
+    let mut resumed = None;
     for w in earlier
         .iter()
         .filter(|w| w.value.state != WorkspaceState::Destroyed)
     {
+        let id = &w.value.id;
+        let provisioning = w
+            .value
+            .operations
+            .iter()
+            .find(|o| o.kind == OperationKind::Provision);
+        let agent_installed = provisioning.is_some_and(|o| {
+            o.steps
+                .iter()
+                .any(|s| s.name == "install-agent" && s.is_finished())
+        });
+        if resumed.is_none() && provisioning.is_some() && !agent_installed {
+            let done: Vec<&str> = provisioning
+                .into_iter()
+                .flat_map(|o| &o.steps)
+                .filter(|s| s.is_finished())
+                .map(|s| s.name.as_str())
+                .collect();
+            println!(
+                "Resuming {id}, stopped mid-provision by an earlier run (steps already done: {}; cloud resources found: {})…",
+                if done.is_empty() { "none".into() } else { done.join(", ") },
+                cloud.live_resources(id).len()
+            );
+            resumed = Some(id.clone());
+            continue;
+        }
         println!(
-            "Destroying {} left {} by an earlier run…",
-            w.value.id,
+            "Destroying {id} left {} by an earlier run…",
             w.value.state.name()
         );
         if w.value.state != WorkspaceState::Destroying {
-            engine.destroy(&w.value.id, actor.clone()).await?;
+            engine.destroy(id, actor.clone()).await?;
         }
-        wait_for(&engine, &w.value.id, "cleanup", |r| {
+        match wait_for(&engine, id, "cleanup", |r| {
             r.state == WorkspaceState::Destroyed
         })
-        .await?;
+        .await
+        {
+            Ok(_) => {}
+            // Planned by an earlier run with longer deadlines: it finishes in
+            // the background, or in a later run.
+            Err(Error::Unavailable { .. }) => {
+                println!("    {id} is still being destroyed; carrying on without it")
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let id: WorkspaceId = format!("acme-{}", earlier.len() + 1).parse()?;
-    println!("Creating workspace {id} on the simulated cloud…");
-    engine
-        .create(id.clone(), WorkspaceSpec::from_json(SPEC)?, actor.clone())
-        .await?;
+    let id = match resumed {
+        Some(id) => id,
+        None => {
+            let id: WorkspaceId = format!("acme-{}", earlier.len() + 1).parse()?;
+            println!("Creating workspace {id} on the simulated cloud…");
+            engine
+                .create(id.clone(), WorkspaceSpec::from_json(SPEC)?, actor.clone())
+                .await?;
+            id
+        }
+    };
     wait_for(&engine, &id, "provisioning", |r| {
         r.state == WorkspaceState::Active
     })
@@ -302,10 +364,11 @@ async fn main() -> Result<()> {
         );
     }
     println!(
-        "\nDone in {:.1}s: {} engine steps, cloud resources left: {}.",
+        "\nDone in {:.1}s: {} engine steps, cloud resources left: {}, duplicated cloud resources ever: {}.",
         started.elapsed().as_secs_f32(),
         stats.advances,
-        cloud.all_live()
+        cloud.all_live(),
+        cloud.duplicates().len()
     );
     Ok(())
 }

@@ -177,8 +177,26 @@ impl SimulatedCloudBuilder {
 
     /// The cloud.
     pub fn build(self) -> SimulatedCloud {
-        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let api = CloudApi::new(clock);
+        let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        self.finish(CloudApi::new(clock))
+    }
+
+    /// The cloud, with its resources kept in the file at `path` so that they
+    /// outlive the process (see [`CloudApi::persistent`]): what the quickstart
+    /// uses so that a run stopped mid-provision resumes on the resources it had
+    /// created.
+    ///
+    /// # Errors
+    /// The file cannot be read, or holds something else.
+    pub fn build_persistent(
+        self,
+        path: impl Into<std::path::PathBuf>,
+    ) -> std::io::Result<SimulatedCloud> {
+        let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        Ok(self.finish(CloudApi::persistent(clock, path)?))
+    }
+
+    fn finish(self, api: CloudApi) -> SimulatedCloud {
         for (layer, latency) in self.latency {
             api.set_latency(layer, latency);
         }

@@ -11,13 +11,15 @@ use std::time::Duration;
 use crate::clock::{Clock, Timestamp};
 use crate::ids::WorkspaceId;
 use crate::provisioner::{CloudResource, InfraLayer};
+use serde::{Deserialize, Serialize};
 
 /// A resource's attributes (`cidr`, `version`, `desired_size`, …).
 pub type Attributes = BTreeMap<String, String>;
 
 /// The id the fake cloud gives a resource when it creates it (`vpc-0000002a`).
 /// Ids are never reused.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct ResourceId(String);
 
 impl ResourceId {
@@ -41,7 +43,7 @@ impl fmt::Display for ResourceId {
 /// The tags the fake cloud keeps on every resource: which workspace and layer it
 /// belongs to and the name its creator chose. Together they are the resource's
 /// *intent*; the cloud does not stop two resources from sharing one.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourceTags {
     /// The workspace.
     pub workspace: WorkspaceId,
@@ -249,6 +251,18 @@ impl ApiCallCounts {
 pub struct CloudApi {
     clock: Arc<dyn Clock>,
     inner: Arc<Mutex<ApiState>>,
+    /// Where the resources are saved after every change, for a cloud that
+    /// outlives its process ([`persistent`](Self::persistent)).
+    file: Option<Arc<std::path::PathBuf>>,
+}
+
+/// What a persistent cloud keeps in its file: the resources (deleted ones too,
+/// for the audit), the id counter and the duplicates found so far.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    next_serial: u64,
+    resources: Vec<Record>,
+    duplicates: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -263,7 +277,7 @@ struct ApiState {
     duplicates: BTreeSet<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     id: ResourceId,
     kind: String,
@@ -330,6 +344,7 @@ impl CloudApi {
         Self {
             clock,
             inner: Arc::new(Mutex::new(ApiState::default())),
+            file: None,
         }
     }
 
@@ -410,6 +425,7 @@ impl CloudApi {
                 gone_at: None,
             },
         );
+        self.save(&state);
         Ok(id)
     }
 
@@ -464,6 +480,7 @@ impl CloudApi {
             ResourceStatus::Active => {
                 record.attrs = attrs;
                 record.updated_until = Some(now + latency);
+                self.save(&state);
                 Ok(())
             }
             status @ (ResourceStatus::Creating { .. } | ResourceStatus::Updating { .. }) => {
@@ -527,6 +544,7 @@ impl CloudApi {
             }
             ResourceStatus::Active => {
                 record.gone_at = Some(now + latency);
+                self.save(&state);
                 Ok(())
             }
         }
@@ -583,6 +601,70 @@ impl CloudApi {
 
     fn state(&self) -> MutexGuard<'_, ApiState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A cloud whose resources live in `path` (a JSON file, created if missing)
+    /// and so outlive the process: a program stopped in the middle of
+    /// provisioning finds, when it starts again, the resources it had created —
+    /// as it would on a real cloud. Every change is written (to a temporary file,
+    /// then renamed over `path`) before the call returns. Latencies are not
+    /// saved; set them again. Meant for small simulations such as the quickstart:
+    /// each change rewrites the whole file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or is not a cloud this version wrote.
+    pub fn persistent(
+        clock: Arc<dyn Clock>,
+        path: impl Into<std::path::PathBuf>,
+    ) -> std::io::Result<Self> {
+        let path = path.into();
+        let mut state = ApiState::default();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is not a simulated cloud: {e}", path.display()),
+                    )
+                })?;
+                state.next_serial = saved.next_serial;
+                state.duplicates = saved.duplicates;
+                for r in saved.resources {
+                    state
+                        .by_workspace
+                        .entry(r.tags.workspace.clone())
+                        .or_default()
+                        .push(r.id.clone());
+                    state.resources.insert(r.id.clone(), r);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Self {
+            clock,
+            inner: Arc::new(Mutex::new(state)),
+            file: Some(Arc::new(path)),
+        })
+    }
+
+    /// Writes the resources to the cloud's file, if it has one. A failure is
+    /// logged: the simulated cloud keeps working in memory.
+    fn save(&self, state: &ApiState) {
+        let Some(path) = &self.file else { return };
+        let saved = Saved {
+            next_serial: state.next_serial,
+            resources: state.resources.values().cloned().collect(),
+            duplicates: state.duplicates.clone(),
+        };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path.as_ref()));
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "could not save the simulated cloud");
+        }
     }
 }
 

@@ -1268,3 +1268,54 @@ async fn a_lost_terraform_apply_did_its_work_and_a_permanent_failure_lasts() {
         Progress::Ready(StackStatus::Absent)
     );
 }
+
+/// A persistent cloud outlives its "process": reopened from its file, it still
+/// has the resources being created, finishes them on time, and a provisioning
+/// step replayed on it adopts them instead of creating duplicates.
+#[tokio::test]
+async fn a_persistent_cloud_reopened_from_its_file_keeps_its_resources() {
+    let dir = std::env::temp_dir().join(format!("cogrion-sim-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cloud.json");
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+    let open = || {
+        SimulatedCloud::builder()
+            .clock(Arc::new(clock.clone()))
+            .latency(InfraLayer::Cluster, Duration::from_secs(4))
+            .build_persistent(&path)
+            .expect("open the cloud's file")
+    };
+    let w = ws("acme-prod");
+    let spec = spec();
+    let checkpoint = MemoryCheckpoint::new();
+    {
+        let cloud = open();
+        let network = layer_request(&w, &spec, InfraLayer::Network, 1, &checkpoint);
+        ready(&clock, async || cloud.provision(network.clone()).await).await;
+        let cluster = layer_request(&w, &spec, InfraLayer::Cluster, 1, &checkpoint);
+        let first = cloud.provision(cluster).await.unwrap();
+        assert!(matches!(first, Progress::InProgress { .. }), "{first:?}");
+        // The process stops here, with the cluster being created.
+    }
+    let cloud = open();
+    let live = cloud.live_resources(&w);
+    assert_eq!(
+        live.iter().filter(|r| r.kind == "cluster").count(),
+        1,
+        "the cluster being created survived the restart: {live:?}"
+    );
+    let cluster = layer_request(&w, &spec, InfraLayer::Cluster, 1, &checkpoint);
+    ready(&clock, async || cloud.provision(cluster.clone()).await).await;
+    assert_eq!(cloud.api_calls().creates_of("cluster"), 0, "adopted, not created again");
+    assert!(cloud.duplicates().is_empty());
+    assert_eq!(cloud.live_resources(&w).len(), live.len());
+
+    // A file that is not a cloud is refused, not overwritten.
+    std::fs::write(&path, b"{not json").unwrap();
+    let err = SimulatedCloud::builder()
+        .build_persistent(&path)
+        .expect_err("a corrupt file");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
+    std::fs::remove_dir_all(&dir).ok();
+}
