@@ -21,6 +21,9 @@ use cogrion::*;
 use criterion::{Criterion, Throughput};
 use tokio::runtime::Runtime;
 
+#[path = "support/durable.rs"]
+mod durable;
+
 struct Bench {
     store: Arc<dyn WorkspaceStore>,
     engine: Engine,
@@ -88,26 +91,36 @@ async fn lifecycles(b: &Bench, prefix: &str, n: usize) -> u64 {
     steps
 }
 
+/// The write one engine step makes: the record, compare-and-swap and fenced,
+/// with one history event.
+fn step_write(rec: WorkspaceRecord, revision: Revision, lease: &Lease) -> WorkspaceWrite {
+    WorkspaceWrite::update(rec, revision, Timestamp::EPOCH)
+        .fenced(lease.fence)
+        .event(NewEvent {
+            at: Timestamp::EPOCH,
+            actor: Actor::Engine {
+                holder: lease.holder.clone(),
+            },
+            kind: EventKind::StepDone {
+                operation: 1,
+                step: "network".into(),
+            },
+            message: "network done".into(),
+        })
+}
+
 /// `n` raw writes of the size a step makes.
 async fn raw_writes(store: &dyn WorkspaceStore, id: &WorkspaceId, lease: &Lease, n: u64) {
     for _ in 0..n {
         let current = store.get_workspace(id).await.unwrap();
         let mut rec = current.value;
         rec.next_operation += 1;
-        let write = WorkspaceWrite::update(rec, current.revision, Timestamp::EPOCH)
-            .fenced(lease.fence)
-            .event(NewEvent {
-                at: Timestamp::EPOCH,
-                actor: Actor::Engine {
-                    holder: lease.holder.clone(),
-                },
-                kind: EventKind::StepDone {
-                    operation: 1,
-                    step: "network".into(),
-                },
-                message: "network done".into(),
-            });
-        black_box(store.commit(write).await.unwrap());
+        black_box(
+            store
+                .commit(step_write(rec, current.revision, lease))
+                .await
+                .unwrap(),
+        );
     }
 }
 
@@ -198,145 +211,6 @@ fn report_ratio(rt: &Runtime) {
     println!("REPORT ratio engine/raw:         {:>12.3}", engine / raw);
 }
 
-/// The same head-to-head on the SQLite store, at both durabilities: raw
-/// step-sized writes against engine steps, on fresh database files.
-fn report_sqlite(rt: &Runtime) {
-    use cogrion::providers::sqlite::{Durability, SqliteOptions, SqliteStore};
-    let dir = std::env::temp_dir().join(format!("cogrion-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut n = 0;
-    let mut open = |durability| {
-        n += 1;
-        let path = dir.join(format!("bench-{n}.db"));
-        let store = rt
-            .block_on(SqliteStore::open_with(
-                path,
-                SqliteOptions::default().with_durability(durability),
-            ))
-            .unwrap();
-        Arc::new(store) as Arc<dyn WorkspaceStore>
-    };
-    for (name, durability, writes, workspaces) in [
-        ("NORMAL", Durability::Normal, 5_000, 100),
-        ("FULL", Durability::Full, 1_000, 20),
-    ] {
-        let b = setup_on(open(durability), false);
-        let (id, lease) = rt.block_on(raw_target(b.store.as_ref(), "raw"));
-        let start = Instant::now();
-        rt.block_on(raw_writes(b.store.as_ref(), &id, &lease, writes));
-        let raw = writes as f64 / start.elapsed().as_secs_f64();
-        let b = setup_on(open(durability), false);
-        let start = Instant::now();
-        let steps = rt.block_on(lifecycles(&b, "sqlite", workspaces));
-        let engine = steps as f64 / start.elapsed().as_secs_f64();
-        println!(
-            "REPORT sqlite {name}: raw writes/s {raw:>10.0}, engine steps/s {engine:>10.0}, ratio {:.3}",
-            engine / raw
-        );
-    }
-    // Fully durable, batched: raw step-sized writes, 100 workspaces' writes per
-    // transaction, against engine steps through the driver (concurrency 64) on
-    // the group-commit wrapper.
-    let raw_store = open(Durability::Full);
-    let targets: Vec<(WorkspaceId, Lease)> = (0..100)
-        .map(|i| rt.block_on(raw_target(raw_store.as_ref(), &format!("raw-{i}"))))
-        .collect();
-    let rounds = 20;
-    let start = Instant::now();
-    rt.block_on(async {
-        for _ in 0..rounds {
-            let mut writes = Vec::new();
-            for (id, lease) in &targets {
-                let current = raw_store.get_workspace(id).await.unwrap();
-                let mut rec = current.value;
-                rec.next_operation += 1;
-                writes.push(
-                    WorkspaceWrite::update(rec, current.revision, Timestamp::EPOCH)
-                        .fenced(lease.fence)
-                        .event(NewEvent {
-                            at: Timestamp::EPOCH,
-                            actor: Actor::Engine {
-                                holder: lease.holder.clone(),
-                            },
-                            kind: EventKind::StepDone {
-                                operation: 1,
-                                step: "network".into(),
-                            },
-                            message: "network done".into(),
-                        }),
-                );
-            }
-            for r in raw_store.commit_batch(writes).await {
-                r.unwrap();
-            }
-        }
-    });
-    let raw_batched = (rounds * targets.len()) as f64 / start.elapsed().as_secs_f64();
-    let inner = open(Durability::Full);
-    let grouped = {
-        let _runtime = rt.enter(); // the wrapper starts its writing task here
-        Arc::new(GroupCommit::new(inner, 256))
-    };
-    let b = setup_on(grouped.clone(), true);
-    let n = 300;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = b.agents.clone();
-    let agent_task = rt.spawn(async move {
-        agents
-            .run(Duration::from_millis(5), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    let start = Instant::now();
-    let stats = rt.block_on(async {
-        let driver = Driver::spawn(
-            b.engine.clone(),
-            DriverConfig::default().with_concurrency(64),
-        );
-        for i in 0..n {
-            b.engine
-                .create(format!("g-{i}").parse().unwrap(), spec(), actor())
-                .await
-                .unwrap();
-        }
-        let count = |state| {
-            let store = b.store.clone();
-            async move {
-                store
-                    .list_workspaces(&ListQuery::new().state(state).limit(100_000))
-                    .await
-                    .unwrap()
-                    .len()
-            }
-        };
-        while count(StateName::Active).await < n {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        for i in 0..n {
-            b.engine
-                .destroy(&format!("g-{i}").parse().unwrap(), actor())
-                .await
-                .unwrap();
-        }
-        while count(StateName::Destroyed).await < n {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        driver.shutdown().await
-    });
-    let elapsed = start.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    let _ = rt.block_on(agent_task);
-    let (batches, writes) = grouped.stats();
-    let engine = stats.advances as f64 / elapsed;
-    println!(
-        "REPORT sqlite FULL batched: raw writes/s {raw_batched:>8.0} (100 per transaction); engine advances/s {engine:>8.0} \
-         through the driver with group commit ({writes} commits in {batches} transactions); ratio {:.3}",
-        engine / raw_batched
-    );
-    std::fs::remove_dir_all(&dir).ok();
-}
-
 /// 10,000 workspaces from create to Active to Destroyed with the built-in driver.
 fn report_driver(rt: &Runtime) {
     const N: usize = 10_000;
@@ -406,20 +280,75 @@ fn report_driver(rt: &Runtime) {
     );
 }
 
+/// Which reports to run: `COGRION_BENCH` lists them, comma-separated, from
+/// `memory`, `driver`, `sqlite`, `postgres`, `resume` (default: all). The
+/// PostgreSQL ones need the `postgres` feature and a server at
+/// `COGRION_TEST_POSTGRES_URL` (`scripts/peers/postgres.sh start` prints one).
+fn wanted(report: &str) -> bool {
+    std::env::var("COGRION_BENCH").map_or(true, |list| list.split(',').any(|r| r.trim() == report))
+}
+
+fn postgres_targets() -> Vec<durable::Target> {
+    #[cfg(feature = "postgres")]
+    if let Ok(url) = std::env::var("COGRION_TEST_POSTGRES_URL") {
+        return vec![durable::Target::Postgres(url)];
+    }
+    println!(
+        "REPORT postgres: NOT MEASURED — build with `--features postgres` and set COGRION_TEST_POSTGRES_URL"
+    );
+    Vec::new()
+}
+
 fn main() {
+    use cogrion::providers::sqlite::Durability;
+    use durable::Target;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let mut c = Criterion::default().sample_size(10).configure_from_args();
-    bench_steps(&mut c, &rt);
-    c.final_summary();
-    // The head-to-head ratio and the driver run only when measuring, not when
+    if wanted("memory") {
+        bench_steps(&mut c, &rt);
+        c.final_summary();
+    }
+    // The head-to-head ratios and the driver runs only when measuring, not when
     // `cargo test --benches` smoke-tests the target.
-    if std::env::args().any(|a| a == "--bench") {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if wanted("memory") {
         report_ratio(&rt);
-        report_sqlite(&rt);
+    }
+    if wanted("sqlite") {
+        durable::report_single(&rt, &Target::Sqlite(Durability::Normal), 5_000, 100);
+        durable::report_single(&rt, &Target::Sqlite(Durability::Full), 1_000, 20);
+        durable::report_batched(&rt, &Target::Sqlite(Durability::Normal), 300);
+        durable::report_batched(&rt, &Target::Sqlite(Durability::Full), 300);
+    }
+    if wanted("postgres") {
+        for target in postgres_targets() {
+            durable::report_single(&rt, &target, 1_000, 20);
+            durable::report_batched(&rt, &target, 300);
+        }
+    }
+    if wanted("resume") {
+        // 10,000 unless COGRION_BENCH_RESUME says otherwise (for quick looks).
+        let n = std::env::var("COGRION_BENCH_RESUME")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        durable::report_resume(&Target::Sqlite(Durability::Normal), n);
+        durable::report_resume(&Target::Sqlite(Durability::Full), n);
+        if wanted("postgres") {
+            for target in postgres_targets() {
+                durable::report_resume(&target, n);
+            }
+        }
+    }
+    if wanted("driver") {
         report_driver(&rt);
     }
+    let dir = std::env::temp_dir().join(format!("cogrion-bench-{}", std::process::id()));
+    std::fs::remove_dir_all(dir).ok();
 }

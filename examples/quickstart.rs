@@ -243,7 +243,11 @@ async fn main() -> Result<()> {
                 .collect();
             println!(
                 "Resuming {id}, stopped mid-provision by an earlier run (steps already done: {}; cloud resources found: {})…",
-                if done.is_empty() { "none".into() } else { done.join(", ") },
+                if done.is_empty() {
+                    "none".into()
+                } else {
+                    done.join(", ")
+                },
                 cloud.live_resources(id).len()
             );
             resumed = Some(id.clone());

@@ -118,6 +118,9 @@ macro_rules! delegate_store {
             ) -> $crate::Result<::std::vec::Vec<$crate::Lease>> {
                 self.$inner.claim_due(holder, ttl, now, until, limit).await
             }
+            async fn release_all(&self, holder: &$crate::HolderId) -> $crate::Result<u64> {
+                self.$inner.release_all(holder).await
+            }
         }
 
         #[$crate::__private::async_trait]

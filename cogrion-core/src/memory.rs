@@ -85,11 +85,11 @@ impl Workspace {
 }
 
 impl Workspace {
-    /// Whether `holder` may take the lease now: nobody else holds it live.
-    fn claimable_by(&self, holder: &HolderId, now: Timestamp) -> bool {
+    /// Whether the lease can be claimed now: nobody holds it live.
+    fn claimable(&self, now: Timestamp) -> bool {
         self.lease
             .as_ref()
-            .is_none_or(|l| l.released || l.expires_at <= now || &l.holder == holder)
+            .is_none_or(|l| l.released || l.expires_at <= now)
     }
 
     /// Grants (or renews) the lease to `holder`, by the rules of
@@ -367,8 +367,7 @@ impl LeaseStore for InMemoryStore {
             .values()
             .filter_map(|w| {
                 let at = w.record.wake_at.filter(|at| *at <= until)?;
-                w.claimable_by(holder, now)
-                    .then(|| (at, w.record.id.clone()))
+                w.claimable(now).then(|| (at, w.record.id.clone()))
             })
             .collect();
         due.sort_unstable();
@@ -376,6 +375,21 @@ impl LeaseStore for InMemoryStore {
         due.into_iter()
             .map(|(_, id)| inner.workspace_mut(&id)?.grant(holder, ttl, now))
             .collect()
+    }
+
+    async fn release_all(&self, holder: &HolderId) -> Result<u64> {
+        let mut inner = self.lock();
+        let mut released = 0;
+        for w in inner.workspaces.values_mut() {
+            if let Some(l) = w.lease.as_mut()
+                && &l.holder == holder
+                && !l.released
+            {
+                l.released = true;
+                released += 1;
+            }
+        }
+        Ok(released)
     }
 }
 

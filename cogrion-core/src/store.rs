@@ -787,12 +787,17 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 ///   nothing.
 /// - [`claim_due`](Self::claim_due) acquires, in one transaction, the leases of
 ///   up to `limit` workspaces that are due (their
-///   [`wake_at`](WorkspaceRecord::wake_at) is at or before `until`) and that no
-///   other holder has a live lease on — earliest due first. Workspaces another
+///   [`wake_at`](WorkspaceRecord::wake_at) is at or before `until`) and that
+///   nobody — the caller included — holds a live lease on, earliest due first.
+///   (A holder already has what it holds; see `release_all` for a restart.) Workspaces another
 ///   replica is claiming at the same moment are skipped, not waited for
 ///   (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so replicas spread the work
 ///   instead of contending for it. Each returned lease follows the rules of
 ///   `acquire`.
+/// - [`release_all`](Self::release_all) releases every lease `holder` holds: a
+///   replica restarting under the same name calls it first, so that what its
+///   previous run held can be claimed at once, under new fencing tokens that
+///   fence out anything the previous run still had in flight.
 /// - A TTL of zero or above [`MAX_LEASE_TTL`] is refused with
 ///   [`InvalidValue`](crate::Error::InvalidValue).
 #[async_trait]
@@ -812,7 +817,7 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
     /// Gives `lease` up.
     async fn release(&self, lease: &Lease) -> Result<()>;
 
-    /// Takes the leases of up to `limit` due workspaces nobody else holds (see the
+    /// Takes the leases of up to `limit` due workspaces nobody holds (see the
     /// contract above); an empty answer means there is nothing to claim now.
     async fn claim_due(
         &self,
@@ -822,6 +827,9 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<Lease>>;
+
+    /// Releases every lease `holder` holds; returns how many.
+    async fn release_all(&self, holder: &HolderId) -> Result<u64>;
 }
 
 /// The durable queue of commands for each workspace's agent.

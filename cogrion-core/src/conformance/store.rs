@@ -757,7 +757,32 @@ async fn claims(store: &dyn WorkspaceStore) {
         vec![c.clone()],
         "a claim skips what others hold live, and what is not due (or never due)"
     );
-    // Claiming again renews one's own leases and keeps their tokens.
+    // A holder already has what it holds: claiming again takes nothing new.
+    assert!(
+        store
+            .claim_due(&r1, TTL, now + secs(5), until, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a holder's own live leases are not claimed again"
+    );
+    // A restart under the same name releases the previous run's leases; they are
+    // then claimable at once, under greater tokens.
+    let other = store.acquire(&later, &r2, TTL, now).await.expect("acquire");
+    // (At least these two: a run before this one on the same store may have left
+    // more under this name.)
+    assert!(store.release_all(&r1).await.expect("release_all") >= 2);
+    assert_eq!(
+        store.release_all(&r1).await.expect("release_all"),
+        0,
+        "releasing twice releases nothing more"
+    );
+    expect_err!(
+        store.acquire(&later, &r1, TTL, now).await,
+        Error::LeaseHeld { .. },
+        "release_all leaves other holders' leases alone"
+    );
+    store.release(&other).await.expect("release");
     let again = sorted(
         store
             .claim_due(&r1, TTL, now + secs(5), until, 10)
@@ -767,10 +792,13 @@ async fn claims(store: &dyn WorkspaceStore) {
     assert_eq!(
         names(&again),
         first_two,
-        "a holder claims its own leases again"
+        "released leases are claimable at once"
     );
     for ((_, old), (_, new)) in mine.iter().zip(&again) {
-        assert_eq!(old.fence, new.fence, "re-claiming keeps the fencing token");
+        assert!(
+            new.fence > old.fence,
+            "a claim after a release gets a greater token"
+        );
         assert_eq!(new.expires_at, now + secs(5) + TTL);
     }
     // Once they expire, another holder takes them over with greater tokens, and

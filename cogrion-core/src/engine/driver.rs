@@ -287,6 +287,17 @@ impl Loop {
         mut wakeups: broadcast::Receiver<WorkspaceId>,
         mut stop: watch::Receiver<bool>,
     ) -> DriverStats {
+        // What this replica held before a restart is claimable at once.
+        match self.engine.recover_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                leases = n,
+                "released the leases of this replica's previous run"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the previous run's leases; they expire by themselves")
+            }
+        }
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first_sweep = true;

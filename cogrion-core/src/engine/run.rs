@@ -192,6 +192,17 @@ impl Engine {
             .collect())
     }
 
+    /// Releases every lease held in the store under this engine's holder name —
+    /// what the same replica left behind before a restart — so that they can be
+    /// claimed at once (under new fencing tokens, which fence out anything the
+    /// previous run still had in flight) instead of after they expire. Call it
+    /// once, before driving; the [`Driver`](crate::Driver) does when it starts.
+    /// Two live processes must never share a holder name.
+    pub async fn recover_leases(&self) -> Result<u64> {
+        lock(&self.0.leases).clear();
+        self.0.store.release_all(&self.0.config.holder).await
+    }
+
     /// Gives up every lease this engine keeps between steps, so that another
     /// process can take its workspaces over at once instead of after the leases
     /// expire. Call it when the process stops driving (the

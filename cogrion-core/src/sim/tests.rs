@@ -1306,7 +1306,11 @@ async fn a_persistent_cloud_reopened_from_its_file_keeps_its_resources() {
     );
     let cluster = layer_request(&w, &spec, InfraLayer::Cluster, 1, &checkpoint);
     ready(&clock, async || cloud.provision(cluster.clone()).await).await;
-    assert_eq!(cloud.api_calls().creates_of("cluster"), 0, "adopted, not created again");
+    assert_eq!(
+        cloud.api_calls().creates_of("cluster"),
+        0,
+        "adopted, not created again"
+    );
     assert!(cloud.duplicates().is_empty());
     assert_eq!(cloud.live_resources(&w).len(), live.len());
 

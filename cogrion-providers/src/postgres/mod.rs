@@ -682,7 +682,7 @@ impl LeaseStore for PostgresStore {
             .write_tx(move |conn| {
                 let holder = holder.clone();
                 Box::pin(async move {
-                    // First lock the due rows nobody else holds, skipping those
+                    // First lock the due rows nobody holds, skipping those
                     // another replica is locking right now (every lease change
                     // locks its workspace row first). The filter on leases here
                     // reads this statement's snapshot, so it only narrows the
@@ -691,13 +691,12 @@ impl LeaseStore for PostgresStore {
                         "SELECT w.id FROM workspaces w \
                          WHERE w.wake_at IS NOT NULL AND w.wake_at <= $1 \
                            AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.workspace = w.id \
-                               AND NOT l.released AND l.expires_at > $2 AND l.holder <> $3) \
-                         ORDER BY w.wake_at, w.id LIMIT $4 \
+                               AND NOT l.released AND l.expires_at > $2) \
+                         ORDER BY w.wake_at, w.id LIMIT $3 \
                          FOR UPDATE OF w SKIP LOCKED",
                     )
                     .bind(millis(until))
                     .bind(millis(now))
-                    .bind(holder.as_str())
                     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .fetch_all(&mut *conn)
                     .await
@@ -709,10 +708,9 @@ impl LeaseStore for PostgresStore {
                     // snapshot) grants the leases that are still free.
                     sqlx::query(
                         "INSERT INTO leases (workspace, holder, fence, expires_at, released) \
-                         SELECT c.id, $2, CASE WHEN l.workspace IS NULL THEN 1 \
-                             WHEN NOT l.released AND l.expires_at > $3 THEN l.fence ELSE l.fence + 1 END, $4, FALSE \
+                         SELECT c.id, $2, COALESCE(l.fence + 1, 1), $4, FALSE \
                          FROM unnest($1::text[]) AS c(id) LEFT JOIN leases l ON l.workspace = c.id \
-                         WHERE l.workspace IS NULL OR l.released OR l.expires_at <= $3 OR l.holder = $2 \
+                         WHERE l.workspace IS NULL OR l.released OR l.expires_at <= $3 \
                          ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
                          expires_at = excluded.expires_at, released = FALSE \
                          RETURNING workspace, fence",
@@ -740,6 +738,23 @@ impl LeaseStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn release_all(&self, holder: &HolderId) -> Result<u64> {
+        let holder = holder.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE leases SET released = TRUE WHERE holder = $1 AND NOT released",
+                )
+                .bind(holder.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
     }
 }
 

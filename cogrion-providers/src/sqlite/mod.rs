@@ -735,11 +735,10 @@ impl LeaseStore for SqliteStore {
                 Box::pin(async move {
                     sqlx::query(
                         "INSERT INTO leases (workspace, holder, fence, expires_at, released) \
-                         SELECT w.id, ?1, CASE WHEN l.workspace IS NULL THEN 1 \
-                             WHEN l.released = 0 AND l.expires_at > ?2 THEN l.fence ELSE l.fence + 1 END, ?3, 0 \
+                         SELECT w.id, ?1, COALESCE(l.fence + 1, 1), ?3, 0 \
                          FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id \
                          WHERE w.wake_at IS NOT NULL AND w.wake_at <= ?4 \
-                           AND (l.workspace IS NULL OR l.released <> 0 OR l.expires_at <= ?2 OR l.holder = ?1) \
+                           AND (l.workspace IS NULL OR l.released <> 0 OR l.expires_at <= ?2) \
                          ORDER BY w.wake_at, w.id LIMIT ?5 \
                          ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
                          expires_at = excluded.expires_at, released = 0 \
@@ -769,6 +768,22 @@ impl LeaseStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn release_all(&self, holder: &HolderId) -> Result<u64> {
+        let holder = holder.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let done =
+                    sqlx::query("UPDATE leases SET released = 1 WHERE holder = ? AND released = 0")
+                        .bind(holder.as_str())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
     }
 }
 
