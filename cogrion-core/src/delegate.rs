@@ -2,9 +2,10 @@
 
 /// Implements every [`WorkspaceStore`](crate::WorkspaceStore) trait for a wrapper
 /// type by forwarding each method to the store in its field `$inner` (an
-/// `Arc<dyn WorkspaceStore>`), except [`RecordStore::commit`](crate::RecordStore::commit),
-/// which calls the wrapper's own inherent
-/// `async fn commit_write(&self, write: WorkspaceWrite) -> Result<Committed>`.
+/// `Arc<dyn WorkspaceStore>`), except the writes a [`BatchWrite`](crate::BatchWrite)
+/// names — `commit`, `put_checkpoint`, `acquire` and `release` — which all go
+/// through the wrapper's own inherent
+/// `async fn write(&self, write: BatchWrite) -> Result<BatchOutcome>`.
 ///
 /// It is how [`GroupCommit`](crate::GroupCommit) is written, and how a host adds
 /// metrics, chaos or auditing around any store: wrappers around the trait, not
@@ -13,16 +14,18 @@
 /// ```
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use cogrion_core::{Committed, InMemoryStore, RecordStore, Result, WorkspaceStore, WorkspaceWrite};
+/// use cogrion_core::{BatchOutcome, BatchWrite, InMemoryStore, Result, WorkspaceStore};
 ///
 /// /// Counts commits.
 /// #[derive(Debug)]
 /// struct Counting { inner: Arc<dyn WorkspaceStore>, commits: AtomicU64 }
 ///
 /// impl Counting {
-///     async fn commit_write(&self, write: WorkspaceWrite) -> Result<Committed> {
-///         self.commits.fetch_add(1, Ordering::Relaxed);
-///         self.inner.commit(write).await
+///     async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
+///         if matches!(write, BatchWrite::Commit(_)) {
+///             self.commits.fetch_add(1, Ordering::Relaxed);
+///         }
+///         write.apply_alone(self.inner.as_ref()).await
 ///     }
 /// }
 /// cogrion_core::delegate_store!(Counting, inner);
@@ -52,13 +55,21 @@ macro_rules! delegate_store {
                 &self,
                 write: $crate::WorkspaceWrite,
             ) -> $crate::Result<$crate::Committed> {
-                self.commit_write(write).await
+                self.write($crate::BatchWrite::Commit(write))
+                    .await?
+                    .into_committed()
             }
             async fn commit_batch(
                 &self,
                 writes: ::std::vec::Vec<$crate::WorkspaceWrite>,
             ) -> ::std::vec::Vec<$crate::Result<$crate::Committed>> {
                 self.$inner.commit_batch(writes).await
+            }
+            async fn write_batch(
+                &self,
+                writes: ::std::vec::Vec<$crate::BatchWrite>,
+            ) -> ::std::vec::Vec<$crate::Result<$crate::BatchOutcome>> {
+                self.$inner.write_batch(writes).await
             }
             async fn read_events(
                 &self,
@@ -82,7 +93,14 @@ macro_rules! delegate_store {
                 value: $crate::__private::Value,
                 fence: $crate::FencingToken,
             ) -> $crate::Result<()> {
-                self.$inner.put_checkpoint(id, key, value, fence).await
+                self.write($crate::BatchWrite::PutCheckpoint {
+                    workspace: id.clone(),
+                    key: key.clone(),
+                    value,
+                    fence,
+                })
+                .await?
+                .into_done()
             }
         }
 
@@ -95,7 +113,14 @@ macro_rules! delegate_store {
                 ttl: ::std::time::Duration,
                 now: $crate::Timestamp,
             ) -> $crate::Result<$crate::Lease> {
-                self.$inner.acquire(workspace, holder, ttl, now).await
+                self.write($crate::BatchWrite::Acquire {
+                    workspace: workspace.clone(),
+                    holder: holder.clone(),
+                    ttl,
+                    now,
+                })
+                .await?
+                .into_lease()
             }
             async fn renew(
                 &self,
@@ -106,7 +131,9 @@ macro_rules! delegate_store {
                 self.$inner.renew(lease, ttl, now).await
             }
             async fn release(&self, lease: &$crate::Lease) -> $crate::Result<()> {
-                self.$inner.release(lease).await
+                self.write($crate::BatchWrite::Release(lease.clone()))
+                    .await?
+                    .into_done()
             }
             async fn claim_due(
                 &self,

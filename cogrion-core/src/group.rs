@@ -1,4 +1,4 @@
-//! [`GroupCommit`]: many workspaces' commits in one durable transaction.
+//! [`GroupCommit`]: many workspaces' writes in one durable transaction.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,19 +7,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::store::{Committed, WorkspaceStore, WorkspaceWrite};
+use crate::store::{BatchOutcome, BatchWrite, WorkspaceStore};
 
-type Pending = (WorkspaceWrite, oneshot::Sender<Result<Committed>>);
+type Pending = (BatchWrite, oneshot::Sender<Result<BatchOutcome>>);
 
-/// A [`WorkspaceStore`] wrapper that gathers concurrent [`commit`](crate::RecordStore::commit)s
-/// — typically the steps of many workspaces that finish together — and writes
-/// them with one [`commit_batch`](crate::RecordStore::commit_batch) of the inner store:
-/// one transaction, one flush to disk.
+/// A [`WorkspaceStore`] wrapper that gathers concurrent writes — the
+/// [`commit`](crate::RecordStore::commit)s, checkpoints, lease acquisitions and
+/// releases of many workspaces' steps that run together — and writes them with
+/// one [`write_batch`](crate::RecordStore::write_batch) of the inner store: one
+/// transaction, one flush to disk.
 ///
 /// # Guarantees
-/// Each write keeps its own compare-and-swap and fence, exactly as a single
-/// `commit` (that is `commit_batch`'s contract); one write's refusal does not
-/// affect the others. A caller's `commit` returns only once its write is durable.
+/// Each write keeps its own compare-and-swap and fence, exactly as when made
+/// alone (that is `write_batch`'s contract); one write's refusal does not
+/// affect the others. A caller's write returns only once it is durable.
 /// Nothing waits on purpose: while one batch is being written, the next gathers,
 /// so a lone writer pays nothing and a crowd shares the cost of a flush.
 ///
@@ -53,7 +54,7 @@ impl fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Wraps `inner`, writing at most `max_batch` commits per transaction. Starts
+    /// Wraps `inner`, writing at most `max_batch` writes per transaction. Starts
     /// the writing task on the current tokio runtime; it ends when every clone of
     /// the wrapper is dropped.
     pub fn new(inner: Arc<dyn WorkspaceStore>, max_batch: usize) -> Self {
@@ -73,7 +74,7 @@ impl GroupCommit {
                 let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 b.fetch_add(1, Ordering::Relaxed);
                 w.fetch_add(writes.len() as u64, Ordering::Relaxed);
-                let results = store.commit_batch(writes).await;
+                let results = store.write_batch(writes).await;
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -87,7 +88,7 @@ impl GroupCommit {
         }
     }
 
-    /// How many transactions the wrapper wrote, and how many commits they held.
+    /// How many transactions the wrapper wrote, and how many writes they held.
     pub fn stats(&self) -> (u64, u64) {
         (
             self.batches.load(Ordering::Relaxed),
@@ -105,7 +106,7 @@ fn gone() -> Error {
 
 impl GroupCommit {
     /// Queues `write` for the next batch and waits for its outcome.
-    async fn commit_write(&self, write: WorkspaceWrite) -> Result<Committed> {
+    async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
         let (reply, answer) = oneshot::channel();
         self.queue.send((write, reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?

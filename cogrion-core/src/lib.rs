@@ -75,12 +75,12 @@ pub use state::{
     WorkspaceState, step,
 };
 pub use store::{
-    Actor, AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue,
-    CommandStatus, Committed, CredentialStore, EventKind, EventRecord, EventSeq, FencingToken,
-    Lease, LeaseStore, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind,
-    OperationRecord, PutMode, QueuedCommand, RecordStore, Revision, Revocation, StepRecord,
-    StepStatus, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
-    check_lease_ttl, check_preconditions, check_write,
+    Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial,
+    CheckpointKey, CommandQueue, CommandStatus, Committed, CredentialStore, EventKind, EventRecord,
+    EventSeq, FencingToken, Lease, LeaseStore, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent,
+    OperationKind, OperationRecord, PutMode, QueuedCommand, RecordStore, Revision, Revocation,
+    StepRecord, StepStatus, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore,
+    WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
 };
 pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport};
 

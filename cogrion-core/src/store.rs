@@ -706,8 +706,10 @@ impl ListQuery {
 /// its workspace; [`Unavailable`](crate::Error::Unavailable) when the database is
 /// unreachable (nothing was written); [`Corrupt`](crate::Error::Corrupt) when a
 /// stored row cannot be read.
+///
+/// Records are fenced by leases, so every record store is a [`LeaseStore`] too.
 #[async_trait]
-pub trait RecordStore: fmt::Debug + Send + Sync + 'static {
+pub trait RecordStore: LeaseStore + fmt::Debug + Send + Sync + 'static {
     /// Reads a workspace record and its revision.
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>>;
 
@@ -718,14 +720,28 @@ pub trait RecordStore: fmt::Debug + Send + Sync + 'static {
     /// requires the workspace to exist.
     async fn commit(&self, write: WorkspaceWrite) -> Result<Committed>;
 
-    /// Applies several writes, each exactly as [`commit`](Self::commit) would —
-    /// each with its own compare-and-swap and fence, one failing not affecting the
-    /// others — returning one result per write, in order. Stores override it to
-    /// share one durable transaction among many workspaces (group commit).
+    /// Commits every write as [`commit`](Self::commit) would, in order — each with
+    /// its own compare-and-swap and fence, one failing not affecting the others —
+    /// returning one result per write. The default goes through
+    /// [`write_batch`](Self::write_batch).
     async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
+        self.write_batch(writes.into_iter().map(BatchWrite::Commit).collect())
+            .await
+            .into_iter()
+            .map(|r| r.and_then(BatchOutcome::into_committed))
+            .collect()
+    }
+
+    /// Applies every write — commits, checkpoints, lease acquisitions and
+    /// releases, of any workspaces — as its own method would, in order, one
+    /// failing not affecting the others, and returns one result per write.
+    /// Durable stores override it to share one transaction (one fsync) among
+    /// them all: that is group commit, what [`GroupCommit`](crate::GroupCommit)
+    /// feeds. The default applies them one at a time.
+    async fn write_batch(&self, writes: Vec<BatchWrite>) -> Vec<Result<BatchOutcome>> {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
-            out.push(self.commit(w).await);
+            out.push(w.apply_alone(self).await);
         }
         out
     }
@@ -767,6 +783,123 @@ pub struct Lease {
     pub fence: FencingToken,
     /// When it expires unless renewed.
     pub expires_at: Timestamp,
+}
+
+/// One write of a [`write_batch`](RecordStore::write_batch): the store methods
+/// that change something on the engine's hot path.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+// Commits are most of every batch: boxing them would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum BatchWrite {
+    /// [`RecordStore::commit`].
+    Commit(WorkspaceWrite),
+    /// [`RecordStore::put_checkpoint`].
+    PutCheckpoint {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The checkpoint's key.
+        key: CheckpointKey,
+        /// Its new value.
+        value: serde_json::Value,
+        /// The writer's fencing token.
+        fence: FencingToken,
+    },
+    /// [`LeaseStore::acquire`].
+    Acquire {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Who takes the lease.
+        holder: HolderId,
+        /// For how long.
+        ttl: Duration,
+        /// From when.
+        now: Timestamp,
+    },
+    /// [`LeaseStore::release`].
+    Release(Lease),
+}
+
+/// What a [`BatchWrite`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchOutcome {
+    /// A commit's outcome.
+    Committed(Committed),
+    /// An acquired lease.
+    Lease(Lease),
+    /// A checkpoint written or a lease released.
+    Done,
+}
+
+impl BatchWrite {
+    /// The workspace written to.
+    pub fn workspace(&self) -> &WorkspaceId {
+        match self {
+            Self::Commit(w) => &w.workspace,
+            Self::PutCheckpoint { workspace, .. } | Self::Acquire { workspace, .. } => workspace,
+            Self::Release(lease) => &lease.workspace,
+        }
+    }
+
+    /// Applies this write alone, through `store`'s own method.
+    pub async fn apply_alone<S: RecordStore + ?Sized>(self, store: &S) -> Result<BatchOutcome> {
+        match self {
+            Self::Commit(write) => store.commit(write).await.map(BatchOutcome::Committed),
+            Self::PutCheckpoint {
+                workspace,
+                key,
+                value,
+                fence,
+            } => store
+                .put_checkpoint(&workspace, &key, value, fence)
+                .await
+                .map(|()| BatchOutcome::Done),
+            Self::Acquire {
+                workspace,
+                holder,
+                ttl,
+                now,
+            } => store
+                .acquire(&workspace, &holder, ttl, now)
+                .await
+                .map(BatchOutcome::Lease),
+            Self::Release(lease) => store.release(&lease).await.map(|()| BatchOutcome::Done),
+        }
+    }
+}
+
+impl BatchOutcome {
+    fn mismatch(&self, wanted: &str) -> crate::Error {
+        crate::Error::Rejected {
+            service: "store".into(),
+            detail: format!("a batched write returned {self:?} where {wanted} was expected"),
+        }
+    }
+
+    /// The commit's outcome.
+    pub fn into_committed(self) -> Result<Committed> {
+        match self {
+            Self::Committed(c) => Ok(c),
+            other => Err(other.mismatch("a commit's outcome")),
+        }
+    }
+
+    /// The acquired lease.
+    pub fn into_lease(self) -> Result<Lease> {
+        match self {
+            Self::Lease(l) => Ok(l),
+            other => Err(other.mismatch("a lease")),
+        }
+    }
+
+    /// Nothing (a checkpoint written, a lease released).
+    pub fn into_done(self) -> Result<()> {
+        match self {
+            Self::Done => Ok(()),
+            other => Err(other.mismatch("nothing")),
+        }
+    }
 }
 
 /// The longest lease a store grants.

@@ -83,13 +83,17 @@ fn crashed() -> Error {
 }
 
 impl CrashStore {
-    /// An engine commit, crashing before or after it when told to.
-    async fn commit_write(&self, write: WorkspaceWrite) -> Result<Committed> {
-        match self.crash_point(write.fence.is_some()) {
-            None => self.inner.commit(write).await,
+    /// An engine commit, crashing before or after it when told to; every other
+    /// write goes straight through.
+    async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
+        let BatchWrite::Commit(commit) = write else {
+            return write.apply_alone(self.inner.as_ref()).await;
+        };
+        match self.crash_point(commit.fence.is_some()) {
+            None => self.inner.commit(commit).await.map(BatchOutcome::Committed),
             Some(CrashPoint::BeforeCommit) => Err(crashed()),
             Some(CrashPoint::AfterCommit) => {
-                self.inner.commit(write).await?;
+                self.inner.commit(commit).await?;
                 Err(crashed())
             }
         }

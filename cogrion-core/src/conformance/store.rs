@@ -8,10 +8,11 @@ use serde_json::json;
 
 use super::{random_workspace_id, sample_workspace_spec};
 use crate::{
-    Actor, AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandStatus, Error,
-    EventKind, EventSeq, FencingToken, HolderId, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent,
-    Resource, Retry, Revision, StateName, TenantId, Timestamp, TokenHash, TokenRefusal,
-    WorkspaceId, WorkspaceRecord, WorkspaceState, WorkspaceStore, WorkspaceWrite,
+    Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial,
+    CheckpointKey, CommandStatus, Error, EventKind, EventSeq, FencingToken, HolderId, ListQuery,
+    MAX_LEASE_TTL, NewCommand, NewEvent, Resource, Retry, Revision, StateName, TenantId, Timestamp,
+    TokenHash, TokenRefusal, WorkspaceId, WorkspaceRecord, WorkspaceState, WorkspaceStore,
+    WorkspaceWrite,
 };
 
 /// A point in time far from the epoch, so `now - x` never underflows.
@@ -442,6 +443,126 @@ async fn batch_commits(store: &dyn WorkspaceStore) {
         results[2]
     );
     assert!(store.commit_batch(Vec::new()).await.is_empty());
+    mixed_batches(store).await;
+}
+
+/// `write_batch` with every kind of write, of several workspaces, each failing
+/// or succeeding as it would alone, in order.
+async fn mixed_batches(store: &dyn WorkspaceStore) {
+    let a = create(store, "mixed").await;
+    let b = create(store, "mixed").await;
+    let (r1, r2) = (holder("mixed-1"), holder("mixed-2"));
+    let key = CheckpointKey::new("op1/network").expect("key");
+    let held = store.acquire(&b, &r2, TTL, T0).await.expect("acquire");
+    let results = store
+        .write_batch(vec![
+            BatchWrite::Acquire {
+                workspace: a.clone(),
+                holder: r1.clone(),
+                ttl: TTL,
+                now: T0,
+            },
+            // Refused alone: b is held by another holder.
+            BatchWrite::Acquire {
+                workspace: b.clone(),
+                holder: r1.clone(),
+                ttl: TTL,
+                now: T0,
+            },
+            // Refused alone: a zero TTL.
+            BatchWrite::Acquire {
+                workspace: a.clone(),
+                holder: r1.clone(),
+                ttl: Duration::ZERO,
+                now: T0,
+            },
+        ])
+        .await;
+    assert_eq!(results.len(), 3, "one result per write");
+    let lease = match &results[0] {
+        Ok(BatchOutcome::Lease(l)) => l.clone(),
+        other => panic!("a batched acquire: {other:?}"),
+    };
+    assert!(
+        matches!(results[1], Err(Error::LeaseHeld { .. })),
+        "a batched acquire of a held lease: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(Error::InvalidValue(_))),
+        "a batched acquire with a zero TTL: {:?}",
+        results[2]
+    );
+    let ra = store.get_workspace(&a).await.expect("read");
+    let results = store
+        .write_batch(vec![
+            BatchWrite::PutCheckpoint {
+                workspace: a.clone(),
+                key: key.clone(),
+                value: json!({ "vpc": "vpc-1" }),
+                fence: lease.fence,
+            },
+            // Refused alone: the fence of another workspace's lease.
+            BatchWrite::PutCheckpoint {
+                workspace: a.clone(),
+                key: key.clone(),
+                value: json!({ "vpc": "stale" }),
+                fence: FencingToken(lease.fence.0 + 100),
+            },
+            BatchWrite::Commit(
+                WorkspaceWrite::update(ra.value.clone(), ra.revision, T0)
+                    .event(event("batched"))
+                    .fenced(lease.fence),
+            ),
+            BatchWrite::Release(lease.clone()),
+            BatchWrite::Release(held.clone()),
+        ])
+        .await;
+    assert!(
+        matches!(results[0], Ok(BatchOutcome::Done)),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(Error::LeaseLost { .. })),
+        "a batched checkpoint with a wrong fence: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Ok(BatchOutcome::Committed(_))),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Ok(BatchOutcome::Done)),
+        "{:?}",
+        results[3]
+    );
+    assert!(
+        matches!(results[4], Ok(BatchOutcome::Done)),
+        "{:?}",
+        results[4]
+    );
+    assert_eq!(
+        store.get_checkpoint(&a, &key).await.expect("read"),
+        Some(json!({ "vpc": "vpc-1" })),
+        "the refused checkpoint left the accepted one"
+    );
+    assert_eq!(
+        store.get_workspace(&a).await.expect("read").revision,
+        Revision(ra.revision.0 + 1)
+    );
+    // Both leases were released: another holder takes them, with greater tokens.
+    let again = store
+        .acquire(&a, &r2, TTL, T0)
+        .await
+        .expect("released by the batch");
+    assert!(again.fence > lease.fence);
+    store
+        .acquire(&b, &r1, TTL, T0)
+        .await
+        .expect("released by the batch");
+    assert!(store.write_batch(Vec::new()).await.is_empty());
 }
 
 async fn history(store: &dyn WorkspaceStore) {

@@ -32,11 +32,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cogrion_core::proto::{CommandId, CommandResult};
 use cogrion_core::{
-    AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
-    Committed, CredentialStore, Error, EventRecord, EventSeq, FencingToken, HolderId, Lease,
-    LeaseStore, ListQuery, NewEvent, PutMode, QueuedCommand, RecordStore, Resource, Result,
-    Revision, Revocation, Timestamp, TokenHash, TokenRefusal, TokenStore, Versioned, WorkspaceId,
-    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
+    AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
+    CommandQueue, CommandStatus, Committed, CredentialStore, Error, EventRecord, EventSeq,
+    FencingToken, HolderId, Lease, LeaseStore, ListQuery, NewEvent, PutMode, QueuedCommand,
+    RecordStore, Resource, Result, Revision, Revocation, Timestamp, TokenHash, TokenRefusal,
+    TokenStore, Versioned, WorkspaceId, WorkspaceRecord, WorkspaceWrite, check_lease_ttl,
+    check_preconditions, check_write,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -265,6 +266,122 @@ async fn check_fence(conn: &mut PgConnection, id: &WorkspaceId, fence: FencingTo
     }
 }
 
+/// [`LeaseStore::acquire`] inside an open transaction.
+async fn acquire_in(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    holder: HolderId,
+    ttl: Duration,
+    now: Timestamp,
+) -> Result<Lease> {
+    check_lease_ttl(ttl)?;
+    require_workspace(conn, &ws).await?;
+    let row = lease_row(conn, &ws).await?;
+    let live = row
+        .as_ref()
+        .filter(|(_, _, expires, released)| !released && *expires > millis(now));
+    let fence = match (live, &row) {
+        (Some((h, _, expires, _)), _) if h != holder.as_str() => {
+            let expires_at = timestamp(*expires);
+            return Err(Error::LeaseHeld {
+                workspace: ws.clone(),
+                holder: HolderId::new(h.clone())
+                    .map_err(|e| corrupt(Resource::Lease(ws.clone()), e))?,
+                expires_at,
+                retry_after: expires_at.since(now),
+            });
+        }
+        (Some((_, f, _, _)), _) => *f,
+        (None, Some((_, f, _, _))) => f + 1,
+        (None, None) => 1,
+    };
+    let expires_at = now + ttl;
+    sqlx::query(
+            "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES ($1, $2, $3, $4, FALSE) \
+             ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+             expires_at = excluded.expires_at, released = FALSE",
+        )
+        .bind(ws.as_str())
+        .bind(holder.as_str())
+        .bind(fence)
+        .bind(millis(expires_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(Lease {
+        workspace: ws,
+        holder,
+        fence: FencingToken(fence as u64),
+        expires_at,
+    })
+}
+
+/// [`LeaseStore::release`] inside an open transaction.
+async fn release_in(conn: &mut PgConnection, lease: &Lease) -> Result<()> {
+    require_workspace(conn, &lease.workspace).await?;
+    sqlx::query("UPDATE leases SET released = TRUE WHERE workspace = $1 AND fence = $2")
+        .bind(lease.workspace.as_str())
+        .bind(lease.fence.0 as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// [`RecordStore::put_checkpoint`] inside an open transaction.
+async fn put_checkpoint_in(
+    conn: &mut PgConnection,
+    id: &WorkspaceId,
+    key: &CheckpointKey,
+    value: String,
+    fence: FencingToken,
+) -> Result<()> {
+    require_workspace(conn, id).await?;
+    check_fence(conn, id, fence).await?;
+    sqlx::query(
+        "INSERT INTO checkpoints (workspace, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(id.as_str())
+    .bind(key.as_str())
+    .bind(value)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// One write of a batch inside an open transaction.
+async fn write_in(conn: &mut PgConnection, write: BatchWrite) -> Result<BatchOutcome> {
+    match write {
+        BatchWrite::Commit(w) => apply(conn, w).await.map(BatchOutcome::Committed),
+        BatchWrite::PutCheckpoint {
+            workspace,
+            key,
+            value,
+            fence,
+        } => {
+            let value = to_json(&value)?;
+            put_checkpoint_in(conn, &workspace, &key, value, fence)
+                .await
+                .map(|()| BatchOutcome::Done)
+        }
+        BatchWrite::Acquire {
+            workspace,
+            holder,
+            ttl,
+            now,
+        } => acquire_in(conn, workspace, holder, ttl, now)
+            .await
+            .map(BatchOutcome::Lease),
+        BatchWrite::Release(lease) => release_in(conn, &lease).await.map(|()| BatchOutcome::Done),
+        other => Err(Error::Rejected {
+            service: "postgres".into(),
+            detail: format!("this store cannot batch {other:?}"),
+        }),
+    }
+}
+
 /// One write inside an open transaction; see [`RecordStore::commit`].
 async fn apply(conn: &mut PgConnection, write: WorkspaceWrite) -> Result<Committed> {
     let id = write.workspace.clone();
@@ -441,7 +558,7 @@ impl RecordStore for PostgresStore {
     /// Group commit: all writes in one transaction (one flush to disk with
     /// `synchronous_commit=on`), each under its own savepoint so that one write's
     /// refusal undoes only that write.
-    async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
+    async fn write_batch(&self, writes: Vec<BatchWrite>) -> Vec<Result<BatchOutcome>> {
         if writes.is_empty() {
             return Vec::new();
         }
@@ -455,7 +572,7 @@ impl RecordStore for PostgresStore {
                             .execute(&mut *conn)
                             .await
                             .map_err(unavailable)?;
-                        let result = apply(conn, write).await;
+                        let result = write_in(conn, write).await;
                         if result.is_err() {
                             sqlx::query("ROLLBACK TO w")
                                 .execute(&mut *conn)
@@ -555,21 +672,7 @@ impl RecordStore for PostgresStore {
         let (id, key) = (id.clone(), key.clone());
         let value = to_json(&value)?;
         self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &id).await?;
-                check_fence(conn, &id, fence).await?;
-                sqlx::query(
-                    "INSERT INTO checkpoints (workspace, key, value) VALUES ($1, $2, $3) \
-                     ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(id.as_str())
-                .bind(key.as_str())
-                .bind(value)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                Ok(())
-            })
+            Box::pin(async move { put_checkpoint_in(conn, &id, &key, value, fence).await })
         })
         .await
     }
@@ -584,42 +687,9 @@ impl LeaseStore for PostgresStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Lease> {
-        check_lease_ttl(ttl)?;
         let (ws, holder) = (workspace.clone(), holder.clone());
         self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &ws).await?;
-                let row = lease_row(conn, &ws).await?;
-                let live = row.as_ref().filter(|(_, _, expires, released)| !released && *expires > millis(now));
-                let fence = match (live, &row) {
-                    (Some((h, _, expires, _)), _) if h != holder.as_str() => {
-                        let expires_at = timestamp(*expires);
-                        return Err(Error::LeaseHeld {
-                            workspace: ws.clone(),
-                            holder: HolderId::new(h.clone()).map_err(|e| corrupt(Resource::Lease(ws.clone()), e))?,
-                            expires_at,
-                            retry_after: expires_at.since(now),
-                        });
-                    }
-                    (Some((_, f, _, _)), _) => *f,
-                    (None, Some((_, f, _, _))) => f + 1,
-                    (None, None) => 1,
-                };
-                let expires_at = now + ttl;
-                sqlx::query(
-                    "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES ($1, $2, $3, $4, FALSE) \
-                     ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
-                     expires_at = excluded.expires_at, released = FALSE",
-                )
-                .bind(ws.as_str())
-                .bind(holder.as_str())
-                .bind(fence)
-                .bind(millis(expires_at))
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                Ok(Lease { workspace: ws, holder, fence: FencingToken(fence as u64), expires_at })
-            })
+            Box::pin(async move { acquire_in(conn, ws, holder, ttl, now).await })
         })
         .await
     }
@@ -649,21 +719,8 @@ impl LeaseStore for PostgresStore {
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         let lease = lease.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &lease.workspace).await?;
-                sqlx::query(
-                    "UPDATE leases SET released = TRUE WHERE workspace = $1 AND fence = $2",
-                )
-                .bind(lease.workspace.as_str())
-                .bind(lease.fence.0 as i64)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                Ok(())
-            })
-        })
-        .await
+        self.write_tx(move |conn| Box::pin(async move { release_in(conn, &lease).await }))
+            .await
     }
 
     async fn claim_due(
