@@ -28,6 +28,11 @@ pub struct DriverConfig {
     /// How often a workspace waiting on its agent is checked even without an
     /// agent event — the net under a missed wakeup (default 5 s; a read, no write).
     pub agent_recheck: Duration,
+    /// How many workspaces the first sweep after start may claim at once
+    /// (default 20,000): everything left in flight by a restart is taken up in
+    /// one round, each workspace advanced once before any is advanced twice,
+    /// instead of in batches sized for steady running (twice the concurrency).
+    pub startup_claim: usize,
 }
 
 impl Default for DriverConfig {
@@ -37,6 +42,7 @@ impl Default for DriverConfig {
             sweep_interval: Duration::from_secs(1),
             error_backoff: Duration::from_secs(1),
             agent_recheck: Duration::from_secs(5),
+            startup_claim: 20_000,
         }
     }
 }
@@ -254,15 +260,19 @@ impl Loop {
         }
     }
 
-    /// Claims workspaces due by `until` (the first sweep after start claims
-    /// every workspace with work pending, whenever it is due) and wakes them. It
-    /// claims only what it can start soon — up to twice the concurrency, minus
+    /// Claims workspaces due by `until` and wakes them. It claims only what it
+    /// can start soon — up to twice the concurrency, minus
     /// what is already queued or running — so replicas spread the work; when a
     /// claim comes back full, more is claimed as soon as the queue runs low.
     async fn sweep(&mut self, until: Timestamp) {
         self.sweep_until = until;
         let want =
             (2 * self.config.concurrency).saturating_sub(self.ready.len() + self.running.len());
+        self.claim(until, want).await;
+    }
+
+    /// Claims up to `want` workspaces due by `until` and wakes them.
+    async fn claim(&mut self, until: Timestamp, want: usize) {
         if want == 0 {
             self.more_due = true;
             return;
@@ -279,6 +289,22 @@ impl Loop {
                 tracing::warn!(error = %e, "claiming due workspaces failed");
             }
         }
+    }
+
+    /// The first sweep: everything with work pending, whenever due, up to
+    /// [`DriverConfig::startup_claim`], in pages of 1,000.
+    async fn startup_sweep(&mut self) {
+        let until = Timestamp::from_millis(u64::MAX);
+        let mut left = self.config.startup_claim;
+        loop {
+            let page = left.min(1000);
+            self.claim(until, page).await;
+            left -= page.min(left);
+            if !self.more_due || left == 0 {
+                break;
+            }
+        }
+        self.sweep_until = until;
     }
 
     async fn run(
@@ -338,9 +364,12 @@ impl Loop {
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
                 _ = sweep.tick() => {
-                    let until = if first_sweep { Timestamp::from_millis(u64::MAX) } else { self.engine.clock().now() };
-                    first_sweep = false;
-                    self.sweep(until).await;
+                    if first_sweep {
+                        first_sweep = false;
+                        self.startup_sweep().await;
+                    } else {
+                        self.sweep(self.engine.clock().now()).await;
+                    }
                 }
                 _ = timer, if next_timer.is_some() => {}
             }

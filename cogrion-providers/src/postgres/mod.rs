@@ -235,6 +235,79 @@ async fn require_workspace(conn: &mut PgConnection, id: &WorkspaceId) -> Result<
     }
 }
 
+/// What a write needs to know about a workspace: its revision, its lease row
+/// (holder, fence, expires_at, released), and — for commits — the last event and
+/// command sequence numbers. `None`: no such workspace.
+struct Current {
+    revision: i64,
+    lease: Option<(String, i64, i64, bool)>,
+    last_event: i64,
+    last_command: i64,
+}
+
+/// Locks the workspace's row (every change to a workspace or its lease does,
+/// first), then reads the rest in a second statement: under READ COMMITTED a
+/// statement that waited for the lock would still see the lease as it was before
+/// the wait.
+async fn current(conn: &mut PgConnection, id: &WorkspaceId, seqs: bool) -> Result<Option<Current>> {
+    if revision_of(conn, id).await?.is_none() {
+        return Ok(None);
+    }
+    let sql = if seqs {
+        "SELECT w.revision, l.holder, l.fence, l.expires_at, l.released, \
+           (SELECT COALESCE(MAX(seq), 0) FROM events WHERE workspace = w.id) AS last_event, \
+           (SELECT COALESCE(MAX(seq), 0) FROM commands WHERE workspace = w.id) AS last_command \
+         FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id WHERE w.id = $1"
+    } else {
+        "SELECT w.revision, l.holder, l.fence, l.expires_at, l.released, \
+           0::BIGINT AS last_event, 0::BIGINT AS last_command \
+         FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id WHERE w.id = $1"
+    };
+    let row = sqlx::query(sql)
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(row.map(|r| Current {
+        revision: r.get("revision"),
+        lease: r.get::<Option<String>, _>("holder").map(|holder| {
+            (
+                holder,
+                r.get("fence"),
+                r.get("expires_at"),
+                r.get::<bool, _>("released"),
+            )
+        }),
+        last_event: r.get("last_event"),
+        last_command: r.get("last_command"),
+    }))
+}
+
+impl Current {
+    fn found(value: Option<Self>, id: &WorkspaceId) -> Result<Self> {
+        value.ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))
+    }
+
+    /// The fencing token of the live (unreleased) lease, if any.
+    fn live_fence(&self) -> Option<FencingToken> {
+        self.lease
+            .as_ref()
+            .filter(|(_, _, _, released)| !released)
+            .map(|(_, fence, _, _)| FencingToken(*fence as u64))
+    }
+
+    fn check_fence(&self, id: &WorkspaceId, fence: FencingToken) -> Result<()> {
+        if self.live_fence() == Some(fence) {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                workspace: id.clone(),
+                fence: fence.0,
+            })
+        }
+    }
+}
+
 /// The workspace's lease row: (holder, fence, expires_at, released).
 async fn lease_row(
     conn: &mut PgConnection,
@@ -275,8 +348,7 @@ async fn acquire_in(
     now: Timestamp,
 ) -> Result<Lease> {
     check_lease_ttl(ttl)?;
-    require_workspace(conn, &ws).await?;
-    let row = lease_row(conn, &ws).await?;
+    let row = Current::found(current(conn, &ws, false).await?, &ws)?.lease;
     let live = row
         .as_ref()
         .filter(|(_, _, expires, released)| !released && *expires > millis(now));
@@ -336,8 +408,7 @@ async fn put_checkpoint_in(
     value: String,
     fence: FencingToken,
 ) -> Result<()> {
-    require_workspace(conn, id).await?;
-    check_fence(conn, id, fence).await?;
+    Current::found(current(conn, id, false).await?, id)?.check_fence(id, fence)?;
     sqlx::query(
         "INSERT INTO checkpoints (workspace, key, value) VALUES ($1, $2, $3) \
              ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
@@ -385,21 +456,12 @@ async fn write_in(conn: &mut PgConnection, write: BatchWrite) -> Result<BatchOut
 /// One write inside an open transaction; see [`RecordStore::commit`].
 async fn apply(conn: &mut PgConnection, write: WorkspaceWrite) -> Result<Committed> {
     let id = write.workspace.clone();
-    let existing = revision_of(conn, &id).await?;
-    let last_command: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM commands WHERE workspace = $1")
-            .bind(id.as_str())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+    let now = current(conn, &id, true).await?;
+    let existing = now.as_ref().map(|c| c.revision);
+    let last_command = now.as_ref().map_or(0, |c| c.last_command);
+    let last_event = now.as_ref().map_or(0, |c| c.last_event);
     let commands = check_write(&write, last_command as u64 + 1)?;
-    let live_fence = match (write.fence, existing) {
-        (Some(_), Some(_)) => lease_row(conn, &id)
-            .await?
-            .filter(|(_, _, _, released)| !released)
-            .map(|(_, fence, _, _)| FencingToken(fence as u64)),
-        _ => None,
-    };
+    let live_fence = now.as_ref().and_then(Current::live_fence);
     check_preconditions(&write, existing.map(|r| Revision(r as u64)), live_fence)?;
     if existing.is_some() {
         for c in &commands {
@@ -455,14 +517,8 @@ async fn apply(conn: &mut PgConnection, write: WorkspaceWrite) -> Result<Committ
         committed.revision = Some(Revision(revision as u64));
     }
     if !write.events.is_empty() {
-        let last: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE workspace = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(unavailable)?;
         for (i, event) in write.events.iter().enumerate() {
-            let seq = last + 1 + i as i64;
+            let seq = last_event + 1 + i as i64;
             sqlx::query("INSERT INTO events (workspace, seq, body) VALUES ($1, $2, $3)")
                 .bind(id.as_str())
                 .bind(seq)
@@ -568,6 +624,13 @@ impl RecordStore for PostgresStore {
                 Box::pin(async move {
                     let mut results = Vec::with_capacity(writes.len());
                     for write in writes {
+                        // Only a commit can fail after it started writing; the
+                        // other writes check everything first (and an SQL error
+                        // fails the whole transaction, so every result with it).
+                        if !matches!(write, BatchWrite::Commit(_)) {
+                            results.push(write_in(conn, write).await);
+                            continue;
+                        }
                         sqlx::query("SAVEPOINT w")
                             .execute(&mut *conn)
                             .await
