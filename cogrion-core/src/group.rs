@@ -41,6 +41,21 @@ pub struct GroupCommit {
     queue: mpsc::UnboundedSender<Pending>,
     batches: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
+    /// Writes by kind: commits, checkpoints, acquisitions, releases.
+    kinds: Arc<[AtomicU64; 4]>,
+}
+
+/// How many writes of each kind went through a [`GroupCommit`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Commits.
+    pub commits: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Leases acquired.
+    pub acquires: u64,
+    /// Leases released.
+    pub releases: u64,
 }
 
 impl fmt::Debug for GroupCommit {
@@ -85,6 +100,7 @@ impl GroupCommit {
             queue,
             batches,
             writes,
+            kinds: Arc::new(Default::default()),
         }
     }
 
@@ -105,8 +121,26 @@ fn gone() -> Error {
 }
 
 impl GroupCommit {
+    /// How many writes of each kind went through the wrapper.
+    pub fn write_counts(&self) -> WriteCounts {
+        let [c, k, a, r] = &*self.kinds;
+        WriteCounts {
+            commits: c.load(Ordering::Relaxed),
+            checkpoints: k.load(Ordering::Relaxed),
+            acquires: a.load(Ordering::Relaxed),
+            releases: r.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues `write` for the next batch and waits for its outcome.
     async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
+        let kind = match &write {
+            BatchWrite::Commit(_) => 0,
+            BatchWrite::PutCheckpoint { .. } => 1,
+            BatchWrite::Acquire { .. } => 2,
+            BatchWrite::Release(_) => 3,
+        };
+        self.kinds[kind].fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.queue.send((write, reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
