@@ -38,7 +38,8 @@ type Pending = (BatchWrite, oneshot::Sender<Result<BatchOutcome>>);
 #[derive(Clone)]
 pub struct GroupCommit {
     inner: Arc<dyn WorkspaceStore>,
-    queue: mpsc::UnboundedSender<Pending>,
+    /// One queue per lane; a workspace always uses the same lane.
+    lanes: Arc<[mpsc::UnboundedSender<Pending>]>,
     batches: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
     /// Writes by kind: commits, checkpoints, acquisitions, releases.
@@ -69,35 +70,49 @@ impl fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Wraps `inner`, writing at most `max_batch` writes per transaction. Starts
-    /// the writing task on the current tokio runtime; it ends when every clone of
-    /// the wrapper is dropped.
+    /// Wraps `inner`, writing at most `max_batch` writes per transaction, one
+    /// transaction at a time — right for SQLite, whose single writer allows no
+    /// more. Starts the writing task on the current tokio runtime; it ends when
+    /// every clone of the wrapper is dropped.
     pub fn new(inner: Arc<dyn WorkspaceStore>, max_batch: usize) -> Self {
-        let (queue, mut receiver) = mpsc::unbounded_channel::<Pending>();
+        Self::with_lanes(inner, max_batch, 1)
+    }
+
+    /// Like [`new`](Self::new), with `lanes` transactions in flight at once, for
+    /// stores that write concurrently (PostgreSQL): each workspace's writes
+    /// always take the same lane, so they stay in order, and no two lanes' open
+    /// transactions ever wait on each other's rows.
+    pub fn with_lanes(inner: Arc<dyn WorkspaceStore>, max_batch: usize, lanes: usize) -> Self {
         let (batches, writes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (store, b, w) = (inner.clone(), batches.clone(), writes.clone());
         let max_batch = max_batch.max(1);
-        tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match receiver.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+        let senders: Vec<_> = (0..lanes.max(1))
+            .map(|_| {
+                let (queue, mut receiver) = mpsc::unbounded_channel::<Pending>();
+                let (store, b, w) = (inner.clone(), batches.clone(), writes.clone());
+                tokio::spawn(async move {
+                    while let Some(first) = receiver.recv().await {
+                        let mut batch = vec![first];
+                        while batch.len() < max_batch {
+                            match receiver.try_recv() {
+                                Ok(next) => batch.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                        b.fetch_add(1, Ordering::Relaxed);
+                        w.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                        let results = store.write_batch(writes).await;
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
                     }
-                }
-                let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                b.fetch_add(1, Ordering::Relaxed);
-                w.fetch_add(writes.len() as u64, Ordering::Relaxed);
-                let results = store.write_batch(writes).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-        });
+                });
+                queue
+            })
+            .collect();
         Self {
             inner,
-            queue,
+            lanes: senders.into(),
             batches,
             writes,
             kinds: Arc::new(Default::default()),
@@ -141,8 +156,15 @@ impl GroupCommit {
             BatchWrite::Release(_) => 3,
         };
         self.kinds[kind].fetch_add(1, Ordering::Relaxed);
+        let lane = if self.lanes.len() == 1 {
+            0
+        } else {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(write.workspace());
+            (hash % self.lanes.len() as u64) as usize
+        };
         let (reply, answer) = oneshot::channel();
-        self.queue.send((write, reply)).map_err(|_| gone())?;
+        self.lanes[lane].send((write, reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }

@@ -63,6 +63,11 @@ async fn postgres_store_passes_the_store_suite() {
     store_suite(&store).await;
     // Twice on one database, as replicas sharing it would see.
     store_suite(&store).await;
+    // And through group commit with four transactions in flight at once.
+    let grouped = cogrion_core::GroupCommit::with_lanes(std::sync::Arc::new(store), 64, 4);
+    store_suite(&grouped).await;
+    let (batches, writes) = grouped.stats();
+    assert!(batches > 0 && writes >= batches);
 }
 
 #[tokio::test]

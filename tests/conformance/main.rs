@@ -24,3 +24,14 @@ async fn group_commit_over_the_in_memory_store_passes_the_store_suite() {
     let (batches, writes) = store.stats();
     assert!(batches > 0 && writes >= batches);
 }
+
+/// With several lanes (transactions in flight at once), too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_with_lanes_passes_the_store_suite() {
+    let store = cogrion::GroupCommit::with_lanes(std::sync::Arc::new(InMemoryStore::new()), 64, 4);
+    store_suite(&store).await;
+    let counts = store.write_counts();
+    assert!(
+        counts.commits > 0 && counts.checkpoints > 0 && counts.acquires > 0 && counts.releases > 0
+    );
+}
