@@ -281,7 +281,8 @@ fn report_driver(rt: &Runtime) {
 }
 
 /// Which reports to run: `COGRION_BENCH` lists them, comma-separated, from
-/// `memory`, `driver`, `sqlite`, `postgres`, `resume` (default: all). The
+/// `memory`, `driver`, `sqlite`, `postgres`, `resume`, `resume-postgres`
+/// (default: all). The
 /// PostgreSQL ones need the `postgres` feature and a server at
 /// `COGRION_TEST_POSTGRES_URL` (`scripts/peers/postgres.sh start` prints one).
 fn wanted(report: &str) -> bool {
@@ -340,10 +341,14 @@ fn main() {
             .unwrap_or(10_000);
         durable::report_resume(&Target::Sqlite(Durability::Normal), n);
         durable::report_resume(&Target::Sqlite(Durability::Full), n);
-        if wanted("postgres") {
-            for target in postgres_targets() {
-                durable::report_resume(&target, n);
-            }
+    }
+    if (wanted("resume") && wanted("postgres")) || wanted("resume-postgres") {
+        let n = std::env::var("COGRION_BENCH_RESUME")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        for target in postgres_targets() {
+            durable::report_resume(&target, n);
         }
     }
     if wanted("driver") {

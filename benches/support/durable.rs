@@ -46,7 +46,7 @@ impl Location {
                 Arc::new(
                     PostgresStore::connect_with(
                         url,
-                        PostgresOptions::default().with_max_connections(16),
+                        PostgresOptions::default().with_max_connections(32),
                     )
                     .await
                     .unwrap(),
@@ -73,6 +73,16 @@ impl Target {
             Self::Sqlite(_) => GroupCommit::new(store, 256),
             #[cfg(feature = "postgres")]
             Self::Postgres(_) => GroupCommit::with_lanes(store, 256, 4),
+        }
+    }
+
+    /// The driver's concurrency after the restart: PostgreSQL serves many
+    /// transactions at once and gains from more in flight.
+    fn concurrency(&self) -> usize {
+        match self {
+            Self::Sqlite(_) => 64,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => 128,
         }
     }
 
@@ -438,7 +448,7 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
         let restarted = Instant::now();
         let grouped = Arc::new(target.group(store.clone()));
         let engine = world.engine(grouped.clone(), clock.clone(), config.clone()).unwrap();
-        let driver = Driver::spawn(engine.clone(), DriverConfig::default().with_concurrency(64));
+        let driver = Driver::spawn(engine.clone(), DriverConfig::default().with_concurrency(target.concurrency()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agents = world.agents.clone();
         let agent_task = tokio::spawn(async move {

@@ -147,6 +147,8 @@ struct Loop {
     more_due: bool,
     /// The due time of the last sweep, for those follow-up claims.
     sweep_until: Timestamp,
+    /// How many more workspaces the startup sweep may still claim.
+    startup_left: usize,
     stats: DriverStats,
 }
 
@@ -165,6 +167,7 @@ impl Loop {
             task_workspace: Default::default(),
             more_due: false,
             sweep_until: Timestamp::EPOCH,
+            startup_left: 0,
             stats: DriverStats::default(),
         }
     }
@@ -292,19 +295,18 @@ impl Loop {
     }
 
     /// The first sweep: everything with work pending, whenever due, up to
-    /// [`DriverConfig::startup_claim`], in pages of 1,000.
-    async fn startup_sweep(&mut self) {
-        let until = Timestamp::from_millis(u64::MAX);
-        let mut left = self.config.startup_claim;
-        loop {
-            let page = left.min(1000);
-            self.claim(until, page).await;
-            left -= page.min(left);
-            if !self.more_due || left == 0 {
-                break;
-            }
+    /// [`DriverConfig::startup_claim`], a page of 1,000 at a time — one page per
+    /// turn of the loop, so the first workspaces run while the next are claimed.
+    async fn startup_page(&mut self) {
+        let page = self.startup_left.min(1000);
+        self.claim(Timestamp::from_millis(u64::MAX), page).await;
+        self.startup_left -= page;
+        if !self.more_due {
+            self.startup_left = 0;
         }
-        self.sweep_until = until;
+        if self.startup_left == 0 {
+            self.more_due = false;
+        }
     }
 
     async fn run(
@@ -327,9 +329,12 @@ impl Loop {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first_sweep = true;
+        self.startup_left = self.config.startup_claim;
         loop {
             self.fire_timers();
-            if self.more_due && self.ready.len() < self.config.concurrency {
+            if self.startup_left > 0 {
+                self.startup_page().await;
+            } else if self.more_due && self.ready.len() < self.config.concurrency {
                 self.sweep(self.sweep_until).await;
             }
             self.start_ready();
@@ -364,12 +369,11 @@ impl Loop {
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
                 _ = sweep.tick() => {
-                    if first_sweep {
-                        first_sweep = false;
-                        self.startup_sweep().await;
-                    } else {
+                    // The first tick comes at once: the startup pages cover it.
+                    if !first_sweep && self.startup_left == 0 {
                         self.sweep(self.engine.clock().now()).await;
                     }
+                    first_sweep = false;
                 }
                 _ = timer, if next_timer.is_some() => {}
             }

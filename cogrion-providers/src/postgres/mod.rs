@@ -7,12 +7,16 @@
 //! queue, checkpoints, lease, tokens and credentials — are serialised across all
 //! replicas, while writes to different workspaces proceed in parallel. Creates race
 //! on the primary key (`INSERT … ON CONFLICT DO NOTHING`): exactly one wins.
+//! [`claim_due`](cogrion_core::LeaseStore::claim_due) locks the due rows it takes
+//! with `FOR UPDATE SKIP LOCKED`, so replicas claiming at once take different
+//! workspaces instead of waiting on each other.
 //!
 //! # Durability
 //! Whatever the server is configured for (`synchronous_commit`); with the default
 //! (`on`) every commit is flushed before it returns, which is why
-//! [`RecordStore::commit_batch`] shares one transaction among many writes (a
-//! savepoint each).
+//! [`RecordStore::write_batch`] shares one transaction among many writes (a
+//! savepoint for each commit). [`GroupCommit::with_lanes`](cogrion_core::GroupCommit::with_lanes)
+//! keeps several such transactions in flight.
 //!
 //! # Schema
 //! Versioned migrations are applied when the store connects, under an advisory

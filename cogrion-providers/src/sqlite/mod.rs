@@ -8,12 +8,18 @@
 //! `synchronous=NORMAL` syncs the WAL at checkpoints, not on every commit); with
 //! [`Durability::Full`] every commit is synced before it returns
 //! (`synchronous=FULL`), at the cost of one fsync per transaction — which is why
-//! [`RecordStore::commit_batch`] shares one transaction among many writes.
+//! [`RecordStore::write_batch`] shares one transaction among many writes
+//! (commits, checkpoints, lease acquisitions and releases of any workspaces, each
+//! commit under its own savepoint). Wrap the store in
+//! [`GroupCommit`](cogrion_core::GroupCommit) to have the engine's concurrent
+//! writes batched that way.
 //!
 //! # Concurrency
 //! One writer connection serialises writes (`BEGIN IMMEDIATE`, so another process
 //! on the same file waits on the lock instead of failing mid-transaction); reads
-//! use a separate pool and never wait for the writer (WAL).
+//! use a separate pool and never wait for the writer (WAL). A bulk
+//! [`claim_due`](cogrion_core::LeaseStore::claim_due) is one `INSERT … SELECT`
+//! in the writer's transaction.
 //!
 //! # Schema
 //! Versioned migrations are applied when the store is opened. A database written
