@@ -4,21 +4,23 @@
 //! their strict validation. It performs no I/O, so both sides (and any alternative
 //! transport a host writes) agree on exactly one definition.
 //!
-//! What is here today is the part of the protocol the control plane's durable
-//! command queue needs: [`CommandId`], [`CommandKind`], [`Command`],
-//! [`CommandResult`] and the agent identity format ([`AgentIdentity`]). The
-//! bootstrap, poll and renewal messages of protocol v1 join them with the HTTPS
-//! transport.
+//! The identifiers and command types ([`CommandId`], [`CommandKind`],
+//! [`Command`], [`CommandResult`], [`WorkspaceId`]), the agent identity format
+//! ([`AgentIdentity`]), and the messages of protocol v1 — bootstrap, long-poll,
+//! result, renewal and refusal — in [`v1`], with [`v1::decode`], the one strict
+//! decoder both sides use.
 //!
 //! # Compatibility
-//! [`PROTOCOL_VERSION`] names the protocol generation. Within one version, fields
-//! are only ever added as optional; a change that would make an older peer
-//! misunderstand a message increments the version.
+//! [`PROTOCOL_VERSION`] names the protocol generation, and every v1 message
+//! carries it. Decoding is strict (unknown fields are refused), so any change to
+//! a message makes a new version; a message of a version a peer does not speak is
+//! refused as such ([`v1::DecodeError::UnsupportedVersion`]). See [`v1`].
 
 #[macro_use]
 mod macros;
 mod command;
 mod identity;
+pub mod v1;
 mod workspace;
 
 pub use command::{

@@ -46,23 +46,11 @@ impl BootstrapToken {
         Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
-    /// Reads a token presented by an agent: exactly 64 lowercase hex digits.
+    /// Reads a token presented by an agent: exactly 64 lowercase hex digits (the
+    /// wire's rule, [`TokenText`](cogrion_agent_proto::v1::TokenText)).
     pub fn parse(text: &str) -> Result<Self, crate::ids::InvalidValue> {
-        let text = text.trim();
-        cogrion_agent_proto::check_chars(
-            "bootstrap token",
-            text,
-            64,
-            "lowercase hex digits",
-            |_, c| c.is_ascii_digit() || ('a'..='f').contains(&c),
-        )?;
-        if text.len() != 64 {
-            return Err(crate::ids::InvalidValue::Malformed {
-                what: "bootstrap token",
-                reason: format!("{} hex digits, expected 64", text.len()),
-            });
-        }
-        Ok(Self(text.to_owned()))
+        let text = cogrion_agent_proto::v1::TokenText::new(text.trim())?;
+        Ok(Self(text.expose().to_owned()))
     }
 
     /// The secret itself — hand it only to the agent's installer.
