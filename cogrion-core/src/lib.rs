@@ -16,6 +16,8 @@
 
 mod agent;
 pub mod book;
+#[cfg(feature = "ca")]
+pub mod ca;
 mod checkpoint;
 mod clock;
 #[cfg(feature = "conformance")]
