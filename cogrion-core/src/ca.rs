@@ -326,6 +326,51 @@ impl CertificateAuthority {
         &self.config
     }
 
+    /// Checks a CSR as [`sign_agent`](Self::sign_agent) would — readable, its
+    /// signature valid, its key of an accepted type — without signing: a server
+    /// checks before it consumes a one-time token.
+    pub fn check_csr(&self, csr_pem: &str) -> Result<(), CaError> {
+        read_csr(csr_pem).map(|_| ())
+    }
+
+    /// A certificate and a fresh ECDSA P-256 key for the control plane's own
+    /// HTTPS endpoint, valid for `names` (DNS names or IP addresses) for
+    /// [`CaConfig::validity`]. Agents trust it through the CA's certificate.
+    pub fn issue_server(
+        &self,
+        names: &[&str],
+        now: Timestamp,
+    ) -> Result<ServerCertificate, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .map_err(|e| CaError::Signing(e.to_string()))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("cogrion"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = time_of(Timestamp::from_millis(
+            now.as_millis()
+                .saturating_sub(self.config.backdate.as_millis() as u64),
+        ));
+        params.not_after = time_of(now + self.config.validity);
+        params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(ServerCertificate {
+            certificate_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Signs an agent's CSR for `workspace`: the certificate's identity, usages
     /// and validity are the CA's choice; from the CSR only the public key is
     /// taken, after its signature is verified and its type accepted.
@@ -336,19 +381,7 @@ impl CertificateAuthority {
         serial: &CertSerial,
         now: Timestamp,
     ) -> Result<AgentCertificate, CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
-            rcgen::Error::InvalidCertificationRequestSignature => CaError::CsrBadSignature,
-            rcgen::Error::UnsupportedSignatureAlgorithm => CaError::CsrKeyType {
-                found: "an unsupported algorithm".into(),
-            },
-            other => CaError::CsrUnreadable(other.to_string()),
-        })?;
-        let found = csr.public_key.algorithm();
-        if KeyAlgorithm::of(found).is_none() {
-            return Err(CaError::CsrKeyType {
-                found: format!("{found:?}"),
-            });
-        }
+        let csr = read_csr(csr_pem)?;
         let identity = AgentIdentity::new(&self.config.trust_domain, workspace.clone())
             .map_err(|e| CaError::Signing(e.to_string()))?;
         let not_before = Timestamp::from_millis(
@@ -384,6 +417,40 @@ impl CertificateAuthority {
             not_after,
         })
     }
+}
+
+/// A certificate and its private key for the control plane's HTTPS endpoint.
+#[derive(Clone)]
+pub struct ServerCertificate {
+    /// The certificate, PEM.
+    pub certificate_pem: String,
+    /// Its private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertificate").finish_non_exhaustive()
+    }
+}
+
+/// Parses a CSR, verifies its signature, and accepts only the key types of
+/// [`KeyAlgorithm`].
+fn read_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, CaError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => CaError::CsrBadSignature,
+        rcgen::Error::UnsupportedSignatureAlgorithm => CaError::CsrKeyType {
+            found: "an unsupported algorithm".into(),
+        },
+        other => CaError::CsrUnreadable(other.to_string()),
+    })?;
+    let found = csr.public_key.algorithm();
+    if KeyAlgorithm::of(found).is_none() {
+        return Err(CaError::CsrKeyType {
+            found: format!("{found:?}"),
+        });
+    }
+    Ok(csr)
 }
 
 /// A serial's hex digits as a positive DER integer's bytes.

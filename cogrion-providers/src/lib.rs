@@ -7,7 +7,7 @@
 //! | `helm`, `manifest`, `terraform` | `Executor` | not implemented yet |
 //! | `sqlite` | `WorkspaceStore` | [`sqlite::SqliteStore`] — passes the store conformance suite |
 //! | `postgres` | `WorkspaceStore` | [`postgres::PostgresStore`] — passes the store conformance suite against a real server |
-//! | `https` | `AgentTransport` | not implemented yet |
+//! | `https` | `AgentTransport` | [`https::AgentServer`] and [`https::AgentClient`] — bootstrap, long-poll and results over real mTLS (renewal, admission control and the agent runtime still to come) |
 //!
 //! The features exist so that the facade's feature names are stable; a feature
 //! whose module has not landed adds nothing yet.
@@ -22,3 +22,13 @@ pub mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+
+#[cfg(feature = "https")]
+pub mod https;
+
+/// Locks a mutex, carrying on through poisoning (no critical section here leaves
+/// its data half-changed).
+#[cfg(feature = "https")]
+fn lock_or_recover<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,185 @@
+//! The agent's side of the protocol: bootstrap with a one-time token and a CSR
+//! for a key generated here (which never leaves), then long-poll and post
+//! results over mutual TLS.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use cogrion_core::proto::v1::{
+    self, AgentVersion, BootstrapRequest, BootstrapResponse, DecodeError, ErrorResponse, Message,
+    PollRequest, PollResponse, ResultAck, ResultRequest, TokenText,
+};
+use cogrion_core::proto::{CommandId, CommandResult, PROTOCOL_VERSION, WorkspaceId};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Why a request did not get its answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server refused it, saying why.
+    #[error("refused with {status}: {error:?}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's reason.
+        error: ErrorResponse,
+    },
+    /// No TLS connection (the handshake failed — an untrusted or expired
+    /// certificate, for instance — or the server is unreachable).
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The answer is not a valid message.
+    #[error("unreadable answer: {0}")]
+    Protocol(String),
+}
+
+/// A client of one control plane's agent endpoint; see the [module](super)
+/// documentation.
+pub struct AgentClient {
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    roots: Arc<rustls::RootCertStore>,
+    identity: Mutex<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentClient {
+    /// A client for the endpoint at `addr`, whose certificate must name
+    /// `server_name` and chain to `ca_pem`.
+    pub fn new(addr: SocketAddr, server_name: &str, ca_pem: &str) -> Result<Self, ClientError> {
+        Ok(Self {
+            addr,
+            server_name: ServerName::try_from(server_name.to_owned())
+                .map_err(|e| ClientError::Connect(e.to_string()))?,
+            roots: Arc::new(super::roots(ca_pem).map_err(ClientError::Connect)?),
+            identity: Mutex::new(None),
+        })
+    }
+
+    /// Uses this client certificate (PEM chain) and key (PKCS#8 PEM) from now on.
+    pub fn set_identity(&self, chain_pem: &str, key_pem: &str) -> Result<(), ClientError> {
+        let chain = super::certificates(chain_pem).map_err(ClientError::Connect)?;
+        let key = super::private_key(key_pem).map_err(ClientError::Connect)?;
+        *crate::lock_or_recover(&self.identity) = Some((chain, key));
+        Ok(())
+    }
+
+    /// Exchanges `token` for a certificate: generates an ECDSA P-256 key, sends
+    /// a CSR for it, and from then on authenticates with the certificate.
+    pub async fn bootstrap(
+        &self,
+        workspace: &WorkspaceId,
+        token: &str,
+        agent_version: &str,
+    ) -> Result<BootstrapResponse, ClientError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let request = BootstrapRequest {
+            version: PROTOCOL_VERSION,
+            workspace: workspace.clone(),
+            token: TokenText::new(token).map_err(|e| ClientError::Protocol(e.to_string()))?,
+            csr_pem: csr,
+            agent_version: AgentVersion::new(agent_version)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+        };
+        let response: BootstrapResponse =
+            self.exchange("/v1/bootstrap", v1::encode(&request)).await?;
+        self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
+        Ok(response)
+    }
+
+    /// One long-poll.
+    pub async fn poll(
+        &self,
+        finished: Vec<CommandId>,
+        wait_secs: u32,
+    ) -> Result<PollResponse, ClientError> {
+        let request = PollRequest::new(finished, wait_secs)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.exchange("/v1/poll", v1::encode(&request)).await
+    }
+
+    /// Posts one result; the acknowledgement means it is stored.
+    pub async fn post_result(&self, result: CommandResult) -> Result<ResultAck, ClientError> {
+        let request = ResultRequest {
+            version: PROTOCOL_VERSION,
+            result,
+        };
+        self.exchange("/v1/result", v1::encode(&request)).await
+    }
+
+    async fn exchange<M: Message>(&self, path: &str, body: Vec<u8>) -> Result<M, ClientError> {
+        let (status, bytes) = self.send_raw(path, body).await?;
+        if status == 200 {
+            v1::decode::<M>(&bytes).map_err(|e: DecodeError| ClientError::Protocol(e.to_string()))
+        } else {
+            let error = v1::decode::<ErrorResponse>(&bytes)
+                .map_err(|e| ClientError::Protocol(format!("status {status}: {e}")))?;
+            Err(ClientError::Refused { status, error })
+        }
+    }
+
+    /// Sends `body` as-is to `path` on a new connection; returns the status and
+    /// the body of the answer. For tests of what the server refuses.
+    pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
+        let connect = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
+        let builder = rustls::ClientConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| connect(&e))?
+            .with_root_certificates(self.roots.clone());
+        let identity = crate::lock_or_recover(&self.identity)
+            .as_ref()
+            .map(|(chain, key)| (chain.clone(), key.clone_key()));
+        let mut config = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| connect(&e))?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| connect(&e))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| connect(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| connect(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = hyper::Request::post(path)
+            .header("host", self.server_name.to_str().as_ref())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| connect(&e))?;
+        let status = response.status().as_u16();
+        let bytes = Limited::new(response.into_body(), 8 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes.to_vec()))
+    }
+}

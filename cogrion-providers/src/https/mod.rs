@@ -1,0 +1,72 @@
+//! [`AgentServer`]: the agents' HTTPS endpoint (rustls on aws-lc-rs, HTTP/1.1,
+//! JSON messages of protocol v1), and [`AgentClient`], the protocol's client.
+//!
+//! # Endpoints
+//! | path | TLS | body |
+//! |---|---|---|
+//! | `POST /v1/bootstrap` | server-authenticated; no client certificate needed | [`BootstrapRequest`](cogrion_core::proto::v1::BootstrapRequest) → [`BootstrapResponse`](cogrion_core::proto::v1::BootstrapResponse) |
+//! | `POST /v1/poll` | mutual: a certificate from the control plane's CA | [`PollRequest`](cogrion_core::proto::v1::PollRequest) → [`PollResponse`](cogrion_core::proto::v1::PollResponse), held up to `wait_secs` |
+//! | `POST /v1/result` | mutual | [`ResultRequest`](cogrion_core::proto::v1::ResultRequest) → [`ResultAck`](cogrion_core::proto::v1::ResultAck), after the result is stored |
+//!
+//! Every refusal is an [`ErrorResponse`](cogrion_core::proto::v1::ErrorResponse)
+//! with its own [`ErrorCode`](cogrion_core::proto::v1::ErrorCode) and is logged
+//! with its reason; a refused request changes nothing stored.
+//!
+//! # Security
+//! - The agent's identity comes from its client certificate — the workspace in
+//!   its URI SAN and its serial — never from the request body. The credential
+//!   behind the serial is checked (revocation, expiry) on every request.
+//! - Bootstrap checks the CSR (readable, signature, key type) *before* consuming
+//!   the one-time token; the certificate's subject is the CA's choice.
+//! - Repeated failed bootstraps from one address are rate-limited
+//!   (`rate_limited`, with `Retry-After`).
+//! - Bodies are limited before they are read (`too_large`); decoding is strict.
+//!
+//! What this module does not do yet (issue 5 continues): certificate renewal,
+//! admission control of handshakes, closing connections on revocation beyond the
+//! per-request check, and the agent runtime that wraps [`AgentClient`].
+
+mod client;
+mod server;
+
+pub use client::{AgentClient, ClientError};
+pub use server::{AgentServer, AgentServerConfig};
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+/// The one crypto provider of the tree.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Certificates from PEM.
+fn certificates(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the PEM".into());
+    }
+    Ok(certs)
+}
+
+/// A private key from PEM.
+fn private_key(pem: &str) -> Result<rustls_pki_types::PrivateKeyDer<'static>, String> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("unreadable private key: {e}"))
+}
+
+/// A root store holding the certificates of `pem`.
+fn roots(pem: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("unusable CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}

@@ -1,0 +1,602 @@
+//! The control plane's side: TLS termination, identity from the client
+//! certificate, the three endpoints, refusals.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cogrion_core::ca::{CaError, CertificateAuthority, ServerCertificate};
+use cogrion_core::proto::v1::{
+    self, BootstrapRequest, BootstrapResponse, DecodeError, ErrorCode, ErrorResponse, Message,
+    PollRequest, PollResponse, PollSettings, RenewalSettings, ResultAck, ResultRequest,
+};
+use cogrion_core::proto::{AgentIdentity, PROTOCOL_VERSION};
+use cogrion_core::{
+    AgentGateway, AgentPresence, AgentTransport, BootstrapToken, CertSerial, Clock, Error,
+    Resource, Result, TokenRefusal, WorkspaceId,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AgentServerConfig {
+    /// How long a TLS handshake may take (default 10 s).
+    pub handshake_timeout: Duration,
+    /// The longest the server holds a poll, whatever the agent asks (default 30 s).
+    pub max_poll_wait: Duration,
+    /// What agents are told at bootstrap about polling.
+    pub poll: PollSettings,
+    /// What agents are told at bootstrap about renewal.
+    pub renewal: RenewalSettings,
+    /// Failed bootstraps allowed from one address per window (default 5).
+    pub failed_bootstraps: u32,
+    /// The window (default 60 s).
+    pub failure_window: Duration,
+}
+
+impl Default for AgentServerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_poll_wait: Duration::from_secs(30),
+            poll: PollSettings {
+                wait_secs: 30,
+                max_commands: 32,
+            },
+            renewal: RenewalSettings {
+                renew_at_percent: 66,
+            },
+            failed_bootstraps: 5,
+            failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The agents' HTTPS endpoint; see the [module](super) documentation. It is the
+/// engine's [`AgentTransport`]: clones share one server.
+#[derive(Clone)]
+pub struct AgentServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AgentServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentServer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    gateway: AgentGateway,
+    ca: Arc<CertificateAuthority>,
+    clock: Arc<dyn Clock>,
+    tls: tokio_rustls::TlsAcceptor,
+    config: AgentServerConfig,
+    /// Polls waiting for commands, by workspace.
+    waiters: Mutex<HashMap<WorkspaceId, Arc<Notify>>>,
+    /// Failed bootstraps by address: (count, window start).
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// The agent a connection's client certificate names.
+#[derive(Debug, Clone)]
+struct Peer {
+    workspace: WorkspaceId,
+    serial: CertSerial,
+}
+
+/// A refusal: its status, code and reason.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn decode(e: DecodeError) -> Self {
+        let status = match e.code() {
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+
+    fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            "this endpoint needs a client certificate from the control plane's CA",
+        )
+    }
+
+    /// A refusal for what the gateway said about a credential or a command.
+    fn gateway(e: Error) -> Self {
+        match e {
+            Error::CredentialRevoked { serial, at } => Self::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::CertificateRevoked,
+                format!("certificate {serial} was revoked at {at}"),
+            ),
+            Error::NotFound(Resource::Credential(serial)) => Self::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                format!("no credential {serial}"),
+            ),
+            Error::NotFound(Resource::Command(_, id)) => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotYourCommand,
+                format!("no command {id} for this agent"),
+            ),
+            Error::Rejected { detail, .. } if detail.contains("expired") => {
+                Self::new(StatusCode::FORBIDDEN, ErrorCode::CertificateExpired, detail)
+            }
+            other => Self::internal(other),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    }
+
+    fn response(&self) -> Response<Full<Bytes>> {
+        let body = v1::encode(&ErrorResponse::new(
+            self.code,
+            self.message.clone(),
+            self.retry_after,
+        ));
+        let mut response = Response::builder()
+            .status(self.status)
+            .header("content-type", "application/json");
+        if let Some(secs) = self.retry_after {
+            response = response.header("retry-after", secs.to_string());
+        }
+        response
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}
+
+fn ok<M: Message>(message: &M) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v1::encode(message))))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// Reads a body of at most `M::MAX_LEN` bytes and decodes it strictly.
+async fn body<M: Message>(req: Request<Incoming>) -> std::result::Result<M, Refusal> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared
+        && len > M::MAX_LEN
+    {
+        return Err(Refusal::decode(DecodeError::TooLarge {
+            what: M::NAME,
+            len,
+            max: M::MAX_LEN,
+        }));
+    }
+    let bytes = Limited::new(req.into_body(), M::MAX_LEN)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Refusal::decode(DecodeError::TooLarge {
+                    what: M::NAME,
+                    len: M::MAX_LEN + 1,
+                    max: M::MAX_LEN,
+                })
+            } else {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    format!("unreadable body: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    v1::decode::<M>(&bytes).map_err(Refusal::decode)
+}
+
+/// The agent a client certificate names: the workspace of its URI SAN and its
+/// serial. `None` without a certificate.
+fn peer_of(certs: Option<&[CertificateDer<'_>]>) -> std::result::Result<Option<Peer>, String> {
+    let Some(leaf) = certs.and_then(|c| c.first()) else {
+        return Ok(None);
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable SAN: {e}"))?
+        .ok_or("the client certificate names no agent")?;
+    let identity = san
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => AgentIdentity::parse_uri(uri).ok(),
+            _ => None,
+        })
+        .ok_or("the client certificate names no agent")?;
+    // The gateway's serials are 16 bytes; the certificate may carry a leading
+    // zero byte for the sign, or drop leading zeros.
+    let raw: Vec<u8> = cert
+        .raw_serial()
+        .iter()
+        .copied()
+        .skip_while(|b| *b == 0)
+        .collect();
+    if raw.len() > 16 {
+        return Err("the client certificate's serial is not one of ours".into());
+    }
+    let mut bytes = vec![0u8; 16 - raw.len()];
+    bytes.extend(raw);
+    let serial = CertSerial::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Peer {
+        workspace: identity.workspace().clone(),
+        serial,
+    }))
+}
+
+impl AgentServer {
+    /// A server for `gateway`, with `ca` signing the agents' certificates and
+    /// `server` as its own TLS identity.
+    pub fn new(
+        gateway: AgentGateway,
+        ca: Arc<CertificateAuthority>,
+        clock: Arc<dyn Clock>,
+        server: &ServerCertificate,
+        config: AgentServerConfig,
+    ) -> Result<Self> {
+        let rejected = |detail: String| Error::Rejected {
+            service: "agent server".into(),
+            detail,
+        };
+        let provider = super::provider();
+        let roots = super::roots(ca.certificate_pem()).map_err(rejected)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rejected(e.to_string()))?;
+        let chain = super::certificates(&server.certificate_pem).map_err(rejected)?;
+        let key = super::private_key(&server.key_pem).map_err(rejected)?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| rejected(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| rejected(e.to_string()))?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            shared: Arc::new(Shared {
+                gateway,
+                ca,
+                clock,
+                tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+                config,
+                waiters: Mutex::default(),
+                failures: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, addr)) => {
+                        let shared = self.shared.clone();
+                        tokio::spawn(async move { shared.connection(tcp, addr).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Shared {
+    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, addr: SocketAddr) {
+        let tls =
+            match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
+            Ok(peer) => peer,
+            Err(reason) => {
+                tracing::info!(peer = %addr, %reason, "client certificate refused");
+                return;
+            }
+        };
+        let service = hyper::service::service_fn(move |req| {
+            let (shared, peer) = (self.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(shared.handle(peer, addr.ip(), req).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service)
+            .await
+        {
+            tracing::debug!(peer = %addr, error = %e, "connection ended");
+        }
+    }
+
+    async fn handle(
+        &self,
+        peer: Option<Peer>,
+        remote: IpAddr,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let outcome = if req.method() != Method::POST {
+            Err(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadRequest,
+                "only POST",
+            ))
+        } else {
+            match path.as_str() {
+                "/v1/bootstrap" => match body::<BootstrapRequest>(req).await {
+                    Ok(m) => self.bootstrap(m, remote).await,
+                    Err(r) => Err(r),
+                },
+                "/v1/poll" => match (peer.as_ref(), body::<PollRequest>(req).await) {
+                    (None, _) => Err(Refusal::unauthenticated()),
+                    (_, Err(r)) => Err(r),
+                    (Some(p), Ok(m)) => self.poll(p, m).await,
+                },
+                "/v1/result" => match (peer.as_ref(), body::<ResultRequest>(req).await) {
+                    (None, _) => Err(Refusal::unauthenticated()),
+                    (_, Err(r)) => Err(r),
+                    (Some(p), Ok(m)) => self.result(p, m).await,
+                },
+                _ => Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::BadRequest,
+                    "no such endpoint",
+                )),
+            }
+        };
+        match outcome {
+            Ok(response) => response,
+            Err(refusal) => {
+                tracing::info!(
+                    path,
+                    %remote,
+                    workspace = peer.as_ref().map(|p| p.workspace.to_string()),
+                    code = ?refusal.code,
+                    reason = %refusal.message,
+                    "request refused"
+                );
+                refusal.response()
+            }
+        }
+    }
+
+    /// Refuses while `remote` has used up its failed bootstraps.
+    fn check_rate(&self, remote: IpAddr) -> std::result::Result<(), Refusal> {
+        let failures = crate::lock_or_recover(&self.failures);
+        if let Some((count, since)) = failures.get(&remote)
+            && *count >= self.config.failed_bootstraps
+            && since.elapsed() < self.config.failure_window
+        {
+            let left = self.config.failure_window.saturating_sub(since.elapsed());
+            let mut refusal = Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("{count} failed bootstraps from this address; wait"),
+            );
+            refusal.retry_after = Some(left.as_secs().max(1) as u32);
+            return Err(refusal);
+        }
+        Ok(())
+    }
+
+    fn failed(&self, remote: IpAddr) {
+        let mut failures = crate::lock_or_recover(&self.failures);
+        let entry = failures.entry(remote).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.config.failure_window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    async fn bootstrap(
+        &self,
+        m: BootstrapRequest,
+        remote: IpAddr,
+    ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
+        self.check_rate(remote)?;
+        // The CSR first: a token is consumed only for a request that can succeed.
+        self.ca.check_csr(&m.csr_pem).map_err(|e| match e {
+            e @ (CaError::CsrUnreadable(_)
+            | CaError::CsrBadSignature
+            | CaError::CsrKeyType { .. }) => Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::CsrRejected,
+                e.to_string(),
+            ),
+            other => Refusal::internal(other),
+        })?;
+        let token = BootstrapToken::parse(m.token.expose()).map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                e.to_string(),
+            )
+        })?;
+        let credential = match self.gateway.bootstrap(&m.workspace, &token).await {
+            Ok(c) => c,
+            Err(Error::TokenRefused(refusal)) => {
+                self.failed(remote);
+                let code = match refusal {
+                    TokenRefusal::Unknown => ErrorCode::TokenInvalid,
+                    TokenRefusal::Reused { .. } => ErrorCode::TokenUsed,
+                    TokenRefusal::Expired { .. } => ErrorCode::TokenExpired,
+                    TokenRefusal::WrongWorkspace => ErrorCode::TokenWrongWorkspace,
+                    _ => ErrorCode::TokenInvalid,
+                };
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    code,
+                    Error::TokenRefused(refusal).to_string(),
+                ));
+            }
+            Err(Error::NotFound(_)) => {
+                self.failed(remote);
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::TokenInvalid,
+                    "no such token",
+                ));
+            }
+            Err(e) => return Err(Refusal::internal(e)),
+        };
+        let issued = self
+            .ca
+            .sign_agent(
+                &m.csr_pem,
+                &m.workspace,
+                &credential.serial,
+                self.clock.now(),
+            )
+            .map_err(Refusal::internal)?;
+        Ok(ok(&BootstrapResponse {
+            version: PROTOCOL_VERSION,
+            certificate_chain_pem: issued.pem,
+            ca_bundle_pem: self.ca.certificate_pem().to_owned(),
+            not_after_ms: issued.not_after.as_millis(),
+            poll: self.config.poll,
+            renewal: self.config.renewal,
+        }))
+    }
+
+    fn waiter(&self, workspace: &WorkspaceId) -> Arc<Notify> {
+        crate::lock_or_recover(&self.waiters)
+            .entry(workspace.clone())
+            .or_default()
+            .clone()
+    }
+
+    async fn poll(
+        &self,
+        peer: &Peer,
+        m: PollRequest,
+    ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
+        let wait = Duration::from_secs(u64::from(m.wait_secs)).min(self.config.max_poll_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.waiter(&peer.workspace);
+        loop {
+            // Registered before looking, so a command queued in between wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut commands = self
+                .gateway
+                .poll(&peer.serial)
+                .await
+                .map_err(Refusal::gateway)?;
+            if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
+                commands.truncate(v1::MAX_COMMANDS_PER_POLL);
+                return Ok(ok(&PollResponse {
+                    version: PROTOCOL_VERSION,
+                    commands,
+                }));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn result(
+        &self,
+        peer: &Peer,
+        m: ResultRequest,
+    ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
+        let id = m.result.id.clone();
+        self.gateway
+            .post_result(&peer.serial, m.result)
+            .await
+            .map_err(Refusal::gateway)?;
+        Ok(ok(&ResultAck {
+            version: PROTOCOL_VERSION,
+            id,
+        }))
+    }
+}
+
+#[async_trait]
+impl AgentTransport for AgentServer {
+    async fn notify(&self, workspace: &WorkspaceId) -> Result<()> {
+        self.shared.waiter(workspace).notify_waiters();
+        Ok(())
+    }
+
+    async fn disconnect(&self, workspace: &WorkspaceId, reason: &str) -> Result<()> {
+        tracing::info!(%workspace, reason, "agent disconnected");
+        self.shared.gateway.forget(workspace);
+        // Waiting polls wake, find the credential revoked, and are refused.
+        self.shared.waiter(workspace).notify_waiters();
+        Ok(())
+    }
+
+    async fn presence(&self, workspace: &WorkspaceId) -> Result<Option<AgentPresence>> {
+        Ok(self.shared.gateway.presence(workspace))
+    }
+}

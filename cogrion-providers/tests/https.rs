@@ -1,0 +1,530 @@
+//! The agents' HTTPS endpoint over real TLS on loopback: the protocol's happy
+//! path, and each misuse refused with its own code while nothing stored changes.
+//!
+//! The store is the in-memory one and the engine is stood in for by a sink that
+//! records the gateway's agent events (the engine's side is tested in
+//! `tests/engine`); TLS, certificates, the CA and the HTTP exchange are real.
+
+#![cfg(feature = "https")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
+use cogrion_core::conformance::sample_workspace_spec;
+use cogrion_core::proto::v1::{ErrorCode, MAX_CSR_PEM_LEN};
+use cogrion_core::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
+use cogrion_core::{
+    AgentEvent, AgentEventSink, AgentGateway, AgentTransport, BootstrapToken, Clock, CommandQueue,
+    CommandStatus, CredentialStore, InMemoryStore, ManualClock, NewCommand, RecordStore,
+    SystemClock, WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
+};
+use cogrion_providers::https::{AgentClient, AgentServer, AgentServerConfig, ClientError};
+
+/// Records the gateway's events (the engine's stand-in).
+#[derive(Debug, Default)]
+struct Events(Mutex<Vec<AgentEvent>>);
+
+#[async_trait]
+impl AgentEventSink for Events {
+    async fn on_agent_event(&self, event: AgentEvent) -> cogrion_core::Result<()> {
+        self.0.lock().unwrap().push(event);
+        Ok(())
+    }
+}
+
+struct Plane {
+    store: Arc<InMemoryStore>,
+    clock: ManualClock,
+    ca: Arc<CertificateAuthority>,
+    server: AgentServer,
+    addr: std::net::SocketAddr,
+    events: Arc<Events>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Plane {
+    async fn start() -> Self {
+        // Certificates are checked against the real time: the clock starts there.
+        let clock = ManualClock::new(SystemClock.now());
+        let store = Arc::new(InMemoryStore::new());
+        let events = Arc::new(Events::default());
+        let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let ca = Arc::new(
+            CertificateAuthority::create(
+                Arc::new(key),
+                "test CA",
+                clock.now(),
+                CaConfig::default(),
+            )
+            .unwrap(),
+        );
+        let server_cert = ca
+            .issue_server(&["localhost", "127.0.0.1"], clock.now())
+            .unwrap();
+        let gateway = AgentGateway::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            events.clone(),
+            Default::default(),
+        );
+        let server = AgentServer::new(
+            gateway,
+            ca.clone(),
+            Arc::new(clock.clone()),
+            &server_cert,
+            AgentServerConfig::default(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = server.clone();
+        tokio::spawn(async move {
+            serving
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self {
+            store,
+            clock,
+            ca,
+            server,
+            addr,
+            events,
+            _stop: stop,
+        }
+    }
+
+    fn client(&self) -> AgentClient {
+        AgentClient::new(self.addr, "localhost", self.ca.certificate_pem()).unwrap()
+    }
+
+    async fn workspace(&self, name: &str) -> WorkspaceId {
+        let id: WorkspaceId = name.parse().unwrap();
+        self.store
+            .commit(WorkspaceWrite::create(
+                WorkspaceRecord::new(id.clone(), sample_workspace_spec(), self.clock.now()),
+                self.clock.now(),
+            ))
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn token(&self, ws: &WorkspaceId) -> BootstrapToken {
+        issue_bootstrap_token(
+            self.store.as_ref(),
+            ws,
+            self.clock.now(),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn queue(&self, ws: &WorkspaceId, id: &str) {
+        let current = self.store.get_workspace(ws).await.unwrap();
+        self.store
+            .commit(
+                WorkspaceWrite::update(current.value, current.revision, self.clock.now()).command(
+                    NewCommand {
+                        id: CommandId::new(id).unwrap(),
+                        kind: CommandKind::new("health").unwrap(),
+                        payload: serde_json::json!({}),
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        self.server.notify(ws).await.unwrap();
+    }
+}
+
+/// Expects a refusal with `code` (and `status`).
+fn refused<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    code: ErrorCode,
+    status: u16,
+    why: &str,
+) {
+    match result {
+        Err(ClientError::Refused { status: s, error }) => {
+            assert_eq!(error.code, code, "{why}: {error:?}");
+            assert_eq!(s, status, "{why}");
+        }
+        other => panic!("{why}: expected {code:?}, got {other:?}"),
+    }
+}
+
+fn ok_result(id: &str) -> CommandResult {
+    CommandResult::new(
+        CommandId::new(id).unwrap(),
+        CommandOutcome::Succeeded,
+        serde_json::json!({"status": "ok"}),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_bootstraps_polls_and_answers_over_mutual_tls() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-prod").await;
+    let token = plane.token(&ws).await;
+    let agent = plane.client();
+    let response = agent.bootstrap(&ws, token.expose(), "0.1.0").await.unwrap();
+    assert_eq!(response.ca_bundle_pem, plane.ca.certificate_pem());
+    assert!(response.not_after_ms > plane.clock.now().as_millis());
+    let credentials = plane.store.list_credentials(&ws).await.unwrap();
+    assert_eq!(credentials.len(), 1);
+
+    // Nothing queued: an immediate poll answers empty, and counts as the first poll.
+    assert!(agent.poll(Vec::new(), 0).await.unwrap().commands.is_empty());
+    // A long poll is woken by a queued command.
+    let started = Instant::now();
+    let poll = {
+        let agent = &agent;
+        async move { agent.poll(Vec::new(), 10).await }
+    };
+    let queue = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        plane.queue(&ws, "c1").await;
+    };
+    let (polled, ()) = tokio::join!(poll, queue);
+    let commands = polled.unwrap().commands;
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands[0].id.as_str(), "c1");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the long poll was woken, not timed out"
+    );
+
+    let ack = agent.post_result(ok_result("c1")).await.unwrap();
+    assert_eq!(ack.id.as_str(), "c1");
+    let stored = plane
+        .store
+        .get_command(&ws, &CommandId::new("c1").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(stored.status, CommandStatus::Answered { .. }),
+        "stored before acknowledged: {stored:?}"
+    );
+    // Answered commands are not delivered again.
+    assert!(
+        agent
+            .poll(vec![CommandId::new("c1").unwrap()], 0)
+            .await
+            .unwrap()
+            .commands
+            .is_empty()
+    );
+
+    let events = plane.events.0.lock().unwrap().clone();
+    assert!(
+        matches!(events.first(), Some(AgentEvent::Bootstrapped { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Polled { .. }))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::CommandAnswered { .. }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-prod").await;
+    let other = plane.workspace("acme-dev").await;
+    let token = plane.token(&ws).await;
+    let other_token = plane.token(&other).await;
+
+    // A CSR with an RSA key: refused before the token is touched.
+    let rsa_csr = include_str!("../../cogrion-core/src/ca/rsa-2048.csr");
+    let body = serde_json::json!({
+        "version": 1, "workspace": "acme-prod", "token": token.expose(),
+        "csr_pem": rsa_csr, "agent_version": "0.1.0"
+    });
+    let (status, answer) = plane
+        .client()
+        .send_raw("/v1/bootstrap", serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    let error: cogrion_core::proto::v1::ErrorResponse = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (status, error.code),
+        (400, ErrorCode::CsrRejected),
+        "{error:?}"
+    );
+    assert!(plane.store.list_credentials(&ws).await.unwrap().is_empty());
+
+    // Another workspace's token.
+    refused(
+        plane
+            .client()
+            .bootstrap(&ws, other_token.expose(), "0.1.0")
+            .await,
+        ErrorCode::TokenWrongWorkspace,
+        403,
+        "another workspace's token",
+    );
+    // A token that was never issued.
+    refused(
+        plane
+            .client()
+            .bootstrap(&ws, &"0".repeat(64), "0.1.0")
+            .await,
+        ErrorCode::TokenInvalid,
+        403,
+        "an unknown token",
+    );
+    assert!(
+        plane.store.list_credentials(&ws).await.unwrap().is_empty(),
+        "refusals issue nothing"
+    );
+
+    // The right token works (it was not consumed by the refused CSR), once.
+    plane
+        .client()
+        .bootstrap(&ws, token.expose(), "0.1.0")
+        .await
+        .unwrap();
+    refused(
+        plane.client().bootstrap(&ws, token.expose(), "0.1.0").await,
+        ErrorCode::TokenUsed,
+        403,
+        "a reused token",
+    );
+    assert_eq!(plane.store.list_credentials(&ws).await.unwrap().len(), 1);
+
+    // An expired token.
+    let late = plane.token(&other).await;
+    plane.clock.advance(Duration::from_secs(3601));
+    refused(
+        plane
+            .client()
+            .bootstrap(&other, late.expose(), "0.1.0")
+            .await,
+        ErrorCode::TokenExpired,
+        403,
+        "an expired token",
+    );
+    assert!(
+        plane
+            .store
+            .list_credentials(&other)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Malformed tokens never reach the store.
+    let body = serde_json::json!({"version": 1, "workspace": "acme-prod", "token": "not-a-token", "csr_pem": "x", "agent_version": "0.1.0"});
+    let (status, answer) = plane
+        .client()
+        .send_raw("/v1/bootstrap", serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    let error: cogrion_core::proto::v1::ErrorResponse = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((status, error.code), (400, ErrorCode::BadRequest));
+
+    // A fifth wrong token from this address…
+    refused(
+        plane
+            .client()
+            .bootstrap(&other, &"1".repeat(64), "0.1.0")
+            .await,
+        ErrorCode::TokenInvalid,
+        403,
+        "a fifth wrong token",
+    );
+    // …and the next attempt is rate-limited,
+    // even with a good token, and says when to come back.
+    let fresh = plane.token(&other).await;
+    match plane
+        .client()
+        .bootstrap(&other, fresh.expose(), "0.1.0")
+        .await
+    {
+        Err(ClientError::Refused { status: 429, error }) => {
+            assert_eq!(error.code, ErrorCode::RateLimited);
+            assert!(error.retry_after_secs.is_some_and(|s| s > 0));
+        }
+        other => panic!("after repeated wrong tokens: {other:?}"),
+    }
+    assert!(
+        plane
+            .store
+            .list_credentials(&other)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_are_refused_with_their_own_codes() {
+    let plane = Plane::start().await;
+    let client = plane.client();
+    let cases: Vec<(Vec<u8>, u16, ErrorCode, &str)> = vec![
+        (vec![b'x'; 20 * 1024], 413, ErrorCode::TooLarge, "an oversized body"),
+        (b"{not json".to_vec(), 400, ErrorCode::BadRequest, "malformed JSON"),
+        (
+            serde_json::to_vec(&serde_json::json!({"version": 7, "workspace": "acme-prod"})).unwrap(),
+            400,
+            ErrorCode::UnsupportedVersion,
+            "an unknown protocol version",
+        ),
+        (
+            serde_json::to_vec(&serde_json::json!({
+                "version": 1, "workspace": "acme-prod", "token": "0".repeat(64),
+                "csr_pem": format!("-----BEGIN CERTIFICATE REQUEST-----\n{}", "A".repeat(MAX_CSR_PEM_LEN)),
+                "agent_version": "0.1.0"
+            }))
+            .unwrap(),
+            400,
+            ErrorCode::BadRequest,
+            "an oversized CSR",
+        ),
+    ];
+    for (body, status, code, why) in cases {
+        let (s, answer) = client.send_raw("/v1/bootstrap", body).await.unwrap();
+        let error: cogrion_core::proto::v1::ErrorResponse =
+            serde_json::from_slice(&answer).unwrap_or_else(|e| panic!("{why}: {e}"));
+        assert_eq!((s, error.code), (status, code), "{why}: {error:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_decide_who_may_poll_and_answer_what() {
+    let plane = Plane::start().await;
+    let a = plane.workspace("acme-a").await;
+    let b = plane.workspace("acme-b").await;
+    let agent_a = plane.client();
+    agent_a
+        .bootstrap(&a, plane.token(&a).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+    let agent_b = plane.client();
+    agent_b
+        .bootstrap(&b, plane.token(&b).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+
+    // No client certificate: no poll.
+    refused(
+        plane.client().poll(Vec::new(), 0).await,
+        ErrorCode::Unauthenticated,
+        401,
+        "a poll without a certificate",
+    );
+
+    // Each agent sees only its own workspace's commands, and cannot answer the other's.
+    plane.queue(&b, "b1").await;
+    assert!(
+        agent_a
+            .poll(Vec::new(), 0)
+            .await
+            .unwrap()
+            .commands
+            .is_empty(),
+        "A sees nothing of B's"
+    );
+    refused(
+        agent_a.post_result(ok_result("b1")).await,
+        ErrorCode::NotYourCommand,
+        404,
+        "A answering B's command",
+    );
+    let stored = plane
+        .store
+        .get_command(&b, &CommandId::new("b1").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(stored.status, CommandStatus::Pending),
+        "B's command untouched: {stored:?}"
+    );
+    assert_eq!(agent_b.poll(Vec::new(), 0).await.unwrap().commands.len(), 1);
+
+    // A certificate from another CA fails the handshake.
+    let stranger_key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let stranger = CertificateAuthority::create(
+        Arc::new(stranger_key),
+        "stranger",
+        plane.clock.now(),
+        CaConfig::default(),
+    )
+    .unwrap();
+    let forged = forged_identity(&stranger, &a, plane.clock.now());
+    let intruder = plane.client();
+    intruder.set_identity(&forged.0, &forged.1).unwrap();
+    assert!(
+        matches!(
+            intruder.poll(Vec::new(), 0).await,
+            Err(ClientError::Connect(_))
+        ),
+        "another CA's certificate"
+    );
+
+    // An expired certificate from our CA fails the handshake too.
+    let old = forged_identity(
+        &plane.ca,
+        &a,
+        cogrion_core::Timestamp::from_millis(plane.clock.now().as_millis() - 48 * 3600 * 1000),
+    );
+    let expired = plane.client();
+    expired.set_identity(&old.0, &old.1).unwrap();
+    assert!(
+        matches!(
+            expired.poll(Vec::new(), 0).await,
+            Err(ClientError::Connect(_))
+        ),
+        "an expired certificate"
+    );
+
+    // Revoked: refused on the next request.
+    plane
+        .store
+        .revoke_all(&a, "workspace destroyed", plane.clock.now())
+        .await
+        .unwrap();
+    refused(
+        agent_a.poll(Vec::new(), 0).await,
+        ErrorCode::CertificateRevoked,
+        403,
+        "a revoked certificate",
+    );
+    refused(
+        agent_a.post_result(ok_result("b1")).await,
+        ErrorCode::CertificateRevoked,
+        403,
+        "a revoked certificate posting",
+    );
+}
+
+/// A client identity for `ws` signed by `ca` at `at`: (chain PEM, key PEM).
+fn forged_identity(
+    ca: &CertificateAuthority,
+    ws: &WorkspaceId,
+    at: cogrion_core::Timestamp,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let serial: cogrion_core::CertSerial = "7f".repeat(16).parse().unwrap();
+    let cert = ca.sign_agent(&csr, ws, &serial, at).unwrap();
+    (cert.pem, key.serialize_pem())
+}
