@@ -212,17 +212,9 @@ impl AgentGateway {
         self.store
             .revoke_all(workspace, "re-bootstrapped", now)
             .await?;
-        let mut serial = [0u8; 16];
-        rand::rng().fill_bytes(&mut serial);
-        serial[0] &= 0x7f; // a positive DER integer
         let credential = AgentCredential {
             workspace: record.workspace.clone(),
-            serial: CertSerial::new(
-                serial
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            )?,
+            serial: new_serial()?,
             issued_at: now,
             expires_at: now + self.config.credential_ttl,
             revoked: None,
@@ -237,6 +229,28 @@ impl AgentGateway {
                 at: now,
             })
             .await?;
+        Ok(credential)
+    }
+
+    /// Renews the credential `serial` (which must be current: not revoked, not
+    /// expired): a new credential for the same workspace, valid for
+    /// [`GatewayConfig::credential_ttl`] from now. The old one stays valid until
+    /// it expires, so the agent switches over without a gap; revocation (a
+    /// destroy, a re-bootstrap) revokes both.
+    pub async fn renew(&self, serial: &CertSerial) -> Result<AgentCredential> {
+        let old = self.authenticate(serial).await?;
+        let now = self.clock.now();
+        let credential = AgentCredential {
+            workspace: old.workspace.clone(),
+            serial: new_serial()?,
+            issued_at: now,
+            expires_at: now + self.config.credential_ttl,
+            revoked: None,
+            // The agent's first poll happened already: a renewal is not news.
+            first_poll_at: old.first_poll_at.or(Some(now)),
+        };
+        self.store.put_credential(credential.clone()).await?;
+        tracing::info!(workspace = %old.workspace, old = %serial, new = %credential.serial, "agent certificate renewed");
         Ok(credential)
     }
 
@@ -331,6 +345,19 @@ impl AgentGateway {
             .unwrap_or_else(|p| p.into_inner())
             .remove(workspace);
     }
+}
+
+/// A fresh credential serial: 16 random bytes (a positive DER integer), as hex.
+fn new_serial() -> Result<CertSerial> {
+    let mut serial = [0u8; 16];
+    rand::rng().fill_bytes(&mut serial);
+    serial[0] &= 0x7f;
+    Ok(CertSerial::new(
+        serial
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )?)
 }
 
 /// Issues a fresh bootstrap token for `workspace`, valid for `ttl`, and stores

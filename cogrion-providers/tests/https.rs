@@ -17,8 +17,8 @@ use cogrion_core::proto::v1::{ErrorCode, MAX_CSR_PEM_LEN};
 use cogrion_core::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion_core::{
     AgentEvent, AgentEventSink, AgentGateway, AgentTransport, BootstrapToken, Clock, CommandQueue,
-    CommandStatus, CredentialStore, InMemoryStore, ManualClock, NewCommand, RecordStore,
-    SystemClock, WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
+    CommandStatus, CredentialStore, GatewayConfig, InMemoryStore, ManualClock, NewCommand,
+    RecordStore, SystemClock, WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
 };
 use cogrion_providers::https::{AgentClient, AgentServer, AgentServerConfig, ClientError};
 
@@ -46,6 +46,12 @@ struct Plane {
 
 impl Plane {
     async fn start() -> Self {
+        Self::start_with(AgentServerConfig::default(), Duration::from_secs(24 * 3600)).await
+    }
+
+    /// With these server settings and this certificate lifetime (the CA's and
+    /// the gateway's).
+    async fn start_with(config: AgentServerConfig, lifetime: Duration) -> Self {
         // Certificates are checked against the real time: the clock starts there.
         let clock = ManualClock::new(SystemClock.now());
         let store = Arc::new(InMemoryStore::new());
@@ -56,25 +62,27 @@ impl Plane {
                 Arc::new(key),
                 "test CA",
                 clock.now(),
-                CaConfig::default(),
+                CaConfig::default().with_validity(lifetime),
             )
             .unwrap(),
         );
         let server_cert = ca
             .issue_server(&["localhost", "127.0.0.1"], clock.now())
             .unwrap();
+        let mut gateway_config = GatewayConfig::default();
+        gateway_config.credential_ttl = lifetime;
         let gateway = AgentGateway::new(
             store.clone(),
             Arc::new(clock.clone()),
             events.clone(),
-            Default::default(),
+            gateway_config,
         );
         let server = AgentServer::new(
             gateway,
             ca.clone(),
             Arc::new(clock.clone()),
             &server_cert,
-            AgentServerConfig::default(),
+            config,
         )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -527,4 +535,164 @@ fn forged_identity(
     let serial: cogrion_core::CertSerial = "7f".repeat(16).parse().unwrap();
     let cert = ca.sign_agent(&csr, ws, &serial, at).unwrap();
     (cert.pem, key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_carries_an_agent_across_several_certificate_lifetimes() {
+    let lifetime = Duration::from_secs(60);
+    let plane = Plane::start_with(AgentServerConfig::default(), lifetime).await;
+    let ws = plane.workspace("acme-prod").await;
+    let agent = plane.client();
+    agent
+        .bootstrap(&ws, plane.token(&ws).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+    agent.poll(Vec::new(), 0).await.unwrap();
+    for cycle in 1..=5u64 {
+        // About two thirds into the current certificate's life: renew.
+        plane.clock.advance(Duration::from_secs(40));
+        let renewed = agent
+            .renew()
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert_eq!(
+            renewed.not_after_ms,
+            (plane.clock.now() + lifetime).as_millis()
+        );
+        plane.queue(&ws, &format!("c{cycle}")).await;
+        let commands = agent.poll(Vec::new(), 0).await.unwrap().commands;
+        assert_eq!(
+            commands.len(),
+            1,
+            "cycle {cycle}: the renewed certificate polls"
+        );
+        agent
+            .post_result(ok_result(&format!("c{cycle}")))
+            .await
+            .unwrap();
+    }
+    // Five lifetimes later: one credential per certificate, all but the last
+    // two expired (the previous overlaps until it runs out).
+    let credentials = plane.store.list_credentials(&ws).await.unwrap();
+    assert_eq!(credentials.len(), 6);
+    let live = credentials
+        .iter()
+        .filter(|c| c.expires_at > plane.clock.now())
+        .count();
+    assert_eq!(live, 2, "{credentials:?}");
+
+    // Away for longer than a lifetime: the certificate expired, renewal is
+    // refused, and a fresh token (the control plane issues one) re-bootstraps.
+    plane.clock.advance(Duration::from_secs(61));
+    refused(
+        agent.renew().await,
+        ErrorCode::CertificateExpired,
+        403,
+        "renewing an expired certificate",
+    );
+    refused(
+        agent.poll(Vec::new(), 0).await,
+        ErrorCode::CertificateExpired,
+        403,
+        "polling with an expired certificate",
+    );
+    agent
+        .bootstrap(&ws, plane.token(&ws).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+    agent.poll(Vec::new(), 0).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_closes_the_agents_open_connections() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-prod").await;
+    let agent = plane.client();
+    agent
+        .bootstrap(&ws, plane.token(&ws).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let poll = agent.poll(Vec::new(), 25);
+    let revoke = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        plane
+            .store
+            .revoke_all(&ws, "workspace destroyed", plane.clock.now())
+            .await
+            .unwrap();
+        plane
+            .server
+            .disconnect(&ws, "credentials revoked")
+            .await
+            .unwrap();
+    };
+    let (polled, ()) = tokio::join!(poll, revoke);
+    assert!(
+        polled.is_err(),
+        "the held poll ended with its connection: {polled:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at once, not at the end of the wait"
+    );
+    refused(
+        agent.poll(Vec::new(), 0).await,
+        ErrorCode::CertificateRevoked,
+        403,
+        "the next request",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_bounds_exchanges_and_handshakes() {
+    // No exchange slot at all: every bootstrap is told to come back later, at a
+    // jittered time, and no token is consumed.
+    let plane = Plane::start_with(
+        AgentServerConfig::default().with_admission(16, 0),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let ws = plane.workspace("acme-prod").await;
+    let token = plane.token(&ws).await;
+    let mut waits = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        match plane.client().bootstrap(&ws, token.expose(), "0.1.0").await {
+            Err(ClientError::Refused { status: 503, error }) => {
+                assert_eq!(error.code, ErrorCode::Overloaded);
+                let secs = error.retry_after_secs.expect("a Retry-After");
+                assert!((1..=10).contains(&secs), "{secs}");
+                waits.insert(secs);
+            }
+            other => panic!("with no exchange slot: {other:?}"),
+        }
+    }
+    assert!(waits.len() > 1, "Retry-After is jittered: {waits:?}");
+    assert!(plane.store.list_credentials(&ws).await.unwrap().is_empty());
+
+    // One handshake at a time: a client that connects and says nothing holds the
+    // only slot until the handshake timeout; the next agent gets in after it.
+    let timeout = Duration::from_millis(600);
+    let plane = Plane::start_with(
+        AgentServerConfig::default()
+            .with_admission(1, 4)
+            .with_handshake_timeout(timeout),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let ws = plane.workspace("acme-prod").await;
+    let _silent = tokio::net::TcpStream::connect(plane.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    plane
+        .client()
+        .bootstrap(&ws, plane.token(&ws).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= timeout / 2,
+        "the second handshake waited for the slot: {waited:?}"
+    );
+    assert!(waited < timeout * 5, "and then went through: {waited:?}");
 }

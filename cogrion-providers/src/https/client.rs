@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use cogrion_core::proto::v1::{
     self, AgentVersion, BootstrapRequest, BootstrapResponse, DecodeError, ErrorResponse, Message,
-    PollRequest, PollResponse, ResultAck, ResultRequest, TokenText,
+    PollRequest, PollResponse, RenewalRequest, RenewalResponse, ResultAck, ResultRequest,
+    TokenText,
 };
 use cogrion_core::proto::{CommandId, CommandResult, PROTOCOL_VERSION, WorkspaceId};
 use http_body_util::{BodyExt, Full, Limited};
@@ -83,12 +84,7 @@ impl AgentClient {
         token: &str,
         agent_version: &str,
     ) -> Result<BootstrapResponse, ClientError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .and_then(|c| c.pem())
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (key, csr) = new_key_and_csr()?;
         let request = BootstrapRequest {
             version: PROTOCOL_VERSION,
             workspace: workspace.clone(),
@@ -99,6 +95,20 @@ impl AgentClient {
         };
         let response: BootstrapResponse =
             self.exchange("/v1/bootstrap", v1::encode(&request)).await?;
+        self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
+        Ok(response)
+    }
+
+    /// Renews the certificate: a new key, a CSR for it over the current mutual
+    /// TLS identity, and the new certificate used from the next request on (the
+    /// old one stays valid until it expires).
+    pub async fn renew(&self) -> Result<RenewalResponse, ClientError> {
+        let (key, csr) = new_key_and_csr()?;
+        let request = RenewalRequest {
+            version: PROTOCOL_VERSION,
+            csr_pem: csr,
+        };
+        let response: RenewalResponse = self.exchange("/v1/renew", v1::encode(&request)).await?;
         self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
         Ok(response)
     }
@@ -182,4 +192,15 @@ impl AgentClient {
             .to_bytes();
         Ok((status, bytes.to_vec()))
     }
+}
+
+/// A fresh ECDSA P-256 key (it never leaves this process) and a CSR for it.
+fn new_key_and_csr() -> Result<(rcgen::KeyPair, String), ClientError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok((key, csr))
 }

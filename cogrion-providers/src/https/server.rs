@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use cogrion_core::ca::{CaError, CertificateAuthority, ServerCertificate};
 use cogrion_core::proto::v1::{
     self, BootstrapRequest, BootstrapResponse, DecodeError, ErrorCode, ErrorResponse, Message,
-    PollRequest, PollResponse, PollSettings, RenewalSettings, ResultAck, ResultRequest,
+    PollRequest, PollResponse, PollSettings, RenewalRequest, RenewalResponse, RenewalSettings,
+    ResultAck, ResultRequest,
 };
 use cogrion_core::proto::{AgentIdentity, PROTOCOL_VERSION};
 use cogrion_core::{
@@ -24,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, watch};
 
 /// The server's settings.
 #[derive(Debug, Clone)]
@@ -42,6 +43,17 @@ pub struct AgentServerConfig {
     pub failed_bootstraps: u32,
     /// The window (default 60 s).
     pub failure_window: Duration,
+    /// TLS handshakes in progress at once (default 256): beyond it the server
+    /// stops accepting until one finishes, so a reconnect storm waits in the
+    /// listen backlog instead of starving the process.
+    pub max_handshakes: usize,
+    /// Bootstrap and renewal exchanges (CSR checks and signatures) in progress at
+    /// once (default 64); beyond it they are refused with `overloaded` and a
+    /// jittered `Retry-After`.
+    pub max_exchanges: usize,
+    /// The longest `Retry-After` given when overloaded, in seconds (default 10;
+    /// each refusal picks 1 to this at random, so retries spread out).
+    pub max_retry_after_secs: u32,
 }
 
 impl Default for AgentServerConfig {
@@ -58,7 +70,26 @@ impl Default for AgentServerConfig {
             },
             failed_bootstraps: 5,
             failure_window: Duration::from_secs(60),
+            max_handshakes: 256,
+            max_exchanges: 64,
+            max_retry_after_secs: 10,
         }
+    }
+}
+
+impl AgentServerConfig {
+    /// With these admission bounds: handshakes and bootstrap/renewal exchanges
+    /// in progress at once.
+    pub fn with_admission(mut self, max_handshakes: usize, max_exchanges: usize) -> Self {
+        self.max_handshakes = max_handshakes;
+        self.max_exchanges = max_exchanges;
+        self
+    }
+
+    /// With this handshake timeout.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 }
 
@@ -87,6 +118,10 @@ struct Shared {
     waiters: Mutex<HashMap<WorkspaceId, Arc<Notify>>>,
     /// Failed bootstraps by address: (count, window start).
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Bumped to close every open connection of a workspace's agent.
+    closers: Mutex<HashMap<WorkspaceId, watch::Sender<u64>>>,
+    handshakes: Arc<Semaphore>,
+    exchanges: Semaphore,
 }
 
 /// The agent a connection's client certificate names.
@@ -310,9 +345,12 @@ impl AgentServer {
                 ca,
                 clock,
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
-                config,
                 waiters: Mutex::default(),
                 failures: Mutex::default(),
+                closers: Mutex::default(),
+                handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+                exchanges: Semaphore::new(config.max_exchanges),
+                config,
             }),
         })
     }
@@ -327,23 +365,37 @@ impl AgentServer {
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, addr)) => {
-                        let shared = self.shared.clone();
-                        tokio::spawn(async move { shared.connection(tcp, addr).await });
+                // Admission: no more handshakes in progress than allowed; the
+                // rest wait in the listen backlog.
+                permit = self.shared.handshakes.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { return };
+                    let accepted = tokio::select! {
+                        _ = &mut shutdown => return,
+                        accepted = listener.accept() => accepted,
+                    };
+                    match accepted {
+                        Ok((tcp, addr)) => {
+                            let shared = self.shared.clone();
+                            tokio::spawn(async move { shared.connection(tcp, addr, permit).await });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                }
             }
         }
     }
 }
 
 impl Shared {
-    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, addr: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+        handshake: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let tls =
             match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -356,6 +408,7 @@ impl Shared {
                     return;
                 }
             };
+        drop(handshake);
         let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
             Ok(peer) => peer,
             Err(reason) => {
@@ -363,16 +416,58 @@ impl Shared {
                 return;
             }
         };
+        // An agent's connections close when its credentials are revoked.
+        let mut closed = peer.as_ref().map(|p| self.closer(&p.workspace).subscribe());
+        let shared = self.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (shared, peer) = (self.clone(), peer.clone());
+            let (shared, peer) = (shared.clone(), peer.clone());
             async move { Ok::<_, Infallible>(shared.handle(peer, addr.ip(), req).await) }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(tls), service)
-            .await
-        {
+        let connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        let ended = match closed.as_mut() {
+            Some(closed) => tokio::select! {
+                ended = &mut connection => ended,
+                _ = closed.changed() => {
+                    tracing::info!(peer = %addr, "closing a revoked agent's connection");
+                    return;
+                }
+            },
+            None => connection.await,
+        };
+        if let Err(e) = ended {
             tracing::debug!(peer = %addr, error = %e, "connection ended");
         }
+    }
+
+    fn closer(&self, workspace: &WorkspaceId) -> watch::Sender<u64> {
+        crate::lock_or_recover(&self.closers)
+            .entry(workspace.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    /// Closes every open connection of `workspace`'s agent.
+    fn close_connections(&self, workspace: &WorkspaceId) {
+        if let Some(closer) = crate::lock_or_recover(&self.closers).get(workspace) {
+            closer.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// A slot for a bootstrap or renewal exchange, or `overloaded` with a
+    /// jittered `Retry-After`.
+    fn exchange_slot(&self) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        self.exchanges.try_acquire().map_err(|_| {
+            let mut refusal = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Overloaded,
+                "too many bootstraps and renewals in progress",
+            );
+            let max = self.config.max_retry_after_secs.max(1);
+            refusal.retry_after = Some(1 + rand::random::<u32>() % max);
+            refusal
+        })
     }
 
     async fn handle(
@@ -403,6 +498,11 @@ impl Shared {
                     (None, _) => Err(Refusal::unauthenticated()),
                     (_, Err(r)) => Err(r),
                     (Some(p), Ok(m)) => self.result(p, m).await,
+                },
+                "/v1/renew" => match (peer.as_ref(), body::<RenewalRequest>(req).await) {
+                    (None, _) => Err(Refusal::unauthenticated()),
+                    (_, Err(r)) => Err(r),
+                    (Some(p), Ok(m)) => self.renew(p, m).await,
                 },
                 _ => Err(Refusal::new(
                     StatusCode::NOT_FOUND,
@@ -461,17 +561,9 @@ impl Shared {
         remote: IpAddr,
     ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
         self.check_rate(remote)?;
+        let _slot = self.exchange_slot()?;
         // The CSR first: a token is consumed only for a request that can succeed.
-        self.ca.check_csr(&m.csr_pem).map_err(|e| match e {
-            e @ (CaError::CsrUnreadable(_)
-            | CaError::CsrBadSignature
-            | CaError::CsrKeyType { .. }) => Refusal::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::CsrRejected,
-                e.to_string(),
-            ),
-            other => Refusal::internal(other),
-        })?;
+        self.check_csr(&m.csr_pem)?;
         let token = BootstrapToken::parse(m.token.expose()).map_err(|e| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -506,6 +598,9 @@ impl Shared {
             }
             Err(e) => return Err(Refusal::internal(e)),
         };
+        // A re-bootstrap revoked the workspace's earlier credentials: their
+        // connections close.
+        self.close_connections(&m.workspace);
         let issued = self
             .ca
             .sign_agent(
@@ -522,6 +617,49 @@ impl Shared {
             not_after_ms: issued.not_after.as_millis(),
             poll: self.config.poll,
             renewal: self.config.renewal,
+        }))
+    }
+
+    fn check_csr(&self, csr_pem: &str) -> std::result::Result<(), Refusal> {
+        self.ca.check_csr(csr_pem).map_err(|e| match e {
+            e @ (CaError::CsrUnreadable(_)
+            | CaError::CsrBadSignature
+            | CaError::CsrKeyType { .. }) => Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::CsrRejected,
+                e.to_string(),
+            ),
+            other => Refusal::internal(other),
+        })
+    }
+
+    /// A new certificate for a new key, for an agent whose current certificate
+    /// is still good; the old one stays valid until it expires.
+    async fn renew(
+        &self,
+        peer: &Peer,
+        m: RenewalRequest,
+    ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
+        let _slot = self.exchange_slot()?;
+        self.check_csr(&m.csr_pem)?;
+        let credential = self
+            .gateway
+            .renew(&peer.serial)
+            .await
+            .map_err(Refusal::gateway)?;
+        let issued = self
+            .ca
+            .sign_agent(
+                &m.csr_pem,
+                &peer.workspace,
+                &credential.serial,
+                self.clock.now(),
+            )
+            .map_err(Refusal::internal)?;
+        Ok(ok(&RenewalResponse {
+            version: PROTOCOL_VERSION,
+            certificate_chain_pem: issued.pem,
+            not_after_ms: issued.not_after.as_millis(),
         }))
     }
 
@@ -591,7 +729,9 @@ impl AgentTransport for AgentServer {
     async fn disconnect(&self, workspace: &WorkspaceId, reason: &str) -> Result<()> {
         tracing::info!(%workspace, reason, "agent disconnected");
         self.shared.gateway.forget(workspace);
-        // Waiting polls wake, find the credential revoked, and are refused.
+        self.shared.close_connections(workspace);
+        // Waiting polls on connections not yet closed wake, find the credential
+        // revoked, and are refused.
         self.shared.waiter(workspace).notify_waiters();
         Ok(())
     }
