@@ -177,6 +177,9 @@ pub struct CaConfig {
     /// How long the CA's own certificate is valid when it is created (default
     /// 10 years).
     pub ca_validity: Duration,
+    /// How long the control plane's server certificate is valid (default 90
+    /// days; issue a new one before then).
+    pub server_validity: Duration,
 }
 
 impl Default for CaConfig {
@@ -186,6 +189,7 @@ impl Default for CaConfig {
             validity: Duration::from_secs(24 * 3600),
             backdate: Duration::from_secs(300),
             ca_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+            server_validity: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -335,7 +339,8 @@ impl CertificateAuthority {
 
     /// A certificate and a fresh ECDSA P-256 key for the control plane's own
     /// HTTPS endpoint, valid for `names` (DNS names or IP addresses) for
-    /// [`CaConfig::validity`]. Agents trust it through the CA's certificate.
+    /// [`CaConfig::server_validity`]. Agents trust it through the CA's
+    /// certificate.
     pub fn issue_server(
         &self,
         names: &[&str],
@@ -360,7 +365,7 @@ impl CertificateAuthority {
             now.as_millis()
                 .saturating_sub(self.config.backdate.as_millis() as u64),
         ));
-        params.not_after = time_of(now + self.config.validity);
+        params.not_after = time_of(now + self.config.server_validity);
         params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
         let certificate = params
             .signed_by(&key, &self.issuer)
@@ -388,7 +393,9 @@ impl CertificateAuthority {
             now.as_millis()
                 .saturating_sub(self.config.backdate.as_millis() as u64),
         );
-        let not_after = now + self.config.validity;
+        // Certificates count whole seconds: say exactly when this one ends.
+        let not_after =
+            Timestamp::from_millis((now + self.config.validity).as_millis() / 1000 * 1000);
 
         // Everything from here is the CA's choice, not the CSR's.
         let mut params = CertificateParams::default();

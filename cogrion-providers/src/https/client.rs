@@ -44,6 +44,8 @@ pub struct AgentClient {
     server_name: ServerName<'static>,
     roots: Arc<rustls::RootCertStore>,
     identity: Mutex<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>>,
+    /// The same identity as PEM (chain, key), for an agent that keeps it on disk.
+    identity_pem: Mutex<Option<(String, String)>>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -65,6 +67,7 @@ impl AgentClient {
                 .map_err(|e| ClientError::Connect(e.to_string()))?,
             roots: Arc::new(super::roots(ca_pem).map_err(ClientError::Connect)?),
             identity: Mutex::new(None),
+            identity_pem: Mutex::new(None),
         })
     }
 
@@ -73,7 +76,23 @@ impl AgentClient {
         let chain = super::certificates(chain_pem).map_err(ClientError::Connect)?;
         let key = super::private_key(key_pem).map_err(ClientError::Connect)?;
         *crate::lock_or_recover(&self.identity) = Some((chain, key));
+        *crate::lock_or_recover(&self.identity_pem) =
+            Some((chain_pem.to_owned(), key_pem.to_owned()));
         Ok(())
+    }
+
+    /// The client identity in use, as PEM (certificate chain, private key) —
+    /// for an agent that keeps it on disk across restarts. `None` before a
+    /// bootstrap.
+    pub fn identity_pem(&self) -> Option<(String, String)> {
+        crate::lock_or_recover(&self.identity_pem).clone()
+    }
+
+    /// Forgets the client identity (after it was revoked or expired): the next
+    /// requests are unauthenticated until a bootstrap.
+    pub fn clear_identity(&self) {
+        *crate::lock_or_recover(&self.identity) = None;
+        *crate::lock_or_recover(&self.identity_pem) = None;
     }
 
     /// Exchanges `token` for a certificate: generates an ECDSA P-256 key, sends

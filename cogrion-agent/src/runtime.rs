@@ -1,0 +1,378 @@
+//! [`AgentRuntime`]: bootstrap, poll, run, post, renew — with the state kept on
+//! disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cogrion_agent_proto::v1::ErrorCode;
+use cogrion_agent_proto::{CommandId, CommandResult};
+use cogrion_providers::https::{AgentClient, ClientError};
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentConfig, Handlers};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The settings cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The state directory cannot be written.
+    #[error("state directory {path}: {detail}")]
+    State {
+        /// The file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// What the agent keeps in `state.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// Results of commands run, by id (the most recent [`DONE_KEPT`]).
+    done: BTreeMap<CommandId, (u64, CommandResult)>,
+    /// Results acknowledged since the last poll: reported as finished on it.
+    finished: Vec<CommandId>,
+    /// When to renew the certificate (ms since the epoch; 0: no certificate).
+    renew_at_ms: u64,
+    /// When the certificate expires (ms since the epoch).
+    not_after_ms: u64,
+    /// The last token exchanged or refused, so a used token is not tried again.
+    spent_token: Option<String>,
+    /// Orders `done` for pruning.
+    counter: u64,
+    /// Renew at this share of the certificate's life, in percent (from the
+    /// bootstrap response).
+    #[serde(default)]
+    renew_percent: u32,
+}
+
+/// How many results the agent remembers.
+const DONE_KEPT: usize = 4096;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = self
+            .min
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(self.max);
+        self.failures += 1;
+        Duration::from_millis(rand::random::<u64>() % (ceiling.as_millis() as u64 + 1))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What one turn of the loop asks for.
+enum Pause {
+    /// Try again after this long.
+    For(Duration),
+    /// Try again after a backoff.
+    Backoff,
+}
+
+/// The Cluster Agent; see the [crate](crate) documentation.
+pub struct AgentRuntime {
+    config: AgentConfig,
+    client: AgentClient,
+    handlers: Handlers,
+    state: State,
+    executed: u64,
+}
+
+impl std::fmt::Debug for AgentRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRuntime")
+            .field("workspace", &self.config.workspace)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn state_error(path: &Path, e: impl std::fmt::Display) -> AgentError {
+    AgentError::State {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file (mode 0600 when
+/// `private`), synced, then renamed over it.
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), AgentError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let _ = private;
+    let mut file = options.open(&tmp).map_err(|e| state_error(&tmp, e))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| state_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| state_error(path, e))
+}
+
+impl AgentRuntime {
+    /// An agent with `handlers`, resuming the identity and results kept in the
+    /// state directory, if any.
+    pub fn new(config: AgentConfig, handlers: Handlers) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| state_error(&config.state_dir, e))?;
+        let client = AgentClient::new(config.endpoint, &config.server_name, &config.ca_pem)
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let dir = config.state_dir.clone();
+        let state: State = match std::fs::read(dir.join("state.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| state_error(&dir.join("state.json"), e))?,
+            Err(_) => State::default(),
+        };
+        if let (Ok(chain), Ok(key)) = (
+            std::fs::read_to_string(dir.join("identity.pem")),
+            std::fs::read_to_string(dir.join("identity.key")),
+        ) {
+            client
+                .set_identity(&chain, &key)
+                .map_err(|e| state_error(&dir.join("identity.pem"), e))?;
+        }
+        Ok(Self {
+            config,
+            client,
+            handlers,
+            state,
+            executed: 0,
+        })
+    }
+
+    /// How many commands this process ran (not counting stored results sent
+    /// again).
+    pub fn executed(&self) -> u64 {
+        self.executed
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff {
+            failures: 0,
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        };
+        loop {
+            let pause = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                turn = self.turn() => turn?,
+            };
+            let wait = match pause {
+                None => {
+                    backoff.reset();
+                    continue;
+                }
+                Some(Pause::For(d)) => d,
+                Some(Pause::Backoff) => backoff.next(),
+            };
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn save(&self) -> Result<(), AgentError> {
+        let bytes =
+            serde_json::to_vec(&self.state).map_err(|e| AgentError::Config(e.to_string()))?;
+        write_file(&self.config.state_dir.join("state.json"), &bytes, false)
+    }
+
+    fn save_identity(&mut self, not_after_ms: u64, renew_percent: u32) -> Result<(), AgentError> {
+        let Some((chain, key)) = self.client.identity_pem() else {
+            return Ok(());
+        };
+        let dir = &self.config.state_dir;
+        write_file(&dir.join("identity.key"), key.as_bytes(), true)?;
+        write_file(&dir.join("identity.pem"), chain.as_bytes(), false)?;
+        let now = now_ms();
+        self.state.not_after_ms = not_after_ms;
+        self.state.renew_at_ms =
+            now + not_after_ms.saturating_sub(now) * u64::from(renew_percent) / 100;
+        self.save()
+    }
+
+    fn drop_identity(&mut self, why: &str) -> Result<(), AgentError> {
+        tracing::warn!(workspace = %self.config.workspace, why, "dropping the agent's certificate");
+        self.client.clear_identity();
+        for file in ["identity.pem", "identity.key"] {
+            let _ = std::fs::remove_file(self.config.state_dir.join(file));
+        }
+        self.state.renew_at_ms = 0;
+        self.save()
+    }
+
+    /// What to do about a refusal or a connection failure.
+    fn pause_for(&mut self, e: ClientError) -> Result<Option<Pause>, AgentError> {
+        match e {
+            ClientError::Refused { error, .. } => match error.code {
+                ErrorCode::Overloaded | ErrorCode::RateLimited => Ok(Some(Pause::For(
+                    Duration::from_secs(u64::from(error.retry_after_secs.unwrap_or(1))),
+                ))),
+                ErrorCode::CertificateExpired
+                | ErrorCode::CertificateRevoked
+                | ErrorCode::Unauthenticated => {
+                    self.drop_identity(&error.message)?;
+                    Ok(None)
+                }
+                _ => {
+                    tracing::warn!(code = ?error.code, reason = %error.message, "request refused");
+                    Ok(Some(Pause::Backoff))
+                }
+            },
+            ClientError::Connect(reason) => {
+                tracing::info!(%reason, "control plane unreachable");
+                Ok(Some(Pause::Backoff))
+            }
+            other => {
+                tracing::warn!(error = %other, "unexpected answer");
+                Ok(Some(Pause::Backoff))
+            }
+        }
+    }
+
+    /// One turn: make sure of an identity, renew if due, poll, run, post.
+    /// `None`: go on at once; `Some`: pause first.
+    async fn turn(&mut self) -> Result<Option<Pause>, AgentError> {
+        if self.client.identity_pem().is_none() {
+            return self.bootstrap().await;
+        }
+        if self.state.not_after_ms != 0 && now_ms() >= self.state.not_after_ms {
+            self.drop_identity("the certificate expired")?;
+            return Ok(None);
+        }
+        if self.state.renew_at_ms != 0 && now_ms() >= self.state.renew_at_ms {
+            match self.client.renew().await {
+                Ok(renewed) => {
+                    tracing::info!(not_after_ms = renewed.not_after_ms, "certificate renewed");
+                    let percent = if self.state.renew_percent == 0 {
+                        66
+                    } else {
+                        self.state.renew_percent
+                    };
+                    self.save_identity(renewed.not_after_ms, percent)?;
+                }
+                Err(e) => return self.pause_for(e),
+            }
+        }
+        let finished = std::mem::take(&mut self.state.finished);
+        let poll = match self
+            .client
+            .poll(finished.clone(), self.config.poll_wait_secs)
+            .await
+        {
+            Ok(poll) => poll,
+            Err(e) => {
+                self.state.finished = finished;
+                return self.pause_for(e);
+            }
+        };
+        self.save()?;
+        for command in poll.commands {
+            let result = match self.state.done.get(&command.id) {
+                // Delivered again: the stored result, not a second run.
+                Some((_, result)) => result.clone(),
+                None => {
+                    let result = self.handlers.run(&command);
+                    self.executed += 1;
+                    self.state.counter += 1;
+                    self.state
+                        .done
+                        .insert(command.id.clone(), (self.state.counter, result.clone()));
+                    if self.state.done.len() > DONE_KEPT
+                        && let Some(oldest) = self
+                            .state
+                            .done
+                            .iter()
+                            .min_by_key(|(_, (n, _))| *n)
+                            .map(|(id, _)| id.clone())
+                    {
+                        self.state.done.remove(&oldest);
+                    }
+                    // Stored before it is posted.
+                    self.save()?;
+                    result
+                }
+            };
+            match self.client.post_result(result).await {
+                Ok(ack) => self.state.finished.push(ack.id),
+                Err(e) => return self.pause_for(e),
+            }
+        }
+        self.save()?;
+        Ok(None)
+    }
+
+    async fn bootstrap(&mut self) -> Result<Option<Pause>, AgentError> {
+        let token = match std::fs::read_to_string(&self.config.token_file) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                tracing::warn!(file = %self.config.token_file.display(), error = %e, "no bootstrap token to read");
+                return Ok(Some(Pause::Backoff));
+            }
+        };
+        if self.state.spent_token.as_deref() == Some(token.as_str()) {
+            tracing::info!("waiting for a fresh bootstrap token");
+            return Ok(Some(Pause::Backoff));
+        }
+        match self
+            .client
+            .bootstrap(&self.config.workspace, &token, env!("CARGO_PKG_VERSION"))
+            .await
+        {
+            Ok(response) => {
+                tracing::info!(workspace = %self.config.workspace, "bootstrapped");
+                self.state.spent_token = Some(token);
+                self.state.renew_percent = response.renewal.renew_at_percent;
+                self.save_identity(response.not_after_ms, response.renewal.renew_at_percent)?;
+                Ok(None)
+            }
+            Err(ClientError::Refused { error, .. })
+                if matches!(
+                    error.code,
+                    ErrorCode::TokenUsed
+                        | ErrorCode::TokenExpired
+                        | ErrorCode::TokenInvalid
+                        | ErrorCode::TokenWrongWorkspace
+                ) =>
+            {
+                tracing::warn!(code = ?error.code, "bootstrap token refused; waiting for a fresh one");
+                self.state.spent_token = Some(token);
+                self.save()?;
+                Ok(Some(Pause::Backoff))
+            }
+            Err(e) => self.pause_for(e),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The agent runtime against the real HTTPS endpoint on loopback (rustls mTLS),
+//! on the real clock: bootstrap, commands, renewal across several certificate
+//! lifetimes, restarts, and re-bootstrap after its certificate expired while it
+//! was away.
+//!
+//! The control plane's store is the in-memory one, and the engine is stood in
+//! for by a sink that ignores agent events (the engine's side is tested in the
+//! facade's `tests/engine`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cogrion_agent::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
+use cogrion_agent::{AgentConfig, AgentRuntime, Handlers};
+use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
+use cogrion_core::conformance::sample_workspace_spec;
+use cogrion_core::{
+    AgentEvent, AgentEventSink, AgentGateway, AgentTransport, Clock, CommandQueue, CommandStatus,
+    CredentialStore, GatewayConfig, InMemoryStore, NewCommand, RecordStore, SystemClock,
+    WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
+};
+use cogrion_providers::https::{AgentServer, AgentServerConfig};
+
+#[derive(Debug)]
+struct Ignore;
+
+#[async_trait]
+impl AgentEventSink for Ignore {
+    async fn on_agent_event(&self, _: AgentEvent) -> cogrion_core::Result<()> {
+        Ok(())
+    }
+}
+
+struct Plane {
+    store: Arc<InMemoryStore>,
+    ca: Arc<CertificateAuthority>,
+    server: AgentServer,
+    addr: std::net::SocketAddr,
+    ws: WorkspaceId,
+    dir: std::path::PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Plane {
+    async fn start(lifetime: Duration) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = Arc::new(InMemoryStore::new());
+        let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let ca = Arc::new(
+            CertificateAuthority::create(
+                Arc::new(key),
+                "test CA",
+                clock.now(),
+                CaConfig::default().with_validity(lifetime),
+            )
+            .unwrap(),
+        );
+        let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
+        let mut gateway_config = GatewayConfig::default();
+        gateway_config.credential_ttl = lifetime;
+        let gateway = AgentGateway::new(
+            store.clone(),
+            clock.clone(),
+            Arc::new(Ignore),
+            gateway_config,
+        );
+        let server = AgentServer::new(
+            gateway,
+            ca.clone(),
+            clock.clone(),
+            &server_cert,
+            AgentServerConfig::default(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = server.clone();
+        tokio::spawn(async move {
+            serving
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let ws: WorkspaceId = "acme-prod".parse().unwrap();
+        store
+            .commit(WorkspaceWrite::create(
+                WorkspaceRecord::new(ws.clone(), sample_workspace_spec(), clock.now()),
+                clock.now(),
+            ))
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("cogrion-agent-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plane = Self {
+            store,
+            ca,
+            server,
+            addr,
+            ws,
+            dir,
+            _stop: stop,
+        };
+        plane.fresh_token().await;
+        plane
+    }
+
+    /// Issues a token and writes it where the agent reads it (the mounted secret).
+    async fn fresh_token(&self) {
+        let token = issue_bootstrap_token(
+            self.store.as_ref(),
+            &self.ws,
+            SystemClock.now(),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        std::fs::write(self.dir.join("token"), token.expose()).unwrap();
+    }
+
+    fn config(&self) -> AgentConfig {
+        AgentConfig::new(
+            self.addr,
+            "localhost",
+            self.ca.certificate_pem(),
+            self.ws.clone(),
+            self.dir.join("token"),
+            self.dir.join("state"),
+        )
+        .with_poll_wait(1)
+    }
+
+    async fn queue(&self, id: &str) {
+        let current = self.store.get_workspace(&self.ws).await.unwrap();
+        self.store
+            .commit(
+                WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
+                    NewCommand {
+                        id: CommandId::new(id).unwrap(),
+                        kind: CommandKind::new("count").unwrap(),
+                        payload: serde_json::json!({}),
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        self.server.notify(&self.ws).await.unwrap();
+    }
+
+    async fn answered(&self, id: &str) -> bool {
+        matches!(
+            self.store
+                .get_command(&self.ws, &CommandId::new(id).unwrap())
+                .await
+                .unwrap()
+                .status,
+            CommandStatus::Answered { .. }
+        )
+    }
+
+    async fn wait_answered(&self, ids: &[String], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for id in ids {
+            while !self.answered(id).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} was not answered in {limit:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The builtin handlers plus `count`, which counts its runs.
+fn handlers(ws: &WorkspaceId, runs: Arc<AtomicU64>) -> Handlers {
+    let mut handlers = Handlers::builtin(ws);
+    handlers.register(
+        "count",
+        Arc::new(move |c| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            CommandResult {
+                id: c.id.clone(),
+                outcome: CommandOutcome::Succeeded,
+                output: serde_json::Value::Null,
+            }
+        }),
+    );
+    handlers
+}
+
+/// Runs an agent until the returned sender is dropped or fired.
+fn spawn(
+    plane: &Plane,
+    runs: Arc<AtomicU64>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<AgentRuntime>,
+) {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
+    let mut agent = AgentRuntime::new(plane.config(), handlers(&plane.ws, runs)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        agent
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_commands_once_and_renews_across_several_lifetimes() {
+    let lifetime = Duration::from_secs(4);
+    let plane = Plane::start(lifetime).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let (stop, task) = spawn(&plane, runs.clone());
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let id = format!("c{i}");
+        plane.queue(&id).await;
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    plane.wait_answered(&ids, Duration::from_secs(20)).await;
+    let _ = stop.send(());
+    let agent = task.await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 8, "each command ran once");
+    assert_eq!(agent.executed(), 8);
+    // 8 s of 4 s certificates, renewed at two thirds: several renewals, no gap
+    // (every command above was answered).
+    let credentials = plane.store.list_credentials(&plane.ws).await.unwrap();
+    assert!(
+        credentials.len() >= 3,
+        "bootstrap then renewals: {}",
+        credentials.len()
+    );
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile() {
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let (stop, task) = spawn(&plane, runs.clone());
+    plane.queue("before").await;
+    plane
+        .wait_answered(&["before".into()], Duration::from_secs(10))
+        .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    // Queued while the agent is down.
+    plane.queue("meanwhile").await;
+    let key = std::fs::metadata(plane.dir.join("state").join("identity.key")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            key.permissions().mode() & 0o777,
+            0o600,
+            "the key file is private"
+        );
+    }
+    let (stop, task) = spawn(&plane, runs.clone());
+    plane
+        .wait_answered(&["meanwhile".into()], Duration::from_secs(10))
+        .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "nothing ran twice, nothing was lost"
+    );
+    assert_eq!(
+        plane.store.list_credentials(&plane.ws).await.unwrap().len(),
+        1,
+        "the restarted agent used its stored identity, without a new token"
+    );
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token() {
+    let plane = Plane::start(Duration::from_secs(2)).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let (stop, task) = spawn(&plane, runs.clone());
+    plane.queue("first").await;
+    plane
+        .wait_answered(&["first".into()], Duration::from_secs(10))
+        .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    // Away longer than the certificate lives; meanwhile the control plane issues
+    // a fresh token into the agent's secret.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    plane.fresh_token().await;
+    plane.queue("after").await;
+    let (stop, task) = spawn(&plane, runs.clone());
+    plane
+        .wait_answered(&["after".into()], Duration::from_secs(15))
+        .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let credentials = plane.store.list_credentials(&plane.ws).await.unwrap();
+    assert!(
+        credentials.len() >= 2,
+        "a second bootstrap: {credentials:?}"
+    );
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
+/// The `cogrion-agent` binary, a separate process configured from its
+/// environment, bootstraps and answers the builtin `health` command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_as_its_own_process() {
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    let ca_file = plane.dir.join("ca.pem");
+    std::fs::write(&ca_file, plane.ca.certificate_pem()).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cogrion-agent"))
+        .env("COGRION_ENDPOINT", plane.addr.to_string())
+        .env("COGRION_SERVER_NAME", "localhost")
+        .env("COGRION_CA_FILE", &ca_file)
+        .env("COGRION_WORKSPACE", plane.ws.as_str())
+        .env("COGRION_TOKEN_FILE", plane.dir.join("token"))
+        .env("COGRION_STATE_DIR", plane.dir.join("state"))
+        .env("COGRION_POLL_WAIT_SECS", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let current = plane.store.get_workspace(&plane.ws).await.unwrap();
+    plane
+        .store
+        .commit(
+            WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
+                NewCommand {
+                    id: CommandId::new("h1").unwrap(),
+                    kind: CommandKind::new("health").unwrap(),
+                    payload: serde_json::json!({}),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    plane.server.notify(&plane.ws).await.unwrap();
+    plane
+        .wait_answered(&["h1".into()], Duration::from_secs(20))
+        .await;
+    match plane
+        .store
+        .get_command(&plane.ws, &CommandId::new("h1").unwrap())
+        .await
+        .unwrap()
+        .status
+    {
+        CommandStatus::Answered { result, .. } => {
+            assert_eq!(result.outcome, CommandOutcome::Succeeded);
+            assert_eq!(result.output, serde_json::json!({ "status": "ok" }));
+        }
+        other => panic!("{other:?}"),
+    }
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
+/// Without its settings the binary says which one is missing and exits 2.
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_its_settings() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cogrion-agent"))
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("COGRION_ENDPOINT"));
+}
