@@ -386,3 +386,206 @@ async fn the_binary_refuses_to_start_without_its_settings() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("COGRION_ENDPOINT"));
 }
+
+/// A control plane that can crash and come back: its own tokio runtime (dropped
+/// to crash: every connection dies mid-request), a SQLite store and a CA kept in
+/// files.
+struct Restartable {
+    dir: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    store: Arc<cogrion_providers::sqlite::SqliteStore>,
+    server: Option<AgentServer>,
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+impl Restartable {
+    async fn start(dir: &std::path::Path, addr: std::net::SocketAddr) -> Self {
+        let store = Arc::new(
+            cogrion_providers::sqlite::SqliteStore::open(dir.join("cp.db"))
+                .await
+                .unwrap(),
+        );
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ca = Arc::new(
+            CertificateAuthority::open_or_create(&dir.join("ca"), clock.now(), CaConfig::default())
+                .unwrap(),
+        );
+        let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
+        let gateway = AgentGateway::new(
+            store.clone(),
+            clock.clone(),
+            Arc::new(Ignore),
+            GatewayConfig::default(),
+        );
+        let server = AgentServer::new(
+            gateway,
+            ca,
+            clock,
+            &server_cert,
+            AgentServerConfig::default(),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        {
+            let _inside = runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let serving = server.clone();
+            runtime.spawn(async move { serving.serve(listener, std::future::pending()).await });
+        }
+        Self {
+            dir: dir.to_owned(),
+            addr,
+            runtime: Some(runtime),
+            store,
+            server: Some(server),
+        }
+    }
+
+    /// Every task and connection of the control plane dies at once.
+    fn crash(&mut self) {
+        self.server = None;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    async fn queue(&self, ws: &WorkspaceId, id: &str) {
+        let current = self.store.get_workspace(ws).await.unwrap();
+        self.store
+            .commit(
+                WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
+                    NewCommand {
+                        id: CommandId::new(id).unwrap(),
+                        kind: CommandKind::new("count").unwrap(),
+                        payload: serde_json::json!({}),
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        if let Some(server) = &self.server {
+            server.notify(ws).await.unwrap();
+        }
+    }
+
+    async fn wait_answered(&self, ws: &WorkspaceId, ids: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for id in ids {
+            loop {
+                let status = self
+                    .store
+                    .get_command(ws, &CommandId::new(*id).unwrap())
+                    .await
+                    .unwrap()
+                    .status;
+                if matches!(status, CommandStatus::Answered { .. }) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} was not answered in {limit:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The control plane crashes with the agent connected and commands in flight,
+/// more are queued while it is down, and it comes back on the same store and
+/// CA: the agent reconnects by itself, and every command runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_crash_loses_no_command_and_runs_none_twice() {
+    let dir = std::env::temp_dir().join(format!("cogrion-cp-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut plane = Restartable::start(&dir, "127.0.0.1:0".parse().unwrap()).await;
+    let ws: WorkspaceId = "acme-prod".parse().unwrap();
+    plane
+        .store
+        .commit(WorkspaceWrite::create(
+            WorkspaceRecord::new(ws.clone(), sample_workspace_spec(), SystemClock.now()),
+            SystemClock.now(),
+        ))
+        .await
+        .unwrap();
+    let token = issue_bootstrap_token(
+        plane.store.as_ref(),
+        &ws,
+        SystemClock.now(),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("token"), token.expose()).unwrap();
+    let ca_pem = std::fs::read_to_string(dir.join("ca").join("ca.pem")).unwrap();
+    let config = AgentConfig::new(
+        plane.addr,
+        "localhost",
+        ca_pem,
+        ws.clone(),
+        dir.join("token"),
+        dir.join("agent"),
+    )
+    .with_poll_wait(5);
+    let runs = Arc::new(AtomicU64::new(0));
+    let mut agent = AgentRuntime::new(config, handlers(&ws, runs.clone())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        agent
+    });
+
+    for id in ["a1", "a2"] {
+        plane.queue(&ws, id).await;
+    }
+    plane
+        .wait_answered(&ws, &["a1", "a2"], Duration::from_secs(10))
+        .await;
+    // The agent is in a held poll now; a command lands, and the control plane
+    // crashes at once.
+    plane.queue(&ws, "a3").await;
+    plane.crash();
+    // Queued while the control plane is down (straight into its store).
+    for id in ["b1", "b2"] {
+        plane.queue(&ws, id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let addr = plane.addr;
+    let plane = Restartable::start(&dir, addr).await;
+    plane
+        .wait_answered(&ws, &["a3", "b1", "b2"], Duration::from_secs(30))
+        .await;
+    let _ = stop.send(());
+    let agent = task.await.unwrap();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        5,
+        "every command ran exactly once"
+    );
+    assert_eq!(agent.executed(), 5);
+    assert_eq!(
+        plane.store.list_credentials(&ws).await.unwrap().len(),
+        1,
+        "no re-bootstrap was needed"
+    );
+    drop(plane);
+    let _ = std::fs::remove_dir_all(&dir);
+}
