@@ -391,7 +391,6 @@ async fn the_binary_refuses_to_start_without_its_settings() {
 /// to crash: every connection dies mid-request), a SQLite store and a CA kept in
 /// files.
 struct Restartable {
-    dir: std::path::PathBuf,
     addr: std::net::SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
     store: Arc<cogrion_providers::sqlite::SqliteStore>,
@@ -446,7 +445,6 @@ impl Restartable {
             runtime.spawn(async move { serving.serve(listener, std::future::pending()).await });
         }
         Self {
-            dir: dir.to_owned(),
             addr,
             runtime: Some(runtime),
             store,
