@@ -6,8 +6,12 @@
 //! again: it resumes that workspace at the step where it stopped, on the
 //! resources the simulated cloud kept in `cogrion-quickstart.db.cloud.json`.
 //! A simulated cloud with realistic (shortened) latency stands in for EKS / GKE /
-//! AKS, simulated Cluster Agents answer over an in-process transport, and the
-//! built-in driver runs the lifecycle engine. Watch it create a workspace, deploy
+//! AKS. The Cluster Agent is real: the control plane serves its HTTPS endpoint on
+//! loopback (rustls mTLS, its CA in `cogrion-quickstart.db.ca/`), and each
+//! workspace's agent is this same program re-executed in agent mode (`--agent`,
+//! a separate process), bootstrapping with its one-time token; only what it does
+//! in the cluster (installing stacks) is simulated. The built-in driver runs the
+//! lifecycle engine. Watch it create a workspace, deploy
 //! two stacks where one depends on the other, update the node pool, destroy
 //! everything, and print the stored history.
 //!
@@ -16,7 +20,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cogrion::ca::{CaConfig, CertificateAuthority};
+use cogrion::providers::https::{AgentServer, AgentServerConfig};
 use cogrion::providers::sqlite::SqliteStore;
+use cogrion::sim::SimulatedCluster;
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
 use tokio::sync::broadcast::error::RecvError;
@@ -137,8 +144,164 @@ fn stack(name: &str, kind: StackKind, executor: ExecutorSpec, deps: &[&str]) -> 
     })
 }
 
+/// Installs a workspace's agent as a separate process: this program in agent
+/// mode, with the one-time token written where it reads it (in a cluster: a
+/// Secret and a Deployment).
+#[derive(Debug)]
+struct ProcessInstaller {
+    dir: std::path::PathBuf,
+    endpoint: std::net::SocketAddr,
+    ca_file: std::path::PathBuf,
+    children: std::sync::Mutex<std::collections::HashMap<WorkspaceId, tokio::process::Child>>,
+}
+
+impl ProcessInstaller {
+    /// Stops every agent this run started.
+    fn stop_all(&self) {
+        for child in self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            let _ = child.start_kill();
+        }
+    }
+
+    fn agent_dir(&self, ws: &WorkspaceId) -> std::path::PathBuf {
+        self.dir.join(ws.as_str())
+    }
+
+    /// Starts the workspace's agent unless it runs already; it resumes from its
+    /// state directory if it has one.
+    fn launch(&self, ws: &WorkspaceId) -> std::io::Result<()> {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = children.get_mut(ws)
+            && child.try_wait()?.is_none()
+        {
+            return Ok(());
+        }
+        let dir = self.agent_dir(ws);
+        std::fs::create_dir_all(&dir)?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("--agent")
+            .env("COGRION_ENDPOINT", self.endpoint.to_string())
+            .env("COGRION_SERVER_NAME", "localhost")
+            .env("COGRION_CA_FILE", &self.ca_file)
+            .env("COGRION_WORKSPACE", ws.as_str())
+            .env("COGRION_TOKEN_FILE", dir.join("token"))
+            .env("COGRION_STATE_DIR", dir.join("state"))
+            .env("COGRION_POLL_WAIT_SECS", "20")
+            .kill_on_drop(true)
+            .spawn()?;
+        children.insert(ws.clone(), child);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl AgentInstaller for ProcessInstaller {
+    async fn install(&self, request: AgentInstall) -> Result<Progress<()>> {
+        let failed = |e: std::io::Error| Error::Unavailable {
+            service: "agent installer".into(),
+            detail: e.to_string(),
+        };
+        let dir = self.agent_dir(&request.workspace);
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        std::fs::write(dir.join("token"), request.token.expose()).map_err(failed)?;
+        self.launch(&request.workspace).map_err(failed)?;
+        Ok(Progress::Ready(()))
+    }
+
+    async fn uninstall(&self, ws: &WorkspaceId, _: &ClusterAccess) -> Result<Progress<()>> {
+        let child = self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ws);
+        if let Some(mut child) = child {
+            let _ = child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(self.agent_dir(ws));
+        Ok(Progress::Ready(()))
+    }
+}
+
+/// The engine, once built: the endpoint reports agent events to it, and it uses
+/// the endpoint, so one is wired after the other.
+#[derive(Debug, Default)]
+struct LateEngine(std::sync::OnceLock<Engine>);
+
+#[async_trait::async_trait]
+impl AgentEventSink for LateEngine {
+    async fn on_agent_event(&self, event: AgentEvent) -> Result<()> {
+        match self.0.get() {
+            Some(engine) => engine.on_agent_event(event).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Agent mode: the Cluster Agent of one workspace, with the builtin handlers and
+/// a simulated cluster for the stacks' commands.
+async fn run_agent() -> std::process::ExitCode {
+    let config = match cogrion_agent::AgentConfig::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("quickstart agent: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut handlers = cogrion_agent::Handlers::builtin(&config.workspace);
+    let cluster = SimulatedCluster::new();
+    for kind in [
+        SimulatedCluster::APPLY,
+        SimulatedCluster::DESTROY,
+        SimulatedCluster::STATUS,
+    ] {
+        let (cluster, ws) = (cluster.clone(), config.workspace.clone());
+        handlers.register(kind, Arc::new(move |c| cluster.handle(&ws, c)));
+    }
+    let mut agent = match cogrion_agent::AgentRuntime::new(config, handlers) {
+        Ok(agent) => agent,
+        Err(e) => {
+            eprintln!("quickstart agent: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // In a cluster the agent outlives the control plane; here it is the
+    // control plane's child, and stops when its parent is gone (a new run starts
+    // it again from its state directory).
+    let parent = std::os::unix::process::parent_id();
+    let orphaned = async move {
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    match agent.run(orphaned).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quickstart agent: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    if std::env::args().any(|a| a == "--agent") {
+        return run_agent().await;
+    }
+    match control_plane().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn control_plane() -> Result<()> {
     let started = Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
@@ -181,29 +344,87 @@ async fn main() -> Result<()> {
             detail: e.to_string(),
         })?;
     let world = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
-    // Short deadlines suit a demo: the simulated agents answer in milliseconds,
-    // and a leftover workspace whose agent died with an earlier run has its
-    // in-cluster teardown skipped (the history says so) after 5 s, not 10 min.
+
+    // The agents' endpoint: its CA (kept next to the database, the key file
+    // 0600) issues the server's certificate and, at bootstrap, each agent's.
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| Error::Unavailable {
+        service: what.into(),
+        detail: e.to_string(),
+    };
+    let ca_dir = std::path::PathBuf::from(format!("{path}.ca"));
+    let ca = Arc::new(
+        CertificateAuthority::open_or_create(&ca_dir, clock.now(), CaConfig::default())
+            .map_err(|e| unavailable("certificate authority", &e))?,
+    );
+    let server_cert = ca
+        .issue_server(&["localhost"], clock.now())
+        .map_err(|e| unavailable("certificate authority", &e))?;
+    let sink = Arc::new(LateEngine::default());
+    let gateway = AgentGateway::new(
+        store.clone(),
+        clock.clone(),
+        sink.clone(),
+        Default::default(),
+    );
+    let server = AgentServer::new(
+        gateway,
+        ca.clone(),
+        clock.clone(),
+        &server_cert,
+        AgentServerConfig::default(),
+    )?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| unavailable("agent endpoint", &e))?;
+    let endpoint = listener
+        .local_addr()
+        .map_err(|e| unavailable("agent endpoint", &e))?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(listener, async {
+                let _ = server_stopped.await;
+            })
+            .await
+    });
+    println!(
+        "Agents' endpoint: https://localhost:{} (mutual TLS, CA in {})",
+        endpoint.port(),
+        ca_dir.display()
+    );
+    let installer = Arc::new(ProcessInstaller {
+        dir: format!("{path}.agents").into(),
+        endpoint,
+        ca_file: ca_dir.join("ca.pem"),
+        children: Default::default(),
+    });
+    /// Stops the agents when the control plane returns, however it returns.
+    struct StopAgents(Arc<ProcessInstaller>);
+    impl Drop for StopAgents {
+        fn drop(&mut self) {
+            self.0.stop_all();
+        }
+    }
+    let _stop_agents = StopAgents(installer.clone());
+
+    // Short deadlines suit a demo: a leftover workspace whose agent cannot come
+    // back has its in-cluster teardown skipped (the history says so) after 5 s,
+    // not 10 min.
     let config = EngineConfig::new("quickstart".parse()?).with_deadlines(
         Duration::from_secs(30),
         Duration::from_secs(30),
         Duration::from_secs(5),
     );
-    let engine = world.engine(store, clock, config)?;
-    let agents = world.agents.clone();
+    let engine = world
+        .engine_builder(store, clock)
+        .agent_installer(installer.clone())
+        .transport(Arc::new(server.clone()))
+        .config(config)
+        .build()?;
+    sink.0.set(engine.clone()).ok();
 
     let progress = tokio::spawn(show_progress(engine.clone(), started));
-    let (stop_agents, agents_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn({
-        let agents = agents.clone();
-        async move {
-            agents
-                .run(Duration::from_millis(100), async {
-                    let _ = agents_stopped.await;
-                })
-                .await
-        }
-    });
     let driver = Driver::spawn(
         engine.clone(),
         DriverConfig::default().with_sweep_interval(Duration::from_millis(250)),
@@ -212,29 +433,27 @@ async fn main() -> Result<()> {
     let actor = Actor::Api {
         principal: "platform-team".into(),
     };
-    // A run that was stopped part-way left its workspace in flight. One stopped
-    // while its cloud infrastructure was being built is resumed where it stopped:
-    // the store has its operation and checkpoints, the cloud file its resources.
-    // The simulated Cluster Agent, though, lived inside the stopped process (the
-    // real one runs in the cluster and outlives it), so a workspace stopped after
-    // its agent was installed, or later in the tour, is destroyed instead.
+    // A run that was stopped part-way left its workspace in flight. Its agent
+    // (in a real cluster it would have kept running) is started again from its
+    // state directory, with the certificate it already has; a workspace stopped
+    // mid-provision is resumed at the step where it stopped — the store has its
+    // operation and checkpoints, the cloud file its resources — and one stopped
+    // later in the tour is destroyed.
     let mut resumed = None;
     for w in earlier
         .iter()
         .filter(|w| w.value.state != WorkspaceState::Destroyed)
     {
         let id = &w.value.id;
+        if installer.agent_dir(id).join("state").exists() {
+            installer.launch(id).map_err(|e| unavailable("agent", &e))?;
+        }
         let provisioning = w
             .value
             .operations
             .iter()
             .find(|o| o.kind == OperationKind::Provision);
-        let agent_installed = provisioning.is_some_and(|o| {
-            o.steps
-                .iter()
-                .any(|s| s.name == "install-agent" && s.is_finished())
-        });
-        if resumed.is_none() && provisioning.is_some() && !agent_installed {
+        if resumed.is_none() && provisioning.is_some() {
             let done: Vec<&str> = provisioning
                 .into_iter()
                 .flat_map(|o| &o.steps)
@@ -346,8 +565,7 @@ async fn main() -> Result<()> {
     .await?;
 
     let stats = driver.shutdown().await;
-    let _ = stop_agents.send(());
-    let _ = agent_task.await;
+    let _ = stop_server.send(());
     tokio::time::sleep(Duration::from_millis(50)).await;
     progress.abort();
 
