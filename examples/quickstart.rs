@@ -227,21 +227,6 @@ impl AgentInstaller for ProcessInstaller {
     }
 }
 
-/// The engine, once built: the endpoint reports agent events to it, and it uses
-/// the endpoint, so one is wired after the other.
-#[derive(Debug, Default)]
-struct LateEngine(std::sync::OnceLock<Engine>);
-
-#[async_trait::async_trait]
-impl AgentEventSink for LateEngine {
-    async fn on_agent_event(&self, event: AgentEvent) -> Result<()> {
-        match self.0.get() {
-            Some(engine) => engine.on_agent_event(event).await,
-            None => Ok(()),
-        }
-    }
-}
-
 /// Agent mode: the Cluster Agent of one workspace, with the builtin handlers and
 /// a simulated cluster for the stacks' commands.
 async fn run_agent() -> std::process::ExitCode {
@@ -359,7 +344,7 @@ async fn control_plane() -> Result<()> {
     let server_cert = ca
         .issue_server(&["localhost"], clock.now())
         .map_err(|e| unavailable("certificate authority", &e))?;
-    let sink = Arc::new(LateEngine::default());
+    let sink = Arc::new(LateSink::new());
     let gateway = AgentGateway::new(
         store.clone(),
         clock.clone(),
@@ -422,7 +407,7 @@ async fn control_plane() -> Result<()> {
         .transport(Arc::new(server.clone()))
         .config(config)
         .build()?;
-    sink.0.set(engine.clone()).ok();
+    sink.set(Arc::new(engine.clone()));
 
     let progress = tokio::spawn(show_progress(engine.clone(), started));
     let driver = Driver::spawn(

@@ -7,7 +7,7 @@
 //! endpoint, the agent runtime and the engine are real.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,26 +15,11 @@ use cogrion_agent::{AgentConfig, AgentRuntime, Handlers};
 use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
 use cogrion_core::sim::SimulatedCloud;
 use cogrion_core::{
-    Actor, AgentEvent, AgentEventSink, AgentGateway, AgentInstall, AgentInstaller, Clock,
-    CloudKind, ClusterAccess, CredentialStore, Driver, DriverConfig, Engine, EngineConfig,
-    InMemoryStore, Progress, SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
+    Actor, AgentGateway, AgentInstall, AgentInstaller, Clock, CloudKind, ClusterAccess,
+    CredentialStore, Driver, DriverConfig, Engine, EngineConfig, InMemoryStore, LateSink, Progress,
+    SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
 };
 use cogrion_providers::https::{AgentServer, AgentServerConfig};
-
-/// The engine, once built (the endpoint's gateway reports to it, and it uses the
-/// endpoint: one of the two must be wired after the other).
-#[derive(Debug, Default)]
-struct LateEngine(OnceLock<Engine>);
-
-#[async_trait]
-impl AgentEventSink for LateEngine {
-    async fn on_agent_event(&self, event: AgentEvent) -> cogrion_core::Result<()> {
-        match self.0.get() {
-            Some(engine) => engine.on_agent_event(event).await,
-            None => Ok(()),
-        }
-    }
-}
 
 /// Installs an agent by writing its token where it reads it and starting its
 /// runtime (in a cluster: a Deployment and a Secret).
@@ -100,7 +85,7 @@ async fn provisioning_reaches_active_through_a_real_agent_over_mutual_tls() {
             .unwrap(),
     );
     let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
-    let sink = Arc::new(LateEngine::default());
+    let sink = Arc::new(LateSink::new());
     let gateway = AgentGateway::new(
         store.clone(),
         clock.clone(),
@@ -138,7 +123,7 @@ async fn provisioning_reaches_active_through_a_real_agent_over_mutual_tls() {
         .config(EngineConfig::new("cp-0".parse().unwrap()))
         .build()
         .unwrap();
-    sink.0.set(engine.clone()).unwrap();
+    assert!(sink.set(Arc::new(engine.clone())));
     let driver = Driver::spawn(
         engine.clone(),
         DriverConfig::default().with_sweep_interval(Duration::from_millis(200)),

@@ -84,7 +84,7 @@ pub use store::{
     StepRecord, StepStatus, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore,
     WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
 };
-pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport};
+pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport, LateSink};
 
 /// The wire types shared with the Cluster Agent.
 pub use cogrion_agent_proto as proto;

@@ -55,6 +55,49 @@ pub trait AgentEventSink: fmt::Debug + Send + Sync + 'static {
     async fn on_agent_event(&self, event: AgentEvent) -> Result<()>;
 }
 
+/// An [`AgentEventSink`] that forwards to one set later. A transport's gateway
+/// reports to the engine while the engine uses the transport, so one of the two
+/// exists first: give the gateway this, build the engine, then
+/// [`set`](Self::set) it. An event before that is refused
+/// ([`Unavailable`](crate::Error::Unavailable)), so the agent's request fails
+/// and is retried.
+///
+/// ```
+/// use std::sync::Arc;
+/// use cogrion_core::LateSink;
+/// let sink = Arc::new(LateSink::new());
+/// // … hand `sink.clone()` to the gateway, build the engine, then:
+/// // sink.set(Arc::new(engine.clone()));
+/// # let _ = sink;
+/// ```
+#[derive(Debug, Default)]
+pub struct LateSink(std::sync::OnceLock<std::sync::Arc<dyn AgentEventSink>>);
+
+impl LateSink {
+    /// A sink with nothing behind it yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forwards to `sink` from now on; `false` if one was set already (it stays).
+    pub fn set(&self, sink: std::sync::Arc<dyn AgentEventSink>) -> bool {
+        self.0.set(sink).is_ok()
+    }
+}
+
+#[async_trait]
+impl AgentEventSink for LateSink {
+    async fn on_agent_event(&self, event: AgentEvent) -> Result<()> {
+        match self.0.get() {
+            Some(sink) => sink.on_agent_event(event).await,
+            None => Err(crate::Error::Unavailable {
+                service: "agent events".into(),
+                detail: "the engine is not started yet".into(),
+            }),
+        }
+    }
+}
+
 /// What a transport knows, in memory, about a workspace's agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentPresence {
