@@ -332,9 +332,10 @@ impl CertificateAuthority {
 
     /// Checks a CSR as [`sign_agent`](Self::sign_agent) would — readable, its
     /// signature valid, its key of an accepted type — without signing: a server
-    /// checks before it consumes a one-time token.
-    pub fn check_csr(&self, csr_pem: &str) -> Result<(), CaError> {
-        read_csr(csr_pem).map(|_| ())
+    /// checks before it consumes a one-time token, then signs the checked CSR
+    /// with [`sign_checked`](Self::sign_checked).
+    pub fn check_csr(&self, csr_pem: &str) -> Result<CheckedCsr, CaError> {
+        read_csr(csr_pem).map(CheckedCsr)
     }
 
     /// A certificate and a fresh ECDSA P-256 key for the control plane's own
@@ -386,7 +387,18 @@ impl CertificateAuthority {
         serial: &CertSerial,
         now: Timestamp,
     ) -> Result<AgentCertificate, CaError> {
-        let csr = read_csr(csr_pem)?;
+        self.sign_checked(&self.check_csr(csr_pem)?, workspace, serial, now)
+    }
+
+    /// [`sign_agent`](Self::sign_agent) for a CSR already checked.
+    pub fn sign_checked(
+        &self,
+        csr: &CheckedCsr,
+        workspace: &WorkspaceId,
+        serial: &CertSerial,
+        now: Timestamp,
+    ) -> Result<AgentCertificate, CaError> {
+        let csr = &csr.0;
         let identity = AgentIdentity::new(&self.config.trust_domain, workspace.clone())
             .map_err(|e| CaError::Signing(e.to_string()))?;
         let not_before = Timestamp::from_millis(
@@ -425,6 +437,11 @@ impl CertificateAuthority {
         })
     }
 }
+
+/// A CSR that was read, whose signature verified and whose key type is
+/// accepted ([`CertificateAuthority::check_csr`]).
+#[derive(Debug, Clone)]
+pub struct CheckedCsr(CertificateSigningRequestParams);
 
 /// A certificate and its private key for the control plane's HTTPS endpoint.
 #[derive(Clone)]

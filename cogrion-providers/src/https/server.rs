@@ -563,7 +563,7 @@ impl Shared {
         self.check_rate(remote)?;
         let _slot = self.exchange_slot()?;
         // The CSR first: a token is consumed only for a request that can succeed.
-        self.check_csr(&m.csr_pem)?;
+        let csr = self.check_csr(&m.csr_pem)?;
         let token = BootstrapToken::parse(m.token.expose()).map_err(|e| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -603,12 +603,7 @@ impl Shared {
         self.close_connections(&m.workspace);
         let issued = self
             .ca
-            .sign_agent(
-                &m.csr_pem,
-                &m.workspace,
-                &credential.serial,
-                self.clock.now(),
-            )
+            .sign_checked(&csr, &m.workspace, &credential.serial, self.clock.now())
             .map_err(Refusal::internal)?;
         Ok(ok(&BootstrapResponse {
             version: PROTOCOL_VERSION,
@@ -620,7 +615,10 @@ impl Shared {
         }))
     }
 
-    fn check_csr(&self, csr_pem: &str) -> std::result::Result<(), Refusal> {
+    fn check_csr(
+        &self,
+        csr_pem: &str,
+    ) -> std::result::Result<cogrion_core::ca::CheckedCsr, Refusal> {
         self.ca.check_csr(csr_pem).map_err(|e| match e {
             e @ (CaError::CsrUnreadable(_)
             | CaError::CsrBadSignature
@@ -641,7 +639,7 @@ impl Shared {
         m: RenewalRequest,
     ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
         let _slot = self.exchange_slot()?;
-        self.check_csr(&m.csr_pem)?;
+        let csr = self.check_csr(&m.csr_pem)?;
         let credential = self
             .gateway
             .renew(&peer.serial)
@@ -649,12 +647,7 @@ impl Shared {
             .map_err(Refusal::gateway)?;
         let issued = self
             .ca
-            .sign_agent(
-                &m.csr_pem,
-                &peer.workspace,
-                &credential.serial,
-                self.clock.now(),
-            )
+            .sign_checked(&csr, &peer.workspace, &credential.serial, self.clock.now())
             .map_err(Refusal::internal)?;
         Ok(ok(&RenewalResponse {
             version: PROTOCOL_VERSION,
