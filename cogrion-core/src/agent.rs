@@ -202,25 +202,22 @@ impl AgentGateway {
                 state,
             }));
         }
-        let record = self
-            .store
-            .consume(&token.hash(), workspace, now)
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(workspace = %workspace, error = %e, "bootstrap refused");
-            })?;
-        self.store
-            .revoke_all(workspace, "re-bootstrapped", now)
-            .await?;
         let credential = AgentCredential {
-            workspace: record.workspace.clone(),
+            workspace: workspace.clone(),
             serial: new_serial()?,
             issued_at: now,
             expires_at: now + self.config.credential_ttl,
             revoked: None,
             first_poll_at: None,
         };
-        self.store.put_credential(credential.clone()).await?;
+        // One transaction: the token consumed, the older credentials revoked,
+        // the new one stored — or nothing at all.
+        self.store
+            .exchange(&token.hash(), credential.clone(), now)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(workspace = %workspace, error = %e, "bootstrap refused");
+            })?;
         tracing::info!(workspace = %workspace, serial = %credential.serial, "agent bootstrapped");
         self.sink
             .on_agent_event(AgentEvent::Bootstrapped {

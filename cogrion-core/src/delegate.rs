@@ -190,6 +190,14 @@ macro_rules! delegate_store {
             ) -> $crate::Result<$crate::BootstrapTokenRecord> {
                 self.$inner.consume(hash, workspace, now).await
             }
+            async fn exchange(
+                &self,
+                hash: &$crate::TokenHash,
+                credential: $crate::AgentCredential,
+                now: $crate::Timestamp,
+            ) -> $crate::Result<$crate::BootstrapTokenRecord> {
+                self.$inner.exchange(hash, credential, now).await
+            }
         }
 
         #[$crate::__private::async_trait]

@@ -474,8 +474,38 @@ impl TokenStore for InMemoryStore {
         workspace: &WorkspaceId,
         now: Timestamp,
     ) -> Result<BootstrapTokenRecord> {
+        self.lock().consume(hash, workspace, now)
+    }
+
+    async fn exchange(
+        &self,
+        hash: &TokenHash,
+        credential: AgentCredential,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
         let mut inner = self.lock();
-        let token = inner
+        // Everything that can refuse is checked before anything changes.
+        if inner.credentials.contains_key(&credential.serial) {
+            return Err(Error::AlreadyExists(Resource::Credential(
+                credential.serial,
+            )));
+        }
+        let workspace = credential.workspace.clone();
+        let token = inner.consume(hash, &workspace, now)?;
+        inner.revoke_all(&workspace, "re-bootstrapped", now)?;
+        inner.put_credential(credential)?;
+        Ok(token)
+    }
+}
+
+impl Inner {
+    fn consume(
+        &mut self,
+        hash: &TokenHash,
+        workspace: &WorkspaceId,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
+        let token = self
             .tokens
             .get_mut(hash)
             .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
@@ -492,32 +522,61 @@ impl TokenStore for InMemoryStore {
         }
         token.consumed_at = Some(now);
         let token = token.clone();
-        let ws = inner.workspace_mut(workspace)?;
+        let ws = self.workspace_mut(workspace)?;
         if ws.open_token == Some(*hash) {
             ws.open_token = None;
         }
         Ok(token)
+    }
+
+    fn put_credential(&mut self, credential: AgentCredential) -> Result<()> {
+        self.workspace(&credential.workspace)?;
+        if self.credentials.contains_key(&credential.serial) {
+            return Err(Error::AlreadyExists(Resource::Credential(
+                credential.serial,
+            )));
+        }
+        self.workspace_mut(&credential.workspace)?
+            .credentials
+            .insert(credential.serial.clone());
+        self.credentials
+            .insert(credential.serial.clone(), credential);
+        Ok(())
+    }
+
+    fn revoke_all(
+        &mut self,
+        workspace: &WorkspaceId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<CertSerial>> {
+        let serials: Vec<CertSerial> = self
+            .workspace(workspace)?
+            .credentials
+            .iter()
+            .cloned()
+            .collect();
+        let mut revoked = Vec::new();
+        for serial in serials {
+            let Some(c) = self.credentials.get_mut(&serial) else {
+                continue;
+            };
+            if c.revoked.is_none() {
+                c.revoked = Some(Revocation {
+                    at: now,
+                    reason: reason.to_owned(),
+                });
+                revoked.push(c.serial.clone());
+            }
+        }
+        Ok(revoked)
     }
 }
 
 #[async_trait]
 impl CredentialStore for InMemoryStore {
     async fn put_credential(&self, credential: AgentCredential) -> Result<()> {
-        let mut inner = self.lock();
-        inner.workspace(&credential.workspace)?;
-        if inner.credentials.contains_key(&credential.serial) {
-            return Err(Error::AlreadyExists(Resource::Credential(
-                credential.serial,
-            )));
-        }
-        inner
-            .workspace_mut(&credential.workspace)?
-            .credentials
-            .insert(credential.serial.clone());
-        inner
-            .credentials
-            .insert(credential.serial.clone(), credential);
-        Ok(())
+        self.lock().put_credential(credential)
     }
 
     async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential> {
@@ -557,26 +616,6 @@ impl CredentialStore for InMemoryStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<Vec<CertSerial>> {
-        let mut inner = self.lock();
-        let serials: Vec<CertSerial> = inner
-            .workspace(workspace)?
-            .credentials
-            .iter()
-            .cloned()
-            .collect();
-        let mut revoked = Vec::new();
-        for serial in serials {
-            let Some(c) = inner.credentials.get_mut(&serial) else {
-                continue;
-            };
-            if c.revoked.is_none() {
-                c.revoked = Some(Revocation {
-                    at: now,
-                    reason: reason.to_owned(),
-                });
-                revoked.push(c.serial.clone());
-            }
-        }
-        Ok(revoked)
+        self.lock().revoke_all(workspace, reason, now)
     }
 }

@@ -1040,6 +1040,18 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
         workspace: &WorkspaceId,
         now: Timestamp,
     ) -> Result<BootstrapTokenRecord>;
+
+    /// A bootstrap, in one transaction: exchanges the token as
+    /// [`consume`](Self::consume) does for `credential`'s workspace, revokes that
+    /// workspace's earlier credentials (`re-bootstrapped`), and stores
+    /// `credential`. All or nothing: a refused token, or a credential that
+    /// cannot be stored, changes nothing.
+    async fn exchange(
+        &self,
+        hash: &TokenHash,
+        credential: AgentCredential,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord>;
 }
 
 /// A revocation.

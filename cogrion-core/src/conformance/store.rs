@@ -68,6 +68,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     command_queue(store).await;
     tokens(store).await;
     credentials(store).await;
+    exchanges(store).await;
     listing(store).await;
 }
 
@@ -1440,6 +1441,94 @@ async fn tokens(store: &dyn WorkspaceStore) {
             |r| r.is_ok() || matches!(r, Err(Error::TokenRefused(TokenRefusal::Reused { .. })))
         )
     );
+}
+
+/// `exchange`: the token consumed, the older credentials revoked and the new one
+/// stored in one transaction — or nothing.
+async fn exchanges(store: &dyn WorkspaceStore) {
+    let ws = create(store, "exch").await;
+    let other = create(store, "exch").await;
+    let digits: String = ws.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+    let serial = |n: u8| {
+        CertSerial::new(format!(
+            "{n:02x}{}",
+            &digits[digits.len().saturating_sub(30)..]
+        ))
+        .expect("serial")
+    };
+    let cred = |n: u8| AgentCredential {
+        workspace: ws.clone(),
+        serial: serial(n),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(86_400),
+        revoked: None,
+        first_poll_at: None,
+    };
+    let token = |byte: u8| BootstrapTokenRecord {
+        workspace: ws.clone(),
+        hash: hash(byte, &ws),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(3600),
+        consumed_at: None,
+    };
+    store
+        .put_credential(cred(1))
+        .await
+        .expect("an earlier credential");
+    store.put_token(token(1)).await.expect("a token");
+    // A credential whose serial is taken: refused, and the token is not spent.
+    expect_err!(
+        store.exchange(&hash(1, &ws), cred(1), T0).await,
+        Error::AlreadyExists(_),
+        "an exchange whose credential exists already"
+    );
+    let listed = store.list_credentials(&ws).await.expect("list");
+    assert!(
+        listed.iter().all(|c| c.revoked.is_none()),
+        "a refused exchange revoked nothing"
+    );
+    // Another workspace's token: refused, nothing stored.
+    let mut foreign = cred(9);
+    foreign.workspace = other.clone();
+    expect_err!(
+        store.exchange(&hash(1, &ws), foreign, T0).await,
+        Error::TokenRefused(TokenRefusal::WrongWorkspace),
+        "an exchange for another workspace"
+    );
+    assert!(
+        store
+            .list_credentials(&other)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // The exchange itself.
+    let record = store
+        .exchange(&hash(1, &ws), cred(2), T0 + Duration::from_secs(1))
+        .await
+        .expect("exchange");
+    assert_eq!(record.consumed_at, Some(T0 + Duration::from_secs(1)));
+    let listed = store.list_credentials(&ws).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    for c in &listed {
+        if c.serial == serial(1) {
+            assert_eq!(
+                c.revoked.as_ref().map(|r| r.reason.as_str()),
+                Some("re-bootstrapped")
+            );
+        } else {
+            assert!(c.revoked.is_none(), "the new credential is live");
+        }
+    }
+    // Spent: a second exchange is refused and stores nothing.
+    expect_err!(
+        store
+            .exchange(&hash(1, &ws), cred(3), T0 + Duration::from_secs(2))
+            .await,
+        Error::TokenRefused(TokenRefusal::Reused { .. }),
+        "a second exchange of one token"
+    );
+    assert_eq!(store.list_credentials(&ws).await.expect("list").len(), 2);
 }
 
 async fn credentials(store: &dyn WorkspaceStore) {

@@ -457,6 +457,101 @@ async fn write_in(conn: &mut PgConnection, write: BatchWrite) -> Result<BatchOut
     }
 }
 
+/// [`TokenStore::consume`] inside an open transaction.
+async fn consume_in(
+    conn: &mut PgConnection,
+    hash: TokenHash,
+    ws: &WorkspaceId,
+    now: Timestamp,
+) -> Result<BootstrapTokenRecord> {
+    let body: String = sqlx::query_scalar("SELECT body FROM tokens WHERE hash = $1 FOR UPDATE")
+        .bind(hash.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
+    let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
+    if &token.workspace != ws {
+        return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
+    }
+    if let Some(consumed_at) = token.consumed_at {
+        return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
+    }
+    if now >= token.expires_at {
+        return Err(Error::TokenRefused(TokenRefusal::Expired {
+            expired_at: token.expires_at,
+        }));
+    }
+    token.consumed_at = Some(now);
+    sqlx::query("UPDATE tokens SET consumed = TRUE, body = $1 WHERE hash = $2")
+        .bind(to_json(&token)?)
+        .bind(hash.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(token)
+}
+
+/// [`CredentialStore::put_credential`] inside an open transaction.
+async fn put_credential_in(conn: &mut PgConnection, credential: AgentCredential) -> Result<()> {
+    let body = to_json(&credential)?;
+    require_workspace(conn, &credential.workspace).await?;
+    let taken: Option<i64> =
+        sqlx::query_scalar("SELECT 1::BIGINT FROM credentials WHERE serial = $1")
+            .bind(credential.serial.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    if taken.is_some() {
+        return Err(Error::AlreadyExists(Resource::Credential(
+            credential.serial,
+        )));
+    }
+    sqlx::query("INSERT INTO credentials (serial, workspace, body) VALUES ($1, $2, $3)")
+        .bind(credential.serial.as_str())
+        .bind(credential.workspace.as_str())
+        .bind(body)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// [`CredentialStore::revoke_all`] inside an open transaction.
+async fn revoke_in(
+    conn: &mut PgConnection,
+    ws: &WorkspaceId,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<CertSerial>> {
+    require_workspace(conn, ws).await?;
+    let rows =
+        sqlx::query("SELECT serial, body FROM credentials WHERE workspace = $1 ORDER BY serial")
+            .bind(ws.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    let mut revoked = Vec::new();
+    for r in rows {
+        let mut c = read_credential(r.get("body"), r.get("serial"))?;
+        if c.revoked.is_some() {
+            continue;
+        }
+        c.revoked = Some(Revocation {
+            at: now,
+            reason: reason.to_owned(),
+        });
+        sqlx::query("UPDATE credentials SET body = $1 WHERE serial = $2")
+            .bind(to_json(&c)?)
+            .bind(c.serial.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        revoked.push(c.serial);
+    }
+    Ok(revoked)
+}
+
 /// One write inside an open transaction; see [`RecordStore::commit`].
 async fn apply(conn: &mut PgConnection, write: WorkspaceWrite) -> Result<Committed> {
     let id = write.workspace.clone();
@@ -1041,35 +1136,23 @@ impl TokenStore for PostgresStore {
         now: Timestamp,
     ) -> Result<BootstrapTokenRecord> {
         let (hash, ws) = (*hash, workspace.clone());
+        self.write_tx(move |conn| Box::pin(async move { consume_in(conn, hash, &ws, now).await }))
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        hash: &TokenHash,
+        credential: AgentCredential,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
+        let hash = *hash;
         self.write_tx(move |conn| {
             Box::pin(async move {
-                let body: String =
-                    sqlx::query_scalar("SELECT body FROM tokens WHERE hash = $1 FOR UPDATE")
-                        .bind(hash.to_string())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?
-                        .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
-                let mut token: BootstrapTokenRecord =
-                    from_json(&body, || Resource::BootstrapToken)?;
-                if token.workspace != ws {
-                    return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
-                }
-                if let Some(consumed_at) = token.consumed_at {
-                    return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
-                }
-                if now >= token.expires_at {
-                    return Err(Error::TokenRefused(TokenRefusal::Expired {
-                        expired_at: token.expires_at,
-                    }));
-                }
-                token.consumed_at = Some(now);
-                sqlx::query("UPDATE tokens SET consumed = TRUE, body = $1 WHERE hash = $2")
-                    .bind(to_json(&token)?)
-                    .bind(hash.to_string())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
+                let ws = credential.workspace.clone();
+                let token = consume_in(conn, hash, &ws, now).await?;
+                revoke_in(conn, &ws, "re-bootstrapped", now).await?;
+                put_credential_in(conn, credential).await?;
                 Ok(token)
             })
         })
@@ -1087,32 +1170,8 @@ fn read_credential(body: &str, serial: &str) -> Result<AgentCredential> {
 #[async_trait]
 impl CredentialStore for PostgresStore {
     async fn put_credential(&self, credential: AgentCredential) -> Result<()> {
-        let body = to_json(&credential)?;
         self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &credential.workspace).await?;
-                let taken: Option<i64> =
-                    sqlx::query_scalar("SELECT 1::BIGINT FROM credentials WHERE serial = $1")
-                        .bind(credential.serial.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
-                if taken.is_some() {
-                    return Err(Error::AlreadyExists(Resource::Credential(
-                        credential.serial,
-                    )));
-                }
-                sqlx::query(
-                    "INSERT INTO credentials (serial, workspace, body) VALUES ($1, $2, $3)",
-                )
-                .bind(credential.serial.as_str())
-                .bind(credential.workspace.as_str())
-                .bind(body)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                Ok(())
-            })
+            Box::pin(async move { put_credential_in(conn, credential).await })
         })
         .await
     }
@@ -1177,37 +1236,7 @@ impl CredentialStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Vec<CertSerial>> {
         let (ws, reason) = (workspace.clone(), reason.to_owned());
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &ws).await?;
-                let rows = sqlx::query(
-                    "SELECT serial, body FROM credentials WHERE workspace = $1 ORDER BY serial",
-                )
-                .bind(ws.as_str())
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                let mut revoked = Vec::new();
-                for r in rows {
-                    let mut c = read_credential(r.get("body"), r.get("serial"))?;
-                    if c.revoked.is_some() {
-                        continue;
-                    }
-                    c.revoked = Some(Revocation {
-                        at: now,
-                        reason: reason.clone(),
-                    });
-                    sqlx::query("UPDATE credentials SET body = $1 WHERE serial = $2")
-                        .bind(to_json(&c)?)
-                        .bind(c.serial.as_str())
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
-                    revoked.push(c.serial);
-                }
-                Ok(revoked)
-            })
-        })
-        .await
+        self.write_tx(move |conn| Box::pin(async move { revoke_in(conn, &ws, &reason, now).await }))
+            .await
     }
 }
