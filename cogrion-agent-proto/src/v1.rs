@@ -56,6 +56,25 @@ pub trait Message: Serialize + DeserializeOwned {
     fn check(&self) -> Result<(), InvalidValue>;
 }
 
+/// Implements [`Message`] for a v1 message with a `version` field: its name,
+/// its size limit, and the check of its fields' rules (with the message as `m`).
+macro_rules! message {
+    ($ty:ty, $name:literal, $max:expr, |$m:ident| $check:block) => {
+        impl Message for $ty {
+            const NAME: &'static str = $name;
+            const MAX_LEN: usize = $max;
+            fn version(&self) -> u32 {
+                self.version
+            }
+            #[allow(unused_variables)]
+            fn check(&self) -> Result<(), InvalidValue> {
+                let $m = self;
+                $check
+            }
+        }
+    };
+}
+
 /// Why bytes were not accepted as a message. Each variant is a distinct refusal
 /// on the wire (see [`DecodeError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,16 +328,9 @@ pub struct BootstrapRequest {
     pub agent_version: AgentVersion,
 }
 
-impl Message for BootstrapRequest {
-    const NAME: &'static str = "bootstrap request";
-    const MAX_LEN: usize = 16 * 1024;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
-        check_pem("CSR", &self.csr_pem, "CERTIFICATE REQUEST", MAX_CSR_PEM_LEN)
-    }
-}
+message!(BootstrapRequest, "bootstrap request", 16 * 1024, |m| {
+    check_pem("CSR", &m.csr_pem, "CERTIFICATE REQUEST", MAX_CSR_PEM_LEN)
+});
 
 /// How an agent should long-poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,28 +383,26 @@ fn check_settings(poll: &PollSettings, renewal: &RenewalSettings) -> Result<(), 
     check_range("renewal point", renewal.renew_at_percent, 10, 90)
 }
 
-impl Message for BootstrapResponse {
-    const NAME: &'static str = "bootstrap response";
-    const MAX_LEN: usize = 2 * MAX_CHAIN_PEM_LEN + 4 * 1024;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
+message!(
+    BootstrapResponse,
+    "bootstrap response",
+    2 * MAX_CHAIN_PEM_LEN + 4 * 1024,
+    |m| {
         check_pem(
             "certificate chain",
-            &self.certificate_chain_pem,
+            &m.certificate_chain_pem,
             "CERTIFICATE",
             MAX_CHAIN_PEM_LEN,
         )?;
         check_pem(
             "CA bundle",
-            &self.ca_bundle_pem,
+            &m.ca_bundle_pem,
             "CERTIFICATE",
             MAX_CHAIN_PEM_LEN,
         )?;
-        check_settings(&self.poll, &self.renewal)
+        check_settings(&m.poll, &m.renewal)
     }
-}
+);
 
 /// A long-poll: the ids of the commands the agent has finished since its last
 /// poll — so delivery resumes from where it stopped, even across restarts of
@@ -423,23 +433,16 @@ impl PollRequest {
     }
 }
 
-impl Message for PollRequest {
-    const NAME: &'static str = "poll request";
-    const MAX_LEN: usize = 64 * 1024;
-    fn version(&self) -> u32 {
-        self.version
+message!(PollRequest, "poll request", 64 * 1024, |m| {
+    if m.finished.len() > MAX_FINISHED_PER_POLL {
+        return Err(InvalidValue::OutOfRange {
+            what: "finished command ids",
+            value: m.finished.len().to_string(),
+            allowed: format!("at most {MAX_FINISHED_PER_POLL}"),
+        });
     }
-    fn check(&self) -> Result<(), InvalidValue> {
-        if self.finished.len() > MAX_FINISHED_PER_POLL {
-            return Err(InvalidValue::OutOfRange {
-                what: "finished command ids",
-                value: self.finished.len().to_string(),
-                allowed: format!("at most {MAX_FINISHED_PER_POLL}"),
-            });
-        }
-        check_range("poll wait", self.wait_secs, 0, MAX_POLL_WAIT_SECS)
-    }
-}
+    check_range("poll wait", m.wait_secs, 0, MAX_POLL_WAIT_SECS)
+});
 
 /// The commands to run, in queue order (empty when the wait ran out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -451,26 +454,19 @@ pub struct PollResponse {
     pub commands: Vec<Command>,
 }
 
-impl Message for PollResponse {
-    const NAME: &'static str = "poll response";
-    const MAX_LEN: usize = 4 * MAX_MESSAGE_LEN;
-    fn version(&self) -> u32 {
-        self.version
+message!(PollResponse, "poll response", 4 * MAX_MESSAGE_LEN, |m| {
+    if m.commands.len() > MAX_COMMANDS_PER_POLL {
+        return Err(InvalidValue::OutOfRange {
+            what: "commands per poll",
+            value: m.commands.len().to_string(),
+            allowed: format!("at most {MAX_COMMANDS_PER_POLL}"),
+        });
     }
-    fn check(&self) -> Result<(), InvalidValue> {
-        if self.commands.len() > MAX_COMMANDS_PER_POLL {
-            return Err(InvalidValue::OutOfRange {
-                what: "commands per poll",
-                value: self.commands.len().to_string(),
-                allowed: format!("at most {MAX_COMMANDS_PER_POLL}"),
-            });
-        }
-        for c in &self.commands {
-            Command::new(c.id.clone(), c.seq, c.kind.clone(), c.payload.clone())?;
-        }
-        Ok(())
+    for c in &m.commands {
+        Command::new(c.id.clone(), c.seq, c.kind.clone(), c.payload.clone())?;
     }
-}
+    Ok(())
+});
 
 /// One command's result, posted by the agent. The control plane stores it
 /// before it acknowledges.
@@ -483,16 +479,9 @@ pub struct ResultRequest {
     pub result: CommandResult,
 }
 
-impl Message for ResultRequest {
-    const NAME: &'static str = "result";
-    const MAX_LEN: usize = MAX_MESSAGE_LEN;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
-        self.result.check()
-    }
-}
+message!(ResultRequest, "result", MAX_MESSAGE_LEN, |m| {
+    m.result.check()
+});
 
 /// The acknowledgement of a stored result: the agent may forget the command
 /// once it has reported it as finished on its next poll.
@@ -505,16 +494,7 @@ pub struct ResultAck {
     pub id: CommandId,
 }
 
-impl Message for ResultAck {
-    const NAME: &'static str = "result acknowledgement";
-    const MAX_LEN: usize = 1024;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
-        Ok(())
-    }
-}
+message!(ResultAck, "result acknowledgement", 1024, |m| { Ok(()) });
 
 /// A renewal: a CSR for a new key, sent over mutual TLS with the current
 /// certificate (which names the workspace).
@@ -527,16 +507,9 @@ pub struct RenewalRequest {
     pub csr_pem: String,
 }
 
-impl Message for RenewalRequest {
-    const NAME: &'static str = "renewal request";
-    const MAX_LEN: usize = 16 * 1024;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
-        check_pem("CSR", &self.csr_pem, "CERTIFICATE REQUEST", MAX_CSR_PEM_LEN)
-    }
-}
+message!(RenewalRequest, "renewal request", 16 * 1024, |m| {
+    check_pem("CSR", &m.csr_pem, "CERTIFICATE REQUEST", MAX_CSR_PEM_LEN)
+});
 
 /// The renewed certificate. The old one stays valid until it expires or is
 /// revoked, so the agent can switch over without a gap.
@@ -551,21 +524,19 @@ pub struct RenewalResponse {
     pub not_after_ms: u64,
 }
 
-impl Message for RenewalResponse {
-    const NAME: &'static str = "renewal response";
-    const MAX_LEN: usize = MAX_CHAIN_PEM_LEN + 1024;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
+message!(
+    RenewalResponse,
+    "renewal response",
+    MAX_CHAIN_PEM_LEN + 1024,
+    |m| {
         check_pem(
             "certificate chain",
-            &self.certificate_chain_pem,
+            &m.certificate_chain_pem,
             "CERTIFICATE",
             MAX_CHAIN_PEM_LEN,
         )
     }
-}
+);
 
 /// Why a request was refused: every refusal has its own code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -640,23 +611,21 @@ impl ErrorResponse {
     }
 }
 
-impl Message for ErrorResponse {
-    const NAME: &'static str = "error response";
-    const MAX_LEN: usize = MAX_ERROR_MESSAGE_LEN + 512;
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn check(&self) -> Result<(), InvalidValue> {
-        if self.message.len() > MAX_ERROR_MESSAGE_LEN {
+message!(
+    ErrorResponse,
+    "error response",
+    MAX_ERROR_MESSAGE_LEN + 512,
+    |m| {
+        if m.message.len() > MAX_ERROR_MESSAGE_LEN {
             return Err(InvalidValue::TooLong {
                 what: "error message",
-                len: self.message.len(),
+                len: m.message.len(),
                 max: MAX_ERROR_MESSAGE_LEN,
             });
         }
         Ok(())
     }
-}
+);
 
 #[cfg(test)]
 mod tests;
