@@ -43,8 +43,9 @@ pub struct AgentClient {
     addr: SocketAddr,
     server_name: ServerName<'static>,
     roots: Arc<rustls::RootCertStore>,
-    identity: Mutex<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>>,
-    /// The same identity as PEM (chain, key), for an agent that keeps it on disk.
+    /// The TLS settings in use, rebuilt only when the identity changes.
+    config: Mutex<Arc<rustls::ClientConfig>>,
+    /// The client identity as PEM (chain, key), for an agent that keeps it on disk.
     identity_pem: Mutex<Option<(String, String)>>,
 }
 
@@ -61,12 +62,13 @@ impl AgentClient {
     /// A client for the endpoint at `addr`, whose certificate must name
     /// `server_name` and chain to `ca_pem`.
     pub fn new(addr: SocketAddr, server_name: &str, ca_pem: &str) -> Result<Self, ClientError> {
+        let roots = Arc::new(super::roots(ca_pem).map_err(ClientError::Connect)?);
         Ok(Self {
             addr,
             server_name: ServerName::try_from(server_name.to_owned())
                 .map_err(|e| ClientError::Connect(e.to_string()))?,
-            roots: Arc::new(super::roots(ca_pem).map_err(ClientError::Connect)?),
-            identity: Mutex::new(None),
+            config: Mutex::new(tls_config(&roots, None)?),
+            roots,
             identity_pem: Mutex::new(None),
         })
     }
@@ -75,7 +77,7 @@ impl AgentClient {
     pub fn set_identity(&self, chain_pem: &str, key_pem: &str) -> Result<(), ClientError> {
         let chain = super::certificates(chain_pem).map_err(ClientError::Connect)?;
         let key = super::private_key(key_pem).map_err(ClientError::Connect)?;
-        *crate::lock_or_recover(&self.identity) = Some((chain, key));
+        *crate::lock_or_recover(&self.config) = tls_config(&self.roots, Some((chain, key)))?;
         *crate::lock_or_recover(&self.identity_pem) =
             Some((chain_pem.to_owned(), key_pem.to_owned()));
         Ok(())
@@ -91,7 +93,9 @@ impl AgentClient {
     /// Forgets the client identity (after it was revoked or expired): the next
     /// requests are unauthenticated until a bootstrap.
     pub fn clear_identity(&self) {
-        *crate::lock_or_recover(&self.identity) = None;
+        if let Ok(config) = tls_config(&self.roots, None) {
+            *crate::lock_or_recover(&self.config) = config;
+        }
         *crate::lock_or_recover(&self.identity_pem) = None;
     }
 
@@ -167,24 +171,11 @@ impl AgentClient {
     /// the body of the answer. For tests of what the server refuses.
     pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
         let connect = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
-        let builder = rustls::ClientConfig::builder_with_provider(super::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| connect(&e))?
-            .with_root_certificates(self.roots.clone());
-        let identity = crate::lock_or_recover(&self.identity)
-            .as_ref()
-            .map(|(chain, key)| (chain.clone(), key.clone_key()));
-        let mut config = match identity {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| connect(&e))?,
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = crate::lock_or_recover(&self.config).clone();
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| connect(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| connect(&e))?;
@@ -222,4 +213,24 @@ fn new_key_and_csr() -> Result<(rcgen::KeyPair, String), ClientError> {
         .and_then(|c| c.pem())
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     Ok((key, csr))
+}
+
+/// TLS settings trusting `roots`, with a client identity or without.
+fn tls_config(
+    roots: &Arc<rustls::RootCertStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let connect = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
+    let builder = rustls::ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| connect(&e))?
+        .with_root_certificates(roots.clone());
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| connect(&e))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
