@@ -14,10 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::Progress;
 use crate::clock::{Clock, Timestamp};
-use crate::error::{Error, Result, TokenRefusal};
+use crate::error::{Error, Result};
 use crate::ids::{IdempotencyKey, WorkspaceId};
 use crate::provisioner::ClusterAccess;
-use crate::state::StateName;
 use crate::store::{AgentCredential, BootstrapTokenRecord, CertSerial, TokenHash, WorkspaceStore};
 use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
 
@@ -187,21 +186,6 @@ impl AgentGateway {
         token: &BootstrapToken,
     ) -> Result<AgentCredential> {
         let now = self.clock.now();
-        // A workspace being torn down gets no new agent identity, whatever token
-        // is presented.
-        let state = self
-            .store
-            .get_workspace(workspace)
-            .await?
-            .value
-            .state
-            .name();
-        if matches!(state, StateName::Destroying | StateName::Destroyed) {
-            tracing::warn!(workspace = %workspace, %state, "bootstrap refused: workspace is being destroyed");
-            return Err(Error::TokenRefused(TokenRefusal::WorkspaceRetired {
-                state,
-            }));
-        }
         let credential = AgentCredential {
             workspace: workspace.clone(),
             serial: new_serial()?,
@@ -210,8 +194,9 @@ impl AgentGateway {
             revoked: None,
             first_poll_at: None,
         };
-        // One transaction: the token consumed, the older credentials revoked,
-        // the new one stored — or nothing at all.
+        // One transaction: the workspace not being destroyed, the token
+        // consumed, the older credentials revoked, the new one stored — or
+        // nothing at all.
         self.store
             .exchange(&token.hash(), credential.clone(), now)
             .await

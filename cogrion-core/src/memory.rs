@@ -11,6 +11,7 @@ use cogrion_agent_proto::{CommandId, CommandResult};
 use crate::clock::Timestamp;
 use crate::error::{Error, Resource, Result, TokenRefusal};
 use crate::ids::{HolderId, WorkspaceId};
+use crate::state::StateName;
 use crate::store::{
     AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
     Committed, CredentialStore, EventRecord, EventSeq, FencingToken, Lease, LeaseStore, ListQuery,
@@ -485,6 +486,12 @@ impl TokenStore for InMemoryStore {
     ) -> Result<BootstrapTokenRecord> {
         let mut inner = self.lock();
         // Everything that can refuse is checked before anything changes.
+        let state = inner.workspace(&credential.workspace)?.record.state.name();
+        if matches!(state, StateName::Destroying | StateName::Destroyed) {
+            return Err(Error::TokenRefused(TokenRefusal::WorkspaceRetired {
+                state,
+            }));
+        }
         if inner.credentials.contains_key(&credential.serial) {
             return Err(Error::AlreadyExists(Resource::Credential(
                 credential.serial,

@@ -1044,8 +1044,10 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// A bootstrap, in one transaction: exchanges the token as
     /// [`consume`](Self::consume) does for `credential`'s workspace, revokes that
     /// workspace's earlier credentials (`re-bootstrapped`), and stores
-    /// `credential`. All or nothing: a refused token, or a credential that
-    /// cannot be stored, changes nothing.
+    /// `credential`. A workspace being destroyed (or destroyed) takes no new
+    /// agent: [`WorkspaceRetired`](crate::TokenRefusal::WorkspaceRetired),
+    /// whatever the token. All or nothing: a refusal, or a credential that cannot
+    /// be stored, changes nothing.
     async fn exchange(
         &self,
         hash: &TokenHash,

@@ -1503,11 +1503,11 @@ async fn exchanges(store: &dyn WorkspaceStore) {
             .is_empty()
     );
     // The exchange itself.
-    let record = store
+    let exchanged = store
         .exchange(&hash(1, &ws), cred(2), T0 + Duration::from_secs(1))
         .await
         .expect("exchange");
-    assert_eq!(record.consumed_at, Some(T0 + Duration::from_secs(1)));
+    assert_eq!(exchanged.consumed_at, Some(T0 + Duration::from_secs(1)));
     let listed = store.list_credentials(&ws).await.expect("list");
     assert_eq!(listed.len(), 2);
     for c in &listed {
@@ -1529,6 +1529,45 @@ async fn exchanges(store: &dyn WorkspaceStore) {
         "a second exchange of one token"
     );
     assert_eq!(store.list_credentials(&ws).await.expect("list").len(), 2);
+
+    // A workspace being destroyed takes no new agent, whatever the token; the
+    // token stays unspent.
+    let retired = random_workspace_id("exch");
+    let mut rec = record(&retired);
+    rec.state = WorkspaceState::Destroying;
+    store
+        .commit(WorkspaceWrite::create(rec, T0))
+        .await
+        .expect("create");
+    let retired_token = BootstrapTokenRecord {
+        workspace: retired.clone(),
+        hash: hash(7, &retired),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(3600),
+        consumed_at: None,
+    };
+    store.put_token(retired_token).await.expect("a token");
+    let mut late = cred(5);
+    late.workspace = retired.clone();
+    expect_err!(
+        store.exchange(&hash(7, &retired), late, T0).await,
+        Error::TokenRefused(TokenRefusal::WorkspaceRetired { .. }),
+        "an exchange into a workspace being destroyed"
+    );
+    assert!(
+        store
+            .list_credentials(&retired)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    expect_err!(
+        store
+            .exchange(&hash(1, &random_workspace_id("exch")), cred(6), T0)
+            .await,
+        Error::TokenRefused(_),
+        "an unknown token"
+    );
 }
 
 async fn credentials(store: &dyn WorkspaceStore) {

@@ -39,9 +39,9 @@ use cogrion_core::{
     AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
     CommandQueue, CommandStatus, Committed, CredentialStore, Error, EventRecord, EventSeq,
     FencingToken, HolderId, Lease, LeaseStore, ListQuery, NewEvent, PutMode, QueuedCommand,
-    RecordStore, Resource, Result, Revision, Revocation, Timestamp, TokenHash, TokenRefusal,
-    TokenStore, Versioned, WorkspaceId, WorkspaceRecord, WorkspaceWrite, check_lease_ttl,
-    check_preconditions, check_write,
+    RecordStore, Resource, Result, Revision, Revocation, StateName, Timestamp, TokenHash,
+    TokenRefusal, TokenStore, Versioned, WorkspaceId, WorkspaceRecord, WorkspaceWrite,
+    check_lease_ttl, check_preconditions, check_write,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -455,6 +455,26 @@ async fn write_in(conn: &mut PgConnection, write: BatchWrite) -> Result<BatchOut
             detail: format!("this store cannot batch {other:?}"),
         }),
     }
+}
+
+/// Refuses a bootstrap into a workspace being destroyed (or destroyed); an
+/// unknown workspace is `NotFound`.
+async fn retired_check(conn: &mut PgConnection, ws: &WorkspaceId) -> Result<()> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM workspaces WHERE id = $1 FOR UPDATE")
+            .bind(ws.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    let state = state.ok_or_else(|| Error::NotFound(Resource::Workspace(ws.clone())))?;
+    for retired in [StateName::Destroying, StateName::Destroyed] {
+        if state == retired.as_str() {
+            return Err(Error::TokenRefused(TokenRefusal::WorkspaceRetired {
+                state: retired,
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// [`TokenStore::consume`] inside an open transaction.
@@ -1150,6 +1170,7 @@ impl TokenStore for PostgresStore {
         self.write_tx(move |conn| {
             Box::pin(async move {
                 let ws = credential.workspace.clone();
+                retired_check(conn, &ws).await?;
                 let token = consume_in(conn, hash, &ws, now).await?;
                 revoke_in(conn, &ws, "re-bootstrapped", now).await?;
                 put_credential_in(conn, credential).await?;
