@@ -576,8 +576,13 @@ async fn consume_in(
 
 /// [`CredentialStore::put_credential`] inside an open transaction.
 async fn put_credential_in(conn: &mut SqliteConnection, credential: AgentCredential) -> Result<()> {
-    let body = to_json(&credential)?;
     require_workspace(conn, &credential.workspace).await?;
+    insert_credential(conn, credential).await
+}
+
+/// Stores a credential for a workspace known to exist (its serial must be new).
+async fn insert_credential(conn: &mut SqliteConnection, credential: AgentCredential) -> Result<()> {
+    let body = to_json(&credential)?;
     let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM credentials WHERE serial = ?")
         .bind(credential.serial.as_str())
         .fetch_optional(&mut *conn)
@@ -606,6 +611,16 @@ async fn revoke_in(
     now: Timestamp,
 ) -> Result<Vec<CertSerial>> {
     require_workspace(conn, ws).await?;
+    revoke_credentials(conn, ws, reason, now).await
+}
+
+/// Revokes the live credentials of a workspace known to exist.
+async fn revoke_credentials(
+    conn: &mut SqliteConnection,
+    ws: &WorkspaceId,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<CertSerial>> {
     let rows =
         sqlx::query("SELECT serial, body FROM credentials WHERE workspace = ? ORDER BY serial")
             .bind(ws.as_str())
@@ -1204,10 +1219,11 @@ impl TokenStore for SqliteStore {
         self.write_tx(move |conn| {
             Box::pin(async move {
                 let ws = credential.workspace.clone();
+                // The workspace exists and is not retired: checked once here.
                 retired_check(conn, &ws).await?;
                 let token = consume_in(conn, hash, &ws, now).await?;
-                revoke_in(conn, &ws, "re-bootstrapped", now).await?;
-                put_credential_in(conn, credential).await?;
+                revoke_credentials(conn, &ws, "re-bootstrapped", now).await?;
+                insert_credential(conn, credential).await?;
                 Ok(token)
             })
         })
