@@ -82,6 +82,16 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
     }
     // Mid-provisioning: the database dies and restarts.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut in_flight = 0;
+    for id in &ids {
+        if store.get_workspace(id).await.unwrap().value.state != WorkspaceState::Active {
+            in_flight += 1;
+        }
+    }
+    assert!(
+        in_flight > 0,
+        "the crash must hit workspaces still provisioning"
+    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/peers/postgres.sh");
     let status = tokio::process::Command::new("bash")
         .arg(script)
@@ -110,10 +120,12 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
     let _ = stop.send(());
     let _ = agent_task.await;
 
-    assert!(
-        stats.errors > 0,
-        "the outage was felt ({} advances)",
-        stats.advances
+    // Whether an advance met the outage depends on timing (all may have been
+    // waiting on the cloud then); that the crash hit work in flight is checked
+    // above.
+    println!(
+        "outage: {in_flight} of {N} workspaces in flight at the crash; {} advances, {} failed on the outage",
+        stats.advances, stats.errors
     );
     assert!(cloud.duplicates().is_empty(), "{:?}", cloud.duplicates());
     assert_eq!(cloud.all_live(), 0);
