@@ -247,9 +247,9 @@ impl AgentGateway {
             });
         }
         if now >= credential.expires_at {
-            return Err(Error::Rejected {
-                service: "agent gateway".into(),
-                detail: format!("certificate {serial} expired at {}", credential.expires_at),
+            return Err(Error::CredentialExpired {
+                serial: serial.clone(),
+                at: credential.expires_at,
             });
         }
         Ok(credential)

@@ -173,6 +173,15 @@ pub enum Error {
         /// When it was revoked.
         at: Timestamp,
     },
+    /// An agent certificate expired; the agent must renew before it does, or
+    /// re-bootstrap with a fresh token after.
+    #[error("agent certificate {serial} expired at {at}")]
+    CredentialExpired {
+        /// The certificate's serial.
+        serial: CertSerial,
+        /// When it expired.
+        at: Timestamp,
+    },
     /// The provider asked to slow down. Retry after the delay.
     #[error("throttled by {service}{}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
     Throttled {
@@ -236,6 +245,7 @@ impl Error {
             | Self::LeaseLost { .. }
             | Self::TokenRefused(_)
             | Self::CredentialRevoked { .. }
+            | Self::CredentialExpired { .. }
             | Self::Rejected { .. }
             | Self::Corrupt { .. } => Retry::Never,
         }

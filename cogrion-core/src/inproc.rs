@@ -241,7 +241,11 @@ impl SimulatedAgents {
         };
         let commands = match gateway.poll(&serial).await {
             Ok(c) => c,
-            Err(e @ (Error::CredentialRevoked { .. } | Error::NotFound(_))) => {
+            Err(
+                e @ (Error::CredentialRevoked { .. }
+                | Error::CredentialExpired { .. }
+                | Error::NotFound(_)),
+            ) => {
                 if let Some(a) = lock(&self.agents).get_mut(ws) {
                     a.serial = None;
                 }

@@ -184,9 +184,11 @@ impl Refusal {
                 ErrorCode::NotYourCommand,
                 format!("no command {id} for this agent"),
             ),
-            Error::Rejected { detail, .. } if detail.contains("expired") => {
-                Self::new(StatusCode::FORBIDDEN, ErrorCode::CertificateExpired, detail)
-            }
+            e @ Error::CredentialExpired { .. } => Self::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::CertificateExpired,
+                e.to_string(),
+            ),
             other => Self::internal(other),
         }
     }
