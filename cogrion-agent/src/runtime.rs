@@ -298,7 +298,9 @@ impl AgentRuntime {
                 return self.pause_for(e);
             }
         };
-        self.save()?;
+        // An idle poll writes nothing: the state changed only if results were
+        // reported or commands arrived.
+        let changed = !finished.is_empty() || !poll.commands.is_empty();
         for command in poll.commands {
             let result = match self.state.done.get(&command.id) {
                 // Delivered again: the stored result, not a second run.
@@ -330,7 +332,9 @@ impl AgentRuntime {
                 Err(e) => return self.pause_for(e),
             }
         }
-        self.save()?;
+        if changed {
+            self.save()?;
+        }
         Ok(None)
     }
 
