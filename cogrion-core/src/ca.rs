@@ -349,25 +349,18 @@ impl CertificateAuthority {
     ) -> Result<ServerCertificate, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Signing(e.to_string()))?;
-        let mut params =
+        let subject_alt_names =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .map_err(|e| CaError::Signing(e.to_string()))?;
-        let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            names.first().copied().unwrap_or("cogrion"),
+                .map_err(|e| CaError::Signing(e.to_string()))?
+                .subject_alt_names;
+        let params = self.leaf_params(
+            names.first().copied().unwrap_or("cogrion").to_owned(),
+            subject_alt_names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            now + self.config.server_validity,
+            rand::random::<[u8; 16]>().to_vec(),
         );
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = time_of(Timestamp::from_millis(
-            now.as_millis()
-                .saturating_sub(self.config.backdate.as_millis() as u64),
-        ));
-        params.not_after = time_of(now + self.config.server_validity);
-        params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
         let certificate = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?;
@@ -375,6 +368,40 @@ impl CertificateAuthority {
             certificate_pem: certificate.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// When a certificate issued at `now` starts being valid.
+    fn not_before(&self, now: Timestamp) -> Timestamp {
+        Timestamp::from_millis(
+            now.as_millis()
+                .saturating_sub(self.config.backdate.as_millis() as u64),
+        )
+    }
+
+    /// The parameters of an end-entity certificate (agent or server): not a CA,
+    /// signatures only, one extended usage, backdated by [`CaConfig::backdate`].
+    fn leaf_params(
+        &self,
+        common_name: String,
+        subject_alt_names: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        now: Timestamp,
+        not_after: Timestamp,
+        serial: Vec<u8>,
+    ) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = subject_alt_names;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = time_of(self.not_before(now));
+        params.not_after = time_of(not_after);
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params
     }
 
     /// Signs an agent's CSR for `workspace`: the certificate's identity, usages
@@ -401,30 +428,23 @@ impl CertificateAuthority {
         let csr = &csr.0;
         let identity = AgentIdentity::new(&self.config.trust_domain, workspace.clone())
             .map_err(|e| CaError::Signing(e.to_string()))?;
-        let not_before = Timestamp::from_millis(
-            now.as_millis()
-                .saturating_sub(self.config.backdate.as_millis() as u64),
-        );
         // Certificates count whole seconds: say exactly when this one ends.
         let not_after =
             Timestamp::from_millis((now + self.config.validity).as_millis() / 1000 * 1000);
-
-        // Everything from here is the CA's choice, not the CSR's.
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("agent {workspace}"));
-        params.distinguished_name = dn;
-        params.subject_alt_names =
-            vec![SanType::URI(identity.to_uri().try_into().map_err(
-                |e: rcgen::Error| CaError::Signing(e.to_string()),
-            )?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = time_of(not_before);
-        params.not_after = time_of(not_after);
-        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes(serial)));
+        // Everything here is the CA's choice, not the CSR's.
+        let uri = identity
+            .to_uri()
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::Signing(e.to_string()))?;
+        let params = self.leaf_params(
+            format!("agent {workspace}"),
+            vec![SanType::URI(uri)],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+            not_after,
+            serial_bytes(serial),
+        );
+        let not_before = self.not_before(now);
         let certificate = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?;
