@@ -19,7 +19,7 @@ use cogrion_core::conformance::sample_workspace_spec;
 use cogrion_core::{
     AgentEvent, AgentEventSink, AgentGateway, AgentTransport, Clock, CommandQueue, CommandStatus,
     CredentialStore, GatewayConfig, InMemoryStore, NewCommand, RecordStore, SystemClock,
-    WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
+    WorkspaceId, WorkspaceRecord, WorkspaceStore, WorkspaceWrite, issue_bootstrap_token,
 };
 use cogrion_providers::https::{AgentServer, AgentServerConfig};
 
@@ -132,45 +132,58 @@ impl Plane {
         )
         .with_poll_wait(1)
     }
+}
 
-    async fn queue(&self, id: &str) {
-        let current = self.store.get_workspace(&self.ws).await.unwrap();
-        self.store
-            .commit(
-                WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
-                    NewCommand {
-                        id: CommandId::new(id).unwrap(),
-                        kind: CommandKind::new("count").unwrap(),
-                        payload: serde_json::json!({}),
-                    },
-                ),
-            )
-            .await
-            .unwrap();
-        self.server.notify(&self.ws).await.unwrap();
+/// Queues a command of `kind` for `ws`'s agent and wakes its held poll, if a
+/// server is up.
+async fn queue(
+    store: &dyn WorkspaceStore,
+    server: Option<&AgentServer>,
+    ws: &WorkspaceId,
+    id: &str,
+    kind: &str,
+) {
+    let current = store.get_workspace(ws).await.unwrap();
+    store
+        .commit(
+            WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
+                NewCommand {
+                    id: CommandId::new(id).unwrap(),
+                    kind: CommandKind::new(kind).unwrap(),
+                    payload: serde_json::json!({}),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    if let Some(server) = server {
+        server.notify(ws).await.unwrap();
     }
+}
 
-    async fn answered(&self, id: &str) -> bool {
-        matches!(
-            self.store
-                .get_command(&self.ws, &CommandId::new(id).unwrap())
+/// Waits until every command of `ids` has its result stored.
+async fn wait_answered(
+    store: &dyn WorkspaceStore,
+    ws: &WorkspaceId,
+    ids: &[&str],
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    for id in ids {
+        loop {
+            let status = store
+                .get_command(ws, &CommandId::new(*id).unwrap())
                 .await
                 .unwrap()
-                .status,
-            CommandStatus::Answered { .. }
-        )
-    }
-
-    async fn wait_answered(&self, ids: &[String], limit: Duration) {
-        let deadline = Instant::now() + limit;
-        for id in ids {
-            while !self.answered(id).await {
-                assert!(
-                    Instant::now() < deadline,
-                    "{id} was not answered in {limit:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                .status;
+            if matches!(status, CommandStatus::Answered { .. }) {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "{id} was not answered in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -227,11 +240,25 @@ async fn the_agent_runs_commands_once_and_renews_across_several_lifetimes() {
     let mut ids = Vec::new();
     for i in 0..8 {
         let id = format!("c{i}");
-        plane.queue(&id).await;
+        queue(
+            plane.store.as_ref(),
+            Some(&plane.server),
+            &plane.ws,
+            &id,
+            "count",
+        )
+        .await;
         ids.push(id);
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
-    plane.wait_answered(&ids, Duration::from_secs(20)).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_answered(
+        plane.store.as_ref(),
+        &plane.ws,
+        &ids,
+        Duration::from_secs(20),
+    )
+    .await;
     let _ = stop.send(());
     let agent = task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 8, "each command ran once");
@@ -252,15 +279,33 @@ async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile
     let plane = Plane::start(Duration::from_secs(3600)).await;
     let runs = Arc::new(AtomicU64::new(0));
     let (stop, task) = spawn(&plane, runs.clone());
-    plane.queue("before").await;
-    plane
-        .wait_answered(&["before".into()], Duration::from_secs(10))
-        .await;
+    queue(
+        plane.store.as_ref(),
+        Some(&plane.server),
+        &plane.ws,
+        "before",
+        "count",
+    )
+    .await;
+    wait_answered(
+        plane.store.as_ref(),
+        &plane.ws,
+        &["before"],
+        Duration::from_secs(10),
+    )
+    .await;
     let _ = stop.send(());
     task.await.unwrap();
 
     // Queued while the agent is down.
-    plane.queue("meanwhile").await;
+    queue(
+        plane.store.as_ref(),
+        Some(&plane.server),
+        &plane.ws,
+        "meanwhile",
+        "count",
+    )
+    .await;
     let key = std::fs::metadata(plane.dir.join("state").join("identity.key")).unwrap();
     #[cfg(unix)]
     {
@@ -272,9 +317,13 @@ async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile
         );
     }
     let (stop, task) = spawn(&plane, runs.clone());
-    plane
-        .wait_answered(&["meanwhile".into()], Duration::from_secs(10))
-        .await;
+    wait_answered(
+        plane.store.as_ref(),
+        &plane.ws,
+        &["meanwhile"],
+        Duration::from_secs(10),
+    )
+    .await;
     let _ = stop.send(());
     task.await.unwrap();
     assert_eq!(
@@ -295,10 +344,21 @@ async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token(
     let plane = Plane::start(Duration::from_secs(2)).await;
     let runs = Arc::new(AtomicU64::new(0));
     let (stop, task) = spawn(&plane, runs.clone());
-    plane.queue("first").await;
-    plane
-        .wait_answered(&["first".into()], Duration::from_secs(10))
-        .await;
+    queue(
+        plane.store.as_ref(),
+        Some(&plane.server),
+        &plane.ws,
+        "first",
+        "count",
+    )
+    .await;
+    wait_answered(
+        plane.store.as_ref(),
+        &plane.ws,
+        &["first"],
+        Duration::from_secs(10),
+    )
+    .await;
     let _ = stop.send(());
     task.await.unwrap();
 
@@ -306,11 +366,22 @@ async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token(
     // a fresh token into the agent's secret.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     plane.fresh_token().await;
-    plane.queue("after").await;
+    queue(
+        plane.store.as_ref(),
+        Some(&plane.server),
+        &plane.ws,
+        "after",
+        "count",
+    )
+    .await;
     let (stop, task) = spawn(&plane, runs.clone());
-    plane
-        .wait_answered(&["after".into()], Duration::from_secs(15))
-        .await;
+    wait_answered(
+        plane.store.as_ref(),
+        &plane.ws,
+        &["after"],
+        Duration::from_secs(15),
+    )
+    .await;
     let _ = stop.send(());
     task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
@@ -340,24 +411,21 @@ async fn the_binary_runs_as_its_own_process() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let current = plane.store.get_workspace(&plane.ws).await.unwrap();
-    plane
-        .store
-        .commit(
-            WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
-                NewCommand {
-                    id: CommandId::new("h1").unwrap(),
-                    kind: CommandKind::new("health").unwrap(),
-                    payload: serde_json::json!({}),
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    plane.server.notify(&plane.ws).await.unwrap();
-    plane
-        .wait_answered(&["h1".into()], Duration::from_secs(20))
-        .await;
+    queue(
+        plane.store.as_ref(),
+        Some(&plane.server),
+        &plane.ws,
+        "h1",
+        "health",
+    )
+    .await;
+    wait_answered(
+        plane.store.as_ref(),
+        &plane.ws,
+        &["h1"],
+        Duration::from_secs(20),
+    )
+    .await;
     match plane
         .store
         .get_command(&plane.ws, &CommandId::new("h1").unwrap())
@@ -459,47 +527,6 @@ impl Restartable {
             rt.shutdown_background();
         }
     }
-
-    async fn queue(&self, ws: &WorkspaceId, id: &str) {
-        let current = self.store.get_workspace(ws).await.unwrap();
-        self.store
-            .commit(
-                WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(
-                    NewCommand {
-                        id: CommandId::new(id).unwrap(),
-                        kind: CommandKind::new("count").unwrap(),
-                        payload: serde_json::json!({}),
-                    },
-                ),
-            )
-            .await
-            .unwrap();
-        if let Some(server) = &self.server {
-            server.notify(ws).await.unwrap();
-        }
-    }
-
-    async fn wait_answered(&self, ws: &WorkspaceId, ids: &[&str], limit: Duration) {
-        let deadline = Instant::now() + limit;
-        for id in ids {
-            loop {
-                let status = self
-                    .store
-                    .get_command(ws, &CommandId::new(*id).unwrap())
-                    .await
-                    .unwrap()
-                    .status;
-                if matches!(status, CommandStatus::Answered { .. }) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{id} was not answered in {limit:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// The control plane crashes with the agent connected and commands in flight,
@@ -552,25 +579,54 @@ async fn a_control_plane_crash_loses_no_command_and_runs_none_twice() {
     });
 
     for id in ["a1", "a2"] {
-        plane.queue(&ws, id).await;
-    }
-    plane
-        .wait_answered(&ws, &["a1", "a2"], Duration::from_secs(10))
+        queue(
+            plane.store.as_ref(),
+            plane.server.as_ref(),
+            &ws,
+            id,
+            "count",
+        )
         .await;
+    }
+    wait_answered(
+        plane.store.as_ref(),
+        &ws,
+        &["a1", "a2"],
+        Duration::from_secs(10),
+    )
+    .await;
     // The agent is in a held poll now; a command lands, and the control plane
     // crashes at once.
-    plane.queue(&ws, "a3").await;
+    queue(
+        plane.store.as_ref(),
+        plane.server.as_ref(),
+        &ws,
+        "a3",
+        "count",
+    )
+    .await;
     plane.crash();
     // Queued while the control plane is down (straight into its store).
     for id in ["b1", "b2"] {
-        plane.queue(&ws, id).await;
+        queue(
+            plane.store.as_ref(),
+            plane.server.as_ref(),
+            &ws,
+            id,
+            "count",
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let addr = plane.addr;
     let plane = Restartable::start(&dir, addr).await;
-    plane
-        .wait_answered(&ws, &["a3", "b1", "b2"], Duration::from_secs(30))
-        .await;
+    wait_answered(
+        plane.store.as_ref(),
+        &ws,
+        &["a3", "b1", "b2"],
+        Duration::from_secs(30),
+    )
+    .await;
     let _ = stop.send(());
     let agent = task.await.unwrap();
     assert_eq!(
