@@ -516,18 +516,7 @@ impl Inner {
             .tokens
             .get_mut(hash)
             .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
-        if &token.workspace != workspace {
-            return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
-        }
-        if let Some(consumed_at) = token.consumed_at {
-            return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
-        }
-        if now >= token.expires_at {
-            return Err(Error::TokenRefused(TokenRefusal::Expired {
-                expired_at: token.expires_at,
-            }));
-        }
-        token.consumed_at = Some(now);
+        token.consume(workspace, now)?;
         let token = token.clone();
         let ws = self.workspace_mut(workspace)?;
         if ws.open_token == Some(*hash) {

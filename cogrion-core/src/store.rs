@@ -1018,6 +1018,29 @@ pub struct BootstrapTokenRecord {
     pub consumed_at: Option<Timestamp>,
 }
 
+impl BootstrapTokenRecord {
+    /// Marks the token consumed by `workspace` at `now`, if the rules allow:
+    /// bound to that workspace, not consumed yet, not expired. Each refusal is
+    /// its own [`TokenRefusal`](crate::TokenRefusal) and changes nothing. Every
+    /// store's [`consume`](TokenStore::consume) applies exactly this rule.
+    pub fn consume(&mut self, workspace: &WorkspaceId, now: Timestamp) -> Result<()> {
+        use crate::{Error, TokenRefusal};
+        if &self.workspace != workspace {
+            return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
+        }
+        if let Some(consumed_at) = self.consumed_at {
+            return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
+        }
+        if now >= self.expires_at {
+            return Err(Error::TokenRefused(TokenRefusal::Expired {
+                expired_at: self.expires_at,
+            }));
+        }
+        self.consumed_at = Some(now);
+        Ok(())
+    }
+}
+
 /// Bootstrap-token hashes.
 ///
 /// # Contract

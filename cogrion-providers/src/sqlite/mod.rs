@@ -553,18 +553,7 @@ async fn consume_in(
         .map_err(unavailable)?
         .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
     let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
-    if &token.workspace != ws {
-        return Err(Error::TokenRefused(TokenRefusal::WrongWorkspace));
-    }
-    if let Some(consumed_at) = token.consumed_at {
-        return Err(Error::TokenRefused(TokenRefusal::Reused { consumed_at }));
-    }
-    if now >= token.expires_at {
-        return Err(Error::TokenRefused(TokenRefusal::Expired {
-            expired_at: token.expires_at,
-        }));
-    }
-    token.consumed_at = Some(now);
+    token.consume(ws, now)?;
     sqlx::query("UPDATE tokens SET consumed = 1, body = ? WHERE hash = ?")
         .bind(to_json(&token)?)
         .bind(hash.to_string())
