@@ -412,8 +412,9 @@ message!(
 pub struct PollRequest {
     /// The protocol version.
     pub version: u32,
-    /// Commands finished (their results posted), at most
-    /// [`MAX_FINISHED_PER_POLL`].
+    /// Commands finished (their results posted, or on the way), at most
+    /// [`MAX_FINISHED_PER_POLL`]: the server does not deliver them again, so
+    /// delivery resumes after them.
     pub finished: Vec<CommandId>,
     /// How long to hold the poll, in seconds (0 to [`MAX_POLL_WAIT_SECS`]; 0
     /// answers at once).

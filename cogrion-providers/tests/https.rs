@@ -248,6 +248,57 @@ async fn an_agent_bootstraps_polls_and_answers_over_mutual_tls() {
     );
 }
 
+/// An agent keeps one connection: one handshake for the bootstrap, one for
+/// every request after it; a request sent while a poll holds that connection
+/// gets its own; a new identity gets a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_one_connection_per_identity() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-keep").await;
+    let token = plane.token(&ws).await;
+    let agent = plane.client();
+    agent.bootstrap(&ws, token.expose(), "0.1.0").await.unwrap();
+    assert_eq!(plane.server.stats().handshakes, 1);
+    for round in 0..5 {
+        plane.queue(&ws, &format!("k{round}")).await;
+        let commands = agent.poll(Vec::new(), 0).await.unwrap().commands;
+        assert_eq!(commands.len(), 1);
+        agent
+            .post_result(ok_result(&format!("k{round}")))
+            .await
+            .unwrap();
+    }
+    let stats = plane.server.stats();
+    assert_eq!(
+        stats.handshakes, 2,
+        "ten requests, one mutual-TLS connection"
+    );
+    assert!(stats.open_connections >= 1, "{stats:?}");
+
+    // A result posted while a poll holds the kept connection: its own connection.
+    plane.queue(&ws, "busy").await;
+    let polled = agent.poll(Vec::new(), 0).await.unwrap();
+    assert_eq!(polled.commands.len(), 1);
+    let hold = {
+        let agent = &agent;
+        async move { agent.poll(vec![CommandId::new("busy").unwrap()], 2).await }
+    };
+    let post = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        agent.post_result(ok_result("busy")).await
+    };
+    let (held, posted) = tokio::join!(hold, post);
+    held.unwrap();
+    posted.unwrap();
+    assert_eq!(plane.server.stats().handshakes, 3);
+
+    // Renewal changes the identity: the next request opens a new connection.
+    agent.renew().await.unwrap();
+    agent.poll(Vec::new(), 0).await.unwrap();
+    agent.poll(Vec::new(), 0).await.unwrap();
+    assert_eq!(plane.server.stats().handshakes, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
     let plane = Plane::start().await;

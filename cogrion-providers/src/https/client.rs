@@ -3,6 +3,7 @@
 //! results over mutual TLS.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cogrion_core::proto::v1::{
@@ -13,6 +14,7 @@ use cogrion_core::proto::v1::{
 use cogrion_core::proto::{CommandId, CommandResult, PROTOCOL_VERSION, WorkspaceId};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -47,6 +49,13 @@ pub struct AgentClient {
     config: Mutex<Arc<rustls::ClientConfig>>,
     /// The client identity as PEM (chain, key), for an agent that keeps it on disk.
     identity_pem: Mutex<Option<(String, String)>>,
+    /// Bumped whenever the identity changes: a kept connection opened under an
+    /// older identity is not reused.
+    generation: AtomicU64,
+    /// The kept connection (HTTP/1.1 keep-alive) and the identity generation
+    /// it was opened under. Requests take turns on it; one that finds it busy
+    /// (a result posted while a poll is held) opens a connection of its own.
+    kept: tokio::sync::Mutex<Option<(u64, SendRequest<Full<Bytes>>)>>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -70,6 +79,8 @@ impl AgentClient {
             config: Mutex::new(tls_config(&roots, None)?),
             roots,
             identity_pem: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            kept: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -80,6 +91,7 @@ impl AgentClient {
         *crate::lock_or_recover(&self.config) = tls_config(&self.roots, Some((chain, key)))?;
         *crate::lock_or_recover(&self.identity_pem) =
             Some((chain_pem.to_owned(), key_pem.to_owned()));
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -97,6 +109,7 @@ impl AgentClient {
             *crate::lock_or_recover(&self.config) = config;
         }
         *crate::lock_or_recover(&self.identity_pem) = None;
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Exchanges `token` for a certificate: generates an ECDSA P-256 key, sends
@@ -167,9 +180,56 @@ impl AgentClient {
         }
     }
 
-    /// Sends `body` as-is to `path` on a new connection; returns the status and
-    /// the body of the answer. For tests of what the server refuses.
+    /// Sends `body` as-is to `path`; returns the status and the body of the
+    /// answer. For tests of what the server refuses.
+    ///
+    /// The request goes over the kept connection when it is free and was
+    /// opened under the current identity — one connection per agent, so a
+    /// long-polling agent costs one TLS handshake, not one per poll. A kept
+    /// connection the server closed in the meantime is replaced before the
+    /// request is sent; a request is never sent twice.
     pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
+        let request = hyper::Request::post(path)
+            .header("host", self.server_name.to_str().as_ref())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let Ok(mut kept) = self.kept.try_lock() else {
+            // The kept connection is busy: this request gets its own.
+            let mut sender = self.connect().await?;
+            return read_answer(sender.send_request(request).await).await;
+        };
+        let reusable = match kept.take() {
+            Some((opened, mut sender)) if opened == generation && !sender.is_closed() => {
+                sender.ready().await.ok().map(|()| sender)
+            }
+            _ => None,
+        };
+        let mut sender = match reusable {
+            Some(sender) => sender,
+            None => self.connect().await?,
+        };
+        let answer = match sender.try_send_request(request).await {
+            Ok(response) => read_answer(Ok(response)).await,
+            Err(mut unsent) => match unsent.take_message() {
+                // The connection closed before the request went out: send it
+                // on a fresh one.
+                Some(request) => {
+                    sender = self.connect().await?;
+                    read_answer(sender.send_request(request).await).await
+                }
+                None => Err(ClientError::Connect(unsent.into_error().to_string())),
+            },
+        };
+        if answer.is_ok() && !sender.is_closed() {
+            *kept = Some((generation, sender));
+        }
+        answer
+    }
+
+    /// A new TLS connection under the current identity, speaking HTTP/1.1.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let connect = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
         let config = crate::lock_or_recover(&self.config).clone();
         let tcp = tokio::net::TcpStream::connect(self.addr)
@@ -179,29 +239,28 @@ impl AgentClient {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| connect(&e))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| connect(&e))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let request = hyper::Request::post(path)
-            .header("host", self.server_name.to_str().as_ref())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| connect(&e))?;
-        let status = response.status().as_u16();
-        let bytes = Limited::new(response.into_body(), 8 * 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
-        Ok((status, bytes.to_vec()))
+        Ok(sender)
     }
+}
+
+/// The status and the whole body of an answer.
+async fn read_answer(
+    response: hyper::Result<hyper::Response<hyper::body::Incoming>>,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let response = response.map_err(|e| ClientError::Connect(e.to_string()))?;
+    let status = response.status().as_u16();
+    let bytes = Limited::new(response.into_body(), 8 * 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .to_bytes();
+    Ok((status, bytes.to_vec()))
 }
 
 /// A fresh ECDSA P-256 key (it never leaves this process) and a CSR for it.

@@ -7,6 +7,7 @@
 //! | `POST /v1/bootstrap` | server-authenticated; no client certificate needed | [`BootstrapRequest`](cogrion_core::proto::v1::BootstrapRequest) → [`BootstrapResponse`](cogrion_core::proto::v1::BootstrapResponse) |
 //! | `POST /v1/poll` | mutual: a certificate from the control plane's CA | [`PollRequest`](cogrion_core::proto::v1::PollRequest) → [`PollResponse`](cogrion_core::proto::v1::PollResponse), held up to `wait_secs` |
 //! | `POST /v1/result` | mutual | [`ResultRequest`](cogrion_core::proto::v1::ResultRequest) → [`ResultAck`](cogrion_core::proto::v1::ResultAck), after the result is stored |
+//! | `POST /v1/renew` | mutual, with a certificate still good | [`RenewalRequest`](cogrion_core::proto::v1::RenewalRequest) → [`RenewalResponse`](cogrion_core::proto::v1::RenewalResponse) |
 //!
 //! Every refusal is an [`ErrorResponse`](cogrion_core::proto::v1::ErrorResponse)
 //! with its own [`ErrorCode`](cogrion_core::proto::v1::ErrorCode) and is logged
@@ -22,15 +23,24 @@
 //!   (`rate_limited`, with `Retry-After`).
 //! - Bodies are limited before they are read (`too_large`); decoding is strict.
 //!
-//! What this module does not do yet (issue 5 continues): certificate renewal,
-//! admission control of handshakes, closing connections on revocation beyond the
-//! per-request check, and the agent runtime that wraps [`AgentClient`].
+//! - Admission control: TLS handshakes in progress are bounded where
+//!   connections are accepted (the rest wait in the listen backlog); bootstrap
+//!   and renewal exchanges beyond their bound are answered `503 overloaded` with
+//!   a jittered `Retry-After`.
+//! - Revoking an agent's credentials (destroy, re-bootstrap) closes its open
+//!   connections, besides the per-request check.
+//!
+//! # Connections
+//! HTTP/1.1 with keep-alive: an [`AgentClient`] keeps one connection and sends
+//! its requests over it in turn (a request that finds it busy opens its own),
+//! so a long-polling agent holds one connection and pays one TLS handshake per
+//! identity, not one per poll.
 
 mod client;
 mod server;
 
 pub use client::{AgentClient, ClientError};
-pub use server::{AgentServer, AgentServerConfig};
+pub use server::{AgentServer, AgentServerConfig, AgentServerStats};
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,6 +123,29 @@ struct Shared {
     closers: Mutex<HashMap<WorkspaceId, watch::Sender<u64>>>,
     handshakes: Arc<Semaphore>,
     exchanges: Semaphore,
+    /// TLS handshakes completed since start.
+    handshakes_done: AtomicU64,
+    /// Connections open past their handshake.
+    open: AtomicU64,
+}
+
+/// What an [`AgentServer`] has done so far, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AgentServerStats {
+    /// TLS handshakes completed since the server started.
+    pub handshakes: u64,
+    /// Connections open now (past their handshake).
+    pub open_connections: u64,
+}
+
+/// Counts a connection as open while it lives.
+struct OpenGuard<'a>(&'a AtomicU64);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The agent a connection's client certificate names.
@@ -352,12 +376,23 @@ impl AgentServer {
                 closers: Mutex::default(),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
                 exchanges: Semaphore::new(config.max_exchanges),
+                handshakes_done: AtomicU64::new(0),
+                open: AtomicU64::new(0),
                 config,
             }),
         })
     }
 
-    /// Accepts connections on `listener` until `shutdown` completes.
+    /// Handshakes completed and connections open.
+    pub fn stats(&self) -> AgentServerStats {
+        AgentServerStats {
+            handshakes: self.shared.handshakes_done.load(Ordering::Relaxed),
+            open_connections: self.shared.open.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes. It may be
+    /// called for several listeners at once (several addresses, one server).
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -411,6 +446,9 @@ impl Shared {
                 }
             };
         drop(handshake);
+        self.handshakes_done.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGuard(&self.open);
         let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
             Ok(peer) => peer,
             Err(reason) => {
@@ -683,6 +721,9 @@ impl Shared {
                 .poll(&peer.serial)
                 .await
                 .map_err(Refusal::gateway)?;
+            // What the agent says it finished is not delivered again, even
+            // while its result is still on the way.
+            commands.retain(|c| !m.finished.contains(&c.id));
             if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
                 commands.truncate(v1::MAX_COMMANDS_PER_POLL);
                 return Ok(ok(&PollResponse {
