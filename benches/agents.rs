@@ -1,32 +1,80 @@
-//! The agents' endpoint under load, each number against the raw limit measured
-//! in the same run:
+//! The agents' endpoint under load: a fleet of agents in load-generator
+//! processes of their own, against a control plane in a process of its own,
+//! each number against the raw limit measured in the same run.
 //!
-//! - **bootstrap exchanges/s** through `AgentServer` (TLS handshake, strict
-//!   decoding, the CSR check, the token consumed and the credential stored in
-//!   SQLite at its default durability, the certificate signed) against a bare
-//!   rustls server doing only the TLS handshake and the CSR signing;
-//! - **delivery latency** of one command to one agent among many holding
-//!   long-polls: from the queued command's notify to the agent holding it.
+//! Run with `cargo bench --bench agents`. The bench re-executes itself in four
+//! roles (`--role …`): the control plane (`AgentServer` on the SQLite store in
+//! its default mode), the bare baseline server, and load generators of each
+//! kind. Settings (environment):
+//! - `COGRION_BENCH_AGENTS` — agents in the fleet runs (default 10,000);
+//! - `COGRION_BENCH_GENERATORS` — load-generator processes (default 4; each
+//!   talks to its own loopback address, 127.0.0.1 to 127.0.0.4, so ephemeral
+//!   ports never run short);
+//! - `COGRION_BENCH_HOLD` — agents for the "one process holds" run (default:
+//!   the file limit minus 100; `0` skips it).
 //!
-//! Run with `cargo bench --bench agents` (`COGRION_BENCH_AGENTS` sets how many
-//! agents hold polls, default 1,000). Agents here share the control plane's
-//! process, so each costs two of the process's file descriptors; the issue's
-//! 10,000-agent figures need load generators in their own processes (not built
-//! yet).
+//! What is measured:
+//! - **bootstrap exchanges/s**: every agent of the fleet bootstraps (a fresh
+//!   key and CSR, the TLS handshake, `POST /v1/bootstrap`: strict decoding, the
+//!   CSR check, the token consumed and the credential stored, the certificate
+//!   signed), 16 at a time per generator — against the raw limit, the bare
+//!   server's TLS handshake and CSR signing (no HTTP, no store) fed by the same
+//!   generators in the same way;
+//! - **resident memory per connected agent**: the server's RSS once every agent
+//!   has had a response and holds its next long-poll, minus its RSS before the
+//!   first agent came, over the agents — against a bare hyper + rustls server
+//!   (HTTP/1.1, the same mutual TLS) that answers a connection's first request
+//!   at once and holds the next ones;
+//! - **delivery latency**: one command queued for one random agent of the
+//!   fleet, from the store's commit to the agent's process having decoded it
+//!   (both ends stamp the system clock, which the processes share);
+//! - **agents one process holds**: a fleet as large as the file limit allows
+//!   minus a reserve, every agent on one connection, each having had a response.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cogrion::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
+use cogrion::ca::{CaConfig, CertificateAuthority};
 use cogrion::conformance::sample_workspace_spec;
-use cogrion::proto::v1::{self, AgentVersion, BootstrapRequest, TokenText};
-use cogrion::proto::{CommandId, CommandKind, CommandOutcome, CommandResult, PROTOCOL_VERSION};
+use cogrion::proto::v1::{self, PollRequest};
+use cogrion::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion::providers::https::{AgentClient, AgentServer, AgentServerConfig};
 use cogrion::providers::sqlite::SqliteStore;
 use cogrion::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-const CONCURRENCY: usize = 32;
+/// Bootstraps in flight per generator.
+const CONCURRENCY: usize = 16;
+/// Latency rounds (one command to one random agent each).
+const ROUNDS: usize = 200;
+/// How long the held polls are held.
+const HOLD_SECS: u32 = 30;
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_nanos()
+}
+
+/// One line to the orchestrating process.
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// Lines from the orchestrating process, until it closes our stdin.
+fn orders() -> tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>> {
+    tokio::io::BufReader::new(tokio::io::stdin()).lines()
+}
 
 /// Ignores agent events (no engine in these measurements).
 #[derive(Debug)]
@@ -39,327 +87,892 @@ impl AgentEventSink for Ignore {
     }
 }
 
-struct Plane {
-    store: Arc<SqliteStore>,
-    ca: Arc<CertificateAuthority>,
-    server: AgentServer,
-    server_cert: cogrion::ca::ServerCertificate,
-    addr: std::net::SocketAddr,
+fn workspace_name(i: usize) -> String {
+    format!("agent-{i}")
 }
 
-async fn plane(dir: &std::path::Path) -> Plane {
-    std::fs::create_dir_all(dir).unwrap();
+fn ca_dir(dir: &Path) -> PathBuf {
+    dir.join("ca")
+}
+
+fn open_ca(dir: &Path) -> CertificateAuthority {
+    CertificateAuthority::open_or_create(&ca_dir(dir), SystemClock.now(), CaConfig::default())
+        .expect("the bench CA")
+}
+
+/// The loopback addresses the servers listen on, one per generator.
+fn hosts(generators: usize) -> Vec<String> {
+    (1..=generators.clamp(1, 8))
+        .map(|i| format!("127.0.0.{i}"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Role: the control plane.
+
+/// `--role endpoint DIR N HOSTS`: `AgentServer` on SQLite (default mode) with
+/// `N` workspaces and their tokens (written to `DIR/tokens`), listening on each
+/// of `HOSTS`. Orders: `SEND <workspace> <command>` queues a command and
+/// notifies (answer `SENT <workspace> <ns>`), `STATS`.
+async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = Arc::new(SqliteStore::open(dir.join("cp.db")).await.unwrap());
-    let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let ca = Arc::new(
-        CertificateAuthority::create(Arc::new(key), "bench CA", clock.now(), CaConfig::default())
-            .unwrap(),
-    );
+    let ca = Arc::new(open_ca(&dir));
     let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
+    let tokens: Vec<String> = futures::stream::iter(0..n)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let ws: WorkspaceId = workspace_name(i).parse().unwrap();
+                let now = SystemClock.now();
+                store
+                    .commit(WorkspaceWrite::create(
+                        WorkspaceRecord::new(ws.clone(), sample_workspace_spec(), now),
+                        now,
+                    ))
+                    .await
+                    .unwrap();
+                let token =
+                    issue_bootstrap_token(store.as_ref(), &ws, now, Duration::from_secs(3600))
+                        .await
+                        .unwrap();
+                format!("{ws} {}\n", token.expose())
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    std::fs::write(dir.join("tokens"), tokens.concat()).unwrap();
     let gateway = AgentGateway::new(
         store.clone(),
         clock.clone(),
         Arc::new(Ignore),
         Default::default(),
     );
+    // Admission bounds above the generators' concurrency: the bench measures
+    // throughput, not refusals.
     let server = AgentServer::new(
         gateway,
-        ca.clone(),
+        ca,
         clock,
         &server_cert,
         AgentServerConfig::default().with_admission(1024, 1024),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serving = server.clone();
-    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
-    Plane {
-        store,
-        ca,
-        server,
-        server_cert,
-        addr,
-    }
-}
-
-/// `n` workspaces, each with a token and a ready CSR (key generation is the
-/// agent's cost, not the endpoint's).
-async fn candidates(plane: &Plane, prefix: &str, n: usize) -> Vec<(WorkspaceId, String, String)> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let ws: WorkspaceId = format!("{prefix}-{i}").parse().unwrap();
-        plane
-            .store
-            .commit(WorkspaceWrite::create(
-                WorkspaceRecord::new(ws.clone(), sample_workspace_spec(), SystemClock.now()),
-                SystemClock.now(),
-            ))
+    let mut addrs = Vec::new();
+    for host in hosts {
+        let listener = tokio::net::TcpListener::bind((host.as_str(), 0))
             .await
             .unwrap();
-        let token = issue_bootstrap_token(
-            plane.store.as_ref(),
-            &ws,
-            SystemClock.now(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        out.push((ws, token.expose().to_owned(), csr));
+        addrs.push(listener.local_addr().unwrap().to_string());
+        let serving = server.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
     }
-    out
-}
-
-/// Runs `jobs` with `CONCURRENCY` at a time; returns jobs per second.
-async fn rate<F>(jobs: Vec<F>) -> f64
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let n = jobs.len();
-    let start = Instant::now();
-    let queue = Arc::new(std::sync::Mutex::new(
-        jobs.into_iter().map(Box::pin).collect::<Vec<_>>(),
-    ));
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let queue = queue.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let job = queue.lock().unwrap().pop();
-                match job {
-                    Some(job) => job.await,
-                    None => return,
-                }
+    say(format!("READY {}", addrs.join(",")));
+    let mut orders = orders();
+    while let Ok(Some(line)) = orders.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["SEND", ws, id] => {
+                let ws: WorkspaceId = ws.parse().unwrap();
+                let current = store.get_workspace(&ws).await.unwrap();
+                store
+                    .commit(
+                        WorkspaceWrite::update(current.value, current.revision, SystemClock.now())
+                            .command(NewCommand {
+                                id: CommandId::new(*id).unwrap(),
+                                kind: CommandKind::new("health").unwrap(),
+                                payload: serde_json::json!({}),
+                            }),
+                    )
+                    .await
+                    .unwrap();
+                let queued = now_ns();
+                server.notify(&ws).await.unwrap();
+                say(format!("SENT {ws} {queued}"));
             }
-        }));
+            ["STATS"] => {
+                let stats = server.stats();
+                say(format!(
+                    "STATS {} {}",
+                    stats.handshakes, stats.open_connections
+                ));
+            }
+            _ => {}
+        }
     }
-    for w in workers {
-        w.await.unwrap();
-    }
-    n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// A bare TLS server: handshake, read a CSR (length-prefixed), sign it, answer
-/// the certificate. The raw limit of a bootstrap exchange.
-async fn raw_server(plane: &Plane) -> std::net::SocketAddr {
-    use rustls_pki_types::pem::PemObject;
+// ---------------------------------------------------------------------------
+// Role: the bare baseline.
+
+/// `--role bare DIR HOSTS`: on each host, a raw bootstrap port (TLS, then a
+/// length-prefixed CSR signed and answered — the raw limit of a bootstrap) and
+/// a bare hyper + rustls long-poll port (the same mutual TLS as the endpoint;
+/// a connection's first request is answered at once, later ones are held).
+async fn role_bare(dir: PathBuf, hosts: Vec<String>) {
+    let ca = Arc::new(open_ca(&dir));
+    let server_cert = ca.issue_server(&["localhost"], SystemClock.now()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(
-        plane.server_cert.certificate_pem.as_bytes(),
-    )
-    .collect::<std::result::Result<Vec<_>, _>>()
-    .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(plane.server_cert.key_pem.as_bytes())
-        .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let chain = pem_certs(&server_cert.certificate_pem);
+    let key = pem_key(&server_cert.key_pem);
+    // Without session tickets, like the endpoint: no work beyond the handshake.
+    let mut raw_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert(chain.clone(), key.clone_key())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let ca = plane.ca.clone();
-    tokio::spawn(async move {
-        let mut serial = 0u64;
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            serial += 1;
-            let (acceptor, ca) = (acceptor.clone(), ca.clone());
-            tokio::spawn(async move {
-                let mut tls = acceptor.accept(tcp).await.unwrap();
-                let len = tls.read_u32().await.unwrap() as usize;
-                let mut csr = vec![0; len];
-                tls.read_exact(&mut csr).await.unwrap();
-                let ws: WorkspaceId = "raw".parse().unwrap();
-                let serial: CertSerial = format!("{serial:032x}").parse().unwrap();
-                let cert = ca
-                    .sign_agent(
-                        std::str::from_utf8(&csr).unwrap(),
-                        &ws,
-                        &serial,
-                        SystemClock.now(),
-                    )
-                    .unwrap();
-                tls.write_u32(cert.pem.len() as u32).await.unwrap();
-                tls.write_all(cert.pem.as_bytes()).await.unwrap();
-                tls.shutdown().await.ok();
-            });
-        }
-    });
-    addr
-}
-
-fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
+    raw_tls.send_tls13_tickets = 0;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(ca.certificate_pem())),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut lp_tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
-
-fn report_bootstrap(rt: &tokio::runtime::Runtime, dir: &std::path::Path) {
-    const N: usize = 500;
-    rt.block_on(async {
-        let plane = plane(dir).await;
-        let raw_addr = raw_server(&plane).await;
-        let connector = tokio_rustls::TlsConnector::from(client_config(plane.ca.certificate_pem()));
-        let client = Arc::new(AgentClient::new(plane.addr, "localhost", plane.ca.certificate_pem()).unwrap());
-        let (mut best_raw, mut best_endpoint) = (0f64, 0f64);
-        // Best of three each, alternating, on the same machine in the same run.
-        for round in 0..3 {
-            // Raw: handshake + CSR signing.
-            let raw_jobs: Vec<_> = candidates(&plane, &format!("raw{round}"), N)
-                .await
-                .into_iter()
-                .map(|(_, _, csr)| {
-                    let connector = connector.clone();
-                    async move {
-                        let tcp = tokio::net::TcpStream::connect(raw_addr).await.unwrap();
-                        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                        let mut tls = connector.connect(name, tcp).await.unwrap();
-                        tls.write_u32(csr.len() as u32).await.unwrap();
-                        tls.write_all(csr.as_bytes()).await.unwrap();
-                        let len = tls.read_u32().await.unwrap() as usize;
-                        let mut cert = vec![0; len];
-                        tls.read_exact(&mut cert).await.unwrap();
-                    }
-                })
-                .collect();
-            best_raw = best_raw.max(rate(raw_jobs).await);
-            // The endpoint: the same handshake and signature, plus HTTP, strict
-            // decoding, the CSR check, the token and the credential in SQLite.
-            let jobs: Vec<_> = candidates(&plane, &format!("boot{round}"), N)
-                .await
-                .into_iter()
-                .map(|(ws, token, csr)| {
-                    let client = client.clone();
-                    async move {
-                        let body = v1::encode(&BootstrapRequest {
-                            version: PROTOCOL_VERSION,
-                            workspace: ws,
-                            token: TokenText::new(token).unwrap(),
-                            csr_pem: csr,
-                            agent_version: AgentVersion::new("0.1.0").unwrap(),
-                        });
-                        let (status, answer) = client.send_raw("/v1/bootstrap", body).await.unwrap();
-                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
-                    }
-                })
-                .collect();
-            best_endpoint = best_endpoint.max(rate(jobs).await);
-        }
-        println!(
-            "REPORT agents bootstrap: endpoint {best_endpoint:.0} exchanges/s vs raw TLS handshake + CSR signing {best_raw:.0}/s \
-             (best of 3 rounds of {N} each, {CONCURRENCY} at a time; SQLite NORMAL) -> ratio {:.3}",
-            best_endpoint / best_raw
-        );
-    });
-}
-
-fn report_latency(rt: &tokio::runtime::Runtime, dir: &std::path::Path, agents: usize) {
-    rt.block_on(async {
-        let plane = plane(dir).await;
-        // Bootstrap the agents, then have every one hold a long-poll.
-        let mut clients = Vec::with_capacity(agents);
-        for (ws, token, _) in candidates(&plane, "lp", agents).await {
-            let client = AgentClient::new(plane.addr, "localhost", plane.ca.certificate_pem()).unwrap();
-            client.bootstrap(&ws, &token, "0.1.0").await.unwrap();
-            client.poll(Vec::new(), 0).await.unwrap();
-            clients.push((ws, Arc::new(client)));
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-        for (i, (_, client)) in clients.iter().enumerate() {
-            let (client, tx) = (client.clone(), tx.clone());
-            tokio::spawn(async move {
-                loop {
-                    match client.poll(Vec::new(), 30).await {
-                        Ok(p) if !p.commands.is_empty() => {
-                            let _ = tx.send((i, Instant::now()));
-                            for c in p.commands {
-                                let result = CommandResult::new(c.id, CommandOutcome::Succeeded, serde_json::Value::Null).unwrap();
-                                client.post_result(result).await.unwrap();
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await; // every poll is held
-        let rounds = 200.min(agents);
-        let mut latencies = Vec::with_capacity(rounds);
-        for round in 0..rounds {
-            let target = (round * 7919) % agents;
-            let ws = &clients[target].0;
-            let current = plane.store.get_workspace(ws).await.unwrap();
-            plane
-                .store
-                .commit(WorkspaceWrite::update(current.value, current.revision, SystemClock.now()).command(NewCommand {
-                    id: CommandId::new(format!("l{round}")).unwrap(),
-                    kind: CommandKind::new("health").unwrap(),
-                    payload: serde_json::json!({}),
-                }))
-                .await
-                .unwrap();
-            let start = Instant::now();
-            plane.server.notify(ws).await.unwrap();
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    lp_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    lp_tls.send_tls13_tickets = 0;
+    let raw_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(raw_tls));
+    let lp_acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(lp_tls));
+    let serial = Arc::new(AtomicUsize::new(0));
+    let (mut raw_addrs, mut lp_addrs) = (Vec::new(), Vec::new());
+    for host in hosts {
+        let raw = tokio::net::TcpListener::bind((host.as_str(), 0))
+            .await
+            .unwrap();
+        raw_addrs.push(raw.local_addr().unwrap().to_string());
+        let (acceptor, ca, serial) = (raw_acceptor.clone(), ca.clone(), serial.clone());
+        tokio::spawn(async move {
             loop {
-                let (i, at) = rx.recv().await.unwrap();
-                if i == target {
-                    latencies.push(at.duration_since(start));
-                    break;
+                let Ok((tcp, _)) = raw.accept().await else {
+                    continue;
+                };
+                tcp.set_nodelay(true).unwrap();
+                let (acceptor, ca, serial) = (acceptor.clone(), ca.clone(), serial.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let len = tls.read_u32().await.unwrap() as usize;
+                    let mut csr = vec![0; len];
+                    tls.read_exact(&mut csr).await.unwrap();
+                    let ws: WorkspaceId = "raw".parse().unwrap();
+                    let n = serial.fetch_add(1, Ordering::Relaxed) + 1;
+                    let serial: CertSerial = format!("{n:032x}").parse().unwrap();
+                    let cert = ca
+                        .sign_agent(
+                            std::str::from_utf8(&csr).unwrap(),
+                            &ws,
+                            &serial,
+                            SystemClock.now(),
+                        )
+                        .unwrap();
+                    tls.write_u32(cert.pem.len() as u32).await.unwrap();
+                    tls.write_all(cert.pem.as_bytes()).await.unwrap();
+                    tls.shutdown().await.ok();
+                });
+            }
+        });
+        let lp = tokio::net::TcpListener::bind((host.as_str(), 0))
+            .await
+            .unwrap();
+        lp_addrs.push(lp.local_addr().unwrap().to_string());
+        let acceptor = lp_acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = lp.accept().await else {
+                    continue;
+                };
+                tcp.set_nodelay(true).unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let first = Arc::new(AtomicBool::new(true));
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let first = first.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let _ = req.into_body().collect().await;
+                                if !first.swap(false, Ordering::Relaxed) {
+                                    tokio::time::sleep(Duration::from_secs(HOLD_SECS.into())).await;
+                                }
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(hyper::body::Bytes::from_static(
+                                        b"{\"version\":1,\"commands\":[]}",
+                                    )),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+    }
+    say(format!(
+        "READY {} {}",
+        raw_addrs.join(","),
+        lp_addrs.join(",")
+    ));
+    let mut orders = orders();
+    while let Ok(Some(_)) = orders.next_line().await {}
+}
+
+fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+fn pem_key(pem: &str) -> rustls_pki_types::PrivateKeyDer<'static> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+fn roots(ca_pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem_certs(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    roots
+}
+
+// ---------------------------------------------------------------------------
+// Role: load generators.
+
+/// Waits for `GO` from the orchestrating process.
+async fn ready_and_go(orders: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>) {
+    say("READY");
+    while let Ok(Some(line)) = orders.next_line().await {
+        if line.trim() == "GO" {
+            return;
+        }
+    }
+    std::process::exit(0);
+}
+
+/// Counts agents that had their first response; says `POLLING n` at the last.
+struct FirstResponses {
+    seen: AtomicUsize,
+    of: usize,
+}
+
+impl FirstResponses {
+    fn one(&self) {
+        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.of {
+            say(format!("POLLING {}", self.of));
+        }
+    }
+}
+
+/// `--role agents DIR FROM TO ADDR`: agents `FROM..TO` of the fleet, each an
+/// `AgentClient` (the real protocol client): bootstrap with the agent's token,
+/// a first poll answered at once, then long-polls; a command is reported
+/// (`GOT <workspace> <command> <ns>`), answered, and reported finished.
+async fn role_agents(dir: PathBuf, from: usize, to: usize, addr: SocketAddr) {
+    let ca_pem = std::fs::read_to_string(ca_dir(&dir).join("ca.pem")).unwrap();
+    let tokens: Vec<(WorkspaceId, String)> = std::fs::read_to_string(dir.join("tokens"))
+        .unwrap()
+        .lines()
+        .skip(from)
+        .take(to - from)
+        .map(|line| {
+            let (ws, token) = line.split_once(' ').unwrap();
+            (ws.parse().unwrap(), token.to_owned())
+        })
+        .collect();
+    let mut orders = orders();
+    ready_and_go(&mut orders).await;
+    let started = now_ns();
+    let clients: Vec<(WorkspaceId, AgentClient)> = futures::stream::iter(tokens)
+        .map(|(ws, token)| {
+            let ca_pem = &ca_pem;
+            async move {
+                let client = AgentClient::new(addr, "localhost", ca_pem).unwrap();
+                client.bootstrap(&ws, &token, "0.1.0").await.unwrap();
+                (ws, client)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    say(format!(
+        "BOOTSTRAPPED {} {started} {}",
+        clients.len(),
+        now_ns()
+    ));
+    let first = Arc::new(FirstResponses {
+        seen: AtomicUsize::new(0),
+        of: clients.len(),
+    });
+    for (ws, client) in clients {
+        let first = first.clone();
+        tokio::spawn(async move {
+            while client.poll(Vec::new(), 0).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            first.one();
+            let mut finished = Vec::new();
+            loop {
+                match client.poll(std::mem::take(&mut finished), HOLD_SECS).await {
+                    Ok(poll) => {
+                        for command in poll.commands {
+                            say(format!("GOT {ws} {} {}", command.id, now_ns()));
+                            let result = CommandResult::new(
+                                command.id.clone(),
+                                CommandOutcome::Succeeded,
+                                serde_json::Value::Null,
+                            )
+                            .unwrap();
+                            client.post_result(result).await.unwrap();
+                            finished.push(command.id);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("agent {ws}: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        latencies.sort();
-        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-        println!(
-            "REPORT agents delivery: {agents} agents holding long-polls; one command to one agent: p50 {:.2} ms, p99 {:.2} ms ({rounds} rounds)",
-            pct(0.50).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-        );
+        });
+    }
+    while let Ok(Some(_)) = orders.next_line().await {}
+}
+
+/// A fresh P-256 key and a CSR for it, as `AgentClient::bootstrap` makes them.
+fn key_and_csr() -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key, csr)
+}
+
+/// `--role bare-agents DIR COUNT RAW_ADDR LP_ADDR`: `COUNT` raw clients: a key
+/// and CSR, the raw bootstrap, then a mutual-TLS HTTP/1.1 connection to the bare
+/// long-poll port with one request answered and the next held.
+async fn role_bare_agents(dir: PathBuf, count: usize, raw: SocketAddr, lp: SocketAddr) {
+    let ca_pem = std::fs::read_to_string(ca_dir(&dir).join("ca.pem")).unwrap();
+    let roots = Arc::new(roots(&ca_pem));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // One configuration for all, without session resumption: every bootstrap
+    // is an agent's first contact, a full handshake (as each `AgentClient`
+    // has its own configuration, it never resumes a bootstrap either).
+    let mut raw_config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    raw_config.resumption = rustls::client::Resumption::disabled();
+    let raw_config = Arc::new(raw_config);
+    let mut orders = orders();
+    ready_and_go(&mut orders).await;
+    let started = now_ns();
+    let identities: Vec<(String, String)> = futures::stream::iter(0..count)
+        .map(|_| {
+            let connector = tokio_rustls::TlsConnector::from(raw_config.clone());
+            async move {
+                let (key, csr) = key_and_csr();
+                let tcp = tokio::net::TcpStream::connect(raw).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                tls.write_u32(csr.len() as u32).await.unwrap();
+                tls.write_all(csr.as_bytes()).await.unwrap();
+                let len = tls.read_u32().await.unwrap() as usize;
+                let mut cert = vec![0; len];
+                tls.read_exact(&mut cert).await.unwrap();
+                (String::from_utf8(cert).unwrap(), key.serialize_pem())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    say(format!(
+        "BOOTSTRAPPED {} {started} {}",
+        identities.len(),
+        now_ns()
+    ));
+    let first = Arc::new(FirstResponses {
+        seen: AtomicUsize::new(0),
+        of: identities.len(),
     });
+    let body = v1::encode(&PollRequest::new(Vec::new(), HOLD_SECS).unwrap());
+    for (cert, key) in identities {
+        let (first, roots, provider, body) =
+            (first.clone(), roots.clone(), provider.clone(), body.clone());
+        tokio::spawn(async move {
+            // The client's TLS settings per identity, as `AgentClient` has them.
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(pem_certs(&cert), pem_key(&key))
+                .unwrap();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(lp).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let mut answered = false;
+            loop {
+                let request = hyper::Request::post("/v1/poll")
+                    .header("host", "localhost")
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                        body.clone(),
+                    )))
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                use http_body_util::BodyExt;
+                let _ = response.into_body().collect().await.unwrap();
+                if !answered {
+                    answered = true;
+                    first.one();
+                }
+            }
+        });
+    }
+    while let Ok(Some(_)) = orders.next_line().await {}
+}
+
+// ---------------------------------------------------------------------------
+// The orchestrating process.
+
+/// A child process of this bench, in a role, with its lines forwarded to `tx`.
+struct Role {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Role {
+    fn start(index: usize, args: &[String], tx: &mpsc::Sender<(usize, String)>) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--role")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send((index, line)).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+
+    fn order(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Resident memory (KiB).
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which is in parentheses): utime and
+        // stime are the 12th and 13th, in clock ticks of 1/100 s.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
+    /// Open file descriptors.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines from the roles, with a deadline per wait; lines not yet asked for
+/// are kept for later.
+struct Inbox {
+    rx: mpsc::Receiver<(usize, String)>,
+    kept: std::cell::RefCell<std::collections::VecDeque<(usize, Vec<String>)>>,
+}
+
+impl Inbox {
+    /// The next line from any role whose first word is one of `prefixes`.
+    fn next_of(&self, prefixes: &[&str], within: Duration) -> Option<(usize, Vec<String>)> {
+        let wanted = |words: &Vec<String>| {
+            words
+                .first()
+                .is_some_and(|w| prefixes.contains(&w.as_str()))
+        };
+        {
+            let mut kept = self.kept.borrow_mut();
+            if let Some(at) = kept.iter().position(|(_, words)| wanted(words)) {
+                return kept.remove(at);
+            }
+        }
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (from, line) = self.rx.recv_timeout(left).ok()?;
+            let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            if wanted(&words) {
+                return Some((from, words));
+            }
+            self.kept.borrow_mut().push_back((from, words));
+        }
+    }
+
+    fn next(&self, prefix: &str, within: Duration) -> Option<(usize, Vec<String>)> {
+        self.next_of(&[prefix], within)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// `AgentServer` and `AgentClient`.
+    Endpoint,
+    /// The bare server and raw clients.
+    Bare,
+}
+
+#[derive(Debug, Default)]
+struct Fleet {
+    agents: usize,
+    bootstrapped: usize,
+    bootstraps_per_sec: f64,
+    /// CPU time per bootstrap (µs): the server's, the generators'.
+    cpu_us_per_bootstrap: (f64, f64),
+    polling: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    fds: usize,
+    open_connections: Option<u64>,
+    latencies_ms: Vec<f64>,
+}
+
+impl Fleet {
+    fn kib_per_agent(&self) -> f64 {
+        (self.rss_after_kib.saturating_sub(self.rss_before_kib)) as f64 / self.polling.max(1) as f64
+    }
+}
+
+/// Runs a fleet of `agents` of `kind` over `generators` processes; measures
+/// latency in `rounds` rounds (endpoint only).
+fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
+    let dir = std::env::temp_dir().join(format!(
+        "cogrion-agents-bench-{}-{kind:?}-{agents}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    open_ca(&dir); // created once, before any role opens it
+    let (tx, rx) = mpsc::channel();
+    let inbox = Inbox {
+        rx,
+        kept: Default::default(),
+    };
+    let d = dir.to_string_lossy().into_owned();
+    let hosts = hosts(generators).join(",");
+    let mut server = match kind {
+        Kind::Endpoint => Role::start(
+            0,
+            &["endpoint".into(), d.clone(), agents.to_string(), hosts],
+            &tx,
+        ),
+        Kind::Bare => Role::start(0, &["bare".into(), d.clone(), hosts], &tx),
+    };
+    let (_, ready) = inbox
+        .next("READY", Duration::from_secs(600))
+        .expect("the server started");
+    let addrs: Vec<Vec<String>> = ready[1..]
+        .iter()
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut report = Fleet {
+        agents,
+        rss_before_kib: server.rss_kib(),
+        ..Fleet::default()
+    };
+    let mut roles = Vec::new();
+    let per = agents.div_ceil(generators);
+    for g in 0..generators {
+        let (from, to) = ((g * per).min(agents), ((g + 1) * per).min(agents));
+        let args = match kind {
+            Kind::Endpoint => vec![
+                "agents".into(),
+                d.clone(),
+                from.to_string(),
+                to.to_string(),
+                addrs[0][g % addrs[0].len()].clone(),
+            ],
+            Kind::Bare => vec![
+                "bare-agents".into(),
+                d.clone(),
+                (to - from).to_string(),
+                addrs[0][g % addrs[0].len()].clone(),
+                addrs[1][g % addrs[1].len()].clone(),
+            ],
+        };
+        roles.push(Role::start(g + 1, &args, &tx));
+    }
+    for _ in 0..generators {
+        inbox
+            .next("READY", Duration::from_secs(120))
+            .expect("a generator started");
+    }
+    let cpu = |server: &Role, roles: &[Role]| {
+        (
+            server.cpu_secs(),
+            roles.iter().map(Role::cpu_secs).sum::<f64>(),
+        )
+    };
+    let cpu_before = cpu(&server, &roles);
+    for role in &mut roles {
+        role.order("GO");
+    }
+    let (mut first_start, mut last_end) = (u128::MAX, 0u128);
+    for _ in 0..generators {
+        let (_, words) = inbox
+            .next("BOOTSTRAPPED", Duration::from_secs(600))
+            .expect("every generator bootstrapped its agents");
+        report.bootstrapped += words[1].parse::<usize>().unwrap();
+        first_start = first_start.min(words[2].parse().unwrap());
+        last_end = last_end.max(words[3].parse().unwrap());
+    }
+    report.bootstraps_per_sec =
+        report.bootstrapped as f64 / ((last_end - first_start) as f64 / 1e9);
+    let cpu_after = cpu(&server, &roles);
+    report.cpu_us_per_bootstrap = (
+        (cpu_after.0 - cpu_before.0) * 1e6 / report.bootstrapped as f64,
+        (cpu_after.1 - cpu_before.1) * 1e6 / report.bootstrapped as f64,
+    );
+    for _ in 0..generators {
+        match inbox.next("POLLING", Duration::from_secs(180)) {
+            Some((_, words)) => report.polling += words[1].parse::<usize>().unwrap(),
+            None => break,
+        }
+    }
+    // Every held poll registered, the handshakes' garbage settled.
+    std::thread::sleep(Duration::from_secs(3));
+    report.rss_after_kib = server.rss_kib();
+    report.fds = server.fds();
+    if kind == Kind::Endpoint {
+        server.order("STATS");
+        if let Some((_, words)) = inbox.next("STATS", Duration::from_secs(30)) {
+            report.open_connections = words[2].parse().ok();
+        }
+        let mut rng = rand::rng();
+        for round in 0..rounds {
+            let target = rand::Rng::random_range(&mut rng, 0..agents);
+            let ws = workspace_name(target);
+            let id = format!("l{round}");
+            server.order(&format!("SEND {ws} {id}"));
+            let (mut queued, mut got) = (None, None);
+            while queued.is_none() || got.is_none() {
+                let Some((_, words)) = inbox.next_of(&["SENT", "GOT"], Duration::from_secs(60))
+                else {
+                    panic!("command {id} for {ws} was not delivered")
+                };
+                match words.first().map(String::as_str) {
+                    Some("SENT") if words[1] == ws => {
+                        queued = Some(words[2].parse::<u128>().unwrap())
+                    }
+                    Some("GOT") if words[1] == ws && words[2] == id => {
+                        got = Some(words[3].parse::<u128>().unwrap())
+                    }
+                    _ => {}
+                }
+            }
+            let (queued, got) = (queued.unwrap(), got.unwrap());
+            report
+                .latencies_ms
+                .push(got.saturating_sub(queued) as f64 / 1e6);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(roles);
+    drop(server);
+    std::fs::remove_dir_all(&dir).ok();
+    report
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// This process's soft limit on open files.
+fn file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024)
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn role(args: &[String]) {
+    let arg = |i: usize| args[i].clone();
+    let list = |i: usize| -> Vec<String> { args[i].split(',').map(str::to_owned).collect() };
+    let server_runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let generator_runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    match args[0].as_str() {
+        "endpoint" => server_runtime().block_on(role_endpoint(
+            arg(1).into(),
+            arg(2).parse().unwrap(),
+            list(3),
+        )),
+        "bare" => server_runtime().block_on(role_bare(arg(1).into(), list(2))),
+        "agents" => generator_runtime().block_on(role_agents(
+            arg(1).into(),
+            arg(2).parse().unwrap(),
+            arg(3).parse().unwrap(),
+            arg(4).parse().unwrap(),
+        )),
+        "bare-agents" => generator_runtime().block_on(role_bare_agents(
+            arg(1).into(),
+            arg(2).parse().unwrap(),
+            arg(3).parse().unwrap(),
+            arg(4).parse().unwrap(),
+        )),
+        other => panic!("unknown role {other}"),
+    }
 }
 
 fn main() {
-    // `cargo test --benches` only builds and starts this target; measuring is for
-    // `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--role") {
+        role(&args[at + 1..]);
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("cogrion-agents-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    report_bootstrap(&rt, &dir.join("boot"));
-    let agents = std::env::var("COGRION_BENCH_AGENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
-    std::fs::create_dir_all(dir.join("lat")).unwrap();
-    report_latency(&rt, &dir.join("lat"), agents);
-    std::fs::remove_dir_all(&dir).ok();
+    // `cargo test --benches` only builds and starts this target; measuring is for
+    // `cargo bench`.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let agents = env_usize("COGRION_BENCH_AGENTS").unwrap_or(10_000);
+    let generators = env_usize("COGRION_BENCH_GENERATORS").unwrap_or(4).max(1);
+    let limit = file_limit();
+    let hold = env_usize("COGRION_BENCH_HOLD").unwrap_or(limit.saturating_sub(100));
+
+    let endpoint = fleet(Kind::Endpoint, agents, generators, ROUNDS);
+    let bare = fleet(Kind::Bare, agents, generators, 0);
+    println!(
+        "REPORT agents bootstrap: endpoint {:.0} exchanges/s vs raw TLS handshake + CSR signing {:.0}/s \
+         ({agents} agents over {generators} generator processes, {CONCURRENCY} at a time each; SQLite default mode) -> ratio {:.3}",
+        endpoint.bootstraps_per_sec,
+        bare.bootstraps_per_sec,
+        endpoint.bootstraps_per_sec / bare.bootstraps_per_sec
+    );
+    println!(
+        "REPORT agents bootstrap CPU per exchange: endpoint server {:.0} µs + generators {:.0} µs; raw server {:.0} µs + generators {:.0} µs",
+        endpoint.cpu_us_per_bootstrap.0,
+        endpoint.cpu_us_per_bootstrap.1,
+        bare.cpu_us_per_bootstrap.0,
+        bare.cpu_us_per_bootstrap.1,
+    );
+    println!(
+        "REPORT agents memory: endpoint {:.1} KiB per agent ({} of {} polling; RSS {} -> {} KiB, {} fds, {:?} open connections) \
+         vs bare hyper + rustls {:.1} KiB ({} polling; RSS {} -> {} KiB, {} fds) -> ratio {:.3}",
+        endpoint.kib_per_agent(),
+        endpoint.polling,
+        endpoint.agents,
+        endpoint.rss_before_kib,
+        endpoint.rss_after_kib,
+        endpoint.fds,
+        endpoint.open_connections,
+        bare.kib_per_agent(),
+        bare.polling,
+        bare.rss_before_kib,
+        bare.rss_after_kib,
+        bare.fds,
+        endpoint.kib_per_agent() / bare.kib_per_agent(),
+    );
+    let mut latencies = endpoint.latencies_ms.clone();
+    latencies.sort_by(f64::total_cmp);
+    if !latencies.is_empty() {
+        println!(
+            "REPORT agents delivery: one command to one agent among {} holding long-polls: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} rounds)",
+            endpoint.polling,
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1],
+            latencies.len()
+        );
+    }
+    if hold > 0 {
+        let held = fleet(Kind::Endpoint, hold, generators, 0);
+        println!(
+            "REPORT agents per process: {} of {hold} agents bootstrapped and polling on one control-plane process \
+             ({} fds open, {:?} open connections; file limit {limit}) -> {:.3} of the limit; bootstrap {:.0}/s, {:.1} KiB per agent",
+            held.polling,
+            held.fds,
+            held.open_connections,
+            held.polling as f64 / limit as f64,
+            held.bootstraps_per_sec,
+            held.kib_per_agent(),
+        );
+    }
 }

@@ -91,7 +91,7 @@ impl AgentClient {
         *crate::lock_or_recover(&self.config) = tls_config(&self.roots, Some((chain, key)))?;
         *crate::lock_or_recover(&self.identity_pem) =
             Some((chain_pem.to_owned(), key_pem.to_owned()));
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.forget_connection();
         Ok(())
     }
 
@@ -109,7 +109,16 @@ impl AgentClient {
             *crate::lock_or_recover(&self.config) = config;
         }
         *crate::lock_or_recover(&self.identity_pem) = None;
+        self.forget_connection();
+    }
+
+    /// After an identity change: the kept connection is not used again, and is
+    /// closed now if no request is on it (else when that request ends).
+    fn forget_connection(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut kept) = self.kept.try_lock() {
+            kept.take();
+        }
     }
 
     /// Exchanges `token` for a certificate: generates an ECDSA P-256 key, sends
@@ -235,6 +244,8 @@ impl AgentClient {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| connect(&e))?;
+        // Small messages both ways: no waiting on Nagle for a delayed ACK.
+        tcp.set_nodelay(true).map_err(|e| connect(&e))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(self.server_name.clone(), tcp)
             .await

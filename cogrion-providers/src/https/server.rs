@@ -365,6 +365,11 @@ impl AgentServer {
             .with_single_cert(chain, key)
             .map_err(|e| rejected(e.to_string()))?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session tickets: rustls keeps resumable sessions in a cache of 256
+        // in memory, which serves no fleet of agents (and is gone after a
+        // restart, when the whole fleet reconnects); issuing them costs every
+        // handshake. An agent keeps its connection instead.
+        tls.send_tls13_tickets = 0;
         Ok(Self {
             shared: Arc::new(Shared {
                 gateway,
@@ -433,6 +438,10 @@ impl Shared {
         addr: SocketAddr,
         handshake: tokio::sync::OwnedSemaphorePermit,
     ) {
+        // Small messages both ways: no waiting on Nagle for a delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY refused");
+        }
         let tls =
             match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -525,8 +534,11 @@ impl Shared {
             ))
         } else {
             match path.as_str() {
+                // Bootstrap and renewal are boxed: the future of a request
+                // (which a held poll keeps for its whole wait) is then only as
+                // large as a poll's.
                 "/v1/bootstrap" => match body::<BootstrapRequest>(req).await {
-                    Ok(m) => self.bootstrap(m, remote).await,
+                    Ok(m) => Box::pin(self.bootstrap(m, remote)).await,
                     Err(r) => Err(r),
                 },
                 "/v1/poll" => match (peer.as_ref(), body::<PollRequest>(req).await) {
@@ -542,7 +554,7 @@ impl Shared {
                 "/v1/renew" => match (peer.as_ref(), body::<RenewalRequest>(req).await) {
                     (None, _) => Err(Refusal::unauthenticated()),
                     (_, Err(r)) => Err(r),
-                    (Some(p), Ok(m)) => self.renew(p, m).await,
+                    (Some(p), Ok(m)) => Box::pin(self.renew(p, m)).await,
                 },
                 _ => Err(Refusal::new(
                     StatusCode::NOT_FOUND,
