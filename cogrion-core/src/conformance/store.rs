@@ -10,9 +10,9 @@ use super::{random_workspace_id, sample_workspace_spec};
 use crate::{
     Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial,
     CheckpointKey, CommandStatus, Error, EventKind, EventSeq, FencingToken, HolderId, ListQuery,
-    MAX_LEASE_TTL, NewCommand, NewEvent, Resource, Retry, Revision, StateName, TenantId, Timestamp,
-    TokenHash, TokenRefusal, WorkspaceId, WorkspaceRecord, WorkspaceState, WorkspaceStore,
-    WorkspaceWrite,
+    MAX_LEASE_TTL, NewCommand, NewEvent, Resource, Result, Retry, Revision, StateName, TenantId,
+    Timestamp, TokenHash, TokenRefusal, WorkspaceId, WorkspaceRecord, WorkspaceState,
+    WorkspaceStore, WorkspaceWrite,
 };
 
 /// A point in time far from the epoch, so `now - x` never underflows.
@@ -51,6 +51,9 @@ macro_rules! expect_err {
 ///   refused;
 /// - bootstrap tokens: one-time, TTL, bound to one workspace, replaced by a newer
 ///   one, exactly one winner among concurrent exchanges;
+/// - many exchanges at once (a reconnect storm): each decided on its own — a
+///   replayed token loses, a taken serial spends nothing, older credentials
+///   are revoked — whatever a store batches;
 /// - agent credentials: recorded, listed per workspace, revoked permanently;
 /// - listing by tenant, state and due time, with paging.
 ///
@@ -69,6 +72,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     tokens(store).await;
     credentials(store).await;
     exchanges(store).await;
+    exchanges_at_once(store).await;
     listing(store).await;
 }
 
@@ -1440,6 +1444,140 @@ async fn tokens(store: &dyn WorkspaceStore) {
         results.iter().all(
             |r| r.is_ok() || matches!(r, Err(Error::TokenRefused(TokenRefusal::Reused { .. })))
         )
+    );
+}
+
+/// A serial for credential `n` of workspace `ws`, unique across workspaces.
+fn serial_of(ws: &WorkspaceId, n: u8) -> CertSerial {
+    let digits: String = ws.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+    CertSerial::new(format!(
+        "{n:02x}{}",
+        &digits[digits.len().saturating_sub(30)..]
+    ))
+    .expect("serial")
+}
+
+/// Many exchanges at once, as a reconnect storm brings them (a store may run
+/// them together): every one is decided as if alone.
+async fn exchanges_at_once(store: &dyn WorkspaceStore) {
+    let mut workspaces = Vec::new();
+    for _ in 0..24 {
+        let ws = create(store, "storm").await;
+        store
+            .put_token(BootstrapTokenRecord {
+                workspace: ws.clone(),
+                hash: hash(3, &ws),
+                issued_at: T0,
+                expires_at: T0 + Duration::from_secs(3600),
+                consumed_at: None,
+            })
+            .await
+            .expect("a token");
+        workspaces.push(ws);
+    }
+    let cred = |ws: &WorkspaceId, n: u8| AgentCredential {
+        workspace: ws.clone(),
+        serial: serial_of(ws, n),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(86_400),
+        revoked: None,
+        first_poll_at: None,
+    };
+    // Workspace 1 holds serial 1 already (the exchange asks for it: refused);
+    // workspace 2 holds serial 1 (the exchange for serial 2 revokes it).
+    store
+        .put_credential(cred(&workspaces[1], 1))
+        .await
+        .expect("a credential");
+    store
+        .put_credential(cred(&workspaces[2], 1))
+        .await
+        .expect("a credential");
+    // Two storms: the first all good but for workspace 0's token, replayed
+    // three more times; the second with workspace 1's taken serial among good
+    // ones (a store that batches must still answer each on its own).
+    let mut attempts = Vec::new();
+    for (i, ws) in workspaces.iter().enumerate() {
+        if i != 1 && i < 20 {
+            attempts.push((i, cred(ws, 2)));
+        }
+    }
+    for n in 3..6 {
+        attempts.push((0, cred(&workspaces[0], n)));
+    }
+    let first_storm = attempts.len();
+    attempts.push((1, cred(&workspaces[1], 1)));
+    for (i, ws) in workspaces.iter().enumerate().skip(20) {
+        attempts.push((i, cred(ws, 2)));
+    }
+    let hashes: Vec<TokenHash> = attempts
+        .iter()
+        .map(|(i, _)| hash(3, &workspaces[*i]))
+        .collect();
+    let storm =
+        |range: std::ops::Range<usize>| {
+            join_all(attempts[range.clone()].iter().zip(&hashes[range]).map(
+                |((_, credential), h)| {
+                    store.exchange(h, credential.clone(), T0 + Duration::from_secs(1))
+                },
+            ))
+        };
+    let mut results = storm(0..first_storm).await;
+    results.extend(storm(first_storm..attempts.len()).await);
+    let of = |i: usize| -> Vec<&Result<BootstrapTokenRecord>> {
+        attempts
+            .iter()
+            .zip(&results)
+            .filter(|((w, _), _)| *w == i)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let replays = of(0);
+    assert_eq!(
+        replays.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "one winner among a token's replays: {replays:?}"
+    );
+    assert!(
+        replays.iter().all(
+            |r| r.is_ok() || matches!(r, Err(Error::TokenRefused(TokenRefusal::Reused { .. })))
+        ),
+        "the replays lose as reused: {replays:?}"
+    );
+    expect_err!(
+        of(1)[0],
+        Error::AlreadyExists(_),
+        "an exchange among many whose serial is taken"
+    );
+    let held = store.list_credentials(&workspaces[1]).await.expect("list");
+    assert!(
+        held.len() == 1 && held[0].revoked.is_none(),
+        "the refused exchange revoked and stored nothing: {held:?}"
+    );
+    store
+        .exchange(
+            &hash(3, &workspaces[1]),
+            cred(&workspaces[1], 2),
+            T0 + Duration::from_secs(2),
+        )
+        .await
+        .expect("the refused exchange left its token unspent");
+    for (i, ws) in workspaces.iter().enumerate().skip(2) {
+        assert!(of(i)[0].is_ok(), "exchange {i}: {:?}", of(i)[0]);
+        let listed = store.list_credentials(ws).await.expect("list");
+        let live: Vec<_> = listed.iter().filter(|c| c.revoked.is_none()).collect();
+        assert!(
+            live.len() == 1 && live[0].serial == serial_of(ws, 2),
+            "exchange {i}: only the new credential is live: {listed:?}"
+        );
+    }
+    let revoked = store.list_credentials(&workspaces[2]).await.expect("list");
+    assert!(
+        revoked
+            .iter()
+            .any(|c| c.serial == serial_of(&workspaces[2], 1)
+                && c.revoked.as_ref().map(|r| r.reason.as_str()) == Some("re-bootstrapped")),
+        "the older credential was revoked: {revoked:?}"
     );
 }
 

@@ -28,6 +28,7 @@
 //! wrong id, gaps in a history) are [`Error::Corrupt`] naming the workspace —
 //! never repaired silently.
 
+mod exchange;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     path: PathBuf,
+    /// Token exchanges waiting to share a transaction.
+    exchanges: std::sync::Arc<exchange::Exchanges>,
 }
 
 fn unavailable(e: sqlx::Error) -> Error {
@@ -194,7 +197,12 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(unavailable)?;
-        Ok(Self { read, write, path })
+        Ok(Self {
+            read,
+            write,
+            path,
+            exchanges: Default::default(),
+        })
     }
 
     /// The database file.
@@ -1201,73 +1209,10 @@ impl TokenStore for SqliteStore {
         credential: AgentCredential,
         now: Timestamp,
     ) -> Result<BootstrapTokenRecord> {
-        // Every statement is a round trip to the connection's thread, so the
-        // common case takes two: begin and read everything the exchange decides
-        // on; then the writes and the commit. (A bootstrap is the hot path of a
-        // reconnect storm.)
-        let hash = hash.to_string();
-        let ws = credential.workspace.clone();
-        let mut conn = self.write.acquire().await.map_err(unavailable)?;
-        let read = sqlx::query(
-            "BEGIN IMMEDIATE;
-             SELECT (SELECT state FROM workspaces WHERE id = ?1) AS state,
-                    (SELECT body FROM tokens WHERE hash = ?2) AS token,
-                    EXISTS (SELECT 1 FROM credentials WHERE workspace = ?1
-                            AND json_extract(body, '$.revoked') IS NULL) AS live",
-        )
-        .bind(ws.as_str())
-        .bind(&hash)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(unavailable);
-        let decided = read.and_then(|row| {
-            let state: Option<String> = row.get("state");
-            retired(&ws, state)?;
-            let body: Option<String> = row.get("token");
-            let body = body.ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
-            let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
-            token.consume(&ws, now)?;
-            Ok((token, row.get::<bool, _>("live")))
-        });
-        let written = match decided {
-            Ok((token, live)) => {
-                let revoked = if live {
-                    revoke_credentials(&mut conn, &ws, "re-bootstrapped", now)
-                        .await
-                        .map(drop)
-                } else {
-                    Ok(())
-                };
-                match revoked.and_then(|()| Ok((to_json(&token)?, to_json(&credential)?))) {
-                    Ok((token_body, credential_body)) => sqlx::query(
-                        "UPDATE tokens SET consumed = 1, body = ?1 WHERE hash = ?2;
-                         INSERT INTO credentials (serial, workspace, body) VALUES (?3, ?4, ?5);
-                         COMMIT",
-                    )
-                    .bind(token_body)
-                    .bind(&hash)
-                    .bind(credential.serial.as_str())
-                    .bind(ws.as_str())
-                    .bind(credential_body)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| token)
-                    .map_err(|e| match e.as_database_error() {
-                        Some(d) if d.is_unique_violation() => {
-                            Error::AlreadyExists(Resource::Credential(credential.serial.clone()))
-                        }
-                        _ => unavailable(e),
-                    }),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if written.is_err() {
-            // Nothing of a refused exchange stays (a no-op if BEGIN itself failed).
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        }
-        written
+        // Batched with the exchanges arriving at the same time (see `exchange`).
+        self.exchanges
+            .exchange(&self.write, hash.to_string(), credential, now)
+            .await
     }
 }
 

@@ -1,0 +1,314 @@
+//! [`TokenStore::exchange`](cogrion_core::TokenStore::exchange) in batches: the
+//! bootstraps of a reconnect storm share transactions.
+//!
+//! Every statement is a round trip to the SQLite connection's thread, and every
+//! commit writes the changed pages to the log. Exchanges arriving together are
+//! combined: whoever holds the turn runs all the exchanges queued so far in one
+//! transaction of two round trips — one reading, for every exchange, the
+//! workspace's state, the token and whether live credentials exist; one with
+//! the writes and the commit — while the others wait for their answers. Each
+//! exchange is decided alone, by the same rule as a single one; a refused
+//! exchange writes nothing. If the batch's transaction fails, it is rolled back
+//! and every exchange in it is run again on its own, so each gets its own
+//! precise answer.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use cogrion_core::{
+    AgentCredential, BootstrapTokenRecord, Error, Resource, Result, Timestamp, TokenRefusal,
+};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use tokio::sync::oneshot;
+
+use super::{from_json, revoke_credentials, to_json, unavailable};
+
+/// Most exchanges in one transaction.
+const MAX_BATCH: usize = 128;
+
+/// One exchange waiting for its turn.
+struct Pending {
+    hash: String,
+    credential: AgentCredential,
+    now: Timestamp,
+    answer: oneshot::Sender<Result<BootstrapTokenRecord>>,
+}
+
+/// The exchanges waiting, and the turn to run them.
+#[derive(Default)]
+pub(super) struct Exchanges {
+    queue: Mutex<Vec<Pending>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Exchanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanges").finish_non_exhaustive()
+    }
+}
+
+impl Exchanges {
+    /// Runs one exchange, in a batch with whatever else is waiting.
+    pub(super) async fn exchange(
+        &self,
+        pool: &SqlitePool,
+        hash: String,
+        credential: AgentCredential,
+        now: Timestamp,
+    ) -> Result<BootstrapTokenRecord> {
+        let (answer, mut answered) = oneshot::channel();
+        crate::lock_or_recover(&self.queue).push(Pending {
+            hash,
+            credential,
+            now,
+            answer,
+        });
+        let _turn = self.turn.lock().await;
+        // An earlier turn may have run this exchange already.
+        if let Ok(result) = answered.try_recv() {
+            return result;
+        }
+        loop {
+            let mut batch = {
+                let mut queue = crate::lock_or_recover(&self.queue);
+                let take = queue.len().min(MAX_BATCH);
+                queue.drain(..take).collect::<Vec<_>>()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            // One exchange per token and per workspace in a batch: a second one
+            // must see the first's effect, so it waits for the next batch.
+            let later = separate(&mut batch);
+            run_batch(pool, batch).await;
+            if !later.is_empty() {
+                let mut queue = crate::lock_or_recover(&self.queue);
+                let newer = std::mem::take(&mut *queue);
+                queue.extend(later);
+                queue.extend(newer);
+            }
+            if let Ok(result) = answered.try_recv() {
+                return result;
+            }
+        }
+        answered.try_recv().unwrap_or_else(|_| {
+            Err(Error::Unavailable {
+                service: "sqlite".into(),
+                detail: "an exchange was dropped unanswered".into(),
+            })
+        })
+    }
+}
+
+/// Moves out of `batch` every exchange whose token or workspace an earlier one
+/// in it has.
+fn separate(batch: &mut Vec<Pending>) -> Vec<Pending> {
+    let (mut hashes, mut workspaces) = (HashSet::new(), HashSet::new());
+    let mut later = Vec::new();
+    let mut kept = Vec::with_capacity(batch.len());
+    for pending in batch.drain(..) {
+        let ws = pending.credential.workspace.as_str().to_owned();
+        if hashes.contains(&pending.hash) || workspaces.contains(&ws) {
+            later.push(pending);
+        } else {
+            hashes.insert(pending.hash.clone());
+            workspaces.insert(ws);
+            kept.push(pending);
+        }
+    }
+    *batch = kept;
+    later
+}
+
+/// What the exchange's rule decided from the row read for it: the consumed
+/// token and whether older credentials are live, or the refusal.
+fn decide(pending: &Pending, row: &SqliteRow) -> Result<(BootstrapTokenRecord, bool)> {
+    let ws = &pending.credential.workspace;
+    let state: Option<String> = row.get("state");
+    super::retired(ws, state)?;
+    let body: Option<String> = row.get("token");
+    let body = body.ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
+    let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
+    token.consume(ws, pending.now)?;
+    Ok((token, row.get::<bool, _>("live")))
+}
+
+const READ_ONE: &str = "BEGIN IMMEDIATE;
+     SELECT 0 AS i,
+            (SELECT state FROM workspaces WHERE id = ?1) AS state,
+            (SELECT body FROM tokens WHERE hash = ?2) AS token,
+            EXISTS (SELECT 1 FROM credentials WHERE workspace = ?1
+                    AND json_extract(body, '$.revoked') IS NULL) AS live";
+
+/// `BEGIN` and the read of `n` exchanges (binds: index, workspace, hash each).
+fn read_many(n: usize) -> String {
+    let values = vec!["(?, ?, ?)"; n].join(", ");
+    format!(
+        "BEGIN IMMEDIATE;
+         WITH k(i, ws, hash) AS (VALUES {values})
+         SELECT k.i AS i,
+                (SELECT state FROM workspaces WHERE id = k.ws) AS state,
+                (SELECT body FROM tokens WHERE hash = k.hash) AS token,
+                EXISTS (SELECT 1 FROM credentials c WHERE c.workspace = k.ws
+                        AND json_extract(c.body, '$.revoked') IS NULL) AS live
+         FROM k"
+    )
+}
+
+/// The writes of one accepted exchange (binds: token body, hash, serial,
+/// workspace, credential body).
+const WRITE_ONE: &str = "UPDATE tokens SET consumed = 1, body = ? WHERE hash = ?;
+     INSERT INTO credentials (serial, workspace, body) VALUES (?, ?, ?);";
+
+/// Runs `batch` in one transaction and answers each exchange; on a failure of
+/// the transaction, runs each on its own.
+async fn run_batch(pool: &SqlitePool, batch: Vec<Pending>) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let detail = e.to_string();
+            for pending in batch {
+                let _ = pending.answer.send(Err(Error::Unavailable {
+                    service: "sqlite".into(),
+                    detail: detail.clone(),
+                }));
+            }
+            return;
+        }
+    };
+    match together(&mut conn, &batch).await {
+        Ok(results) => {
+            for (pending, result) in batch.into_iter().zip(results) {
+                let _ = pending.answer.send(result);
+            }
+        }
+        Err(_) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            for pending in batch {
+                let result = alone(&mut conn, &pending).await;
+                let _ = pending.answer.send(result);
+            }
+        }
+    }
+}
+
+/// The batch in one transaction: every exchange's answer, or the error that
+/// failed the transaction (then nothing of it stays once rolled back).
+async fn together(
+    conn: &mut SqliteConnection,
+    batch: &[Pending],
+) -> Result<Vec<Result<BootstrapTokenRecord>>> {
+    let rows = if batch.len() == 1 {
+        sqlx::query(READ_ONE)
+            .bind(batch[0].credential.workspace.as_str())
+            .bind(&batch[0].hash)
+            .fetch_all(&mut *conn)
+            .await
+    } else {
+        // Built from constant pieces only: every value is bound.
+        let sql = sqlx::AssertSqlSafe(read_many(batch.len()));
+        let mut query = sqlx::query(sql).persistent(false);
+        for (i, pending) in batch.iter().enumerate() {
+            query = query
+                .bind(i as i64)
+                .bind(pending.credential.workspace.as_str())
+                .bind(&pending.hash);
+        }
+        query.fetch_all(&mut *conn).await
+    }
+    .map_err(unavailable)?;
+    let mut decided: Vec<Option<Result<(BootstrapTokenRecord, bool)>>> =
+        (0..batch.len()).map(|_| None).collect();
+    for row in &rows {
+        let i = usize::try_from(row.get::<i64, _>("i")).unwrap_or(usize::MAX);
+        if let Some(slot) = decided.get_mut(i) {
+            *slot = Some(decide(&batch[i], row));
+        }
+    }
+    let mut writes = String::new();
+    let mut binds = Vec::new();
+    for (pending, decision) in batch.iter().zip(&decided) {
+        let Some(Ok((token, live))) = decision else {
+            continue;
+        };
+        let ws = &pending.credential.workspace;
+        if *live {
+            revoke_credentials(conn, ws, "re-bootstrapped", pending.now).await?;
+        }
+        writes.push_str(WRITE_ONE);
+        binds.push(to_json(token)?);
+        binds.push(pending.hash.clone());
+        binds.push(pending.credential.serial.as_str().to_owned());
+        binds.push(ws.as_str().to_owned());
+        binds.push(to_json(&pending.credential)?);
+    }
+    writes.push_str("COMMIT");
+    // Built from constant pieces only: every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(writes)).persistent(binds.len() <= 5);
+    for bind in binds {
+        query = query.bind(bind);
+    }
+    query.execute(&mut *conn).await.map_err(unavailable)?;
+    Ok(decided
+        .into_iter()
+        .map(|decision| match decision {
+            Some(Ok((token, _))) => Ok(token),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Unavailable {
+                service: "sqlite".into(),
+                detail: "no row read for an exchange".into(),
+            }),
+        })
+        .collect())
+}
+
+/// One exchange in a transaction of its own, with its precise error.
+async fn alone(conn: &mut SqliteConnection, pending: &Pending) -> Result<BootstrapTokenRecord> {
+    let read = sqlx::query(READ_ONE)
+        .bind(pending.credential.workspace.as_str())
+        .bind(&pending.hash)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable);
+    let result = match read.and_then(|row| decide(pending, &row)) {
+        Ok((token, live)) => write_alone(conn, pending, token, live).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        // Nothing of a refused exchange stays (a no-op if BEGIN itself failed).
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    result
+}
+
+async fn write_alone(
+    conn: &mut SqliteConnection,
+    pending: &Pending,
+    token: BootstrapTokenRecord,
+    live: bool,
+) -> Result<BootstrapTokenRecord> {
+    let ws = &pending.credential.workspace;
+    if live {
+        revoke_credentials(conn, ws, "re-bootstrapped", pending.now).await?;
+    }
+    sqlx::query(WRITE_ONE)
+        .bind(to_json(&token)?)
+        .bind(&pending.hash)
+        .bind(pending.credential.serial.as_str())
+        .bind(ws.as_str())
+        .bind(to_json(&pending.credential)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => {
+                Error::AlreadyExists(Resource::Credential(pending.credential.serial.clone()))
+            }
+            _ => unavailable(e),
+        })?;
+    sqlx::query("COMMIT")
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(token)
+}
