@@ -689,6 +689,8 @@ struct Fleet {
     cpu_us_per_bootstrap: (f64, f64),
     polling: usize,
     rss_before_kib: u64,
+    /// After every agent bootstrapped, before their polls.
+    rss_bootstrapped_kib: u64,
     rss_after_kib: u64,
     fds: usize,
     open_connections: Option<u64>,
@@ -787,6 +789,7 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
     report.bootstraps_per_sec =
         report.bootstrapped as f64 / ((last_end - first_start) as f64 / 1e9);
     let cpu_after = cpu(&server, &roles);
+    report.rss_bootstrapped_kib = server.rss_kib();
     report.cpu_us_per_bootstrap = (
         (cpu_after.0 - cpu_before.0) * 1e6 / report.bootstrapped as f64,
         (cpu_after.1 - cpu_before.1) * 1e6 / report.bootstrapped as f64,
@@ -934,18 +937,20 @@ fn main() {
         bare.cpu_us_per_bootstrap.1,
     );
     println!(
-        "REPORT agents memory: endpoint {:.1} KiB per agent ({} of {} polling; RSS {} -> {} KiB, {} fds, {:?} open connections) \
-         vs bare hyper + rustls {:.1} KiB ({} polling; RSS {} -> {} KiB, {} fds) -> ratio {:.3}",
+        "REPORT agents memory: endpoint {:.1} KiB per agent ({} of {} polling; RSS {} -> {} bootstrapped -> {} KiB polling, {} fds, {:?} open connections) \
+         vs bare hyper + rustls {:.1} KiB ({} polling; RSS {} -> {} -> {} KiB, {} fds) -> ratio {:.3}",
         endpoint.kib_per_agent(),
         endpoint.polling,
         endpoint.agents,
         endpoint.rss_before_kib,
+        endpoint.rss_bootstrapped_kib,
         endpoint.rss_after_kib,
         endpoint.fds,
         endpoint.open_connections,
         bare.kib_per_agent(),
         bare.polling,
         bare.rss_before_kib,
+        bare.rss_bootstrapped_kib,
         bare.rss_after_kib,
         bare.fds,
         endpoint.kib_per_agent() / bare.kib_per_agent(),

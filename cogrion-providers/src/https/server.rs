@@ -26,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 
 /// The server's settings.
 #[derive(Debug, Clone)]
@@ -115,12 +115,10 @@ struct Shared {
     clock: Arc<dyn Clock>,
     tls: tokio_rustls::TlsAcceptor,
     config: AgentServerConfig,
-    /// Polls waiting for commands, by workspace.
-    waiters: Mutex<HashMap<WorkspaceId, Arc<Notify>>>,
+    /// What the server keeps per agent that has connected, by workspace.
+    agents: Mutex<HashMap<WorkspaceId, Arc<AgentSlot>>>,
     /// Failed bootstraps by address: (count, window start).
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    /// Bumped to close every open connection of a workspace's agent.
-    closers: Mutex<HashMap<WorkspaceId, watch::Sender<u64>>>,
     handshakes: Arc<Semaphore>,
     exchanges: Semaphore,
     /// TLS handshakes completed since start.
@@ -146,6 +144,16 @@ impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What the server keeps per agent (a few dozen bytes: a fleet of agents holds
+/// one each).
+#[derive(Default)]
+struct AgentSlot {
+    /// Woken when commands are queued for the agent: its held polls look.
+    commands: Notify,
+    /// Woken when the agent's credentials are revoked: its connections close.
+    revoked: Notify,
 }
 
 /// The agent a connection's client certificate names.
@@ -252,12 +260,10 @@ fn ok<M: Message>(message: &M) -> Response<Full<Bytes>> {
 }
 
 /// Reads a body of at most `M::MAX_LEN` bytes and decodes it strictly.
-async fn body<M: Message>(req: Request<Incoming>) -> std::result::Result<M, Refusal> {
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+async fn body<M: Message>(
+    body: Incoming,
+    declared: Option<usize>,
+) -> std::result::Result<M, Refusal> {
     if let Some(len) = declared
         && len > M::MAX_LEN
     {
@@ -267,7 +273,7 @@ async fn body<M: Message>(req: Request<Incoming>) -> std::result::Result<M, Refu
             max: M::MAX_LEN,
         }));
     }
-    let bytes = Limited::new(req.into_body(), M::MAX_LEN)
+    let bytes = Limited::new(body, M::MAX_LEN)
         .collect()
         .await
         .map_err(|e| {
@@ -289,6 +295,49 @@ async fn body<M: Message>(req: Request<Incoming>) -> std::result::Result<M, Refu
         })?
         .to_bytes();
     v1::decode::<M>(&bytes).map_err(Refusal::decode)
+}
+
+/// What a request asks for, read from its head (which is then dropped: the
+/// future serving the request keeps only the body).
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Bootstrap,
+    Poll,
+    Result,
+    Renew,
+    /// Not a POST.
+    WrongMethod,
+    Unknown,
+}
+
+/// A request's route and declared body length.
+struct Head {
+    route: Route,
+    path: &'static str,
+    declared: Option<usize>,
+}
+
+impl Head {
+    fn of(req: &Request<Incoming>) -> Self {
+        let (route, path) = match req.uri().path() {
+            _ if req.method() != Method::POST => (Route::WrongMethod, "(not POST)"),
+            "/v1/bootstrap" => (Route::Bootstrap, "/v1/bootstrap"),
+            "/v1/poll" => (Route::Poll, "/v1/poll"),
+            "/v1/result" => (Route::Result, "/v1/result"),
+            "/v1/renew" => (Route::Renew, "/v1/renew"),
+            _ => (Route::Unknown, "(unknown)"),
+        };
+        let declared = req
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        Self {
+            route,
+            path,
+            declared,
+        }
+    }
 }
 
 /// The agent a client certificate names: the workspace of its URI SAN and its
@@ -376,9 +425,8 @@ impl AgentServer {
                 ca,
                 clock,
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
-                waiters: Mutex::default(),
+                agents: Mutex::default(),
                 failures: Mutex::default(),
-                closers: Mutex::default(),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
                 exchanges: Semaphore::new(config.max_exchanges),
                 handshakes_done: AtomicU64::new(0),
@@ -442,65 +490,93 @@ impl Shared {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY refused");
         }
-        let tls =
-            match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(peer = %addr, "TLS handshake timed out");
+        // The handshake's state is large and short-lived: boxed, and the stream
+        // it yields goes out of scope once boxed into the connection, so the
+        // task that serves the connection (for as long as the agent stays) is
+        // sized for serving alone.
+        let (mut connection, slot) = {
+            let Some(tls) = Box::pin(self.handshake(tcp, addr)).await else {
+                return;
+            };
+            drop(handshake);
+            let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
+                Ok(peer) => peer,
+                Err(reason) => {
+                    tracing::info!(peer = %addr, %reason, "client certificate refused");
                     return;
                 }
             };
-        drop(handshake);
+            // An agent's connections close when its credentials are revoked.
+            let slot = peer.as_ref().map(|p| self.slot(&p.workspace));
+            let shared = self.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                // Routed here: the future hyper keeps (for the connection's
+                // whole life, in an allocation of its size) holds the body,
+                // not the head.
+                let head = Head::of(&req);
+                shared
+                    .clone()
+                    .handle(peer.clone(), addr.ip(), head, req.into_body())
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service);
+            (Box::pin(connection), slot)
+        };
         self.handshakes_done.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGuard(&self.open);
-        let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
-            Ok(peer) => peer,
-            Err(reason) => {
-                tracing::info!(peer = %addr, %reason, "client certificate refused");
-                return;
-            }
-        };
-        // An agent's connections close when its credentials are revoked.
-        let mut closed = peer.as_ref().map(|p| self.closer(&p.workspace).subscribe());
-        let shared = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let (shared, peer) = (shared.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(shared.handle(peer, addr.ip(), req).await) }
-        });
-        let connection =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(connection);
-        let ended = match closed.as_mut() {
-            Some(closed) => tokio::select! {
-                ended = &mut connection => ended,
-                _ = closed.changed() => {
-                    tracing::info!(peer = %addr, "closing a revoked agent's connection");
-                    return;
+        let ended = match &slot {
+            Some(slot) => {
+                let revoked = slot.revoked.notified();
+                tokio::pin!(revoked);
+                // Registered before serving: a revocation from now on closes it.
+                revoked.as_mut().enable();
+                tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = revoked => {
+                        tracing::info!(peer = %addr, "closing a revoked agent's connection");
+                        return;
+                    }
                 }
-            },
-            None => connection.await,
+            }
+            None => connection.as_mut().await,
         };
         if let Err(e) = ended {
             tracing::debug!(peer = %addr, error = %e, "connection ended");
         }
     }
 
-    fn closer(&self, workspace: &WorkspaceId) -> watch::Sender<u64> {
-        crate::lock_or_recover(&self.closers)
+    /// The TLS handshake, within its timeout.
+    async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+                None
+            }
+            Err(_) => {
+                tracing::info!(peer = %addr, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// The slot of `workspace`'s agent, made if needed.
+    fn slot(&self, workspace: &WorkspaceId) -> Arc<AgentSlot> {
+        crate::lock_or_recover(&self.agents)
             .entry(workspace.clone())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_default()
             .clone()
     }
 
     /// Closes every open connection of `workspace`'s agent.
     fn close_connections(&self, workspace: &WorkspaceId) {
-        if let Some(closer) = crate::lock_or_recover(&self.closers).get(workspace) {
-            closer.send_modify(|generation| *generation += 1);
+        if let Some(slot) = crate::lock_or_recover(&self.agents).get(workspace) {
+            slot.revoked.notify_waiters();
         }
     }
 
@@ -520,54 +596,43 @@ impl Shared {
     }
 
     async fn handle(
-        &self,
+        self: Arc<Self>,
         peer: Option<Peer>,
         remote: IpAddr,
-        req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
-        let path = req.uri().path().to_owned();
-        let outcome = if req.method() != Method::POST {
-            Err(Refusal::new(
+        head: Head,
+        req: Incoming,
+    ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+        let declared = head.declared;
+        // Each endpoint's work is boxed: a held poll keeps only its own state.
+        let outcome = match head.route {
+            Route::WrongMethod => Err(Refusal::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 ErrorCode::BadRequest,
                 "only POST",
-            ))
-        } else {
-            match path.as_str() {
-                // Bootstrap and renewal are boxed: the future of a request
-                // (which a held poll keeps for its whole wait) is then only as
-                // large as a poll's.
-                "/v1/bootstrap" => match body::<BootstrapRequest>(req).await {
-                    Ok(m) => Box::pin(self.bootstrap(m, remote)).await,
-                    Err(r) => Err(r),
-                },
-                "/v1/poll" => match (peer.as_ref(), body::<PollRequest>(req).await) {
-                    (None, _) => Err(Refusal::unauthenticated()),
-                    (_, Err(r)) => Err(r),
-                    (Some(p), Ok(m)) => self.poll(p, m).await,
-                },
-                "/v1/result" => match (peer.as_ref(), body::<ResultRequest>(req).await) {
-                    (None, _) => Err(Refusal::unauthenticated()),
-                    (_, Err(r)) => Err(r),
-                    (Some(p), Ok(m)) => self.result(p, m).await,
-                },
-                "/v1/renew" => match (peer.as_ref(), body::<RenewalRequest>(req).await) {
-                    (None, _) => Err(Refusal::unauthenticated()),
-                    (_, Err(r)) => Err(r),
-                    (Some(p), Ok(m)) => Box::pin(self.renew(p, m)).await,
-                },
-                _ => Err(Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    ErrorCode::BadRequest,
-                    "no such endpoint",
-                )),
+            )),
+            Route::Unknown => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::BadRequest,
+                "no such endpoint",
+            )),
+            Route::Bootstrap => {
+                Box::pin(async { self.bootstrap(body(req, declared).await?, remote).await }).await
+            }
+            Route::Poll => {
+                Box::pin(self.authenticated(peer.as_ref(), req, declared, Self::poll)).await
+            }
+            Route::Result => {
+                Box::pin(self.authenticated(peer.as_ref(), req, declared, Self::result)).await
+            }
+            Route::Renew => {
+                Box::pin(self.authenticated(peer.as_ref(), req, declared, Self::renew)).await
             }
         };
-        match outcome {
+        Ok(match outcome {
             Ok(response) => response,
             Err(refusal) => {
                 tracing::info!(
-                    path,
+                    path = head.path,
                     %remote,
                     workspace = peer.as_ref().map(|p| p.workspace.to_string()),
                     code = ?refusal.code,
@@ -576,6 +641,29 @@ impl Shared {
                 );
                 refusal.response()
             }
+        })
+    }
+
+    /// Reads an `M` for an endpoint that needs a client certificate, then
+    /// `serve`s it for the certificate's agent.
+    async fn authenticated<'a, M, F, Fut>(
+        &'a self,
+        peer: Option<&'a Peer>,
+        req: Incoming,
+        declared: Option<usize>,
+        serve: F,
+    ) -> std::result::Result<Response<Full<Bytes>>, Refusal>
+    where
+        M: Message,
+        F: FnOnce(&'a Self, &'a Peer, M) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Response<Full<Bytes>>, Refusal>>,
+    {
+        // The body is read even for a refusal, so the connection stays usable.
+        let m = body::<M>(req, declared).await;
+        match (peer, m) {
+            (None, _) => Err(Refusal::unauthenticated()),
+            (_, Err(r)) => Err(r),
+            (Some(p), Ok(m)) => serve(self, p, m).await,
         }
     }
 
@@ -708,13 +796,6 @@ impl Shared {
         }))
     }
 
-    fn waiter(&self, workspace: &WorkspaceId) -> Arc<Notify> {
-        crate::lock_or_recover(&self.waiters)
-            .entry(workspace.clone())
-            .or_default()
-            .clone()
-    }
-
     async fn poll(
         &self,
         peer: &Peer,
@@ -722,15 +803,14 @@ impl Shared {
     ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
         let wait = Duration::from_secs(u64::from(m.wait_secs)).min(self.config.max_poll_wait);
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = self.waiter(&peer.workspace);
+        let slot = self.slot(&peer.workspace);
         loop {
             // Registered before looking, so a command queued in between wakes us.
-            let notified = notify.notified();
+            let notified = slot.commands.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut commands = self
-                .gateway
-                .poll(&peer.serial)
+            // Boxed: its state lives only while it runs, not while the poll waits.
+            let mut commands = Box::pin(self.gateway.poll(&peer.serial))
                 .await
                 .map_err(Refusal::gateway)?;
             // What the agent says it finished is not delivered again, even
@@ -770,17 +850,26 @@ impl Shared {
 #[async_trait]
 impl AgentTransport for AgentServer {
     async fn notify(&self, workspace: &WorkspaceId) -> Result<()> {
-        self.shared.waiter(workspace).notify_waiters();
+        let slot = crate::lock_or_recover(&self.shared.agents)
+            .get(workspace)
+            .cloned();
+        if let Some(slot) = slot {
+            slot.commands.notify_waiters();
+        }
         Ok(())
     }
 
     async fn disconnect(&self, workspace: &WorkspaceId, reason: &str) -> Result<()> {
         tracing::info!(%workspace, reason, "agent disconnected");
         self.shared.gateway.forget(workspace);
-        self.shared.close_connections(workspace);
-        // Waiting polls on connections not yet closed wake, find the credential
+        // The agent is gone: its slot goes; its connections close, and polls
+        // waiting on connections not yet closed wake, find the credential
         // revoked, and are refused.
-        self.shared.waiter(workspace).notify_waiters();
+        let slot = crate::lock_or_recover(&self.shared.agents).remove(workspace);
+        if let Some(slot) = slot {
+            slot.revoked.notify_waiters();
+            slot.commands.notify_waiters();
+        }
         Ok(())
     }
 
