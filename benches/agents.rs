@@ -52,8 +52,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// Bootstraps in flight per generator.
 const CONCURRENCY: usize = 16;
-/// Latency rounds (one command to one random agent each).
-const ROUNDS: usize = 200;
+/// Deliveries measured per endpoint fleet (one command to one random agent
+/// each).
+const LATENCY_ROUNDS: usize = 200;
 /// How long the held polls are held.
 const HOLD_SECS: u32 = 30;
 
@@ -599,10 +600,15 @@ impl Role {
 
     /// Resident memory (KiB).
     fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A figure of `/proc/<pid>/status`, in KiB.
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
@@ -689,7 +695,11 @@ struct Fleet {
     cpu_us_per_bootstrap: (f64, f64),
     polling: usize,
     rss_before_kib: u64,
-    /// After every agent bootstrapped, before their polls.
+    /// Agents of the warm-up wave, polling.
+    warm: usize,
+    /// After the warm-up wave.
+    rss_warm_kib: u64,
+    /// After every agent bootstrapped, before the second wave's polls.
     rss_bootstrapped_kib: u64,
     rss_after_kib: u64,
     fds: usize,
@@ -698,9 +708,21 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Growth since before the first agent, over every agent polling.
     fn kib_per_agent(&self) -> f64 {
         (self.rss_after_kib.saturating_sub(self.rss_before_kib)) as f64 / self.polling.max(1) as f64
     }
+
+    /// Growth from the warm-up wave's end, over the second wave's agents.
+    fn marginal_kib_per_agent(&self) -> f64 {
+        (self.rss_after_kib.saturating_sub(self.rss_warm_kib)) as f64
+            / self.polling.saturating_sub(self.warm).max(1) as f64
+    }
+}
+
+/// Agents in the warm-up wave (`COGRION_BENCH_WARMUP`, default 1,000).
+fn warmup() -> usize {
+    env_usize("COGRION_BENCH_WARMUP").unwrap_or(1000)
 }
 
 /// Runs a fleet of `agents` of `kind` over `generators` processes; measures
@@ -740,69 +762,94 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
         rss_before_kib: server.rss_kib(),
         ..Fleet::default()
     };
+    // Two waves: a warm-up wave pays the server's fixed costs (caches, pools,
+    // allocator arenas); the second wave's growth is the marginal memory per
+    // agent. The bootstrap rate is the second wave's, over every generator.
+    let warm = warmup().min(agents / 2);
     let mut roles = Vec::new();
-    let per = agents.div_ceil(generators);
-    for g in 0..generators {
-        let (from, to) = ((g * per).min(agents), ((g + 1) * per).min(agents));
-        let args = match kind {
-            Kind::Endpoint => vec![
-                "agents".into(),
-                d.clone(),
-                from.to_string(),
-                to.to_string(),
-                addrs[0][g % addrs[0].len()].clone(),
-            ],
-            Kind::Bare => vec![
-                "bare-agents".into(),
-                d.clone(),
-                (to - from).to_string(),
-                addrs[0][g % addrs[0].len()].clone(),
-                addrs[1][g % addrs[1].len()].clone(),
-            ],
-        };
-        roles.push(Role::start(g + 1, &args, &tx));
-    }
-    for _ in 0..generators {
-        inbox
-            .next("READY", Duration::from_secs(120))
-            .expect("a generator started");
-    }
-    let cpu = |server: &Role, roles: &[Role]| {
-        (
+    let wave = |from: usize, to: usize, generators: usize, roles: &mut Vec<Role>| {
+        let first = roles.len();
+        let per = (to - from).div_ceil(generators);
+        for g in 0..generators {
+            let (a, b) = ((from + g * per).min(to), (from + (g + 1) * per).min(to));
+            let args = match kind {
+                Kind::Endpoint => vec![
+                    "agents".into(),
+                    d.clone(),
+                    a.to_string(),
+                    b.to_string(),
+                    addrs[0][g % addrs[0].len()].clone(),
+                ],
+                Kind::Bare => vec![
+                    "bare-agents".into(),
+                    d.clone(),
+                    (b - a).to_string(),
+                    addrs[0][g % addrs[0].len()].clone(),
+                    addrs[1][g % addrs[1].len()].clone(),
+                ],
+            };
+            roles.push(Role::start(first + g + 1, &args, &tx));
+        }
+        for _ in 0..generators {
+            inbox
+                .next("READY", Duration::from_secs(120))
+                .expect("a generator started");
+        }
+        let cpu_before = (
             server.cpu_secs(),
-            roles.iter().map(Role::cpu_secs).sum::<f64>(),
+            roles[first..].iter().map(Role::cpu_secs).sum::<f64>(),
+        );
+        for role in &mut roles[first..] {
+            role.order("GO");
+        }
+        let (mut bootstrapped, mut first_start, mut last_end) = (0usize, u128::MAX, 0u128);
+        for _ in 0..generators {
+            let (_, words) = inbox
+                .next("BOOTSTRAPPED", Duration::from_secs(600))
+                .expect("every generator bootstrapped its agents");
+            bootstrapped += words[1].parse::<usize>().unwrap();
+            first_start = first_start.min(words[2].parse().unwrap());
+            last_end = last_end.max(words[3].parse().unwrap());
+        }
+        let cpu_after = (
+            server.cpu_secs(),
+            roles[first..].iter().map(Role::cpu_secs).sum::<f64>(),
+        );
+        let rate = bootstrapped as f64 / ((last_end - first_start) as f64 / 1e9);
+        let cpu_us = (
+            (cpu_after.0 - cpu_before.0) * 1e6 / bootstrapped as f64,
+            (cpu_after.1 - cpu_before.1) * 1e6 / bootstrapped as f64,
+        );
+        let rss_bootstrapped = server.rss_kib();
+        let mut polling = 0;
+        for _ in 0..generators {
+            match inbox.next("POLLING", Duration::from_secs(180)) {
+                Some((_, words)) => polling += words[1].parse::<usize>().unwrap(),
+                None => break,
+            }
+        }
+        // Every held poll registered, the handshakes' garbage settled.
+        std::thread::sleep(Duration::from_secs(3));
+        (
+            bootstrapped,
+            rate,
+            cpu_us,
+            rss_bootstrapped,
+            polling,
+            server.rss_kib(),
         )
     };
-    let cpu_before = cpu(&server, &roles);
-    for role in &mut roles {
-        role.order("GO");
-    }
-    let (mut first_start, mut last_end) = (u128::MAX, 0u128);
-    for _ in 0..generators {
-        let (_, words) = inbox
-            .next("BOOTSTRAPPED", Duration::from_secs(600))
-            .expect("every generator bootstrapped its agents");
-        report.bootstrapped += words[1].parse::<usize>().unwrap();
-        first_start = first_start.min(words[2].parse().unwrap());
-        last_end = last_end.max(words[3].parse().unwrap());
-    }
-    report.bootstraps_per_sec =
-        report.bootstrapped as f64 / ((last_end - first_start) as f64 / 1e9);
-    let cpu_after = cpu(&server, &roles);
-    report.rss_bootstrapped_kib = server.rss_kib();
-    report.cpu_us_per_bootstrap = (
-        (cpu_after.0 - cpu_before.0) * 1e6 / report.bootstrapped as f64,
-        (cpu_after.1 - cpu_before.1) * 1e6 / report.bootstrapped as f64,
-    );
-    for _ in 0..generators {
-        match inbox.next("POLLING", Duration::from_secs(180)) {
-            Some((_, words)) => report.polling += words[1].parse::<usize>().unwrap(),
-            None => break,
-        }
-    }
-    // Every held poll registered, the handshakes' garbage settled.
-    std::thread::sleep(Duration::from_secs(3));
-    report.rss_after_kib = server.rss_kib();
+    let (_, _, _, _, warm_polling, rss_warm) = wave(0, warm, 1, &mut roles);
+    let (bootstrapped, rate, cpu_us, rss_bootstrapped, polling, rss_after) =
+        wave(warm, agents, generators, &mut roles);
+    report.warm = warm_polling;
+    report.rss_warm_kib = rss_warm;
+    report.bootstrapped = warm_polling + bootstrapped;
+    report.bootstraps_per_sec = rate;
+    report.cpu_us_per_bootstrap = cpu_us;
+    report.rss_bootstrapped_kib = rss_bootstrapped;
+    report.polling = warm_polling + polling;
+    report.rss_after_kib = rss_after;
     report.fds = server.fds();
     if kind == Kind::Endpoint {
         server.order("STATS");
@@ -842,6 +889,12 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
     drop(server);
     std::fs::remove_dir_all(&dir).ok();
     report
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -920,47 +973,67 @@ fn main() {
     let limit = file_limit();
     let hold = env_usize("COGRION_BENCH_HOLD").unwrap_or(limit.saturating_sub(100));
 
-    let endpoint = fleet(Kind::Endpoint, agents, generators, ROUNDS);
-    let bare = fleet(Kind::Bare, agents, generators, 0);
+    let rounds = env_usize("COGRION_BENCH_ROUNDS").unwrap_or(3).max(1);
+    let mut boot_ratios = Vec::new();
+    let mut memory_ratios = Vec::new();
+    let mut latencies = Vec::new();
+    let mut polling = 0;
+    for round in 1..=rounds {
+        // Alternating, on the same machine in the same run.
+        let endpoint = fleet(Kind::Endpoint, agents, generators, LATENCY_ROUNDS);
+        let bare = fleet(Kind::Bare, agents, generators, 0);
+        let boot = endpoint.bootstraps_per_sec / bare.bootstraps_per_sec;
+        let memory = endpoint.marginal_kib_per_agent() / bare.marginal_kib_per_agent();
+        boot_ratios.push(boot);
+        memory_ratios.push(memory);
+        latencies.extend_from_slice(&endpoint.latencies_ms);
+        polling = polling.max(endpoint.polling);
+        println!(
+            "REPORT agents round {round} bootstrap: endpoint {:.0} exchanges/s vs raw TLS handshake + CSR signing {:.0}/s \
+             (the second wave: {} agents over {generators} generator processes, {CONCURRENCY} at a time each; SQLite default mode) -> ratio {boot:.3}; \
+             CPU per exchange: endpoint server {:.0} µs + generators {:.0} µs, raw server {:.0} µs + generators {:.0} µs",
+            endpoint.bootstraps_per_sec,
+            bare.bootstraps_per_sec,
+            endpoint.agents - endpoint.warm,
+            endpoint.cpu_us_per_bootstrap.0,
+            endpoint.cpu_us_per_bootstrap.1,
+            bare.cpu_us_per_bootstrap.0,
+            bare.cpu_us_per_bootstrap.1,
+        );
+        println!(
+            "REPORT agents round {round} memory: per agent of the second wave (after a warm-up wave of {}): endpoint {:.1} KiB vs bare hyper + rustls {:.1} KiB -> ratio {memory:.3}",
+            endpoint.warm,
+            endpoint.marginal_kib_per_agent(),
+            bare.marginal_kib_per_agent(),
+        );
+        for (name, fleet) in [("endpoint", &endpoint), ("bare", &bare)] {
+            println!(
+                "REPORT agents round {round} memory {name}: {} of {} polling; RSS {} KiB before, {} after the warm-up wave, {} bootstrapped, {} polling; \
+                 {:.1} KiB per agent over everything; {} fds, {:?} open connections",
+                fleet.polling,
+                fleet.agents,
+                fleet.rss_before_kib,
+                fleet.rss_warm_kib,
+                fleet.rss_bootstrapped_kib,
+                fleet.rss_after_kib,
+                fleet.kib_per_agent(),
+                fleet.fds,
+                fleet.open_connections,
+            );
+        }
+    }
     println!(
-        "REPORT agents bootstrap: endpoint {:.0} exchanges/s vs raw TLS handshake + CSR signing {:.0}/s \
-         ({agents} agents over {generators} generator processes, {CONCURRENCY} at a time each; SQLite default mode) -> ratio {:.3}",
-        endpoint.bootstraps_per_sec,
-        bare.bootstraps_per_sec,
-        endpoint.bootstraps_per_sec / bare.bootstraps_per_sec
+        "REPORT agents bootstrap: median ratio {:.3} over {rounds} rounds {boot_ratios:.3?}",
+        median(&boot_ratios)
     );
     println!(
-        "REPORT agents bootstrap CPU per exchange: endpoint server {:.0} µs + generators {:.0} µs; raw server {:.0} µs + generators {:.0} µs",
-        endpoint.cpu_us_per_bootstrap.0,
-        endpoint.cpu_us_per_bootstrap.1,
-        bare.cpu_us_per_bootstrap.0,
-        bare.cpu_us_per_bootstrap.1,
+        "REPORT agents memory: median ratio {:.3} over {rounds} rounds {memory_ratios:.3?}",
+        median(&memory_ratios)
     );
-    println!(
-        "REPORT agents memory: endpoint {:.1} KiB per agent ({} of {} polling; RSS {} -> {} bootstrapped -> {} KiB polling, {} fds, {:?} open connections) \
-         vs bare hyper + rustls {:.1} KiB ({} polling; RSS {} -> {} -> {} KiB, {} fds) -> ratio {:.3}",
-        endpoint.kib_per_agent(),
-        endpoint.polling,
-        endpoint.agents,
-        endpoint.rss_before_kib,
-        endpoint.rss_bootstrapped_kib,
-        endpoint.rss_after_kib,
-        endpoint.fds,
-        endpoint.open_connections,
-        bare.kib_per_agent(),
-        bare.polling,
-        bare.rss_before_kib,
-        bare.rss_bootstrapped_kib,
-        bare.rss_after_kib,
-        bare.fds,
-        endpoint.kib_per_agent() / bare.kib_per_agent(),
-    );
-    let mut latencies = endpoint.latencies_ms.clone();
     latencies.sort_by(f64::total_cmp);
     if !latencies.is_empty() {
         println!(
-            "REPORT agents delivery: one command to one agent among {} holding long-polls: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} rounds)",
-            endpoint.polling,
+            "REPORT agents delivery: one command to one agent among {polling} holding long-polls: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} deliveries)",
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
             latencies[latencies.len() - 1],
@@ -971,13 +1044,13 @@ fn main() {
         let held = fleet(Kind::Endpoint, hold, generators, 0);
         println!(
             "REPORT agents per process: {} of {hold} agents bootstrapped and polling on one control-plane process \
-             ({} fds open, {:?} open connections; file limit {limit}) -> {:.3} of the limit; bootstrap {:.0}/s, {:.1} KiB per agent",
+             ({} fds open, {:?} open connections; file limit {limit}) -> {:.3} of the limit; bootstrap {:.0}/s, {:.1} KiB per agent of the second wave",
             held.polling,
             held.fds,
             held.open_connections,
             held.polling as f64 / limit as f64,
             held.bootstraps_per_sec,
-            held.kib_per_agent(),
+            held.marginal_kib_per_agent(),
         );
     }
 }

@@ -138,8 +138,9 @@ impl AgentClient {
             agent_version: AgentVersion::new(agent_version)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?,
         };
-        let response: BootstrapResponse =
-            self.exchange("/v1/bootstrap", v1::encode(&request)).await?;
+        let response: BootstrapResponse = self
+            .exchange("/v1/bootstrap", v1::encode(&request), true)
+            .await?;
         self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
         Ok(response)
     }
@@ -153,7 +154,9 @@ impl AgentClient {
             version: PROTOCOL_VERSION,
             csr_pem: csr,
         };
-        let response: RenewalResponse = self.exchange("/v1/renew", v1::encode(&request)).await?;
+        let response: RenewalResponse = self
+            .exchange("/v1/renew", v1::encode(&request), true)
+            .await?;
         self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
         Ok(response)
     }
@@ -166,7 +169,7 @@ impl AgentClient {
     ) -> Result<PollResponse, ClientError> {
         let request = PollRequest::new(finished, wait_secs)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.exchange("/v1/poll", v1::encode(&request)).await
+        self.exchange("/v1/poll", v1::encode(&request), false).await
     }
 
     /// Posts one result; the acknowledgement means it is stored.
@@ -175,11 +178,19 @@ impl AgentClient {
             version: PROTOCOL_VERSION,
             result,
         };
-        self.exchange("/v1/result", v1::encode(&request)).await
+        self.exchange("/v1/result", v1::encode(&request), false)
+            .await
     }
 
-    async fn exchange<M: Message>(&self, path: &str, body: Vec<u8>) -> Result<M, ClientError> {
-        let (status, bytes) = self.send_raw(path, body).await?;
+    /// One request and its decoded answer. `last`: the identity changes with
+    /// the answer (bootstrap, renewal), so the connection closes after it.
+    async fn exchange<M: Message>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        last: bool,
+    ) -> Result<M, ClientError> {
+        let (status, bytes) = self.send(path, body, last).await?;
         if status == 200 {
             v1::decode::<M>(&bytes).map_err(|e: DecodeError| ClientError::Protocol(e.to_string()))
         } else {
@@ -198,9 +209,24 @@ impl AgentClient {
     /// connection the server closed in the meantime is replaced before the
     /// request is sent; a request is never sent twice.
     pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
-        let request = hyper::Request::post(path)
+        self.send(path, body, false).await
+    }
+
+    /// [`send_raw`](Self::send_raw); with `last`, the request asks the server
+    /// to close the connection after answering, and it is not kept.
+    async fn send(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        last: bool,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let mut request = hyper::Request::post(path)
             .header("host", self.server_name.to_str().as_ref())
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if last {
+            request = request.header("connection", "close");
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let generation = self.generation.load(Ordering::SeqCst);
@@ -231,7 +257,7 @@ impl AgentClient {
                 None => Err(ClientError::Connect(unsent.into_error().to_string())),
             },
         };
-        if answer.is_ok() && !sender.is_closed() {
+        if answer.is_ok() && !last && !sender.is_closed() {
             *kept = Some((generation, sender));
         }
         answer

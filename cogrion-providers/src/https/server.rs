@@ -499,8 +499,9 @@ impl Shared {
                 return;
             };
             drop(handshake);
+            // Shared by the connection's requests.
             let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
-                Ok(peer) => peer,
+                Ok(peer) => peer.map(Arc::new),
                 Err(reason) => {
                     tracing::info!(peer = %addr, %reason, "client certificate refused");
                     return;
@@ -597,7 +598,7 @@ impl Shared {
 
     async fn handle(
         self: Arc<Self>,
-        peer: Option<Peer>,
+        peer: Option<Arc<Peer>>,
         remote: IpAddr,
         head: Head,
         req: Incoming,
@@ -619,13 +620,13 @@ impl Shared {
                 Box::pin(async { self.bootstrap(body(req, declared).await?, remote).await }).await
             }
             Route::Poll => {
-                Box::pin(self.authenticated(peer.as_ref(), req, declared, Self::poll)).await
+                Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::poll)).await
             }
             Route::Result => {
-                Box::pin(self.authenticated(peer.as_ref(), req, declared, Self::result)).await
+                Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::result)).await
             }
             Route::Renew => {
-                Box::pin(self.authenticated(peer.as_ref(), req, declared, Self::renew)).await
+                Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::renew)).await
             }
         };
         Ok(match outcome {
