@@ -1,7 +1,8 @@
 //! The lifecycle engine with the real agent path: the engine's transport is the
 //! HTTPS endpoint, its installer hands the one-time token to a real agent
 //! runtime, and provisioning reaches `Active` only through that agent's mTLS
-//! bootstrap and first authenticated poll; destroying revokes its certificate.
+//! bootstrap and first authenticated poll; destroying revokes its certificate;
+//! an agent away past its certificate comes back through a fresh token.
 //!
 //! The cloud is the simulated one (no real cloud exists here); TLS, the CA, the
 //! endpoint, the agent runtime and the engine are real.
@@ -16,8 +17,8 @@ use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey}
 use cogrion_core::sim::SimulatedCloud;
 use cogrion_core::{
     Actor, AgentGateway, AgentInstall, AgentInstaller, Clock, CloudKind, ClusterAccess,
-    CredentialStore, Driver, DriverConfig, Engine, EngineConfig, InMemoryStore, LateSink, Progress,
-    SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
+    CredentialStore, Driver, DriverConfig, Engine, EngineConfig, GatewayConfig, InMemoryStore,
+    LateSink, Progress, RecordStore, SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
 };
 use cogrion_providers::https::{AgentServer, AgentServerConfig};
 
@@ -75,88 +76,144 @@ impl AgentInstaller for Installer {
     }
 }
 
+impl Installer {
+    /// Stops the agent without uninstalling it: it is away (a cluster down, a
+    /// network cut).
+    fn take_away(&self, workspace: &WorkspaceId) {
+        if let Some(stop) = self.running.lock().unwrap().remove(workspace) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The control plane (store, CA, HTTPS endpoint, engine, driver) and the
+/// installer of real agent runtimes; certificates live `validity`.
+struct Rig {
+    store: Arc<InMemoryStore>,
+    engine: Engine,
+    installer: Arc<Installer>,
+    driver: Option<cogrion_core::DriverHandle>,
+    dir: std::path::PathBuf,
+}
+
+impl Rig {
+    async fn start(validity: Duration, driver: DriverConfig) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = Arc::new(InMemoryStore::new());
+        let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let ca = Arc::new(
+            CertificateAuthority::create(
+                Arc::new(key),
+                "test CA",
+                clock.now(),
+                CaConfig::default().with_validity(validity),
+            )
+            .unwrap(),
+        );
+        let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
+        let sink = Arc::new(LateSink::new());
+        let mut gateway_config = GatewayConfig::default();
+        gateway_config.credential_ttl = validity;
+        let gateway = AgentGateway::new(store.clone(), clock.clone(), sink.clone(), gateway_config);
+        let server = AgentServer::new(
+            gateway,
+            ca.clone(),
+            clock.clone(),
+            &server_cert,
+            AgentServerConfig::default(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = server.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+
+        let dir =
+            std::env::temp_dir().join(format!("cogrion-engine-agent-{}", rand::random::<u64>()));
+        let installer = Arc::new(Installer {
+            dir: dir.clone(),
+            addr,
+            ca_pem: ca.certificate_pem().to_owned(),
+            running: Mutex::default(),
+        });
+        let engine = Engine::builder(store.clone())
+            .clock(clock.clone())
+            .cloud(
+                CloudKind::Simulated,
+                Arc::new(SimulatedCloud::builder().clock(clock.clone()).build()),
+            )
+            .agent_installer(installer.clone())
+            .transport(Arc::new(server.clone()))
+            .config(EngineConfig::new("cp-0".parse().unwrap()))
+            .build()
+            .unwrap();
+        assert!(sink.set(Arc::new(engine.clone())));
+        let driver = Some(Driver::spawn(engine.clone(), driver));
+        Self {
+            store,
+            engine,
+            installer,
+            driver,
+            dir,
+        }
+    }
+
+    async fn create(&self, name: &str) -> WorkspaceId {
+        let ws: WorkspaceId = name.parse().unwrap();
+        let spec = WorkspaceSpec::from_json(
+            r#"{"tenant":"acme","cloud":{"provider":"simulated"},"region":"local-1","kubernetes_version":"1.34",
+                "network":{"cidr":"10.42.0.0/16"},
+                "node_pools":[{"name":"general","instance_type":"sim-small","size":{"min":1,"desired":2,"max":3}}]}"#,
+        )
+        .unwrap();
+        self.engine.create(ws.clone(), spec, api()).await.unwrap();
+        ws
+    }
+
+    /// Waits (up to 30 s) for `ws` to be in `target`.
+    async fn wait(&self, ws: &WorkspaceId, target: WorkspaceState) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let record = self.engine.workspace(ws).await.unwrap();
+            if record.state == target {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let history = self.engine.history(ws).await.unwrap();
+                let credentials = self.store.list_credentials(ws).await.unwrap();
+                panic!(
+                    "stuck in {:?}; history {history:#?}; credentials {credentials:#?}; operations {:#?}",
+                    record.state, record.operations
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(driver) = self.driver.take() {
+            driver.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn api() -> Actor {
+    Actor::Api {
+        principal: "test".into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_reaches_active_through_a_real_agent_over_mutual_tls() {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Arc::new(InMemoryStore::new());
-    let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let ca = Arc::new(
-        CertificateAuthority::create(Arc::new(key), "test CA", clock.now(), CaConfig::default())
-            .unwrap(),
-    );
-    let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
-    let sink = Arc::new(LateSink::new());
-    let gateway = AgentGateway::new(
-        store.clone(),
-        clock.clone(),
-        sink.clone(),
-        Default::default(),
-    );
-    let server = AgentServer::new(
-        gateway,
-        ca.clone(),
-        clock.clone(),
-        &server_cert,
-        AgentServerConfig::default(),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serving = server.clone();
-    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
-
-    let dir = std::env::temp_dir().join(format!("cogrion-engine-agent-{}", rand::random::<u64>()));
-    let installer = Arc::new(Installer {
-        dir: dir.clone(),
-        addr,
-        ca_pem: ca.certificate_pem().to_owned(),
-        running: Mutex::default(),
-    });
-    let engine = Engine::builder(store.clone())
-        .clock(clock.clone())
-        .cloud(
-            CloudKind::Simulated,
-            Arc::new(SimulatedCloud::builder().clock(clock.clone()).build()),
-        )
-        .agent_installer(installer.clone())
-        .transport(Arc::new(server.clone()))
-        .config(EngineConfig::new("cp-0".parse().unwrap()))
-        .build()
-        .unwrap();
-    assert!(sink.set(Arc::new(engine.clone())));
-    let driver = Driver::spawn(
-        engine.clone(),
+    let rig = Rig::start(
+        Duration::from_secs(24 * 3600),
         DriverConfig::default().with_sweep_interval(Duration::from_millis(200)),
-    );
-
-    let ws: WorkspaceId = "acme-prod".parse().unwrap();
-    let spec = WorkspaceSpec::from_json(
-        r#"{"tenant":"acme","cloud":{"provider":"simulated"},"region":"local-1","kubernetes_version":"1.34",
-            "network":{"cidr":"10.42.0.0/16"},
-            "node_pools":[{"name":"general","instance_type":"sim-small","size":{"min":1,"desired":2,"max":3}}]}"#,
     )
-    .unwrap();
-    let api = Actor::Api {
-        principal: "test".into(),
-    };
-    engine.create(ws.clone(), spec, api.clone()).await.unwrap();
-    let wait = |target: WorkspaceState| {
-        let engine = engine.clone();
-        let ws = ws.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let record = engine.workspace(&ws).await.unwrap();
-                if record.state == target {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "stuck in {:?}", record.state);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    wait(WorkspaceState::Active).await;
-    let credentials = store.list_credentials(&ws).await.unwrap();
+    .await;
+    let ws = rig.create("acme-prod").await;
+    rig.wait(&ws, WorkspaceState::Active).await;
+    let credentials = rig.store.list_credentials(&ws).await.unwrap();
     assert_eq!(
         credentials.len(),
         1,
@@ -167,17 +224,83 @@ async fn provisioning_reaches_active_through_a_real_agent_over_mutual_tls() {
         "Active came from its first authenticated poll"
     );
 
-    engine.destroy(&ws, api).await.unwrap();
-    wait(WorkspaceState::Destroyed).await;
-    let credentials = store.list_credentials(&ws).await.unwrap();
+    rig.engine.destroy(&ws, api()).await.unwrap();
+    rig.wait(&ws, WorkspaceState::Destroyed).await;
+    let credentials = rig.store.list_credentials(&ws).await.unwrap();
     assert!(
         credentials.iter().all(|c| c.revoked.is_some()),
         "destroy revokes the agent's certificate"
     );
     assert!(
-        installer.running.lock().unwrap().is_empty(),
+        rig.installer.running.lock().unwrap().is_empty(),
         "and uninstalls the agent"
     );
-    driver.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    // Only an Active workspace's agent is re-bootstrapped: refused, nothing changes.
+    let before = rig.store.get_workspace(&ws).await.unwrap();
+    assert!(matches!(
+        rig.engine.rebootstrap_agent(&ws, api()).await,
+        Err(cogrion_core::Error::WrongState(_))
+    ));
+    assert_eq!(
+        rig.store.get_workspace(&ws).await.unwrap().revision,
+        before.revision
+    );
+    rig.stop().await;
+}
+
+/// An agent away longer than its certificate lives cannot renew it: the
+/// driver's check finds the workspace's certificates all expired and
+/// re-bootstraps the agent — a fresh token, handed over by re-installing — and
+/// the agent, back, exchanges it and polls: `Active` again, the old
+/// certificates revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_away_past_its_certificate_comes_back_through_a_fresh_token() {
+    let validity = Duration::from_secs(4);
+    let rig = Rig::start(
+        validity,
+        DriverConfig::default()
+            .with_sweep_interval(Duration::from_millis(200))
+            .with_agent_expiry_check(Some(Duration::from_millis(300))),
+    )
+    .await;
+    let ws = rig.create("acme-away").await;
+    rig.wait(&ws, WorkspaceState::Active).await;
+    let first = rig.store.list_credentials(&ws).await.unwrap();
+
+    rig.installer.take_away(&ws);
+    // Away past every certificate it holds; the driver's check notices, and
+    // the re-bootstrap brings it back.
+    tokio::time::sleep(validity + Duration::from_secs(2)).await;
+    rig.wait(&ws, WorkspaceState::Active).await;
+    let history = rig.engine.history(&ws).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| format!("{e:?}").contains("agent re-bootstrap requested")),
+        "the history says why: {history:?}"
+    );
+    let credentials = rig.store.list_credentials(&ws).await.unwrap();
+    let live: Vec<_> = credentials.iter().filter(|c| c.revoked.is_none()).collect();
+    assert_eq!(live.len(), 1, "one live certificate: {credentials:?}");
+    assert!(live[0].first_poll_at.is_some(), "it polled");
+    assert!(
+        first.iter().all(|old| old.serial != live[0].serial),
+        "a new identity, not the expired one"
+    );
+    assert!(
+        credentials
+            .iter()
+            .filter(|c| c.serial != live[0].serial)
+            .all(|c| c.revoked.is_some()),
+        "the earlier certificates are revoked"
+    );
+    // Nothing to do now: its certificate is good.
+    assert!(
+        rig.engine
+            .rebootstrap_expired_agents(api())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    rig.stop().await;
 }

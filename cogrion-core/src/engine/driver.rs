@@ -33,6 +33,11 @@ pub struct DriverConfig {
     /// one round, each workspace advanced once before any is advanced twice,
     /// instead of in batches sized for steady running (twice the concurrency).
     pub startup_claim: usize,
+    /// How often `Active` workspaces whose agent holds no good certificate any
+    /// more (it was away past its certificate's life) are re-bootstrapped
+    /// ([`Engine::rebootstrap_expired_agents`]; default 5 min; a read of every
+    /// `Active` workspace's credentials each time). `None`: never.
+    pub agent_expiry_check: Option<Duration>,
 }
 
 impl Default for DriverConfig {
@@ -43,6 +48,7 @@ impl Default for DriverConfig {
             error_backoff: Duration::from_secs(1),
             agent_recheck: Duration::from_secs(5),
             startup_claim: 20_000,
+            agent_expiry_check: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -57,6 +63,13 @@ impl DriverConfig {
     /// With this sweep interval.
     pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
+        self
+    }
+
+    /// With this interval between checks for agents whose certificates all
+    /// expired (`None`: no checks).
+    pub fn with_agent_expiry_check(mut self, interval: Option<Duration>) -> Self {
+        self.agent_expiry_check = interval;
         self
     }
 }
@@ -329,6 +342,15 @@ impl Loop {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first_sweep = true;
+        let mut expiry_check = tokio::time::interval(
+            self.config
+                .agent_expiry_check
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        expiry_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick comes at once: the first check waits one interval.
+        expiry_check.tick().await;
+        let mut checking: Option<tokio::task::JoinHandle<()>> = None;
         self.startup_left = self.config.startup_claim;
         loop {
             self.fire_timers();
@@ -375,8 +397,28 @@ impl Loop {
                     }
                     first_sweep = false;
                 }
+                _ = expiry_check.tick(), if self.config.agent_expiry_check.is_some() => {
+                    // In a task of its own (it reads every Active workspace),
+                    // one at a time.
+                    if checking.as_ref().is_none_or(|c| c.is_finished()) {
+                        let engine = self.engine.clone();
+                        checking = Some(tokio::spawn(async move {
+                            let actor = crate::store::Actor::Engine { holder: engine.config().holder.clone() };
+                            match engine.rebootstrap_expired_agents(actor).await {
+                                Ok(started) if !started.is_empty() => {
+                                    tracing::info!(workspaces = started.len(), "re-bootstrapping agents whose certificates expired");
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "checking for expired agents failed"),
+                            }
+                        }));
+                    }
+                }
                 _ = timer, if next_timer.is_some() => {}
             }
+        }
+        if let Some(check) = checking {
+            check.abort();
         }
         // Graceful: running steps finish and persist; nothing new starts.
         while let Some(done) = self.tasks.join_next().await {

@@ -67,10 +67,10 @@ use crate::lock;
 use crate::provisioner::{CloudProvisioner, InfraLayer};
 use crate::spec::{CloudTarget, SpecErrors, SpecProblem, StackSpec, WorkspaceSpec};
 use crate::stack::StackEvent;
-use crate::state::{WorkspaceEvent, WorkspaceState, step};
+use crate::state::{StateName, WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, EventKind, EventRecord, EventSeq, Lease, OperationKind, OperationRecord, StepStatus,
-    WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    Actor, EventKind, EventRecord, EventSeq, Lease, ListQuery, OperationKind, OperationRecord,
+    StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
 };
 use crate::transport::{AgentEvent, AgentEventSink, AgentTransport};
 
@@ -458,6 +458,67 @@ impl Engine {
             Ok(())
         })
         .await
+    }
+
+    /// Gives the workspace's agent a new identity (only from `Active`, as an
+    /// update): a fresh one-time bootstrap token, the agent re-installed with it
+    /// (the [`AgentInstaller`](crate::AgentInstaller) writes the new token
+    /// where the agent reads it), and — once the agent exchanged it — its first
+    /// poll under the new certificate; then `Active` again. The exchange
+    /// revokes the earlier certificates.
+    ///
+    /// This is the way back for an agent whose certificate expired while it
+    /// was away (it cannot renew an expired certificate, and waits for a fresh
+    /// token): [`rebootstrap_expired_agents`](Self::rebootstrap_expired_agents)
+    /// finds those, and the [`Driver`](crate::Driver) calls it periodically. A
+    /// host also calls it after a suspected leak of an agent's key.
+    pub async fn rebootstrap_agent(
+        &self,
+        id: &WorkspaceId,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        self.mutate(id, &actor, |rec, j| {
+            let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, j.now)?;
+            j.transition(rec, t, "agent re-bootstrap requested");
+            j.plan(rec, OperationKind::Update, None, plan::rebootstrap());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts [`rebootstrap_agent`](Self::rebootstrap_agent) for every `Active`
+    /// workspace whose agent holds no certificate that is still good (all
+    /// expired or revoked); returns them. It reads every `Active` workspace's
+    /// credentials (a page of workspaces at a time, no write for the others).
+    pub async fn rebootstrap_expired_agents(&self, actor: Actor) -> Result<Vec<WorkspaceId>> {
+        let mut started = Vec::new();
+        let mut query = ListQuery::new().state(StateName::Active).limit(500);
+        loop {
+            let page = self.0.store.list_workspaces(&query).await?;
+            let Some(last) = page.last() else { break };
+            query.after = Some(last.value.id.clone());
+            let now = self.0.clock.now();
+            for ws in &page {
+                let id = &ws.value.id;
+                let credentials = self.0.store.list_credentials(id).await?;
+                let good = credentials
+                    .iter()
+                    .any(|c| c.revoked.is_none() && c.expires_at > now);
+                if good {
+                    continue;
+                }
+                match self.rebootstrap_agent(id, actor.clone()).await {
+                    Ok(_) => {
+                        tracing::info!(workspace = %id, "the agent's certificates all expired: re-bootstrapping it");
+                        started.push(id.clone());
+                    }
+                    // Another replica or a request moved it on meanwhile.
+                    Err(Error::WrongState(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(started)
     }
 
     /// Resumes the failed operation of a `Failed` workspace at its failed step

@@ -42,9 +42,10 @@ impl StepKind {
             {
                 Self::Layer(layer?)
             }
-            (OperationKind::Provision, ISSUE_TOKEN) => Self::IssueToken,
-            (OperationKind::Provision, INSTALL_AGENT) => Self::InstallAgent,
-            (OperationKind::Provision, AWAIT_AGENT) => Self::AwaitAgent,
+            // An update may re-bootstrap the agent (`Engine::rebootstrap_agent`).
+            (OperationKind::Provision | OperationKind::Update, ISSUE_TOKEN) => Self::IssueToken,
+            (OperationKind::Provision | OperationKind::Update, INSTALL_AGENT) => Self::InstallAgent,
+            (OperationKind::Provision | OperationKind::Update, AWAIT_AGENT) => Self::AwaitAgent,
             (OperationKind::Destroy, REVOKE_AGENT) => Self::RevokeAgent,
             (OperationKind::Destroy, UNINSTALL_AGENT) => Self::UninstallAgent,
             (OperationKind::Destroy, s) if s.starts_with(STACK_PREFIX) => {
@@ -74,6 +75,12 @@ pub(crate) fn provision() -> Vec<StepRecord> {
         .collect();
     names.extend([ISSUE_TOKEN, INSTALL_AGENT, AWAIT_AGENT].map(String::from));
     steps(names)
+}
+
+/// A new identity for the agent: a fresh one-time token, the agent
+/// re-installed with it, and its first poll under the new certificate.
+pub(crate) fn rebootstrap() -> Vec<StepRecord> {
+    steps([ISSUE_TOKEN, INSTALL_AGENT, AWAIT_AGENT].map(String::from))
 }
 
 /// The layers an update must touch to go from `from` to `to`.

@@ -113,11 +113,12 @@ impl Engine {
             j: journal,
             ..
         } = tx;
-        if !record
-            .operations
-            .iter()
-            .any(|o| o.kind == OperationKind::Provision)
-        {
+        // A token is kept only until the agent install that hands it over.
+        if !record.operations.iter().any(|o| {
+            o.steps
+                .iter()
+                .any(|s| s.name == plan::INSTALL_AGENT && !s.is_finished())
+        }) {
             lock(&self.0.tokens).remove(id);
         }
         record.wake_at = next_wake(&record, now);
