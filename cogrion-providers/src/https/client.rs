@@ -86,13 +86,28 @@ impl AgentClient {
 
     /// Uses this client certificate (PEM chain) and key (PKCS#8 PEM) from now on.
     pub fn set_identity(&self, chain_pem: &str, key_pem: &str) -> Result<(), ClientError> {
-        let chain = super::certificates(chain_pem).map_err(ClientError::Connect)?;
         let key = super::private_key(key_pem).map_err(ClientError::Connect)?;
+        self.use_identity(chain_pem, key, key_pem.to_owned())
+    }
+
+    /// Uses the certificate chain `chain_pem` with `key` (also as `key_pem`).
+    fn use_identity(
+        &self,
+        chain_pem: &str,
+        key: PrivateKeyDer<'static>,
+        key_pem: String,
+    ) -> Result<(), ClientError> {
+        let chain = super::certificates(chain_pem).map_err(ClientError::Connect)?;
         *crate::lock_or_recover(&self.config) = tls_config(&self.roots, Some((chain, key)))?;
-        *crate::lock_or_recover(&self.identity_pem) =
-            Some((chain_pem.to_owned(), key_pem.to_owned()));
+        *crate::lock_or_recover(&self.identity_pem) = Some((chain_pem.to_owned(), key_pem));
         self.forget_connection();
         Ok(())
+    }
+
+    /// Uses a certificate chain just issued for `key`, a key of this process.
+    fn use_new_identity(&self, chain_pem: &str, key: &rcgen::KeyPair) -> Result<(), ClientError> {
+        let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        self.use_identity(chain_pem, der, key.serialize_pem())
     }
 
     /// The client identity in use, as PEM (certificate chain, private key) —
@@ -141,7 +156,7 @@ impl AgentClient {
         let response: BootstrapResponse = self
             .exchange("/v1/bootstrap", v1::encode(&request), true)
             .await?;
-        self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
+        self.use_new_identity(&response.certificate_chain_pem, &key)?;
         Ok(response)
     }
 
@@ -157,7 +172,7 @@ impl AgentClient {
         let response: RenewalResponse = self
             .exchange("/v1/renew", v1::encode(&request), true)
             .await?;
-        self.set_identity(&response.certificate_chain_pem, &key.serialize_pem())?;
+        self.use_new_identity(&response.certificate_chain_pem, &key)?;
         Ok(response)
     }
 
@@ -322,9 +337,25 @@ fn tls_config(
         .map_err(|e| connect(&e))?
         .with_root_certificates(roots.clone());
     let mut config = match identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| connect(&e))?,
+        Some((chain, key)) => {
+            // ECDSA first (the agent makes P-256 keys), then any other type.
+            let signing = match rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&key) {
+                Ok(signing) => signing,
+                Err(_) => super::provider()
+                    .key_provider
+                    .load_private_key(key)
+                    .map_err(|e| connect(&e))?,
+            };
+            let certified = rustls::sign::CertifiedKey::new(chain, signing);
+            match certified.keys_match() {
+                Ok(())
+                | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+                Err(e) => return Err(connect(&e)),
+            }
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                certified,
+            )))
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -46,9 +46,13 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-/// The one crypto provider of the tree.
+/// The one crypto provider of the tree (made once: every TLS configuration,
+/// one per agent identity, shares it).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
 }
 
 /// Certificates from PEM.
