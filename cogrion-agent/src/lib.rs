@@ -23,8 +23,12 @@
 //! - **Re-bootstrap.** A certificate that expired while the agent was away, or
 //!   was revoked, is dropped; the agent then bootstraps again with the token in
 //!   its token file. The control plane writes a fresh token there (the mounted
-//!   secret) when it re-installs the agent; until then the agent waits, retrying
-//!   with backoff.
+//!   secret) when it re-installs the agent —
+//!   `Engine::rebootstrap_agent` does that for one workspace, and the engine's
+//!   driver runs `Engine::rebootstrap_expired_agents` every few minutes, which
+//!   does it for every `Active` workspace whose certificates all expired; until
+//!   then the agent waits, retrying with backoff. A spent or refused token is
+//!   not tried twice.
 //! - **Back-pressure.** Failures back off exponentially with full jitter;
 //!   `Retry-After` from an overloaded or rate-limiting control plane is obeyed.
 //!

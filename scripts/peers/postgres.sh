@@ -12,7 +12,10 @@
 set -euo pipefail
 
 PGDIR="${COGRION_PG_DIR:-/var/tmp/cogrion-postgres}"
-PGPORT="${COGRION_PG_PORT:-55432}"
+# Below the kernel's ephemeral range (32768-60999): a port in it can be held
+# by an outgoing connection (a load harness makes tens of thousands) when the
+# server starts.
+PGPORT="${COGRION_PG_PORT:-25432}"
 BIN=/usr/lib/postgresql/15/bin
 URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
