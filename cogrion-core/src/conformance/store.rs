@@ -1506,10 +1506,12 @@ async fn exchanges_at_once(store: &dyn WorkspaceStore) {
         attempts.push((0, cred(&workspaces[0], n)));
     }
     let first_storm = attempts.len();
-    attempts.push((1, cred(&workspaces[1], 1)));
+    // The taken serial comes after good ones, so a store that batches meets
+    // it inside a batch.
     for (i, ws) in workspaces.iter().enumerate().skip(20) {
         attempts.push((i, cred(ws, 2)));
     }
+    attempts.push((1, cred(&workspaces[1], 1)));
     let hashes: Vec<TokenHash> = attempts
         .iter()
         .map(|(i, _)| hash(3, &workspaces[*i]))

@@ -141,20 +141,26 @@ const READ_ONE: &str = "BEGIN IMMEDIATE;
             EXISTS (SELECT 1 FROM credentials WHERE workspace = ?1
                     AND json_extract(body, '$.revoked') IS NULL) AS live";
 
-/// `BEGIN` and the read of `n` exchanges (binds: index, workspace, hash each).
-fn read_many(n: usize) -> String {
-    let values = vec!["(?, ?, ?)"; n].join(", ");
-    format!(
-        "BEGIN IMMEDIATE;
-         WITH k(i, ws, hash) AS (VALUES {values})
-         SELECT k.i AS i,
-                (SELECT state FROM workspaces WHERE id = k.ws) AS state,
-                (SELECT body FROM tokens WHERE hash = k.hash) AS token,
-                EXISTS (SELECT 1 FROM credentials c WHERE c.workspace = k.ws
-                        AND json_extract(c.body, '$.revoked') IS NULL) AS live
-         FROM k"
-    )
-}
+/// `BEGIN` and the read of a batch: `?1` is a JSON array of
+/// `{"ws": …, "hash": …}`, one per exchange, in order. One statement text for
+/// every batch size, so it is prepared once per connection.
+const READ_BATCH: &str = "BEGIN IMMEDIATE;
+     SELECT CAST(j.key AS INTEGER) AS i,
+            (SELECT state FROM workspaces WHERE id = j.value ->> 'ws') AS state,
+            (SELECT body FROM tokens WHERE hash = j.value ->> 'hash') AS token,
+            EXISTS (SELECT 1 FROM credentials c WHERE c.workspace = j.value ->> 'ws'
+                    AND json_extract(c.body, '$.revoked') IS NULL) AS live
+     FROM json_each(?1) AS j";
+
+/// The writes of a batch's accepted exchanges and the commit: `?1` is a JSON
+/// array of `{"hash", "token", "serial", "ws", "credential"}` (the two bodies
+/// as JSON text). One statement text for every batch size.
+const WRITE_BATCH: &str = "UPDATE tokens SET consumed = 1, body = j.value ->> 'token'
+         FROM json_each(?1) AS j WHERE tokens.hash = j.value ->> 'hash';
+     INSERT INTO credentials (serial, workspace, body)
+         SELECT j.value ->> 'serial', j.value ->> 'ws', j.value ->> 'credential'
+         FROM json_each(?1) AS j;
+     COMMIT";
 
 /// The writes of one accepted exchange (binds: token body, hash, serial,
 /// workspace, credential body).
@@ -199,25 +205,15 @@ async fn together(
     conn: &mut SqliteConnection,
     batch: &[Pending],
 ) -> Result<Vec<Result<BootstrapTokenRecord>>> {
-    let rows = if batch.len() == 1 {
-        sqlx::query(READ_ONE)
-            .bind(batch[0].credential.workspace.as_str())
-            .bind(&batch[0].hash)
-            .fetch_all(&mut *conn)
-            .await
-    } else {
-        // Built from constant pieces only: every value is bound.
-        let sql = sqlx::AssertSqlSafe(read_many(batch.len()));
-        let mut query = sqlx::query(sql).persistent(false);
-        for (i, pending) in batch.iter().enumerate() {
-            query = query
-                .bind(i as i64)
-                .bind(pending.credential.workspace.as_str())
-                .bind(&pending.hash);
-        }
-        query.fetch_all(&mut *conn).await
-    }
-    .map_err(unavailable)?;
+    let keys: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|p| serde_json::json!({ "ws": p.credential.workspace.as_str(), "hash": p.hash }))
+        .collect();
+    let rows = sqlx::query(READ_BATCH)
+        .bind(serde_json::Value::Array(keys).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     let mut decided: Vec<Option<Result<(BootstrapTokenRecord, bool)>>> =
         (0..batch.len()).map(|_| None).collect();
     for row in &rows {
@@ -226,8 +222,7 @@ async fn together(
             *slot = Some(decide(&batch[i], row));
         }
     }
-    let mut writes = String::new();
-    let mut binds = Vec::new();
+    let mut writes = Vec::new();
     for (pending, decision) in batch.iter().zip(&decided) {
         let Some(Ok((token, live))) = decision else {
             continue;
@@ -236,20 +231,19 @@ async fn together(
         if *live {
             revoke_credentials(conn, ws, "re-bootstrapped", pending.now).await?;
         }
-        writes.push_str(WRITE_ONE);
-        binds.push(to_json(token)?);
-        binds.push(pending.hash.clone());
-        binds.push(pending.credential.serial.as_str().to_owned());
-        binds.push(ws.as_str().to_owned());
-        binds.push(to_json(&pending.credential)?);
+        writes.push(serde_json::json!({
+            "hash": pending.hash,
+            "token": to_json(token)?,
+            "serial": pending.credential.serial.as_str(),
+            "ws": ws.as_str(),
+            "credential": to_json(&pending.credential)?,
+        }));
     }
-    writes.push_str("COMMIT");
-    // Built from constant pieces only: every value is bound.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(writes)).persistent(binds.len() <= 5);
-    for bind in binds {
-        query = query.bind(bind);
-    }
-    query.execute(&mut *conn).await.map_err(unavailable)?;
+    sqlx::query(WRITE_BATCH)
+        .bind(serde_json::Value::Array(writes).to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     Ok(decided
         .into_iter()
         .map(|decision| match decision {
