@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cogrion_agent::{AgentConfig, AgentRuntime, Handlers};
-use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
 use cogrion_core::sim::SimulatedCloud;
 use cogrion_core::{
-    Actor, AgentGateway, AgentInstall, AgentInstaller, Clock, CloudKind, ClusterAccess,
-    CredentialStore, Driver, DriverConfig, Engine, EngineConfig, GatewayConfig, InMemoryStore,
-    LateSink, Progress, RecordStore, SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
+    Actor, AgentInstall, AgentInstaller, Clock, CloudKind, ClusterAccess, CredentialStore, Driver,
+    DriverConfig, Engine, EngineConfig, InMemoryStore, LateSink, Progress, RecordStore,
+    SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
 };
-use cogrion_providers::https::{AgentServer, AgentServerConfig};
+
+mod support;
 
 /// Installs an agent by writing its token where it reads it and starting its
 /// runtime (in a cluster: a Deployment and a Secret).
@@ -94,40 +94,20 @@ struct Rig {
     installer: Arc<Installer>,
     driver: Option<cogrion_core::DriverHandle>,
     dir: std::path::PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Rig {
     async fn start(validity: Duration, driver: DriverConfig) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(InMemoryStore::new());
-        let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let ca = Arc::new(
-            CertificateAuthority::create(
-                Arc::new(key),
-                "test CA",
-                clock.now(),
-                CaConfig::default().with_validity(validity),
-            )
-            .unwrap(),
-        );
-        let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
         let sink = Arc::new(LateSink::new());
-        let mut gateway_config = GatewayConfig::default();
-        gateway_config.credential_ttl = validity;
-        let gateway = AgentGateway::new(store.clone(), clock.clone(), sink.clone(), gateway_config);
-        let server = AgentServer::new(
-            gateway,
-            ca.clone(),
-            clock.clone(),
-            &server_cert,
-            AgentServerConfig::default(),
-        )
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serving = server.clone();
-        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
-
+        let support::Endpoint {
+            ca,
+            server,
+            addr,
+            stop,
+        } = support::endpoint(store.clone(), sink.clone(), validity).await;
         let dir =
             std::env::temp_dir().join(format!("cogrion-engine-agent-{}", rand::random::<u64>()));
         let installer = Arc::new(Installer {
@@ -155,6 +135,7 @@ impl Rig {
             installer,
             driver,
             dir,
+            _stop: stop,
         }
     }
 

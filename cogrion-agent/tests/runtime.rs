@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cogrion_agent::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion_agent::{AgentConfig, AgentRuntime, Handlers};
-use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
+use cogrion_core::ca::{CaConfig, CertificateAuthority};
 use cogrion_core::conformance::sample_workspace_spec;
 use cogrion_core::{
     AgentEvent, AgentEventSink, AgentGateway, AgentTransport, Clock, CommandQueue, CommandStatus,
@@ -22,6 +22,8 @@ use cogrion_core::{
     WorkspaceId, WorkspaceRecord, WorkspaceStore, WorkspaceWrite, issue_bootstrap_token,
 };
 use cogrion_providers::https::{AgentServer, AgentServerConfig};
+
+mod support;
 
 #[derive(Debug)]
 struct Ignore;
@@ -47,44 +49,12 @@ impl Plane {
     async fn start(lifetime: Duration) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(InMemoryStore::new());
-        let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let ca = Arc::new(
-            CertificateAuthority::create(
-                Arc::new(key),
-                "test CA",
-                clock.now(),
-                CaConfig::default().with_validity(lifetime),
-            )
-            .unwrap(),
-        );
-        let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
-        let mut gateway_config = GatewayConfig::default();
-        gateway_config.credential_ttl = lifetime;
-        let gateway = AgentGateway::new(
-            store.clone(),
-            clock.clone(),
-            Arc::new(Ignore),
-            gateway_config,
-        );
-        let server = AgentServer::new(
-            gateway,
-            ca.clone(),
-            clock.clone(),
-            &server_cert,
-            AgentServerConfig::default(),
-        )
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = server.clone();
-        tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let support::Endpoint {
+            ca,
+            server,
+            addr,
+            stop,
+        } = support::endpoint(store.clone(), Arc::new(Ignore), lifetime).await;
         let ws: WorkspaceId = "acme-prod".parse().unwrap();
         store
             .commit(WorkspaceWrite::create(

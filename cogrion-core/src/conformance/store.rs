@@ -1435,15 +1435,21 @@ async fn tokens(store: &dyn WorkspaceStore) {
 
     // Concurrent exchanges of one token: exactly one wins.
     let results = join_all((0..12).map(|_| store.consume(&t3.hash, &b, T0))).await;
+    one_winner(results.iter().collect(), "concurrent exchanges");
+}
+
+/// Exactly one of `results` (uses of one token) won; the others lost as reused.
+fn one_winner(results: Vec<&Result<BootstrapTokenRecord>>, what: &str) {
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
         1,
-        "concurrent exchanges: exactly one winner"
+        "{what}: exactly one winner: {results:?}"
     );
     assert!(
         results.iter().all(
             |r| r.is_ok() || matches!(r, Err(Error::TokenRefused(TokenRefusal::Reused { .. })))
-        )
+        ),
+        "{what}: the others lose as reused: {results:?}"
     );
 }
 
@@ -1534,18 +1540,7 @@ async fn exchanges_at_once(store: &dyn WorkspaceStore) {
             .map(|(_, r)| r)
             .collect()
     };
-    let replays = of(0);
-    assert_eq!(
-        replays.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "one winner among a token's replays: {replays:?}"
-    );
-    assert!(
-        replays.iter().all(
-            |r| r.is_ok() || matches!(r, Err(Error::TokenRefused(TokenRefusal::Reused { .. })))
-        ),
-        "the replays lose as reused: {replays:?}"
-    );
+    one_winner(of(0), "a token's replays in a storm");
     expect_err!(
         of(1)[0],
         Error::AlreadyExists(_),
