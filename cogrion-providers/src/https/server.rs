@@ -604,7 +604,7 @@ impl Shared {
         req: Incoming,
     ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
         let declared = head.declared;
-        // Each endpoint's work is boxed: a held poll keeps only its own state.
+        // The other endpoints' work is boxed, so the future is sized for a poll.
         let outcome = match head.route {
             Route::WrongMethod => Err(Refusal::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -619,8 +619,11 @@ impl Shared {
             Route::Bootstrap => {
                 Box::pin(async { self.bootstrap(body(req, declared).await?, remote).await }).await
             }
+            // Not boxed: a held poll is what a connection's future spends its
+            // life on, so the poll's state is the one it is sized for.
             Route::Poll => {
-                Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::poll)).await
+                self.authenticated(peer.as_deref(), req, declared, Self::poll)
+                    .await
             }
             Route::Result => {
                 Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::result)).await
@@ -810,19 +813,22 @@ impl Shared {
             let notified = slot.commands.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Boxed: its state lives only while it runs, not while the poll waits.
-            let mut commands = Box::pin(self.gateway.poll(&peer.serial))
-                .await
-                .map_err(Refusal::gateway)?;
-            // What the agent says it finished is not delivered again, even
-            // while its result is still on the way.
-            commands.retain(|c| !m.finished.contains(&c.id));
-            if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
-                commands.truncate(v1::MAX_COMMANDS_PER_POLL);
-                return Ok(ok(&PollResponse {
-                    version: PROTOCOL_VERSION,
-                    commands,
-                }));
+            {
+                // Boxed: its state lives only while it runs, not while the
+                // poll waits.
+                let mut commands = Box::pin(self.gateway.poll(&peer.serial))
+                    .await
+                    .map_err(Refusal::gateway)?;
+                // What the agent says it finished is not delivered again, even
+                // while its result is still on the way.
+                commands.retain(|c| !m.finished.contains(&c.id));
+                if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
+                    commands.truncate(v1::MAX_COMMANDS_PER_POLL);
+                    return Ok(ok(&PollResponse {
+                        version: PROTOCOL_VERSION,
+                        commands,
+                    }));
+                }
             }
             tokio::select! {
                 _ = notified => {}
