@@ -138,11 +138,51 @@ pub struct AgentServerStats {
 }
 
 /// Counts a connection as open while it lives.
-struct OpenGuard<'a>(&'a AtomicU64);
+struct OpenGuard(Arc<Shared>);
 
-impl Drop for OpenGuard<'_> {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection served until it ends or its agent's credentials are revoked.
+/// A plain future (no `async` state machine around it): the task serving a
+/// connection holds the connection and little else.
+struct Serving<C> {
+    connection: C,
+    revoked: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    addr: SocketAddr,
+    _open: OpenGuard,
+}
+
+impl<C> std::future::Future for Serving<C>
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Unpin,
+{
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(revoked) = this.revoked.as_mut()
+            && revoked.as_mut().poll(cx).is_ready()
+        {
+            tracing::info!(peer = %this.addr, "closing a revoked agent's connection");
+            return Poll::Ready(());
+        }
+        match std::pin::Pin::new(&mut this.connection).poll(cx) {
+            Poll::Ready(ended) => {
+                if let Err(e) = ended {
+                    tracing::debug!(peer = %this.addr, error = %e, "connection ended");
+                }
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -153,7 +193,14 @@ struct AgentSlot {
     /// Woken when commands are queued for the agent: its held polls look.
     commands: Notify,
     /// Woken when the agent's credentials are revoked: its connections close.
-    revoked: Notify,
+    revoked: Arc<Notify>,
+}
+
+impl AgentSlot {
+    /// A wait for the agent's revocation that owns what it waits on.
+    fn revoked_owned(&self) -> tokio::sync::futures::OwnedNotified {
+        self.revoked.clone().notified_owned()
+    }
 }
 
 /// The agent a connection's client certificate names.
@@ -490,61 +537,48 @@ impl Shared {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY refused");
         }
-        // The handshake's state is large and short-lived: boxed, and the stream
-        // it yields goes out of scope once boxed into the connection, so the
-        // task that serves the connection (for as long as the agent stays) is
-        // sized for serving alone.
-        let (mut connection, slot) = {
-            let Some(tls) = Box::pin(self.handshake(tcp, addr)).await else {
-                return;
-            };
-            drop(handshake);
-            // Shared by the connection's requests.
-            let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
-                Ok(peer) => peer.map(Arc::new),
-                Err(reason) => {
-                    tracing::info!(peer = %addr, %reason, "client certificate refused");
-                    return;
-                }
-            };
-            // An agent's connections close when its credentials are revoked.
-            let slot = peer.as_ref().map(|p| self.slot(&p.workspace));
-            let shared = self.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                // Routed here: the future hyper keeps (for the connection's
-                // whole life, in an allocation of its size) holds the body,
-                // not the head.
-                let head = Head::of(&req);
-                shared
-                    .clone()
-                    .handle(peer.clone(), addr.ip(), head, req.into_body())
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
-            (Box::pin(connection), slot)
+        // This task ends with the handshake (whose large state is boxed, so
+        // the task itself is small to spawn): the connection is served by a
+        // task of its own, sized for serving alone (for as long as the agent
+        // stays).
+        let Some(tls) = Box::pin(self.handshake(tcp, addr)).await else {
+            return;
         };
+        drop(handshake);
+        // Shared by the connection's requests.
+        let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
+            Ok(peer) => peer.map(Arc::new),
+            Err(reason) => {
+                tracing::info!(peer = %addr, %reason, "client certificate refused");
+                return;
+            }
+        };
+        // An agent's connections close when its credentials are revoked:
+        // registered before serving, so a revocation from now on closes it.
+        let revoked = peer.as_ref().map(|p| {
+            let mut revoked = Box::pin(self.slot(&p.workspace).revoked_owned());
+            revoked.as_mut().enable();
+            revoked
+        });
+        let shared = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // Routed here: the future hyper keeps (for the connection's whole
+            // life, in an allocation of its size) holds the body, not the head.
+            let head = Head::of(&req);
+            shared
+                .clone()
+                .handle(peer.clone(), addr.ip(), head, req.into_body())
+        });
+        let connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
         self.handshakes_done.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenGuard(&self.open);
-        let ended = match &slot {
-            Some(slot) => {
-                let revoked = slot.revoked.notified();
-                tokio::pin!(revoked);
-                // Registered before serving: a revocation from now on closes it.
-                revoked.as_mut().enable();
-                tokio::select! {
-                    ended = connection.as_mut() => ended,
-                    () = revoked => {
-                        tracing::info!(peer = %addr, "closing a revoked agent's connection");
-                        return;
-                    }
-                }
-            }
-            None => connection.as_mut().await,
-        };
-        if let Err(e) = ended {
-            tracing::debug!(peer = %addr, error = %e, "connection ended");
-        }
+        tokio::spawn(Serving {
+            connection,
+            revoked,
+            addr,
+            _open: OpenGuard(self.clone()),
+        });
     }
 
     /// The TLS handshake, within its timeout.
