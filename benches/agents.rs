@@ -194,8 +194,9 @@ async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
             }
             ["STATS"] => {
                 let stats = server.stats();
+                let (batches, exchanges) = store.exchange_stats();
                 say(format!(
-                    "STATS {} {}",
+                    "STATS {} {} {batches} {exchanges}",
                     stats.handshakes, stats.open_connections
                 ));
             }
@@ -704,6 +705,8 @@ struct Fleet {
     rss_after_kib: u64,
     fds: usize,
     open_connections: Option<u64>,
+    /// SQLite token exchanges per transaction, over the whole fleet.
+    exchanges_per_batch: f64,
     latencies_ms: Vec<f64>,
 }
 
@@ -855,6 +858,11 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
         server.order("STATS");
         if let Some((_, words)) = inbox.next("STATS", Duration::from_secs(30)) {
             report.open_connections = words[2].parse().ok();
+            let (batches, exchanges): (f64, f64) = (
+                words[3].parse().unwrap_or(0.0),
+                words[4].parse().unwrap_or(0.0),
+            );
+            report.exchanges_per_batch = exchanges / batches.max(1.0);
         }
         let mut rng = rand::rng();
         for round in 0..rounds {
@@ -991,7 +999,8 @@ fn main() {
         println!(
             "REPORT agents round {round} bootstrap: endpoint {:.0} exchanges/s vs raw TLS handshake + CSR signing {:.0}/s \
              (the second wave: {} agents over {generators} generator processes, {CONCURRENCY} at a time each; SQLite default mode) -> ratio {boot:.3}; \
-             CPU per exchange: endpoint server {:.0} µs + generators {:.0} µs, raw server {:.0} µs + generators {:.0} µs",
+             CPU per exchange: endpoint server {:.0} µs + generators {:.0} µs, raw server {:.0} µs + generators {:.0} µs; \
+             {:.1} exchanges per SQLite transaction",
             endpoint.bootstraps_per_sec,
             bare.bootstraps_per_sec,
             endpoint.agents - endpoint.warm,
@@ -999,6 +1008,7 @@ fn main() {
             endpoint.cpu_us_per_bootstrap.1,
             bare.cpu_us_per_bootstrap.0,
             bare.cpu_us_per_bootstrap.1,
+            endpoint.exchanges_per_batch,
         );
         println!(
             "REPORT agents round {round} memory: per agent of the second wave (after a warm-up wave of {}): endpoint {:.1} KiB vs bare hyper + rustls {:.1} KiB -> ratio {memory:.3}",

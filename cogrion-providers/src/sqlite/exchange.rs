@@ -40,6 +40,9 @@ struct Pending {
 pub(super) struct Exchanges {
     queue: Mutex<Vec<Pending>>,
     turn: tokio::sync::Mutex<()>,
+    /// Batches run and exchanges in them, for [`SqliteStore::exchange_stats`](super::SqliteStore::exchange_stats).
+    batches: std::sync::atomic::AtomicU64,
+    exchanges: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Exchanges {
@@ -49,6 +52,12 @@ impl std::fmt::Debug for Exchanges {
 }
 
 impl Exchanges {
+    /// Batches run so far, and the exchanges in them.
+    pub(super) fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.batches.load(Relaxed), self.exchanges.load(Relaxed))
+    }
+
     /// Runs one exchange, in a batch with whatever else is waiting.
     pub(super) async fn exchange(
         &self,
@@ -81,6 +90,10 @@ impl Exchanges {
             // One exchange per token and per workspace in a batch: a second one
             // must see the first's effect, so it waits for the next batch.
             let later = separate(&mut batch);
+            self.batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.exchanges
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             run_batch(pool, batch).await;
             if !later.is_empty() {
                 let mut queue = crate::lock_or_recover(&self.queue);

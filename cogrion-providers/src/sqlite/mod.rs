@@ -210,6 +210,13 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Token exchanges so far: (transactions, exchanges in them). Exchanges
+    /// arriving together share a transaction; the ratio is the batching a
+    /// reconnect storm gets.
+    pub fn exchange_stats(&self) -> (u64, u64) {
+        self.exchanges.stats()
+    }
+
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`), committing if it
     /// succeeds and rolling back if it fails.
     async fn write_tx<T, F>(&self, f: F) -> Result<T>
