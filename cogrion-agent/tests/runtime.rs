@@ -46,6 +46,23 @@ struct Plane {
 }
 
 impl Plane {
+    /// Queues a `count` command and wakes the agent's poll.
+    async fn queue(&self, id: &str) {
+        queue(
+            self.store.as_ref(),
+            Some(&self.server),
+            &self.ws,
+            id,
+            "count",
+        )
+        .await;
+    }
+
+    /// Waits until every one of `ids` is answered.
+    async fn wait_answered(&self, ids: &[&str], limit: Duration) {
+        wait_answered(self.store.as_ref(), &self.ws, ids, limit).await;
+    }
+
     async fn start(lifetime: Duration) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(InMemoryStore::new());
@@ -210,25 +227,12 @@ async fn the_agent_runs_commands_once_and_renews_across_several_lifetimes() {
     let mut ids = Vec::new();
     for i in 0..8 {
         let id = format!("c{i}");
-        queue(
-            plane.store.as_ref(),
-            Some(&plane.server),
-            &plane.ws,
-            &id,
-            "count",
-        )
-        .await;
+        plane.queue(&id).await;
         ids.push(id);
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_answered(
-        plane.store.as_ref(),
-        &plane.ws,
-        &ids,
-        Duration::from_secs(20),
-    )
-    .await;
+    plane.wait_answered(&ids, Duration::from_secs(20)).await;
     let _ = stop.send(());
     let agent = task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 8, "each command ran once");
@@ -249,33 +253,15 @@ async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile
     let plane = Plane::start(Duration::from_secs(3600)).await;
     let runs = Arc::new(AtomicU64::new(0));
     let (stop, task) = spawn(&plane, runs.clone());
-    queue(
-        plane.store.as_ref(),
-        Some(&plane.server),
-        &plane.ws,
-        "before",
-        "count",
-    )
-    .await;
-    wait_answered(
-        plane.store.as_ref(),
-        &plane.ws,
-        &["before"],
-        Duration::from_secs(10),
-    )
-    .await;
+    plane.queue("before").await;
+    plane
+        .wait_answered(&["before"], Duration::from_secs(10))
+        .await;
     let _ = stop.send(());
     task.await.unwrap();
 
     // Queued while the agent is down.
-    queue(
-        plane.store.as_ref(),
-        Some(&plane.server),
-        &plane.ws,
-        "meanwhile",
-        "count",
-    )
-    .await;
+    plane.queue("meanwhile").await;
     let key = std::fs::metadata(plane.dir.join("state").join("identity.key")).unwrap();
     #[cfg(unix)]
     {
@@ -287,13 +273,9 @@ async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile
         );
     }
     let (stop, task) = spawn(&plane, runs.clone());
-    wait_answered(
-        plane.store.as_ref(),
-        &plane.ws,
-        &["meanwhile"],
-        Duration::from_secs(10),
-    )
-    .await;
+    plane
+        .wait_answered(&["meanwhile"], Duration::from_secs(10))
+        .await;
     let _ = stop.send(());
     task.await.unwrap();
     assert_eq!(
@@ -314,21 +296,10 @@ async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token(
     let plane = Plane::start(Duration::from_secs(2)).await;
     let runs = Arc::new(AtomicU64::new(0));
     let (stop, task) = spawn(&plane, runs.clone());
-    queue(
-        plane.store.as_ref(),
-        Some(&plane.server),
-        &plane.ws,
-        "first",
-        "count",
-    )
-    .await;
-    wait_answered(
-        plane.store.as_ref(),
-        &plane.ws,
-        &["first"],
-        Duration::from_secs(10),
-    )
-    .await;
+    plane.queue("first").await;
+    plane
+        .wait_answered(&["first"], Duration::from_secs(10))
+        .await;
     let _ = stop.send(());
     task.await.unwrap();
 
@@ -336,22 +307,11 @@ async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token(
     // a fresh token into the agent's secret.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     plane.fresh_token().await;
-    queue(
-        plane.store.as_ref(),
-        Some(&plane.server),
-        &plane.ws,
-        "after",
-        "count",
-    )
-    .await;
+    plane.queue("after").await;
     let (stop, task) = spawn(&plane, runs.clone());
-    wait_answered(
-        plane.store.as_ref(),
-        &plane.ws,
-        &["after"],
-        Duration::from_secs(15),
-    )
-    .await;
+    plane
+        .wait_answered(&["after"], Duration::from_secs(15))
+        .await;
     let _ = stop.send(());
     task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
@@ -389,13 +349,7 @@ async fn the_binary_runs_as_its_own_process() {
         "health",
     )
     .await;
-    wait_answered(
-        plane.store.as_ref(),
-        &plane.ws,
-        &["h1"],
-        Duration::from_secs(20),
-    )
-    .await;
+    plane.wait_answered(&["h1"], Duration::from_secs(20)).await;
     match plane
         .store
         .get_command(&plane.ws, &CommandId::new("h1").unwrap())
