@@ -107,6 +107,16 @@ impl Plane {
         }
     }
 
+    /// A bootstrap with `token` for `ws`, refused with `code` (403).
+    async fn refused_bootstrap(&self, ws: &WorkspaceId, token: &str, code: ErrorCode, why: &str) {
+        refused(
+            self.client().bootstrap(ws, token, "0.1.0").await,
+            code,
+            403,
+            why,
+        );
+    }
+
     fn client(&self) -> AgentClient {
         AgentClient::new(self.addr, "localhost", self.ca.certificate_pem()).unwrap()
     }
@@ -327,25 +337,23 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
     assert!(plane.store.list_credentials(&ws).await.unwrap().is_empty());
 
     // Another workspace's token.
-    refused(
-        plane
-            .client()
-            .bootstrap(&ws, other_token.expose(), "0.1.0")
-            .await,
-        ErrorCode::TokenWrongWorkspace,
-        403,
-        "another workspace's token",
-    );
+    plane
+        .refused_bootstrap(
+            &ws,
+            other_token.expose(),
+            ErrorCode::TokenWrongWorkspace,
+            "another workspace's token",
+        )
+        .await;
     // A token that was never issued.
-    refused(
-        plane
-            .client()
-            .bootstrap(&ws, &"0".repeat(64), "0.1.0")
-            .await,
-        ErrorCode::TokenInvalid,
-        403,
-        "an unknown token",
-    );
+    plane
+        .refused_bootstrap(
+            &ws,
+            &"0".repeat(64),
+            ErrorCode::TokenInvalid,
+            "an unknown token",
+        )
+        .await;
     assert!(
         plane.store.list_credentials(&ws).await.unwrap().is_empty(),
         "refusals issue nothing"
@@ -357,26 +365,22 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
         .bootstrap(&ws, token.expose(), "0.1.0")
         .await
         .unwrap();
-    refused(
-        plane.client().bootstrap(&ws, token.expose(), "0.1.0").await,
-        ErrorCode::TokenUsed,
-        403,
-        "a reused token",
-    );
+    plane
+        .refused_bootstrap(&ws, token.expose(), ErrorCode::TokenUsed, "a reused token")
+        .await;
     assert_eq!(plane.store.list_credentials(&ws).await.unwrap().len(), 1);
 
     // An expired token.
     let late = plane.token(&other).await;
     plane.clock.advance(Duration::from_secs(3601));
-    refused(
-        plane
-            .client()
-            .bootstrap(&other, late.expose(), "0.1.0")
-            .await,
-        ErrorCode::TokenExpired,
-        403,
-        "an expired token",
-    );
+    plane
+        .refused_bootstrap(
+            &other,
+            late.expose(),
+            ErrorCode::TokenExpired,
+            "an expired token",
+        )
+        .await;
     assert!(
         plane
             .store
@@ -397,15 +401,14 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
     assert_eq!((status, error.code), (400, ErrorCode::BadRequest));
 
     // A fifth wrong token from this address…
-    refused(
-        plane
-            .client()
-            .bootstrap(&other, &"1".repeat(64), "0.1.0")
-            .await,
-        ErrorCode::TokenInvalid,
-        403,
-        "a fifth wrong token",
-    );
+    plane
+        .refused_bootstrap(
+            &other,
+            &"1".repeat(64),
+            ErrorCode::TokenInvalid,
+            "a fifth wrong token",
+        )
+        .await;
     // …and the next attempt is rate-limited,
     // even with a good token, and says when to come back.
     let fresh = plane.token(&other).await;
