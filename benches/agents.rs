@@ -11,7 +11,10 @@
 //!   talks to its own loopback address, 127.0.0.1 to 127.0.0.4, so ephemeral
 //!   ports never run short);
 //! - `COGRION_BENCH_HOLD` — agents for the "one process holds" run (default:
-//!   the file limit minus 100; `0` skips it).
+//!   the file limit minus 100; `0` skips it);
+//! - `COGRION_BENCH_ROUNDS` (default 3), `COGRION_BENCH_WARMUP` (default
+//!   1,000), `COGRION_BENCH_SERVER_THREADS` — tokio workers of both servers
+//!   (default 2, one per core here).
 //!
 //! What is measured:
 //! - **bootstrap exchanges/s**: every agent of the fleet bootstraps (a fresh
@@ -931,7 +934,7 @@ fn role(args: &[String]) {
     let list = |i: usize| -> Vec<String> { args[i].split(',').map(str::to_owned).collect() };
     let server_runtime = || {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(env_usize("COGRION_BENCH_SERVER_THREADS").unwrap_or(2).max(1))
             .enable_all()
             .build()
             .unwrap()
