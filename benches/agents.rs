@@ -934,7 +934,11 @@ fn role(args: &[String]) {
     let list = |i: usize| -> Vec<String> { args[i].split(',').map(str::to_owned).collect() };
     let server_runtime = || {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(env_usize("COGRION_BENCH_SERVER_THREADS").unwrap_or(2).max(1))
+            .worker_threads(
+                env_usize("COGRION_BENCH_SERVER_THREADS")
+                    .unwrap_or(2)
+                    .max(1),
+            )
             .enable_all()
             .build()
             .unwrap()
