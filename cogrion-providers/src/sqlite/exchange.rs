@@ -147,13 +147,6 @@ fn decide(pending: &Pending, row: &SqliteRow) -> Result<(BootstrapTokenRecord, b
     Ok((token, row.get::<bool, _>("live")))
 }
 
-const READ_ONE: &str = "BEGIN IMMEDIATE;
-     SELECT 0 AS i,
-            (SELECT state FROM workspaces WHERE id = ?1) AS state,
-            (SELECT body FROM tokens WHERE hash = ?2) AS token,
-            EXISTS (SELECT 1 FROM credentials WHERE workspace = ?1
-                    AND json_extract(body, '$.revoked') IS NULL) AS live";
-
 /// `BEGIN` and the read of a batch: `?1` is a JSON array of
 /// `{"ws": …, "hash": …}`, one per exchange, in order. One statement text for
 /// every batch size, so it is prepared once per connection.
@@ -174,11 +167,6 @@ const WRITE_BATCH: &str = "UPDATE tokens SET consumed = 1, body = j.value ->> 't
          SELECT j.value ->> 'serial', j.value ->> 'ws', j.value ->> 'credential'
          FROM json_each(?1) AS j;
      COMMIT";
-
-/// The writes of one accepted exchange (binds: token body, hash, serial,
-/// workspace, credential body).
-const WRITE_ONE: &str = "UPDATE tokens SET consumed = 1, body = ? WHERE hash = ?;
-     INSERT INTO credentials (serial, workspace, body) VALUES (?, ?, ?);";
 
 /// Runs `batch` in one transaction and answers each exchange; on a failure of
 /// the transaction, runs each on its own.
@@ -252,11 +240,24 @@ async fn together(
             "credential": to_json(&pending.credential)?,
         }));
     }
+    // A taken serial names its credential when this batch wrote just one (a
+    // batch of several is rerun one by one, which names it).
+    let only = (writes.len() == 1).then(|| {
+        batch
+            .iter()
+            .zip(&decided)
+            .find_map(|(p, d)| matches!(d, Some(Ok(_))).then(|| p.credential.serial.clone()))
+    });
     sqlx::query(WRITE_BATCH)
         .bind(serde_json::Value::Array(writes).to_string())
         .execute(&mut *conn)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| match (e.as_database_error(), only.flatten()) {
+            (Some(d), Some(serial)) if d.is_unique_violation() => {
+                Error::AlreadyExists(Resource::Credential(serial))
+            }
+            _ => unavailable(e),
+        })?;
     Ok(decided
         .into_iter()
         .map(|decision| match decision {
@@ -272,50 +273,17 @@ async fn together(
 
 /// One exchange in a transaction of its own, with its precise error.
 async fn alone(conn: &mut SqliteConnection, pending: &Pending) -> Result<BootstrapTokenRecord> {
-    let read = sqlx::query(READ_ONE)
-        .bind(pending.credential.workspace.as_str())
-        .bind(&pending.hash)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(unavailable);
-    let result = match read.and_then(|row| decide(pending, &row)) {
-        Ok((token, live)) => write_alone(conn, pending, token, live).await,
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        // Nothing of a refused exchange stays (a no-op if BEGIN itself failed).
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    match together(conn, std::slice::from_ref(pending)).await {
+        Ok(mut results) => results.pop().unwrap_or_else(|| {
+            Err(Error::Unavailable {
+                service: "sqlite".into(),
+                detail: "no answer for an exchange".into(),
+            })
+        }),
+        Err(e) => {
+            // Nothing of it stays (a no-op if BEGIN itself failed).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
     }
-    result
-}
-
-async fn write_alone(
-    conn: &mut SqliteConnection,
-    pending: &Pending,
-    token: BootstrapTokenRecord,
-    live: bool,
-) -> Result<BootstrapTokenRecord> {
-    let ws = &pending.credential.workspace;
-    if live {
-        revoke_credentials(conn, ws, "re-bootstrapped", pending.now).await?;
-    }
-    sqlx::query(WRITE_ONE)
-        .bind(to_json(&token)?)
-        .bind(&pending.hash)
-        .bind(pending.credential.serial.as_str())
-        .bind(ws.as_str())
-        .bind(to_json(&pending.credential)?)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => {
-                Error::AlreadyExists(Resource::Credential(pending.credential.serial.clone()))
-            }
-            _ => unavailable(e),
-        })?;
-    sqlx::query("COMMIT")
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(token)
 }
