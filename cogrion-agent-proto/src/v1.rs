@@ -275,6 +275,11 @@ impl AgentVersion {
 checked_string!(AgentVersion);
 
 /// Checks a PEM document's size and its (first) label.
+/// An issued certificate chain (bootstrap and renewal answers).
+fn check_chain(pem: &str) -> Result<(), InvalidValue> {
+    check_pem("certificate chain", pem, "CERTIFICATE", MAX_CHAIN_PEM_LEN)
+}
+
 fn check_pem(what: &'static str, pem: &str, label: &str, max: usize) -> Result<(), InvalidValue> {
     if pem.is_empty() {
         return Err(InvalidValue::Empty { what });
@@ -388,12 +393,7 @@ message!(
     "bootstrap response",
     2 * MAX_CHAIN_PEM_LEN + 4 * 1024,
     |m| {
-        check_pem(
-            "certificate chain",
-            &m.certificate_chain_pem,
-            "CERTIFICATE",
-            MAX_CHAIN_PEM_LEN,
-        )?;
+        check_chain(&m.certificate_chain_pem)?;
         check_pem(
             "CA bundle",
             &m.ca_bundle_pem,
@@ -529,14 +529,7 @@ message!(
     RenewalResponse,
     "renewal response",
     MAX_CHAIN_PEM_LEN + 1024,
-    |m| {
-        check_pem(
-            "certificate chain",
-            &m.certificate_chain_pem,
-            "CERTIFICATE",
-            MAX_CHAIN_PEM_LEN,
-        )
-    }
+    |m| { check_chain(&m.certificate_chain_pem) }
 );
 
 /// Why a request was refused: every refusal has its own code.
