@@ -47,7 +47,7 @@ use cogrion::ca::{CaConfig, CertificateAuthority};
 use cogrion::conformance::sample_workspace_spec;
 use cogrion::proto::v1::{self, PollRequest};
 use cogrion::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
-use cogrion::providers::https::{AgentClient, AgentServer, AgentServerConfig};
+use cogrion::providers::https::{AgentClient, AgentServer, AgentServerConfig, new_key_and_csr};
 use cogrion::providers::sqlite::SqliteStore;
 use cogrion::*;
 use futures::StreamExt;
@@ -456,17 +456,6 @@ async fn role_agents(dir: PathBuf, from: usize, to: usize, addr: SocketAddr) {
     while let Ok(Some(_)) = orders.next_line().await {}
 }
 
-/// A fresh P-256 key and a CSR for it, as `AgentClient::bootstrap` makes them.
-fn key_and_csr() -> (rcgen::KeyPair, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (key, csr)
-}
-
 /// `--role bare-agents DIR COUNT RAW_ADDR LP_ADDR`: `COUNT` raw clients: a key
 /// and CSR, the raw bootstrap, then a mutual-TLS HTTP/1.1 connection to the bare
 /// long-poll port with one request answered and the next held.
@@ -491,7 +480,7 @@ async fn role_bare_agents(dir: PathBuf, count: usize, raw: SocketAddr, lp: Socke
         .map(|_| {
             let connector = tokio_rustls::TlsConnector::from(raw_config.clone());
             async move {
-                let (key, csr) = key_and_csr();
+                let (key, csr) = new_key_and_csr().unwrap();
                 let tcp = tokio::net::TcpStream::connect(raw).await.unwrap();
                 tcp.set_nodelay(true).unwrap();
                 let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();

@@ -20,7 +20,9 @@ use cogrion_core::{
     CommandStatus, CredentialStore, GatewayConfig, InMemoryStore, ManualClock, NewCommand,
     RecordStore, SystemClock, WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
 };
-use cogrion_providers::https::{AgentClient, AgentServer, AgentServerConfig, ClientError};
+use cogrion_providers::https::{
+    AgentClient, AgentServer, AgentServerConfig, ClientError, new_key_and_csr,
+};
 
 /// Records the gateway's events (the engine's stand-in).
 #[derive(Debug, Default)]
@@ -580,12 +582,7 @@ fn forged_identity(
     ws: &WorkspaceId,
     at: cogrion_core::Timestamp,
 ) -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = new_key_and_csr().unwrap();
     let serial: cogrion_core::CertSerial = "7f".repeat(16).parse().unwrap();
     let cert = ca.sign_agent(&csr, ws, &serial, at).unwrap();
     (cert.pem, key.serialize_pem())

@@ -315,8 +315,9 @@ async fn read_answer(
     Ok((status, bytes.to_vec()))
 }
 
-/// A fresh ECDSA P-256 key (it never leaves this process) and a CSR for it.
-fn new_key_and_csr() -> Result<(rcgen::KeyPair, String), ClientError> {
+/// A fresh ECDSA P-256 key (it never leaves this process) and a CSR for it,
+/// as [`AgentClient::bootstrap`] and [`AgentClient::renew`] make them.
+pub fn new_key_and_csr() -> Result<(rcgen::KeyPair, String), ClientError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let csr = rcgen::CertificateParams::default()

@@ -39,7 +39,7 @@
 mod client;
 mod server;
 
-pub use client::{AgentClient, ClientError};
+pub use client::{AgentClient, ClientError, new_key_and_csr};
 pub use server::{AgentServer, AgentServerConfig, AgentServerStats};
 
 use std::sync::Arc;
