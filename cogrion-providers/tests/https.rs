@@ -119,6 +119,20 @@ impl Plane {
         );
     }
 
+    /// A client with `identity` (certificate chain, key) whose poll fails at
+    /// the TLS handshake.
+    async fn handshake_refused(&self, identity: &(String, String), why: &str) {
+        let client = self.client();
+        client.set_identity(&identity.0, &identity.1).unwrap();
+        assert!(
+            matches!(
+                client.poll(Vec::new(), 0).await,
+                Err(ClientError::Connect(_))
+            ),
+            "{why}"
+        );
+    }
+
     fn client(&self) -> AgentClient {
         AgentClient::new(self.addr, "localhost", self.ca.certificate_pem()).unwrap()
     }
@@ -530,15 +544,9 @@ async fn certificates_decide_who_may_poll_and_answer_what() {
     )
     .unwrap();
     let forged = forged_identity(&stranger, &a, plane.clock.now());
-    let intruder = plane.client();
-    intruder.set_identity(&forged.0, &forged.1).unwrap();
-    assert!(
-        matches!(
-            intruder.poll(Vec::new(), 0).await,
-            Err(ClientError::Connect(_))
-        ),
-        "another CA's certificate"
-    );
+    plane
+        .handshake_refused(&forged, "another CA's certificate")
+        .await;
 
     // An expired certificate from our CA fails the handshake too.
     let old = forged_identity(
@@ -546,15 +554,9 @@ async fn certificates_decide_who_may_poll_and_answer_what() {
         &a,
         cogrion_core::Timestamp::from_millis(plane.clock.now().as_millis() - 48 * 3600 * 1000),
     );
-    let expired = plane.client();
-    expired.set_identity(&old.0, &old.1).unwrap();
-    assert!(
-        matches!(
-            expired.poll(Vec::new(), 0).await,
-            Err(ClientError::Connect(_))
-        ),
-        "an expired certificate"
-    );
+    plane
+        .handshake_refused(&old, "an expired certificate")
+        .await;
 
     // Revoked: refused on the next request.
     plane
