@@ -58,6 +58,15 @@ impl Plane {
         .await;
     }
 
+    /// Runs the agent until command `id` is answered (within `limit`), then
+    /// stops it.
+    async fn run_agent_until_answered(&self, runs: &Arc<AtomicU64>, id: &str, limit: Duration) {
+        let (stop, task) = spawn(self, runs.clone());
+        self.wait_answered(&[id], limit).await;
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+
     /// Waits until every one of `ids` is answered.
     async fn wait_answered(&self, ids: &[&str], limit: Duration) {
         wait_answered(self.store.as_ref(), &self.ws, ids, limit).await;
@@ -252,13 +261,10 @@ async fn the_agent_runs_commands_once_and_renews_across_several_lifetimes() {
 async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile() {
     let plane = Plane::start(Duration::from_secs(3600)).await;
     let runs = Arc::new(AtomicU64::new(0));
-    let (stop, task) = spawn(&plane, runs.clone());
     plane.queue("before").await;
     plane
-        .wait_answered(&["before"], Duration::from_secs(10))
+        .run_agent_until_answered(&runs, "before", Duration::from_secs(10))
         .await;
-    let _ = stop.send(());
-    task.await.unwrap();
 
     // Queued while the agent is down.
     plane.queue("meanwhile").await;
@@ -272,12 +278,9 @@ async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile
             "the key file is private"
         );
     }
-    let (stop, task) = spawn(&plane, runs.clone());
     plane
-        .wait_answered(&["meanwhile"], Duration::from_secs(10))
+        .run_agent_until_answered(&runs, "meanwhile", Duration::from_secs(10))
         .await;
-    let _ = stop.send(());
-    task.await.unwrap();
     assert_eq!(
         runs.load(Ordering::SeqCst),
         2,
@@ -295,25 +298,19 @@ async fn a_restarted_agent_keeps_its_identity_and_gets_what_was_queued_meanwhile
 async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token() {
     let plane = Plane::start(Duration::from_secs(2)).await;
     let runs = Arc::new(AtomicU64::new(0));
-    let (stop, task) = spawn(&plane, runs.clone());
     plane.queue("first").await;
     plane
-        .wait_answered(&["first"], Duration::from_secs(10))
+        .run_agent_until_answered(&runs, "first", Duration::from_secs(10))
         .await;
-    let _ = stop.send(());
-    task.await.unwrap();
 
     // Away longer than the certificate lives; meanwhile the control plane issues
     // a fresh token into the agent's secret.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     plane.fresh_token().await;
     plane.queue("after").await;
-    let (stop, task) = spawn(&plane, runs.clone());
     plane
-        .wait_answered(&["after"], Duration::from_secs(15))
+        .run_agent_until_answered(&runs, "after", Duration::from_secs(15))
         .await;
-    let _ = stop.send(());
-    task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     let credentials = plane.store.list_credentials(&plane.ws).await.unwrap();
     assert!(
