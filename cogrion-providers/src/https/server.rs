@@ -357,33 +357,42 @@ enum Route {
     Unknown,
 }
 
+impl Route {
+    /// The endpoint's path, for logs.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Bootstrap => "/v1/bootstrap",
+            Self::Poll => "/v1/poll",
+            Self::Result => "/v1/result",
+            Self::Renew => "/v1/renew",
+            Self::WrongMethod => "(not POST)",
+            Self::Unknown => "(unknown)",
+        }
+    }
+}
+
 /// A request's route and declared body length.
 struct Head {
     route: Route,
-    path: &'static str,
     declared: Option<usize>,
 }
 
 impl Head {
     fn of(req: &Request<Incoming>) -> Self {
-        let (route, path) = match req.uri().path() {
-            _ if req.method() != Method::POST => (Route::WrongMethod, "(not POST)"),
-            "/v1/bootstrap" => (Route::Bootstrap, "/v1/bootstrap"),
-            "/v1/poll" => (Route::Poll, "/v1/poll"),
-            "/v1/result" => (Route::Result, "/v1/result"),
-            "/v1/renew" => (Route::Renew, "/v1/renew"),
-            _ => (Route::Unknown, "(unknown)"),
+        let route = match req.uri().path() {
+            _ if req.method() != Method::POST => Route::WrongMethod,
+            "/v1/bootstrap" => Route::Bootstrap,
+            "/v1/poll" => Route::Poll,
+            "/v1/result" => Route::Result,
+            "/v1/renew" => Route::Renew,
+            _ => Route::Unknown,
         };
         let declared = req
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        Self {
-            route,
-            path,
-            declared,
-        }
+        Self { route, declared }
     }
 }
 
@@ -670,7 +679,7 @@ impl Shared {
             Ok(response) => response,
             Err(refusal) => {
                 tracing::info!(
-                    path = head.path,
+                    path = head.route.path(),
                     %remote,
                     workspace = peer.as_ref().map(|p| p.workspace.to_string()),
                     code = ?refusal.code,
