@@ -153,14 +153,18 @@ async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
         Arc::new(Ignore),
         Default::default(),
     );
-    // Admission bounds above the generators' concurrency: the bench measures
+    // The default bound on handshakes in progress (a fleet connecting at once
+    // waits in the listen backlog, as in production); bootstrap exchanges
+    // bounded above the generators' concurrency: the bench measures
     // throughput, not refusals.
+    let defaults = AgentServerConfig::default();
+    let handshakes = defaults.max_handshakes;
     let server = AgentServer::new(
         gateway,
         ca,
         clock,
         &server_cert,
-        AgentServerConfig::default().with_admission(1024, 1024),
+        defaults.with_admission(handshakes, 1024),
     )
     .unwrap();
     let mut addrs = Vec::new();

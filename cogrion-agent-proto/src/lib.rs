@@ -20,6 +20,7 @@
 mod macros;
 mod command;
 mod identity;
+mod inline;
 pub mod v1;
 mod workspace;
 
@@ -28,6 +29,8 @@ pub use command::{
     MAX_COMMAND_KIND_LEN, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN,
 };
 pub use identity::{AgentIdentity, DEFAULT_TRUST_DOMAIN};
+#[doc(hidden)]
+pub use inline::InlineAscii;
 pub use workspace::WorkspaceId;
 #[doc(hidden)]
 pub use workspace::check_dns_label;

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{InvalidValue, check_chars};
+use crate::{InlineAscii, InvalidValue, check_chars};
 
 /// The identifier of a workspace: unique within one control plane.
 ///
@@ -15,9 +15,11 @@ use crate::{InvalidValue, check_chars};
 /// assert_eq!(id.as_str(), "acme-prod");
 /// assert!("Acme_Prod".parse::<WorkspaceId>().is_err());
 /// ```
+///
+/// It is kept inline (no allocation): every agent request clones one.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct WorkspaceId(String);
+pub struct WorkspaceId(InlineAscii<{ WorkspaceId::MAX_LEN }>);
 
 impl WorkspaceId {
     /// The longest workspace id, in bytes.
@@ -29,7 +31,7 @@ impl WorkspaceId {
     pub fn new(value: impl Into<String>) -> Result<Self, InvalidValue> {
         let value = value.into();
         check_dns_label("workspace id", &value, Self::MIN_LEN, Self::MAX_LEN)?;
-        Ok(Self(value))
+        Ok(Self(InlineAscii::new("workspace id", &value)?))
     }
 }
 

@@ -238,8 +238,17 @@ impl AgentGateway {
 
     /// Checks that `serial` is a current credential and returns it.
     pub async fn authenticate(&self, serial: &CertSerial) -> Result<AgentCredential> {
-        let now = self.clock.now();
         let credential = self.store.get_credential(serial).await?;
+        self.check_current(serial, credential)
+    }
+
+    /// `credential` (of `serial`) if it is neither revoked nor expired.
+    fn check_current(
+        &self,
+        serial: &CertSerial,
+        credential: AgentCredential,
+    ) -> Result<AgentCredential> {
+        let now = self.clock.now();
         if let Some(r) = &credential.revoked {
             return Err(Error::CredentialRevoked {
                 serial: serial.clone(),
@@ -259,7 +268,10 @@ impl AgentGateway {
     /// hands out the workspace's pending commands in order. With nothing pending,
     /// nothing is written.
     pub async fn poll(&self, serial: &CertSerial) -> Result<Vec<Command>> {
-        let credential = self.authenticate(serial).await?;
+        // The credential and whether anything is pending, in one read: an idle
+        // poll (the common case by far) costs that read alone.
+        let (credential, pending) = self.store.get_credential_for_poll(serial).await?;
+        let credential = self.check_current(serial, credential)?;
         let now = self.clock.now();
         let workspace = credential.workspace;
         self.presence
@@ -281,6 +293,9 @@ impl AgentGateway {
                     at: now,
                 })
                 .await?;
+        }
+        if !pending {
+            return Ok(Vec::new());
         }
         let queued = self
             .store

@@ -214,6 +214,12 @@ macro_rules! delegate_store {
             ) -> $crate::Result<$crate::AgentCredential> {
                 self.$inner.get_credential(serial).await
             }
+            async fn get_credential_for_poll(
+                &self,
+                serial: &$crate::CertSerial,
+            ) -> $crate::Result<($crate::AgentCredential, bool)> {
+                self.$inner.get_credential_for_poll(serial).await
+            }
             async fn list_credentials(
                 &self,
                 workspace: &$crate::WorkspaceId,

@@ -583,6 +583,27 @@ impl CredentialStore for InMemoryStore {
             .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))
     }
 
+    async fn get_credential_for_poll(
+        &self,
+        serial: &CertSerial,
+    ) -> Result<(AgentCredential, bool)> {
+        let inner = self.lock();
+        let credential = inner
+            .credentials
+            .get(serial)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        let pending = inner
+            .workspaces
+            .get(&credential.workspace)
+            .is_some_and(|w| {
+                w.commands
+                    .iter()
+                    .any(|c| c.status == CommandStatus::Pending)
+            });
+        Ok((credential, pending))
+    }
+
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
         let inner = self.lock();
         let ws = inner.workspace(workspace)?;

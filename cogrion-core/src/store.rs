@@ -99,20 +99,27 @@ pub struct EventSeq(pub u64);
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CertSerial(String);
+pub struct CertSerial(cogrion_agent_proto::InlineAscii<{ CertSerial::MAX_LEN }>);
 
 impl CertSerial {
+    /// The longest serial, in hex digits (kept inline: every agent request
+    /// clones one).
+    pub const MAX_LEN: usize = 40;
+
     /// Checks `value` against the rule above.
     pub fn new(value: impl Into<String>) -> Result<Self, InvalidValue> {
         let value = value.into();
         cogrion_agent_proto::check_chars(
             "certificate serial",
             &value,
-            40,
+            Self::MAX_LEN,
             "lowercase hex digits",
             |_, c| c.is_ascii_digit() || ('a'..='f').contains(&c),
         )?;
-        Ok(Self(value))
+        Ok(Self(cogrion_agent_proto::InlineAscii::new(
+            "certificate serial",
+            &value,
+        )?))
     }
 }
 checked_string!(CertSerial);
@@ -1117,6 +1124,19 @@ pub trait CredentialStore: fmt::Debug + Send + Sync + 'static {
 
     /// Reads a certificate's record.
     async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential>;
+
+    /// Reads a certificate's record for its agent's poll, with whether the
+    /// workspace may have commands not yet answered: `false` only when it has
+    /// none, so that an idle poll reads nothing more. The default reads the
+    /// record and answers `true` (the poll then asks
+    /// [`CommandQueue::deliver`]); a store that can tell both in one read
+    /// overrides it.
+    async fn get_credential_for_poll(
+        &self,
+        serial: &CertSerial,
+    ) -> Result<(AgentCredential, bool)> {
+        Ok((self.get_credential(serial).await?, true))
+    }
 
     /// Lists a workspace's certificates, by serial.
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>>;

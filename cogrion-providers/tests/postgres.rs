@@ -4,7 +4,9 @@
 
 #![cfg(feature = "postgres")]
 
-use cogrion_core::conformance::{random_workspace_id, sample_workspace_spec, store_suite};
+use cogrion_core::conformance::{
+    poll_reads_are_exact, random_workspace_id, sample_workspace_spec, store_suite,
+};
 use cogrion_core::{
     Error, EventSeq, RecordStore, Resource, Timestamp, WorkspaceRecord, WorkspaceWrite,
 };
@@ -63,6 +65,7 @@ async fn postgres_store_passes_the_store_suite() {
     store_suite(&store).await;
     // Twice on one database, as replicas sharing it would see.
     store_suite(&store).await;
+    poll_reads_are_exact(&store).await;
     // And through group commit with four transactions in flight at once.
     let grouped = cogrion_core::GroupCommit::with_lanes(std::sync::Arc::new(store), 64, 4);
     store_suite(&grouped).await;

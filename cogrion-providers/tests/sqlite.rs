@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use cogrion_core::conformance::{random_workspace_id, sample_workspace_spec, store_suite};
+use cogrion_core::conformance::{
+    poll_reads_are_exact, random_workspace_id, sample_workspace_spec, store_suite,
+};
 use cogrion_core::{
     Error, EventSeq, NewEvent, RecordStore, Resource, Timestamp, WorkspaceId, WorkspaceRecord,
     WorkspaceWrite,
@@ -77,6 +79,7 @@ async fn sqlite_store_passes_the_store_suite_in_both_durabilities() {
         .await
         .unwrap();
         store_suite(&store).await;
+        poll_reads_are_exact(&store).await;
     }
 }
 

@@ -4,7 +4,7 @@
 mod suites_catch_broken_fakes;
 
 use cogrion::InMemoryStore;
-use cogrion::conformance::store_suite;
+use cogrion::conformance::{poll_reads_are_exact, store_suite};
 
 /// The in-memory store passes the full `WorkspaceStore` suite, on a multi-threaded
 /// runtime so the suite's concurrent writers really race.
@@ -14,6 +14,7 @@ async fn in_memory_store_passes_the_store_suite() {
     store_suite(&store).await;
     // And again on the same (now non-empty) store: the suite isolates itself.
     store_suite(&store).await;
+    poll_reads_are_exact(&store).await;
 }
 
 /// The group-commit wrapper keeps every guarantee of the store it wraps.
@@ -21,6 +22,8 @@ async fn in_memory_store_passes_the_store_suite() {
 async fn group_commit_over_the_in_memory_store_passes_the_store_suite() {
     let store = cogrion::GroupCommit::new(std::sync::Arc::new(InMemoryStore::new()), 64);
     store_suite(&store).await;
+    // It passes the wrapped store's exact poll reads through.
+    poll_reads_are_exact(&store).await;
     let (batches, writes) = store.stats();
     assert!(batches > 0 && writes >= batches);
 }

@@ -42,7 +42,7 @@ mod store;
 pub use executor::executor_suite;
 pub use options::{AgentStandIn, SleepFn, SuiteOptions};
 pub use provisioner::provisioner_suite;
-pub use store::store_suite;
+pub use store::{poll_reads_are_exact, store_suite};
 
 /// A valid workspace spec on the simulated cloud, for suites and tests.
 pub fn sample_workspace_spec() -> crate::WorkspaceSpec {

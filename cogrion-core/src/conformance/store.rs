@@ -76,6 +76,51 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     listing(store).await;
 }
 
+/// For a store that overrides
+/// [`get_credential_for_poll`](crate::CredentialStore::get_credential_for_poll):
+/// its answer is exact — nothing pending before a command is queued and after
+/// it is answered, pending in between. (The trait's default always says
+/// pending, which [`store_suite`] accepts.)
+pub async fn poll_reads_are_exact(store: &dyn WorkspaceStore) {
+    let ws = create(store, "pollread").await;
+    let serial =
+        CertSerial::new(format!("{:032x}", rand::random::<u128>() >> 1)).expect("valid serial");
+    store
+        .put_credential(AgentCredential {
+            workspace: ws.clone(),
+            serial: serial.clone(),
+            issued_at: T0,
+            expires_at: T0 + Duration::from_secs(86_400),
+            revoked: None,
+            first_poll_at: None,
+        })
+        .await
+        .expect("record");
+    let pending = async || {
+        store
+            .get_credential_for_poll(&serial)
+            .await
+            .expect("poll read")
+            .1
+    };
+    assert!(!pending().await, "nothing queued: nothing pending");
+    store
+        .commit(WorkspaceWrite::new(ws.clone(), T0).command(command("q1")))
+        .await
+        .expect("queue");
+    assert!(pending().await, "a queued command is pending");
+    store.deliver(&ws, 0, T0).await.expect("deliver");
+    assert!(
+        pending().await,
+        "a delivered command is pending until answered"
+    );
+    store
+        .answer(&ws, result("q1", CommandOutcome::Succeeded), T0)
+        .await
+        .expect("answer");
+    assert!(!pending().await, "an answered command is not pending");
+}
+
 fn record(id: &WorkspaceId) -> WorkspaceRecord {
     WorkspaceRecord::new(id.clone(), sample_workspace_spec(), T0)
 }
@@ -1759,6 +1804,42 @@ async fn credentials(store: &dyn WorkspaceStore) {
         [cred(&a, 1), cred(&a, 2)],
         "a workspace's credentials, by serial, and only its own"
     );
+
+    // A poll's read: the record, and whether anything may be pending (a
+    // store may always say so; it never says nothing when something is).
+    let (read, _) = store
+        .get_credential_for_poll(&serial(&a, 1))
+        .await
+        .expect("poll read");
+    assert_eq!(read, cred(&a, 1), "a poll reads the same record");
+    expect_err!(
+        store.get_credential_for_poll(&serial(&a, 9)).await,
+        Error::NotFound(_),
+        "a poll's read of an unknown serial"
+    );
+    store
+        .commit(WorkspaceWrite::new(b.clone(), T0).command(command("p1")))
+        .await
+        .expect("queue");
+    let (_, pending) = store
+        .get_credential_for_poll(&serial(&b, 1))
+        .await
+        .expect("poll read");
+    assert!(pending, "a queued command is pending for the poll");
+    store
+        .answer(&b, result("p1", CommandOutcome::Succeeded), T0)
+        .await
+        .expect("answer");
+    let (_, pending) = store
+        .get_credential_for_poll(&serial(&b, 1))
+        .await
+        .expect("poll read");
+    if !pending {
+        assert!(
+            store.deliver(&b, 0, T0).await.expect("deliver").is_empty(),
+            "nothing pending means nothing to deliver"
+        );
+    }
 
     // The first poll is recorded once; later polls keep the first time.
     let polled = T0 + Duration::from_secs(10);

@@ -115,8 +115,10 @@ struct Shared {
     clock: Arc<dyn Clock>,
     tls: tokio_rustls::TlsAcceptor,
     config: AgentServerConfig,
-    /// What the server keeps per agent that has connected, by workspace.
-    agents: Mutex<HashMap<WorkspaceId, Arc<AgentSlot>>>,
+    /// What the server keeps per agent that has connected, by workspace: the
+    /// `Notify` its held polls and its connections wait on. Revoking the
+    /// agent removes it (and wakes them).
+    agents: Mutex<HashMap<WorkspaceId, Arc<Notify>>>,
     /// Failed bootstraps by address: (count, window start).
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     handshakes: Arc<Semaphore>,
@@ -146,14 +148,31 @@ impl Drop for OpenGuard {
     }
 }
 
-/// A connection served until it ends or its agent's credentials are revoked.
-/// A plain future (no `async` state machine around it): the task serving a
-/// connection holds the connection and little else.
-struct Serving<C> {
-    connection: C,
-    revoked: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
-    addr: SocketAddr,
-    _open: OpenGuard,
+pin_project_lite::pin_project! {
+    /// A connection served until it ends or its agent's credentials are
+    /// revoked. A plain future, the revocation wait inline: the task serving a
+    /// connection holds the connection and little else.
+    struct Serving<C> {
+        connection: C,
+        #[pin]
+        revocation: Option<Revocation>,
+        addr: SocketAddr,
+        open: OpenGuard,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The wait for an agent's revocation: on the agent's `Notify` in the
+    /// server's map, which a revocation removes (and wakes). Commands for the
+    /// agent wake it too; it then looks again.
+    struct Revocation {
+        #[pin]
+        notified: tokio::sync::futures::OwnedNotified,
+        notify: Arc<Notify>,
+        workspace: WorkspaceId,
+        // Registered with the `Notify` (then the map is looked at).
+        armed: bool,
+    }
 }
 
 impl<C> std::future::Future for Serving<C>
@@ -163,18 +182,35 @@ where
     type Output = ();
 
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         use std::task::Poll;
-        let this = &mut *self;
-        if let Some(revoked) = this.revoked.as_mut()
-            && revoked.as_mut().poll(cx).is_ready()
-        {
-            tracing::info!(peer = %this.addr, "closing a revoked agent's connection");
-            return Poll::Ready(());
+        let this = self.project();
+        if let Some(mut revocation) = this.revocation.as_pin_mut() {
+            loop {
+                let mut r = revocation.as_mut().project();
+                if !*r.armed {
+                    // Registered before looking, so a revocation from now on
+                    // wakes it.
+                    r.notified.as_mut().enable();
+                    *r.armed = true;
+                    if !this.open.0.is_current(r.workspace, r.notify) {
+                        tracing::info!(peer = %this.addr, "closing a revoked agent's connection");
+                        return Poll::Ready(());
+                    }
+                }
+                if r.notified.poll(cx).is_pending() {
+                    break;
+                }
+                // Woken: wait again, then look.
+                let again = r.notify.clone().notified_owned();
+                let mut r = revocation.as_mut().project();
+                r.notified.set(again);
+                *r.armed = false;
+            }
         }
-        match std::pin::Pin::new(&mut this.connection).poll(cx) {
+        match std::pin::Pin::new(this.connection).poll(cx) {
             Poll::Ready(ended) => {
                 if let Err(e) = ended {
                     tracing::debug!(peer = %this.addr, error = %e, "connection ended");
@@ -183,23 +219,6 @@ where
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// What the server keeps per agent (a few dozen bytes: a fleet of agents holds
-/// one each).
-#[derive(Default)]
-struct AgentSlot {
-    /// Woken when commands are queued for the agent: its held polls look.
-    commands: Notify,
-    /// Woken when the agent's credentials are revoked: its connections close.
-    revoked: Arc<Notify>,
-}
-
-impl AgentSlot {
-    /// A wait for the agent's revocation that owns what it waits on.
-    fn revoked_owned(&self) -> tokio::sync::futures::OwnedNotified {
-        self.revoked.clone().notified_owned()
     }
 }
 
@@ -428,10 +447,15 @@ fn peer_of(certs: Option<&[CertificateDer<'_>]>) -> std::result::Result<Option<P
     if raw.len() > 16 {
         return Err("the client certificate's serial is not one of ours".into());
     }
-    let mut bytes = vec![0u8; 16 - raw.len()];
-    bytes.extend(raw);
-    let serial = CertSerial::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
-        .map_err(|e| e.to_string())?;
+    let mut bytes = [0u8; 16];
+    bytes[16 - raw.len()..].copy_from_slice(&raw);
+    let mut hex = String::with_capacity(32);
+    for b in bytes {
+        for digit in [b >> 4, b & 0xf] {
+            hex.push(char::from_digit(u32::from(digit), 16).unwrap_or('0'));
+        }
+    }
+    let serial = CertSerial::new(hex).map_err(|e| e.to_string())?;
     Ok(Some(Peer {
         workspace: identity.workspace().clone(),
         serial,
@@ -562,12 +586,17 @@ impl Shared {
                 return;
             }
         };
-        // An agent's connections close when its credentials are revoked:
-        // registered before serving, so a revocation from now on closes it.
-        let revoked = peer.as_ref().map(|p| {
-            let mut revoked = Box::pin(self.slot(&p.workspace).revoked_owned());
-            revoked.as_mut().enable();
-            revoked
+        // An agent's connections close when its credentials are revoked: its
+        // `Notify` now, so a revocation from now on (which removes it) closes
+        // the connection.
+        let revocation = peer.as_ref().map(|p| {
+            let notify = self.slot(&p.workspace);
+            Revocation {
+                notified: notify.clone().notified_owned(),
+                notify,
+                workspace: p.workspace.clone(),
+                armed: false,
+            }
         });
         let shared = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -584,9 +613,9 @@ impl Shared {
         self.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(Serving {
             connection,
-            revoked,
+            revocation,
             addr,
-            _open: OpenGuard(self.clone()),
+            open: OpenGuard(self.clone()),
         });
     }
 
@@ -609,18 +638,27 @@ impl Shared {
         }
     }
 
-    /// The slot of `workspace`'s agent, made if needed.
-    fn slot(&self, workspace: &WorkspaceId) -> Arc<AgentSlot> {
+    /// The `Notify` of `workspace`'s agent, made if needed.
+    fn slot(&self, workspace: &WorkspaceId) -> Arc<Notify> {
         crate::lock_or_recover(&self.agents)
             .entry(workspace.clone())
             .or_default()
             .clone()
     }
 
-    /// Closes every open connection of `workspace`'s agent.
+    /// Whether `notify` is still `workspace`'s: not revoked since.
+    fn is_current(&self, workspace: &WorkspaceId, notify: &Arc<Notify>) -> bool {
+        crate::lock_or_recover(&self.agents)
+            .get(workspace)
+            .is_some_and(|n| Arc::ptr_eq(n, notify))
+    }
+
+    /// Closes every open connection of `workspace`'s agent; its held polls
+    /// wake, and look at its credentials again.
     fn close_connections(&self, workspace: &WorkspaceId) {
-        if let Some(slot) = crate::lock_or_recover(&self.agents).get(workspace) {
-            slot.revoked.notify_waiters();
+        let slot = crate::lock_or_recover(&self.agents).remove(workspace);
+        if let Some(slot) = slot {
+            slot.notify_waiters();
         }
     }
 
@@ -853,7 +891,7 @@ impl Shared {
         let slot = self.slot(&peer.workspace);
         loop {
             // Registered before looking, so a command queued in between wakes us.
-            let notified = slot.commands.notified();
+            let notified = slot.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
@@ -904,7 +942,7 @@ impl AgentTransport for AgentServer {
             .get(workspace)
             .cloned();
         if let Some(slot) = slot {
-            slot.commands.notify_waiters();
+            slot.notify_waiters();
         }
         Ok(())
     }
@@ -912,14 +950,10 @@ impl AgentTransport for AgentServer {
     async fn disconnect(&self, workspace: &WorkspaceId, reason: &str) -> Result<()> {
         tracing::info!(%workspace, reason, "agent disconnected");
         self.shared.gateway.forget(workspace);
-        // The agent is gone: its slot goes; its connections close, and polls
-        // waiting on connections not yet closed wake, find the credential
-        // revoked, and are refused.
-        let slot = crate::lock_or_recover(&self.shared.agents).remove(workspace);
-        if let Some(slot) = slot {
-            slot.revoked.notify_waiters();
-            slot.commands.notify_waiters();
-        }
+        // The agent is gone: its connections close, and polls waiting on
+        // connections not yet closed wake, find the credential revoked, and
+        // are refused.
+        self.shared.close_connections(workspace);
         Ok(())
     }
 

@@ -1212,6 +1212,23 @@ impl CredentialStore for PostgresStore {
         read_credential(&body, serial.as_str())
     }
 
+    async fn get_credential_for_poll(
+        &self,
+        serial: &CertSerial,
+    ) -> Result<(AgentCredential, bool)> {
+        let (body, pending): (String, bool) = sqlx::query_as(
+            "SELECT c.body, EXISTS (SELECT 1 FROM commands \
+               WHERE workspace = c.workspace AND NOT answered) \
+             FROM credentials c WHERE c.serial = $1",
+        )
+        .bind(serial.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        Ok((read_credential(&body, serial.as_str())?, pending))
+    }
+
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         require_workspace(&mut conn, workspace).await?;

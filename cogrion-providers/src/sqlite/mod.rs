@@ -1249,6 +1249,23 @@ impl CredentialStore for SqliteStore {
         read_credential(&body, serial.as_str())
     }
 
+    async fn get_credential_for_poll(
+        &self,
+        serial: &CertSerial,
+    ) -> Result<(AgentCredential, bool)> {
+        let (body, pending): (String, bool) = sqlx::query_as(
+            "SELECT c.body, EXISTS (SELECT 1 FROM commands \
+               WHERE workspace = c.workspace AND answered = 0) \
+             FROM credentials c WHERE c.serial = ?",
+        )
+        .bind(serial.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        Ok((read_credential(&body, serial.as_str())?, pending))
+    }
+
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
         let mut conn = self.read.acquire().await.map_err(unavailable)?;
         require_workspace(&mut conn, workspace).await?;
@@ -1264,31 +1281,25 @@ impl CredentialStore for SqliteStore {
     }
 
     async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool> {
-        let serial = serial.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                let body: String =
-                    sqlx::query_scalar("SELECT body FROM credentials WHERE serial = ?")
-                        .bind(serial.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?
-                        .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
-                let mut c = read_credential(&body, serial.as_str())?;
-                if c.first_poll_at.is_some() {
-                    return Ok(false);
-                }
-                c.first_poll_at = Some(now);
-                sqlx::query("UPDATE credentials SET body = ? WHERE serial = ?")
-                    .bind(to_json(&c)?)
-                    .bind(serial.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(true)
-            })
-        })
+        // One statement (a fleet's first polls come together after a
+        // restart): set the time where none is set yet.
+        let marked = sqlx::query(
+            "UPDATE credentials SET body = json_set(body, '$.first_poll_at', ?) \
+             WHERE serial = ? AND CASE WHEN json_valid(body) \
+               THEN json_extract(body, '$.first_poll_at') IS NULL ELSE 0 END",
+        )
+        .bind(millis(now))
+        .bind(serial.as_str())
+        .execute(&self.write)
         .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if marked == 1 {
+            return Ok(true);
+        }
+        // Marked before, no such credential, or a corrupt row (refused as
+        // such by the read).
+        self.get_credential(serial).await.map(|_| false)
     }
 
     async fn revoke_all(
