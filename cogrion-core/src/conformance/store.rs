@@ -54,7 +54,8 @@ macro_rules! expect_err {
 /// - many exchanges at once (a reconnect storm): each decided on its own — a
 ///   replayed token loses, a taken serial spends nothing, older credentials
 ///   are revoked — whatever a store batches;
-/// - agent credentials: recorded, listed per workspace, revoked permanently;
+/// - agent credentials: recorded, listed per workspace, read for a poll (never
+///   "nothing pending" while a command is), revoked permanently;
 /// - listing by tenant, state and due time, with paging.
 ///
 /// Panics on the first violation, naming it.
