@@ -1818,24 +1818,26 @@ async fn credentials(store: &dyn WorkspaceStore) {
         Error::NotFound(_),
         "a poll's read of an unknown serial"
     );
+    let b_pending = async || {
+        store
+            .get_credential_for_poll(&serial(&b, 1))
+            .await
+            .expect("poll read")
+            .1
+    };
     store
         .commit(WorkspaceWrite::new(b.clone(), T0).command(command("p1")))
         .await
         .expect("queue");
-    let (_, pending) = store
-        .get_credential_for_poll(&serial(&b, 1))
-        .await
-        .expect("poll read");
-    assert!(pending, "a queued command is pending for the poll");
+    assert!(
+        b_pending().await,
+        "a queued command is pending for the poll"
+    );
     store
         .answer(&b, result("p1", CommandOutcome::Succeeded), T0)
         .await
         .expect("answer");
-    let (_, pending) = store
-        .get_credential_for_poll(&serial(&b, 1))
-        .await
-        .expect("poll read");
-    if !pending {
+    if !b_pending().await {
         assert!(
             store.deliver(&b, 0, T0).await.expect("deliver").is_empty(),
             "nothing pending means nothing to deliver"
