@@ -97,13 +97,7 @@ pub async fn poll_reads_are_exact(store: &dyn WorkspaceStore) {
         })
         .await
         .expect("record");
-    let pending = async || {
-        store
-            .get_credential_for_poll(&serial)
-            .await
-            .expect("poll read")
-            .1
-    };
+    let pending = async || poll_pending(store, &serial).await;
     assert!(!pending().await, "nothing queued: nothing pending");
     store
         .commit(WorkspaceWrite::new(ws.clone(), T0).command(command("q1")))
@@ -120,6 +114,15 @@ pub async fn poll_reads_are_exact(store: &dyn WorkspaceStore) {
         .await
         .expect("answer");
     assert!(!pending().await, "an answered command is not pending");
+}
+
+/// Whether a poll's read of `serial` says something may be pending.
+async fn poll_pending(store: &dyn WorkspaceStore, serial: &CertSerial) -> bool {
+    store
+        .get_credential_for_poll(serial)
+        .await
+        .expect("poll read")
+        .1
 }
 
 fn record(id: &WorkspaceId) -> WorkspaceRecord {
@@ -1818,13 +1821,8 @@ async fn credentials(store: &dyn WorkspaceStore) {
         Error::NotFound(_),
         "a poll's read of an unknown serial"
     );
-    let b_pending = async || {
-        store
-            .get_credential_for_poll(&serial(&b, 1))
-            .await
-            .expect("poll read")
-            .1
-    };
+    let b_serial = serial(&b, 1);
+    let b_pending = async || poll_pending(store, &b_serial).await;
     store
         .commit(WorkspaceWrite::new(b.clone(), T0).command(command("p1")))
         .await
