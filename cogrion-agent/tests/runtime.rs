@@ -393,6 +393,12 @@ impl Drop for Restartable {
 }
 
 impl Restartable {
+    /// Queues a `count` command for `ws` and, while the server runs, wakes
+    /// the agent's poll.
+    async fn queue(&self, ws: &WorkspaceId, id: &str) {
+        queue(self.store.as_ref(), self.server.as_ref(), ws, id, "count").await;
+    }
+
     async fn start(dir: &std::path::Path, addr: std::net::SocketAddr) -> Self {
         let store = Arc::new(
             cogrion_providers::sqlite::SqliteStore::open(dir.join("cp.db"))
@@ -500,14 +506,7 @@ async fn a_control_plane_crash_loses_no_command_and_runs_none_twice() {
     });
 
     for id in ["a1", "a2"] {
-        queue(
-            plane.store.as_ref(),
-            plane.server.as_ref(),
-            &ws,
-            id,
-            "count",
-        )
-        .await;
+        plane.queue(&ws, id).await;
     }
     wait_answered(
         plane.store.as_ref(),
@@ -518,25 +517,11 @@ async fn a_control_plane_crash_loses_no_command_and_runs_none_twice() {
     .await;
     // The agent is in a held poll now; a command lands, and the control plane
     // crashes at once.
-    queue(
-        plane.store.as_ref(),
-        plane.server.as_ref(),
-        &ws,
-        "a3",
-        "count",
-    )
-    .await;
+    plane.queue(&ws, "a3").await;
     plane.crash();
     // Queued while the control plane is down (straight into its store).
     for id in ["b1", "b2"] {
-        queue(
-            plane.store.as_ref(),
-            plane.server.as_ref(),
-            &ws,
-            id,
-            "count",
-        )
-        .await;
+        plane.queue(&ws, id).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let addr = plane.addr;
