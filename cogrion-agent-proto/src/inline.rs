@@ -22,7 +22,8 @@ impl<const N: usize> InlineAscii<N> {
     /// `value` kept inline; `what` names it in the error when it does not fit
     /// (longer than `N` bytes, or not ASCII).
     pub fn new(what: &'static str, value: &str) -> Result<Self, InvalidValue> {
-        if value.len() > N || N > usize::from(u8::MAX) {
+        const { assert!(N <= u8::MAX as usize, "the length is kept in a u8") };
+        if value.len() > N {
             return Err(InvalidValue::TooLong {
                 what,
                 len: value.len(),

@@ -147,6 +147,12 @@ impl InMemoryStore {
 }
 
 impl Inner {
+    fn credential(&self, serial: &CertSerial) -> Result<&AgentCredential> {
+        self.credentials
+            .get(serial)
+            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))
+    }
+
     fn workspace(&self, id: &WorkspaceId) -> Result<&Workspace> {
         self.workspaces
             .get(id)
@@ -576,11 +582,7 @@ impl CredentialStore for InMemoryStore {
     }
 
     async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential> {
-        self.lock()
-            .credentials
-            .get(serial)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))
+        self.lock().credential(serial).cloned()
     }
 
     async fn get_credential_for_poll(
@@ -588,11 +590,7 @@ impl CredentialStore for InMemoryStore {
         serial: &CertSerial,
     ) -> Result<(AgentCredential, bool)> {
         let inner = self.lock();
-        let credential = inner
-            .credentials
-            .get(serial)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        let credential = inner.credential(serial)?.clone();
         let pending = inner
             .workspaces
             .get(&credential.workspace)
