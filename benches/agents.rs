@@ -120,7 +120,9 @@ fn hosts(generators: usize) -> Vec<String> {
 /// notifies (answer `SENT <workspace> <ns>`), `STATS`.
 async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Arc::new(SqliteStore::open(dir.join("cp.db")).await.unwrap());
+    let mut options = cogrion::providers::sqlite::SqliteOptions::default();
+    options.readers = env_usize("XREADERS").unwrap_or(4) as u32;
+    let store = Arc::new(SqliteStore::open_with(dir.join("cp.db"), options).await.unwrap());
     let ca = Arc::new(open_ca(&dir));
     let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
     let tokens: Vec<String> = futures::stream::iter(0..n)
@@ -361,11 +363,19 @@ fn roots(ca_pem: &str) -> rustls::RootCertStore {
 // ---------------------------------------------------------------------------
 // Role: load generators.
 
-/// Waits for `GO` from the orchestrating process.
+/// Says `READY`, then waits for `GO` from the orchestrating process.
 async fn ready_and_go(orders: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>) {
     say("READY");
+    wait_for(orders, "GO").await;
+}
+
+/// Waits for the order `order`; exits when the orchestrating process is gone.
+async fn wait_for(
+    orders: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+    order: &str,
+) {
     while let Ok(Some(line)) = orders.next_line().await {
-        if line.trim() == "GO" {
+        if line.trim() == order {
             return;
         }
     }
@@ -422,6 +432,9 @@ async fn role_agents(dir: PathBuf, from: usize, to: usize, addr: SocketAddr) {
         clients.len(),
         now_ns()
     ));
+    // No poll before every generator has bootstrapped all its agents: the
+    // bootstrap rate is of bootstraps alone.
+    wait_for(&mut orders, "POLL").await;
     let first = Arc::new(FirstResponses {
         seen: AtomicUsize::new(0),
         of: clients.len(),
@@ -505,6 +518,7 @@ async fn role_bare_agents(dir: PathBuf, count: usize, raw: SocketAddr, lp: Socke
         identities.len(),
         now_ns()
     ));
+    wait_for(&mut orders, "POLL").await;
     let first = Arc::new(FirstResponses {
         seen: AtomicUsize::new(0),
         of: identities.len(),
@@ -820,6 +834,9 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
             (cpu_after.1 - cpu_before.1) * 1e6 / bootstrapped as f64,
         );
         let rss_bootstrapped = server.rss_kib();
+        for role in &mut roles[first..] {
+            role.order("POLL");
+        }
         let mut polling = 0;
         for _ in 0..generators {
             match inbox.next("POLLING", Duration::from_secs(180)) {
