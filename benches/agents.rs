@@ -20,7 +20,8 @@
 //! - **bootstrap exchanges/s**: every agent of the fleet bootstraps (a fresh
 //!   key and CSR, the TLS handshake, `POST /v1/bootstrap`: strict decoding, the
 //!   CSR check, the token consumed and the credential stored, the certificate
-//!   signed), 16 at a time per generator — against the raw limit, the bare
+//!   signed), 16 at a time per generator, no agent polling before every
+//!   generator is done — against the raw limit, the bare
 //!   server's TLS handshake and CSR signing (no HTTP, no store) fed by the same
 //!   generators in the same way;
 //! - **resident memory per connected agent**: the server's RSS once every agent
@@ -120,9 +121,7 @@ fn hosts(generators: usize) -> Vec<String> {
 /// notifies (answer `SENT <workspace> <ns>`), `STATS`.
 async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut options = cogrion::providers::sqlite::SqliteOptions::default();
-    options.readers = env_usize("XREADERS").unwrap_or(4) as u32;
-    let store = Arc::new(SqliteStore::open_with(dir.join("cp.db"), options).await.unwrap());
+    let store = Arc::new(SqliteStore::open(dir.join("cp.db")).await.unwrap());
     let ca = Arc::new(open_ca(&dir));
     let server_cert = ca.issue_server(&["localhost"], clock.now()).unwrap();
     let tokens: Vec<String> = futures::stream::iter(0..n)
