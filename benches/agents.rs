@@ -203,8 +203,9 @@ async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
             ["STATS"] => {
                 let stats = server.stats();
                 let (batches, exchanges) = store.exchange_stats();
+                let (statements, reads) = store.poll_read_stats();
                 say(format!(
-                    "STATS {} {} {batches} {exchanges}",
+                    "STATS {} {} {batches} {exchanges} {statements} {reads}",
                     stats.handshakes, stats.open_connections
                 ));
             }
@@ -716,6 +717,8 @@ struct Fleet {
     open_connections: Option<u64>,
     /// SQLite token exchanges per transaction, over the whole fleet.
     exchanges_per_batch: f64,
+    /// Polls' credential reads per SQLite statement (the endpoint only).
+    reads_per_statement: Option<f64>,
     latencies_ms: Vec<f64>,
 }
 
@@ -875,6 +878,11 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
                 words[4].parse().unwrap_or(0.0),
             );
             report.exchanges_per_batch = exchanges / batches.max(1.0);
+            let (statements, reads): (f64, f64) = (
+                words[5].parse().unwrap_or(0.0),
+                words[6].parse().unwrap_or(0.0),
+            );
+            report.reads_per_statement = Some(reads / statements.max(1.0));
         }
         let mut rng = rand::rng();
         for round in 0..rounds {
@@ -1035,7 +1043,7 @@ fn main() {
         for (name, fleet) in [("endpoint", &endpoint), ("bare", &bare)] {
             println!(
                 "REPORT agents round {round} memory {name}: {} of {} polling; RSS {} KiB before, {} after the warm-up wave, {} bootstrapped, {} polling; \
-                 {:.1} KiB per agent over everything; {} fds, {:?} open connections",
+                 {:.1} KiB per agent over everything; {} fds, {:?} open connections, {:.1?} poll reads per SQLite statement",
                 fleet.polling,
                 fleet.agents,
                 fleet.rss_before_kib,
@@ -1045,6 +1053,7 @@ fn main() {
                 fleet.kib_per_agent(),
                 fleet.fds,
                 fleet.open_connections,
+                fleet.reads_per_statement,
             );
         }
     }

@@ -28,7 +28,7 @@ pub mod https;
 
 /// Locks a mutex, carrying on through poisoning (no critical section here leaves
 /// its data half-changed).
-#[cfg(feature = "https")]
+#[cfg(any(feature = "https", feature = "sqlite"))]
 fn lock_or_recover<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

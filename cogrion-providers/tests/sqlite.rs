@@ -230,3 +230,82 @@ async fn group_commit_on_sqlite_keeps_the_guarantees_and_shares_transactions() {
         "200 concurrent commits took {batches} transactions"
     );
 }
+
+/// A fleet's polls at once on SQLite: reads share statements, each answers
+/// for its own serial, and a corrupt credential among them is refused alone
+/// (its read and its first-poll mark), naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_at_once_share_statements_and_a_corrupt_row_is_refused_alone() {
+    use cogrion_core::{AgentCredential, CertSerial, CredentialStore};
+    let dir = TempDir::new("polls");
+    let store = SqliteStore::open(dir.db()).await.unwrap();
+    let mut fleet = Vec::new();
+    for i in 0..40u32 {
+        let ws = create(&store).await;
+        let credential = AgentCredential {
+            workspace: ws,
+            serial: CertSerial::new(format!("{:032x}", 0xc0de_0000 + i)).unwrap(),
+            issued_at: T0,
+            expires_at: T0 + std::time::Duration::from_secs(86_400),
+            revoked: None,
+            first_poll_at: None,
+        };
+        store.put_credential(credential.clone()).await.unwrap();
+        fleet.push(credential);
+    }
+    let bad = fleet[17].serial.clone();
+    let mut conn = raw(&dir.db()).await;
+    sqlx::query("UPDATE credentials SET body = '{not json' WHERE serial = ?")
+        .bind(bad.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let before = store.poll_read_stats();
+    let reads = futures::future::join_all(
+        fleet
+            .iter()
+            .map(|c| store.get_credential_for_poll(&c.serial)),
+    )
+    .await;
+    let (statements, read) = store.poll_read_stats();
+    let (statements, read) = (statements - before.0, read - before.1);
+    assert_eq!(read, 40);
+    assert!(
+        statements < 40,
+        "40 polls at once took {statements} statements"
+    );
+    for (credential, result) in fleet.iter().zip(&reads) {
+        match result {
+            Err(Error::Corrupt {
+                what: Resource::Credential(s),
+                ..
+            }) if credential.serial == bad => assert_eq!(s, &bad),
+            Ok((c, pending)) if credential.serial != bad => {
+                assert_eq!(c, credential);
+                assert!(!pending, "nothing queued for {}", c.workspace);
+            }
+            other => panic!("the read of {}: {other:?}", credential.serial),
+        }
+    }
+
+    let marks = futures::future::join_all(
+        fleet
+            .iter()
+            .map(|c| store.mark_polled(&c.serial, T0 + std::time::Duration::from_secs(5))),
+    )
+    .await;
+    for (credential, result) in fleet.iter().zip(&marks) {
+        match result {
+            Err(Error::Corrupt { .. }) if credential.serial == bad => {}
+            Ok(true) if credential.serial != bad => {}
+            other => panic!("the first poll of {}: {other:?}", credential.serial),
+        }
+    }
+    // The corrupt row was left as it was: still refused, not rewritten.
+    assert!(matches!(
+        store.get_credential(&bad).await,
+        Err(Error::Corrupt { .. })
+    ));
+}

@@ -56,6 +56,9 @@ macro_rules! expect_err {
 ///   are revoked — whatever a store batches;
 /// - agent credentials: recorded, listed per workspace, read for a poll (never
 ///   "nothing pending" while a command is), revoked permanently;
+/// - many polls at once (a fleet reconnecting): each read answers for its own
+///   serial, and of concurrent first-poll marks of one credential exactly one
+///   reports the first poll — whatever a store batches;
 /// - listing by tenant, state and due time, with paging.
 ///
 /// Panics on the first violation, naming it.
@@ -74,6 +77,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     credentials(store).await;
     exchanges(store).await;
     exchanges_at_once(store).await;
+    polls_at_once(store).await;
     listing(store).await;
 }
 
@@ -1512,6 +1516,102 @@ fn serial_of(ws: &WorkspaceId, n: u8) -> CertSerial {
     .expect("serial")
 }
 
+/// Many polls at once, as a fleet reconnecting brings them (a store may run
+/// them together): every read answers for its own serial, and of two
+/// first-poll marks of one credential at once exactly one reports the first
+/// poll, whose time is kept.
+async fn polls_at_once(store: &dyn WorkspaceStore) {
+    let mut fleet = Vec::new();
+    for i in 0..12 {
+        let ws = create(store, "pollmany").await;
+        let credential = AgentCredential {
+            workspace: ws.clone(),
+            serial: serial_of(&ws, 1),
+            issued_at: T0,
+            expires_at: T0 + Duration::from_secs(86_400),
+            revoked: None,
+            first_poll_at: None,
+        };
+        store
+            .put_credential(credential.clone())
+            .await
+            .expect("record");
+        let queued = i % 3 == 0;
+        if queued {
+            store
+                .commit(WorkspaceWrite::new(ws, T0).command(command("m1")))
+                .await
+                .expect("queue");
+        }
+        fleet.push((credential, queued));
+    }
+    let unknown = serial_of(&fleet[0].0.workspace, 9);
+
+    // Every serial read twice and an unknown one, all at once.
+    let reads = futures::future::join_all(
+        fleet
+            .iter()
+            .chain(&fleet)
+            .map(|(c, _)| store.get_credential_for_poll(&c.serial))
+            .chain([store.get_credential_for_poll(&unknown)]),
+    )
+    .await;
+    for (k, read) in reads[..2 * fleet.len()].iter().enumerate() {
+        let (credential, queued) = &fleet[k % fleet.len()];
+        match read {
+            Ok((read, pending)) => {
+                assert_eq!(read, credential, "read {k} answers for its own serial");
+                assert!(
+                    *pending || !queued,
+                    "read {k}: nothing pending while a command is"
+                );
+            }
+            Err(e) => panic!("read {k} of a recorded credential: {e}"),
+        }
+    }
+    expect_err!(
+        reads.last().expect("the unknown serial's read"),
+        Error::NotFound(_),
+        "an unknown serial among many polls"
+    );
+
+    // Every credential's first poll marked twice at once, and an unknown one.
+    let at = |k: u64| T0 + Duration::from_secs(k);
+    let marks = futures::future::join_all(
+        fleet
+            .iter()
+            .flat_map(|(c, _)| [(c, 1), (c, 2)])
+            .map(|(c, k)| store.mark_polled(&c.serial, at(k)))
+            .chain([store.mark_polled(&unknown, at(1))]),
+    )
+    .await;
+    for (i, (credential, _)) in fleet.iter().enumerate() {
+        let pair = (&marks[2 * i], &marks[2 * i + 1]);
+        let winner = match pair {
+            (Ok(true), Ok(false)) => 1,
+            (Ok(false), Ok(true)) => 2,
+            other => panic!(
+                "two first polls of {} at once: exactly one reports it, got {other:?}",
+                credential.serial
+            ),
+        };
+        assert_eq!(
+            store
+                .get_credential(&credential.serial)
+                .await
+                .expect("read")
+                .first_poll_at,
+            Some(at(winner)),
+            "the reported first poll's time is kept"
+        );
+    }
+    expect_err!(
+        marks.last().expect("the unknown serial's mark"),
+        Error::NotFound(_),
+        "marking an unknown serial among many"
+    );
+}
+
 /// Many exchanges at once, as a reconnect storm brings them (a store may run
 /// them together): every one is decided as if alone.
 async fn exchanges_at_once(store: &dyn WorkspaceStore) {
@@ -1757,18 +1857,7 @@ async fn exchanges(store: &dyn WorkspaceStore) {
 async fn credentials(store: &dyn WorkspaceStore) {
     let a = create(store, "cred").await;
     let b = create(store, "cred").await;
-    let serial = |ws: &WorkspaceId, n: u8| {
-        let digits: String = ws
-            .as_str()
-            .bytes()
-            .map(|b| format!("{:02x}", b))
-            .collect::<String>();
-        CertSerial::new(format!(
-            "{n:02x}{}",
-            &digits[digits.len().saturating_sub(30)..]
-        ))
-        .expect("valid serial")
-    };
+    let serial = serial_of;
     let cred = |ws: &WorkspaceId, n: u8| AgentCredential {
         workspace: ws.clone(),
         serial: serial(ws, n),

@@ -13,105 +13,58 @@
 //! precise answer.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 
 use cogrion_core::{
     AgentCredential, BootstrapTokenRecord, Error, Resource, Result, Timestamp, TokenRefusal,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
-use tokio::sync::oneshot;
 
+use super::batch::{Batcher, Call};
 use super::{from_json, revoke_credentials, to_json, unavailable};
 
 /// Most exchanges in one transaction.
 const MAX_BATCH: usize = 128;
 
-/// One exchange waiting for its turn.
-struct Pending {
+/// One exchange: the token's hash, the credential it is for, and when.
+pub(super) struct Exchange {
     hash: String,
     credential: AgentCredential,
     now: Timestamp,
-    answer: oneshot::Sender<Result<BootstrapTokenRecord>>,
 }
 
-/// The exchanges waiting, and the turn to run them.
-#[derive(Default)]
-pub(super) struct Exchanges {
-    queue: Mutex<Vec<Pending>>,
-    turn: tokio::sync::Mutex<()>,
-    /// Batches run and exchanges in them, for [`SqliteStore::exchange_stats`](super::SqliteStore::exchange_stats).
-    batches: std::sync::atomic::AtomicU64,
-    exchanges: std::sync::atomic::AtomicU64,
+type Pending = Call<Exchange, BootstrapTokenRecord>;
+
+/// The exchanges waiting to share a transaction.
+pub(super) type Exchanges = Batcher<Exchange, BootstrapTokenRecord>;
+
+/// A batcher for [`exchange`].
+pub(super) fn exchanges() -> Exchanges {
+    Batcher::new(MAX_BATCH)
 }
 
-impl std::fmt::Debug for Exchanges {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exchanges").finish_non_exhaustive()
-    }
-}
-
-impl Exchanges {
-    /// Batches run so far, and the exchanges in them.
-    pub(super) fn stats(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.batches.load(Relaxed), self.exchanges.load(Relaxed))
-    }
-
-    /// Runs one exchange, in a batch with whatever else is waiting.
-    pub(super) async fn exchange(
-        &self,
-        pool: &SqlitePool,
-        hash: String,
-        credential: AgentCredential,
-        now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
-        let (answer, mut answered) = oneshot::channel();
-        crate::lock_or_recover(&self.queue).push(Pending {
-            hash,
-            credential,
-            now,
-            answer,
-        });
-        let _turn = self.turn.lock().await;
-        // An earlier turn may have run this exchange already.
-        if let Ok(result) = answered.try_recv() {
-            return result;
-        }
-        loop {
-            let mut batch = {
-                let mut queue = crate::lock_or_recover(&self.queue);
-                let take = queue.len().min(MAX_BATCH);
-                queue.drain(..take).collect::<Vec<_>>()
-            };
-            if batch.is_empty() {
-                break;
-            }
-            // One exchange per token and per workspace in a batch: a second one
-            // must see the first's effect, so it waits for the next batch.
+/// Runs one exchange, in a batch with whatever else is waiting.
+pub(super) async fn exchange(
+    exchanges: &Exchanges,
+    pool: &SqlitePool,
+    hash: String,
+    credential: AgentCredential,
+    now: Timestamp,
+) -> Result<BootstrapTokenRecord> {
+    let input = Exchange {
+        hash,
+        credential,
+        now,
+    };
+    exchanges
+        .call(input, |mut batch| async move {
+            // One exchange per token and per workspace in a batch: a second
+            // one must see the first's effect, so it waits for the next batch.
             let later = separate(&mut batch);
-            self.batches
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.exchanges
-                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             run_batch(pool, batch).await;
-            if !later.is_empty() {
-                let mut queue = crate::lock_or_recover(&self.queue);
-                let newer = std::mem::take(&mut *queue);
-                queue.extend(later);
-                queue.extend(newer);
-            }
-            if let Ok(result) = answered.try_recv() {
-                return result;
-            }
-        }
-        answered.try_recv().unwrap_or_else(|_| {
-            Err(Error::Unavailable {
-                service: "sqlite".into(),
-                detail: "an exchange was dropped unanswered".into(),
-            })
+            later
         })
-    }
+        .await
 }
 
 /// Moves out of `batch` every exchange whose token or workspace an earlier one
@@ -121,11 +74,11 @@ fn separate(batch: &mut Vec<Pending>) -> Vec<Pending> {
     let mut later = Vec::new();
     let mut kept = Vec::with_capacity(batch.len());
     for pending in batch.drain(..) {
-        let ws = pending.credential.workspace.as_str().to_owned();
-        if hashes.contains(&pending.hash) || workspaces.contains(&ws) {
+        let ws = pending.input.credential.workspace.as_str().to_owned();
+        if hashes.contains(&pending.input.hash) || workspaces.contains(&ws) {
             later.push(pending);
         } else {
-            hashes.insert(pending.hash.clone());
+            hashes.insert(pending.input.hash.clone());
             workspaces.insert(ws);
             kept.push(pending);
         }
@@ -136,7 +89,7 @@ fn separate(batch: &mut Vec<Pending>) -> Vec<Pending> {
 
 /// What the exchange's rule decided from the row read for it: the consumed
 /// token and whether older credentials are live, or the refusal.
-fn decide(pending: &Pending, row: &SqliteRow) -> Result<(BootstrapTokenRecord, bool)> {
+fn decide(pending: &Exchange, row: &SqliteRow) -> Result<(BootstrapTokenRecord, bool)> {
     let ws = &pending.credential.workspace;
     let state: Option<String> = row.get("state");
     super::retired(ws, state)?;
@@ -176,7 +129,7 @@ async fn run_batch(pool: &SqlitePool, batch: Vec<Pending>) {
         Err(e) => {
             let detail = e.to_string();
             for pending in batch {
-                let _ = pending.answer.send(Err(Error::Unavailable {
+                pending.answer(Err(Error::Unavailable {
                     service: "sqlite".into(),
                     detail: detail.clone(),
                 }));
@@ -184,17 +137,18 @@ async fn run_batch(pool: &SqlitePool, batch: Vec<Pending>) {
             return;
         }
     };
-    match together(&mut conn, &batch).await {
+    let inputs: Vec<&Exchange> = batch.iter().map(|p| &p.input).collect();
+    match together(&mut conn, &inputs).await {
         Ok(results) => {
             for (pending, result) in batch.into_iter().zip(results) {
-                let _ = pending.answer.send(result);
+                pending.answer(result);
             }
         }
         Err(_) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             for pending in batch {
-                let result = alone(&mut conn, &pending).await;
-                let _ = pending.answer.send(result);
+                let result = alone(&mut conn, &pending.input).await;
+                pending.answer(result);
             }
         }
     }
@@ -204,7 +158,7 @@ async fn run_batch(pool: &SqlitePool, batch: Vec<Pending>) {
 /// failed the transaction (then nothing of it stays once rolled back).
 async fn together(
     conn: &mut SqliteConnection,
-    batch: &[Pending],
+    batch: &[&Exchange],
 ) -> Result<Vec<Result<BootstrapTokenRecord>>> {
     let keys: Vec<serde_json::Value> = batch
         .iter()
@@ -220,7 +174,7 @@ async fn together(
     for row in &rows {
         let i = usize::try_from(row.get::<i64, _>("i")).unwrap_or(usize::MAX);
         if let Some(slot) = decided.get_mut(i) {
-            *slot = Some(decide(&batch[i], row));
+            *slot = Some(decide(batch[i], row));
         }
     }
     let mut writes = Vec::new();
@@ -272,8 +226,8 @@ async fn together(
 }
 
 /// One exchange in a transaction of its own, with its precise error.
-async fn alone(conn: &mut SqliteConnection, pending: &Pending) -> Result<BootstrapTokenRecord> {
-    match together(conn, std::slice::from_ref(pending)).await {
+async fn alone(conn: &mut SqliteConnection, pending: &Exchange) -> Result<BootstrapTokenRecord> {
+    match together(conn, &[pending]).await {
         Ok(mut results) => results.pop().unwrap_or_else(|| {
             Err(Error::Unavailable {
                 service: "sqlite".into(),

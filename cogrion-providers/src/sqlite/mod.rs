@@ -28,7 +28,9 @@
 //! wrong id, gaps in a history) are [`Error::Corrupt`] naming the workspace —
 //! never repaired silently.
 
+mod batch;
 mod exchange;
+mod polls;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -117,6 +119,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Token exchanges waiting to share a transaction.
     exchanges: std::sync::Arc<exchange::Exchanges>,
+    /// Polls' reads and first-poll marks waiting to share a statement.
+    polls: std::sync::Arc<polls::Polls>,
 }
 
 fn unavailable(e: sqlx::Error) -> Error {
@@ -201,7 +205,8 @@ impl SqliteStore {
             read,
             write,
             path,
-            exchanges: Default::default(),
+            exchanges: std::sync::Arc::new(exchange::exchanges()),
+            polls: Default::default(),
         })
     }
 
@@ -215,6 +220,12 @@ impl SqliteStore {
     /// reconnect storm gets.
     pub fn exchange_stats(&self) -> (u64, u64) {
         self.exchanges.stats()
+    }
+
+    /// Polls' credential reads so far: (statements, reads in them). Polls
+    /// arriving together share a statement.
+    pub fn poll_read_stats(&self) -> (u64, u64) {
+        self.polls.read_stats()
     }
 
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`), committing if it
@@ -1217,9 +1228,14 @@ impl TokenStore for SqliteStore {
         now: Timestamp,
     ) -> Result<BootstrapTokenRecord> {
         // Batched with the exchanges arriving at the same time (see `exchange`).
-        self.exchanges
-            .exchange(&self.write, hash.to_string(), credential, now)
-            .await
+        exchange::exchange(
+            &self.exchanges,
+            &self.write,
+            hash.to_string(),
+            credential,
+            now,
+        )
+        .await
     }
 }
 
@@ -1253,17 +1269,8 @@ impl CredentialStore for SqliteStore {
         &self,
         serial: &CertSerial,
     ) -> Result<(AgentCredential, bool)> {
-        let (body, pending): (String, bool) = sqlx::query_as(
-            "SELECT c.body, EXISTS (SELECT 1 FROM commands \
-               WHERE workspace = c.workspace AND answered = 0) \
-             FROM credentials c WHERE c.serial = ?",
-        )
-        .bind(serial.as_str())
-        .fetch_optional(&self.read)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
-        Ok((read_credential(&body, serial.as_str())?, pending))
+        // Batched with the polls arriving at the same time (see `polls`).
+        self.polls.read(&self.read, serial).await
     }
 
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
@@ -1281,20 +1288,8 @@ impl CredentialStore for SqliteStore {
     }
 
     async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool> {
-        // One statement (a fleet's first polls come together after a
-        // restart): set the time where none is set yet.
-        let marked = sqlx::query(
-            "UPDATE credentials SET body = json_set(body, '$.first_poll_at', ?) \
-             WHERE serial = ? AND CASE WHEN json_valid(body) \
-               THEN json_extract(body, '$.first_poll_at') IS NULL ELSE 0 END",
-        )
-        .bind(millis(now))
-        .bind(serial.as_str())
-        .execute(&self.write)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if marked == 1 {
+        // Batched: a fleet's first polls come together (see `polls`).
+        if self.polls.mark(&self.write, serial, now).await? {
             return Ok(true);
         }
         // Marked before, no such credential, or a corrupt row (refused as
