@@ -19,7 +19,11 @@
 //! on the same file waits on the lock instead of failing mid-transaction); reads
 //! use a separate pool and never wait for the writer (WAL). A bulk
 //! [`claim_due`](cogrion_core::LeaseStore::claim_due) is one `INSERT … SELECT`
-//! in the writer's transaction.
+//! in the writer's transaction. What a fleet of agents does all at once after
+//! a restart is batched: concurrent token exchanges share a transaction, and
+//! concurrent polls share one credential read and one first-poll `UPDATE`
+//! ([`SqliteStore::exchange_stats`], [`SqliteStore::poll_read_stats`]); every
+//! call still gets its own answer.
 //!
 //! # Schema
 //! Versioned migrations are applied when the store is opened. A database written
