@@ -5,8 +5,11 @@
 #
 # Peers: PostgreSQL 15 (scripts/peers/postgres.sh) is installed if missing, started
 # on loopback before the tests and stopped when the script exits; if it cannot be
-# installed or started, the run fails. Later peers (moto, Helm, Terraform, Temporal)
-# join the same way.
+# installed or started, the run fails. The Cluster Agent's image is checked without
+# a Docker engine (none runs here): scripts/peers/agent-image.sh makes a Debian
+# bookworm minbase root filesystem once (debootstrap, ~30 s, kept in ~/.cache), and
+# a test applies the Dockerfile's runtime stage to a copy and runs the agent in it.
+# Later peers (moto, Helm, Terraform, Temporal) join the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +31,10 @@ COGRION_TEST_POSTGRES_URL="$(bash scripts/peers/postgres.sh start)"
 export COGRION_TEST_POSTGRES_URL COGRION_REQUIRE_POSTGRES=1
 log="$(mktemp)"
 trap 'rm -f "$log"; bash scripts/peers/postgres.sh stop' EXIT
+
+step "the agent image's base (bookworm minbase root filesystem, made once)"
+COGRION_TEST_IMAGE_BASE="$(bash scripts/peers/agent-image.sh base)"
+export COGRION_TEST_IMAGE_BASE COGRION_REQUIRE_IMAGE=1
 
 step "cargo test"
 # Tests, examples (built), and benches built but not run: they run only when measuring.

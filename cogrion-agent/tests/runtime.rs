@@ -364,6 +364,263 @@ async fn the_binary_runs_as_its_own_process() {
     let _ = std::fs::remove_dir_all(&plane.dir);
 }
 
+/// The runtime stage of `cogrion-agent/Dockerfile`, applied to a copy of a
+/// Debian bookworm minbase root filesystem (`scripts/peers/agent-image.sh`
+/// makes it: no Docker engine runs here): its `RUN`s run chrooted, its `COPY`
+/// of the agent takes this build's binary, and `USER`, `ENV`, `VOLUME` and
+/// `ENTRYPOINT` say how the agent runs. An instruction it does not know fails
+/// the test rather than being passed over.
+struct Image {
+    root: std::path::PathBuf,
+    uid: u32,
+    gid: u32,
+    env: Vec<(String, String)>,
+    entrypoint: Vec<String>,
+    volumes: Vec<String>,
+}
+
+/// Debian's `chroot` (coreutils).
+const CHROOT: &str = "/usr/sbin/chroot";
+/// The `PATH` the Debian images set.
+const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Image {
+    fn build(base: &std::path::Path, binary: &std::path::Path) -> Self {
+        let dockerfile =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+        let mut instructions = Vec::new();
+        let mut current = String::new();
+        for line in dockerfile.lines().map(str::trim) {
+            if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+                continue;
+            }
+            match line.strip_suffix('\\') {
+                Some(head) => {
+                    current.push_str(head);
+                    current.push(' ');
+                }
+                None => {
+                    current.push_str(line);
+                    instructions.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        let last_from = instructions
+            .iter()
+            .rposition(|i| i.starts_with("FROM "))
+            .expect("a FROM");
+        assert_eq!(
+            instructions[last_from], "FROM debian:bookworm-slim",
+            "the emulation stands for debian:bookworm-slim"
+        );
+        let root = std::env::temp_dir().join(format!(
+            "cogrion-agent-image-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&root).unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(base.join("."))
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "copying the base root filesystem");
+        let mut image = Image {
+            root,
+            uid: 0,
+            gid: 0,
+            env: Vec::new(),
+            entrypoint: Vec::new(),
+            volumes: Vec::new(),
+        };
+        for instruction in &instructions[last_from + 1..] {
+            let (op, rest) = instruction.split_once(' ').expect("an argument");
+            match op {
+                "RUN" => {
+                    let ran = std::process::Command::new(CHROOT)
+                        .arg(&image.root)
+                        .args(["/bin/sh", "-c", rest])
+                        .env_clear()
+                        .env(
+                            "PATH",
+                            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        )
+                        .status()
+                        .unwrap();
+                    assert!(ran.success(), "RUN {rest}");
+                }
+                "COPY" => {
+                    let args: Vec<&str> = rest.split_whitespace().collect();
+                    match args.as_slice() {
+                        ["--from=build", from, to] if from.ends_with("/cogrion-agent") => {
+                            let to = image.path(to);
+                            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                            std::fs::copy(binary, &to).unwrap();
+                        }
+                        other => panic!("the emulation does not know COPY {other:?}"),
+                    }
+                }
+                "USER" => {
+                    image.uid = rest.parse().expect("a numeric USER");
+                    let passwd = std::fs::read_to_string(image.path("/etc/passwd")).unwrap();
+                    image.gid = passwd
+                        .lines()
+                        .map(|l| l.split(':').collect::<Vec<_>>())
+                        .find(|f| f.get(2) == Some(&rest))
+                        .and_then(|f| f.get(3)?.parse().ok())
+                        .expect("USER names a user of the image");
+                }
+                "ENV" => {
+                    for pair in rest.split_whitespace() {
+                        let (k, v) = pair.split_once('=').expect("ENV k=v");
+                        image.env.push((k.into(), v.into()));
+                    }
+                }
+                "VOLUME" => image.volumes.push(rest.into()),
+                "ENTRYPOINT" => {
+                    image.entrypoint = serde_json::from_str(rest).expect("ENTRYPOINT [..]")
+                }
+                other => panic!("the emulation does not know {other}"),
+            }
+        }
+        image
+    }
+
+    /// `path` of the image, in the folder that holds it.
+    fn path(&self, path: &str) -> std::path::PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// Writes a secret into the image as Kubernetes mounts one: read-only,
+    /// readable by the agent's user.
+    fn secret(&self, path: &str, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let at = self.path(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, contents).unwrap();
+        std::os::unix::fs::chown(&at, Some(self.uid), Some(self.gid)).unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+
+    /// The entrypoint, chrooted into the image as its user, with the image's
+    /// environment and `env`.
+    fn command(&self, env: &[(&str, String)]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(CHROOT);
+        command
+            .arg(format!("--userspec={}:{}", self.uid, self.gid))
+            .arg(format!("--groups={}", self.gid))
+            .arg(&self.root)
+            .args(&self.entrypoint)
+            .env_clear()
+            .env("PATH", IMAGE_PATH)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true);
+        command
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The agent's image, without Docker: the runtime stage of its Dockerfile
+/// applied to a bookworm minbase root filesystem ([`Image`]), the agent
+/// chrooted in it as the image's unprivileged user with the image's
+/// environment, its CA bundle and token as mounted secrets. It bootstraps
+/// against the control plane on loopback, answers `health`, and keeps its
+/// identity in the image's state volume, owned by its user, the key private.
+/// Not covered: the Dockerfile's build stage, and Docker itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_in_its_image() {
+    let base = match std::env::var("COGRION_TEST_IMAGE_BASE") {
+        Ok(base) => std::path::PathBuf::from(base),
+        Err(_) if std::env::var("CI").is_ok() || std::env::var("COGRION_REQUIRE_IMAGE").is_ok() => {
+            panic!(
+                "COGRION_TEST_IMAGE_BASE is not set: run the tests with scripts/test.sh, which makes the image's base"
+            )
+        }
+        Err(_) => {
+            eprintln!(
+                "NOT RUN: the_binary_runs_in_its_image needs COGRION_TEST_IMAGE_BASE (scripts/peers/agent-image.sh base)"
+            );
+            return;
+        }
+    };
+    let image = Image::build(
+        &base,
+        std::path::Path::new(env!("CARGO_BIN_EXE_cogrion-agent")),
+    );
+    assert_ne!(image.uid, 0, "the agent does not run as root");
+    let state = image
+        .env
+        .iter()
+        .find(|(k, _)| k == "COGRION_STATE_DIR")
+        .map(|(_, v)| v.clone())
+        .expect("the image says where the agent's state lives");
+    assert!(
+        image.volumes.contains(&state),
+        "the state folder is a volume: {:?}",
+        image.volumes
+    );
+
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    image.secret(
+        "/run/secrets/cogrion/ca.pem",
+        plane.ca.certificate_pem().as_bytes(),
+    );
+    image.secret(
+        "/run/secrets/cogrion/token",
+        &std::fs::read(plane.dir.join("token")).unwrap(),
+    );
+    let mut child = image
+        .command(&[
+            ("COGRION_ENDPOINT", plane.addr.to_string()),
+            ("COGRION_SERVER_NAME", "localhost".into()),
+            ("COGRION_CA_FILE", "/run/secrets/cogrion/ca.pem".into()),
+            ("COGRION_WORKSPACE", plane.ws.to_string()),
+            ("COGRION_TOKEN_FILE", "/run/secrets/cogrion/token".into()),
+            ("COGRION_POLL_WAIT_SECS", "1".into()),
+        ])
+        .spawn()
+        .unwrap();
+    queue(
+        plane.store.as_ref(),
+        Some(&plane.server),
+        &plane.ws,
+        "img1",
+        "health",
+    )
+    .await;
+    plane
+        .wait_answered(&["img1"], Duration::from_secs(30))
+        .await;
+    match plane
+        .store
+        .get_command(&plane.ws, &CommandId::new("img1").unwrap())
+        .await
+        .unwrap()
+        .status
+    {
+        CommandStatus::Answered { result, .. } => {
+            assert_eq!(result.outcome, CommandOutcome::Succeeded)
+        }
+        other => panic!("{other:?}"),
+    }
+    child.kill().await.unwrap();
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let key = std::fs::metadata(image.path(&format!("{state}/identity.key")))
+            .expect("the identity kept in the state volume");
+        assert_eq!(key.uid(), image.uid, "written by the image's user");
+        assert_eq!(key.permissions().mode() & 0o077, 0, "the key is private");
+    }
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
 /// Without its settings the binary says which one is missing and exits 2.
 #[tokio::test]
 async fn the_binary_refuses_to_start_without_its_settings() {
