@@ -214,9 +214,26 @@ async fn an_agent_bootstraps_polls_and_answers_over_mutual_tls() {
     assert!(response.not_after_ms > plane.clock.now().as_millis());
     let credentials = plane.store.list_credentials(&ws).await.unwrap();
     assert_eq!(credentials.len(), 1);
+    assert_eq!(
+        plane.server.presence(&ws).await.unwrap(),
+        None,
+        "bootstrapped, not polled yet: not present"
+    );
 
     // Nothing queued: an immediate poll answers empty, and counts as the first poll.
     assert!(agent.poll(Vec::new(), 0).await.unwrap().commands.is_empty());
+    let seen = plane.clock.now();
+    plane.clock.advance(Duration::from_secs(1));
+    let presence = plane.server.presence(&ws).await.unwrap().expect("present");
+    assert_eq!(
+        (
+            presence.last_seen,
+            presence.serial.as_ref(),
+            presence.connected
+        ),
+        (seen, Some(&credentials[0].serial), true),
+        "present since its poll, with the certificate it presented"
+    );
     // A long poll is woken by a queued command.
     let started = Instant::now();
     let poll = {
@@ -688,6 +705,11 @@ async fn revocation_closes_the_agents_open_connections() {
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "closed at once, not at the end of the wait"
+    );
+    assert_eq!(
+        plane.server.presence(&ws).await.unwrap(),
+        None,
+        "a disconnected agent is not present"
     );
     refused(
         agent.poll(Vec::new(), 0).await,
