@@ -72,6 +72,30 @@ impl Plane {
         wait_answered(self.store.as_ref(), &self.ws, ids, limit).await;
     }
 
+    /// Queues the builtin `health` command as `id`, waits (within `limit`)
+    /// for an agent to answer it, and returns the stored result.
+    async fn health(&self, id: &str, limit: Duration) -> CommandResult {
+        queue(
+            self.store.as_ref(),
+            Some(&self.server),
+            &self.ws,
+            id,
+            "health",
+        )
+        .await;
+        self.wait_answered(&[id], limit).await;
+        match self
+            .store
+            .get_command(&self.ws, &CommandId::new(id).unwrap())
+            .await
+            .unwrap()
+            .status
+        {
+            CommandStatus::Answered { result, .. } => result,
+            other => panic!("{id} answered but stored as {other:?}"),
+        }
+    }
+
     async fn start(lifetime: Duration) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = Arc::new(InMemoryStore::new());
@@ -338,28 +362,9 @@ async fn the_binary_runs_as_its_own_process() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    queue(
-        plane.store.as_ref(),
-        Some(&plane.server),
-        &plane.ws,
-        "h1",
-        "health",
-    )
-    .await;
-    plane.wait_answered(&["h1"], Duration::from_secs(20)).await;
-    match plane
-        .store
-        .get_command(&plane.ws, &CommandId::new("h1").unwrap())
-        .await
-        .unwrap()
-        .status
-    {
-        CommandStatus::Answered { result, .. } => {
-            assert_eq!(result.outcome, CommandOutcome::Succeeded);
-            assert_eq!(result.output, serde_json::json!({ "status": "ok" }));
-        }
-        other => panic!("{other:?}"),
-    }
+    let result = plane.health("h1", Duration::from_secs(20)).await;
+    assert_eq!(result.outcome, CommandOutcome::Succeeded);
+    assert_eq!(result.output, serde_json::json!({ "status": "ok" }));
     child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&plane.dir);
 }
@@ -587,29 +592,8 @@ async fn the_binary_runs_in_its_image() {
         ])
         .spawn()
         .unwrap();
-    queue(
-        plane.store.as_ref(),
-        Some(&plane.server),
-        &plane.ws,
-        "img1",
-        "health",
-    )
-    .await;
-    plane
-        .wait_answered(&["img1"], Duration::from_secs(30))
-        .await;
-    match plane
-        .store
-        .get_command(&plane.ws, &CommandId::new("img1").unwrap())
-        .await
-        .unwrap()
-        .status
-    {
-        CommandStatus::Answered { result, .. } => {
-            assert_eq!(result.outcome, CommandOutcome::Succeeded)
-        }
-        other => panic!("{other:?}"),
-    }
+    let result = plane.health("img1", Duration::from_secs(30)).await;
+    assert_eq!(result.outcome, CommandOutcome::Succeeded);
     child.kill().await.unwrap();
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
