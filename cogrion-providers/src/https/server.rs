@@ -363,6 +363,19 @@ async fn body<M: Message>(
     v1::decode::<M>(&bytes).map_err(Refusal::decode)
 }
 
+/// A request's message for an endpoint that needs a client certificate, with
+/// the certificate's agent; or the refusal.
+fn authenticated<M>(
+    peer: Option<&Peer>,
+    m: std::result::Result<M, Refusal>,
+) -> std::result::Result<(&Peer, M), Refusal> {
+    match (peer, m) {
+        (None, _) => Err(Refusal::unauthenticated()),
+        (_, Err(r)) => Err(r),
+        (Some(peer), Ok(m)) => Ok((peer, m)),
+    }
+}
+
 /// What a request asks for, read from its head (which is then dropped: the
 /// future serving the request keeps only the body).
 #[derive(Debug, Clone, Copy)]
@@ -677,78 +690,77 @@ impl Shared {
         })
     }
 
-    async fn handle(
+    // Not `async fn`s: an `async fn` keeps each argument twice in its state
+    // (as passed, and as bound), and the state of a held poll is what hyper
+    // keeps for every connection's whole life. An `async move` block keeps
+    // them once.
+    #[allow(clippy::manual_async_fn)]
+    fn handle(
         self: Arc<Self>,
         peer: Option<Arc<Peer>>,
         remote: IpAddr,
         head: Head,
         req: Incoming,
-    ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
-        let declared = head.declared;
-        // The other endpoints' work is boxed, so the future is sized for a poll.
-        let outcome = match head.route {
-            Route::WrongMethod => Err(Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::BadRequest,
-                "only POST",
-            )),
-            Route::Unknown => Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::BadRequest,
-                "no such endpoint",
-            )),
-            Route::Bootstrap => {
-                Box::pin(async { self.bootstrap(body(req, declared).await?, remote).await }).await
-            }
-            // Not boxed: a held poll is what a connection's future spends its
-            // life on, so the poll's state is the one it is sized for.
-            Route::Poll => {
-                self.authenticated(peer.as_deref(), req, declared, Self::poll)
-                    .await
-            }
-            Route::Result => {
-                Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::result)).await
-            }
-            Route::Renew => {
-                Box::pin(self.authenticated(peer.as_deref(), req, declared, Self::renew)).await
-            }
-        };
-        Ok(match outcome {
-            Ok(response) => response,
-            Err(refusal) => {
-                tracing::info!(
-                    path = head.route.path(),
-                    %remote,
-                    workspace = peer.as_ref().map(|p| p.workspace.to_string()),
-                    code = ?refusal.code,
-                    reason = %refusal.message,
-                    "request refused"
-                );
-                refusal.response()
-            }
-        })
-    }
-
-    /// Reads an `M` for an endpoint that needs a client certificate, then
-    /// `serve`s it for the certificate's agent.
-    async fn authenticated<'a, M, F, Fut>(
-        &'a self,
-        peer: Option<&'a Peer>,
-        req: Incoming,
-        declared: Option<usize>,
-        serve: F,
-    ) -> std::result::Result<Response<Full<Bytes>>, Refusal>
-    where
-        M: Message,
-        F: FnOnce(&'a Self, &'a Peer, M) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<Response<Full<Bytes>>, Refusal>>,
+    ) -> impl std::future::Future<Output = std::result::Result<Response<Full<Bytes>>, Infallible>>
     {
-        // The body is read even for a refusal, so the connection stays usable.
-        let m = body::<M>(req, declared).await;
-        match (peer, m) {
-            (None, _) => Err(Refusal::unauthenticated()),
-            (_, Err(r)) => Err(r),
-            (Some(p), Ok(m)) => serve(self, p, m).await,
+        async move {
+            let declared = head.declared;
+            // The other endpoints' work is boxed, so the future is sized for a poll.
+            let outcome = match head.route {
+                Route::WrongMethod => Err(Refusal::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::BadRequest,
+                    "only POST",
+                )),
+                Route::Unknown => Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::BadRequest,
+                    "no such endpoint",
+                )),
+                Route::Bootstrap => {
+                    Box::pin(async { self.bootstrap(body(req, declared).await?, remote).await })
+                        .await
+                }
+                // Not boxed: a held poll is what a connection's future spends its
+                // life on, so the poll's state is the one it is sized for.
+                Route::Poll => {
+                    // The body is read even for a refusal, so the connection
+                    // stays usable.
+                    let m = body(req, declared).await;
+                    match authenticated(peer.as_deref(), m) {
+                        Ok((peer, m)) => self.poll(peer, m).await,
+                        Err(refusal) => Err(refusal),
+                    }
+                }
+                Route::Result => {
+                    Box::pin(async {
+                        let (peer, m) = authenticated(peer.as_deref(), body(req, declared).await)?;
+                        self.result(peer, m).await
+                    })
+                    .await
+                }
+                Route::Renew => {
+                    Box::pin(async {
+                        let (peer, m) = authenticated(peer.as_deref(), body(req, declared).await)?;
+                        self.renew(peer, m).await
+                    })
+                    .await
+                }
+            };
+            Ok(match outcome {
+                Ok(response) => response,
+                Err(refusal) => {
+                    tracing::info!(
+                        path = head.route.path(),
+                        %remote,
+                        workspace = peer.as_ref().map(|p| p.workspace.to_string()),
+                        code = ?refusal.code,
+                        reason = %refusal.message,
+                        "request refused"
+                    );
+                    refusal.response()
+                }
+            })
         }
     }
 
@@ -881,39 +893,43 @@ impl Shared {
         }))
     }
 
-    async fn poll(
-        &self,
-        peer: &Peer,
+    #[allow(clippy::manual_async_fn)] // See `handle`.
+    fn poll<'a>(
+        &'a self,
+        peer: &'a Peer,
         m: PollRequest,
-    ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
-        let wait = Duration::from_secs(u64::from(m.wait_secs)).min(self.config.max_poll_wait);
-        let deadline = tokio::time::Instant::now() + wait;
-        let slot = self.slot(&peer.workspace);
-        loop {
-            // Registered before looking, so a command queued in between wakes us.
-            let notified = slot.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                // Boxed: its state lives only while it runs, not while the
-                // poll waits.
-                let mut commands = Box::pin(self.gateway.poll(&peer.serial))
-                    .await
-                    .map_err(Refusal::gateway)?;
-                // What the agent says it finished is not delivered again, even
-                // while its result is still on the way.
-                commands.retain(|c| !m.finished.contains(&c.id));
-                if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
-                    commands.truncate(v1::MAX_COMMANDS_PER_POLL);
-                    return Ok(ok(&PollResponse {
-                        version: PROTOCOL_VERSION,
-                        commands,
-                    }));
+    ) -> impl std::future::Future<Output = std::result::Result<Response<Full<Bytes>>, Refusal>> + 'a
+    {
+        async move {
+            let wait = Duration::from_secs(u64::from(m.wait_secs)).min(self.config.max_poll_wait);
+            let deadline = tokio::time::Instant::now() + wait;
+            let slot = self.slot(&peer.workspace);
+            loop {
+                // Registered before looking, so a command queued in between wakes us.
+                let notified = slot.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    // Boxed: its state lives only while it runs, not while the
+                    // poll waits.
+                    let mut commands = Box::pin(self.gateway.poll(&peer.serial))
+                        .await
+                        .map_err(Refusal::gateway)?;
+                    // What the agent says it finished is not delivered again, even
+                    // while its result is still on the way.
+                    commands.retain(|c| !m.finished.contains(&c.id));
+                    if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
+                        commands.truncate(v1::MAX_COMMANDS_PER_POLL);
+                        return Ok(ok(&PollResponse {
+                            version: PROTOCOL_VERSION,
+                            commands,
+                        }));
+                    }
                 }
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
             }
         }
     }
