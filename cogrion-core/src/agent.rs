@@ -268,23 +268,35 @@ impl AgentGateway {
     /// hands out the workspace's pending commands in order. With nothing pending,
     /// nothing is written.
     pub async fn poll(&self, serial: &CertSerial) -> Result<Vec<Command>> {
+        let (workspace, at, commands) = self.poll_untracked(serial).await?;
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                workspace,
+                AgentPresence {
+                    last_seen: at,
+                    serial: Some(serial.clone()),
+                    connected: true,
+                },
+            );
+        Ok(commands)
+    }
+
+    /// [`poll`](Self::poll) for a transport that keeps its agents' presence
+    /// itself (the HTTPS server keeps it with the rest of what it holds per
+    /// agent): the same checks and writes, nothing in the gateway's presence.
+    /// Returns the agent's workspace, the time of the poll and the commands.
+    pub async fn poll_untracked(
+        &self,
+        serial: &CertSerial,
+    ) -> Result<(WorkspaceId, Timestamp, Vec<Command>)> {
         // The credential and whether anything is pending, in one read: an idle
         // poll (the common case by far) costs that read alone.
         let (credential, pending) = self.store.get_credential_for_poll(serial).await?;
         let credential = self.check_current(serial, credential)?;
         let now = self.clock.now();
         let workspace = credential.workspace;
-        self.presence
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                workspace.clone(),
-                AgentPresence {
-                    last_seen: now,
-                    serial: Some(serial.clone()),
-                    connected: true,
-                },
-            );
         if credential.first_poll_at.is_none() && self.store.mark_polled(serial, now).await? {
             self.sink
                 .on_agent_event(AgentEvent::Polled {
@@ -295,13 +307,14 @@ impl AgentGateway {
                 .await?;
         }
         if !pending {
-            return Ok(Vec::new());
+            return Ok((workspace, now, Vec::new()));
         }
         let queued = self
             .store
             .deliver(&workspace, self.config.max_commands_per_poll, now)
             .await?;
-        Ok(queued.into_iter().map(|q| q.command).collect())
+        let commands = queued.into_iter().map(|q| q.command).collect();
+        Ok((workspace, now, commands))
     }
 
     /// Stores an agent's result (before acknowledging it) and reports it. A

@@ -18,7 +18,7 @@ use cogrion_core::proto::v1::{
 use cogrion_core::proto::{AgentIdentity, PROTOCOL_VERSION};
 use cogrion_core::{
     AgentGateway, AgentPresence, AgentTransport, BootstrapToken, CertSerial, Clock, Error,
-    Resource, Result, TokenRefusal, WorkspaceId,
+    Resource, Result, Timestamp, TokenRefusal, WorkspaceId,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -115,10 +115,9 @@ struct Shared {
     clock: Arc<dyn Clock>,
     tls: tokio_rustls::TlsAcceptor,
     config: AgentServerConfig,
-    /// What the server keeps per agent that has connected, by workspace: the
-    /// `Notify` its held polls and its connections wait on. Revoking the
-    /// agent removes it (and wakes them).
-    agents: Mutex<HashMap<WorkspaceId, Arc<Notify>>>,
+    /// What the server keeps per agent that has connected, by workspace.
+    /// Revoking the agent removes it (and wakes its waiters).
+    agents: Mutex<HashMap<WorkspaceId, Agent>>,
     /// Failed bootstraps by address: (count, window start).
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     handshakes: Arc<Semaphore>,
@@ -137,6 +136,17 @@ pub struct AgentServerStats {
     pub handshakes: u64,
     /// Connections open now (past their handshake).
     pub open_connections: u64,
+}
+
+/// What the server keeps for one agent: small, as there is one per agent of
+/// the fleet.
+#[derive(Default)]
+struct Agent {
+    /// What its held polls and its connections wait on.
+    notify: Arc<Notify>,
+    /// Its last answered poll: when, and the identity it presented (the
+    /// connection's own, shared).
+    seen: Option<(Timestamp, Arc<Peer>)>,
 }
 
 /// Counts a connection as open while it lives.
@@ -169,7 +179,8 @@ pin_project_lite::pin_project! {
         #[pin]
         notified: tokio::sync::futures::OwnedNotified,
         notify: Arc<Notify>,
-        workspace: WorkspaceId,
+        // The connection's agent (shared with its requests).
+        peer: Arc<Peer>,
         // Registered with the `Notify` (then the map is looked at).
         armed: bool,
     }
@@ -195,7 +206,7 @@ where
                     // wakes it.
                     r.notified.as_mut().enable();
                     *r.armed = true;
-                    if !this.open.0.is_current(r.workspace, r.notify) {
+                    if !this.open.0.is_current(&r.peer.workspace, r.notify) {
                         tracing::info!(peer = %this.addr, "closing a revoked agent's connection");
                         return Poll::Ready(());
                     }
@@ -366,9 +377,9 @@ async fn body<M: Message>(
 /// A request's message for an endpoint that needs a client certificate, with
 /// the certificate's agent; or the refusal.
 fn authenticated<M>(
-    peer: Option<&Peer>,
+    peer: Option<&Arc<Peer>>,
     m: std::result::Result<M, Refusal>,
-) -> std::result::Result<(&Peer, M), Refusal> {
+) -> std::result::Result<(&Arc<Peer>, M), Refusal> {
     match (peer, m) {
         (None, _) => Err(Refusal::unauthenticated()),
         (_, Err(r)) => Err(r),
@@ -607,7 +618,7 @@ impl Shared {
             Revocation {
                 notified: notify.clone().notified_owned(),
                 notify,
-                workspace: p.workspace.clone(),
+                peer: p.clone(),
                 armed: false,
             }
         });
@@ -656,22 +667,34 @@ impl Shared {
         crate::lock_or_recover(&self.agents)
             .entry(workspace.clone())
             .or_default()
+            .notify
             .clone()
+    }
+
+    /// Records a poll of `peer` answered at `at`, unless the agent was
+    /// revoked since `notify` was its (a revocation is not undone by a poll
+    /// that was already past its checks).
+    fn seen(&self, peer: &Arc<Peer>, notify: &Arc<Notify>, at: Timestamp) {
+        if let Some(agent) = crate::lock_or_recover(&self.agents).get_mut(&peer.workspace)
+            && Arc::ptr_eq(&agent.notify, notify)
+        {
+            agent.seen = Some((at, peer.clone()));
+        }
     }
 
     /// Whether `notify` is still `workspace`'s: not revoked since.
     fn is_current(&self, workspace: &WorkspaceId, notify: &Arc<Notify>) -> bool {
         crate::lock_or_recover(&self.agents)
             .get(workspace)
-            .is_some_and(|n| Arc::ptr_eq(n, notify))
+            .is_some_and(|agent| Arc::ptr_eq(&agent.notify, notify))
     }
 
     /// Closes every open connection of `workspace`'s agent; its held polls
     /// wake, and look at its credentials again.
     fn close_connections(&self, workspace: &WorkspaceId) {
-        let slot = crate::lock_or_recover(&self.agents).remove(workspace);
-        if let Some(slot) = slot {
-            slot.notify_waiters();
+        let agent = crate::lock_or_recover(&self.agents).remove(workspace);
+        if let Some(agent) = agent {
+            agent.notify.notify_waiters();
         }
     }
 
@@ -727,21 +750,21 @@ impl Shared {
                     // The body is read even for a refusal, so the connection
                     // stays usable.
                     let m = body(req, declared).await;
-                    match authenticated(peer.as_deref(), m) {
+                    match authenticated(peer.as_ref(), m) {
                         Ok((peer, m)) => self.poll(peer, m).await,
                         Err(refusal) => Err(refusal),
                     }
                 }
                 Route::Result => {
                     Box::pin(async {
-                        let (peer, m) = authenticated(peer.as_deref(), body(req, declared).await)?;
+                        let (peer, m) = authenticated(peer.as_ref(), body(req, declared).await)?;
                         self.result(peer, m).await
                     })
                     .await
                 }
                 Route::Renew => {
                     Box::pin(async {
-                        let (peer, m) = authenticated(peer.as_deref(), body(req, declared).await)?;
+                        let (peer, m) = authenticated(peer.as_ref(), body(req, declared).await)?;
                         self.renew(peer, m).await
                     })
                     .await
@@ -896,7 +919,7 @@ impl Shared {
     #[allow(clippy::manual_async_fn)] // See `handle`.
     fn poll<'a>(
         &'a self,
-        peer: &'a Peer,
+        peer: &'a Arc<Peer>,
         m: PollRequest,
     ) -> impl std::future::Future<Output = std::result::Result<Response<Full<Bytes>>, Refusal>> + 'a
     {
@@ -912,9 +935,10 @@ impl Shared {
                 {
                     // Boxed: its state lives only while it runs, not while the
                     // poll waits.
-                    let mut commands = Box::pin(self.gateway.poll(&peer.serial))
+                    let (_, at, mut commands) = Box::pin(self.gateway.poll_untracked(&peer.serial))
                         .await
                         .map_err(Refusal::gateway)?;
+                    self.seen(peer, &slot, at);
                     // What the agent says it finished is not delivered again, even
                     // while its result is still on the way.
                     commands.retain(|c| !m.finished.contains(&c.id));
@@ -954,11 +978,11 @@ impl Shared {
 #[async_trait]
 impl AgentTransport for AgentServer {
     async fn notify(&self, workspace: &WorkspaceId) -> Result<()> {
-        let slot = crate::lock_or_recover(&self.shared.agents)
+        let notify = crate::lock_or_recover(&self.shared.agents)
             .get(workspace)
-            .cloned();
-        if let Some(slot) = slot {
-            slot.notify_waiters();
+            .map(|agent| agent.notify.clone());
+        if let Some(notify) = notify {
+            notify.notify_waiters();
         }
         Ok(())
     }
@@ -974,6 +998,15 @@ impl AgentTransport for AgentServer {
     }
 
     async fn presence(&self, workspace: &WorkspaceId) -> Result<Option<AgentPresence>> {
-        Ok(self.shared.gateway.presence(workspace))
+        // Kept here, with the rest of what the server holds per agent (its
+        // polls go through `AgentGateway::poll_untracked`).
+        Ok(crate::lock_or_recover(&self.shared.agents)
+            .get(workspace)
+            .and_then(|agent| agent.seen.as_ref())
+            .map(|(at, peer)| AgentPresence {
+                last_seen: *at,
+                serial: Some(peer.serial.clone()),
+                connected: true,
+            }))
     }
 }
