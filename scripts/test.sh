@@ -7,8 +7,10 @@
 # on loopback before the tests and stopped when the script exits; if it cannot be
 # installed or started, the run fails. The Cluster Agent's image is checked without
 # a Docker engine (none runs here): scripts/peers/agent-image.sh makes a Debian
-# bookworm minbase root filesystem once (debootstrap, ~30 s, kept in ~/.cache), and
-# a test applies the Dockerfile's runtime stage to a copy and runs the agent in it.
+# bookworm minbase root filesystem once (debootstrap, ~30 s, kept in ~/.cache); a
+# test applies the Dockerfile's runtime stage to a copy and runs the agent in it,
+# and scripts/check-agent-image-build.sh runs its build stage's `cargo build` in
+# a copy with gcc (~1.5 min).
 # Later peers (moto, Helm, Terraform, Temporal) join the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,9 @@ step "cargo test"
 cargo test "${FEATURES[@]}" --lib --bins --tests --examples 2>&1 | tee "$log"
 cargo build "${FEATURES[@]}" --benches
 cargo test "${FEATURES[@]}" --doc 2>&1 | tee -a "$log"
+
+step "the agent image's build stage, without Docker"
+bash scripts/check-agent-image-build.sh
 
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc "${FEATURES[@]}" --no-deps

@@ -4,7 +4,9 @@
 # debian:bookworm-slim is built from), made once and kept outside the clone
 # ($COGRION_IMAGE_BASE, default ~/.cache/cogrion-bookworm-rootfs).
 #
-#   scripts/peers/agent-image.sh base   # prints the folder on stdout
+#   scripts/peers/agent-image.sh base         # prints the folder on stdout
+#   scripts/peers/agent-image.sh build-base   # the same with gcc, for the
+#                                             # Dockerfile's build stage
 #
 # The test `the_binary_runs_in_its_image` (cogrion-agent/tests/runtime.rs)
 # copies it and applies the runtime stage of cogrion-agent/Dockerfile to the
@@ -46,10 +48,34 @@ base() {
     echo "$BASE"
 }
 
+# The base plus the C toolchain the rust image has (gcc, libc6-dev), for the
+# Dockerfile's build stage (scripts/check-agent-image-build.sh).
+build_base() {
+    local build="${COGRION_IMAGE_BUILD_BASE:-$HOME/.cache/cogrion-bookworm-build-rootfs}"
+    if [ -x "$build/usr/bin/gcc" ] && [ -f "$build/.cogrion-complete" ]; then
+        echo "$build"
+        return
+    fi
+    local from
+    from="$(base)"
+    log "making a bookworm root filesystem with gcc in $build"
+    rm -rf "$build"
+    cp -a "$from/." "$build"
+    rm -f "$build/.cogrion-complete"
+    cp /etc/resolv.conf "$build/etc/resolv.conf"
+    chroot "$build" /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev' >&2 || {
+        log "installing gcc in the build root filesystem failed"
+        exit 1
+    }
+    touch "$build/.cogrion-complete"
+    echo "$build"
+}
+
 case "${1:-}" in
     base) base ;;
+    build-base) build_base ;;
     *)
-        echo "usage: $0 base" >&2
+        echo "usage: $0 base|build-base" >&2
         exit 2
         ;;
 esac
