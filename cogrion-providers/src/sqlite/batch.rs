@@ -105,6 +105,16 @@ impl<I, O> Batcher<I, O> {
     }
 }
 
+/// Answers every call of `batch`: SQLite is unavailable, for `detail`.
+pub(super) fn fail_all<I, O>(batch: Vec<Call<I, O>>, detail: &str) {
+    for call in batch {
+        call.answer(Err(Error::Unavailable {
+            service: "sqlite".into(),
+            detail: detail.to_owned(),
+        }));
+    }
+}
+
 fn dropped() -> Error {
     Error::Unavailable {
         service: "sqlite".into(),

@@ -20,7 +20,7 @@ use cogrion_core::{
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 
-use super::batch::{Batcher, Call};
+use super::batch::{Batcher, Call, fail_all};
 use super::{from_json, revoke_credentials, to_json, unavailable};
 
 /// Most exchanges in one transaction.
@@ -126,16 +126,7 @@ const WRITE_BATCH: &str = "UPDATE tokens SET consumed = 1, body = j.value ->> 't
 async fn run_batch(pool: &SqlitePool, batch: Vec<Pending>) {
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
-        Err(e) => {
-            let detail = e.to_string();
-            for pending in batch {
-                pending.answer(Err(Error::Unavailable {
-                    service: "sqlite".into(),
-                    detail: detail.clone(),
-                }));
-            }
-            return;
-        }
+        Err(e) => return fail_all(batch, &e.to_string()),
     };
     let inputs: Vec<&Exchange> = batch.iter().map(|p| &p.input).collect();
     match together(&mut conn, &inputs).await {

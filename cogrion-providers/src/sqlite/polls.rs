@@ -16,7 +16,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
-use super::batch::{Batcher, Call};
+use super::batch::{Batcher, Call, fail_all};
 use super::{corrupt, millis, read_credential};
 
 /// Most polls in one statement.
@@ -110,16 +110,6 @@ impl Polls {
 fn json<T: Serialize>(batch: &[Call<T, impl Sized>]) -> std::result::Result<String, String> {
     let inputs: Vec<&T> = batch.iter().map(|c| &c.input).collect();
     serde_json::to_string(&inputs).map_err(|e| format!("encoding a batch: {e}"))
-}
-
-/// Answers every call of `batch`: SQLite is unavailable, for `detail`.
-fn fail_all<I, O>(batch: Vec<Call<I, O>>, detail: &str) {
-    for call in batch {
-        call.answer(Err(Error::Unavailable {
-            service: "sqlite".into(),
-            detail: detail.to_owned(),
-        }));
-    }
 }
 
 async fn read_batch(pool: &SqlitePool, batch: Vec<Call<CertSerial, (AgentCredential, bool)>>) {
