@@ -364,15 +364,7 @@ async fn control_plane() -> Result<()> {
     let endpoint = listener
         .local_addr()
         .map_err(|e| unavailable("agent endpoint", &e))?;
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = server.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(listener, async {
-                let _ = server_stopped.await;
-            })
-            .await
-    });
+    let serving = server.spawn(listener);
     println!(
         "Agents' endpoint: https://localhost:{} (mutual TLS, CA in {})",
         endpoint.port(),
@@ -550,7 +542,7 @@ async fn control_plane() -> Result<()> {
     .await?;
 
     let stats = driver.shutdown().await;
-    let _ = stop_server.send(());
+    serving.stop().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     progress.abort();
 

@@ -94,7 +94,7 @@ struct Rig {
     installer: Arc<Installer>,
     driver: Option<cogrion_core::DriverHandle>,
     dir: std::path::PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: cogrion_providers::https::ServerHandle,
 }
 
 impl Rig {

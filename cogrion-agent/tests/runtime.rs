@@ -42,7 +42,7 @@ struct Plane {
     addr: std::net::SocketAddr,
     ws: WorkspaceId,
     dir: std::path::PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: cogrion_providers::https::ServerHandle,
 }
 
 impl Plane {

@@ -21,7 +21,7 @@ use cogrion_core::{
     RecordStore, SystemClock, WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
 };
 use cogrion_providers::https::{
-    AgentClient, AgentServer, AgentServerConfig, ClientError, new_key_and_csr,
+    AgentClient, AgentServer, AgentServerConfig, ClientError, ServerHandle, new_key_and_csr,
 };
 
 /// Records the gateway's events (the engine's stand-in).
@@ -43,7 +43,7 @@ struct Plane {
     server: AgentServer,
     addr: std::net::SocketAddr,
     events: Arc<Events>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: ServerHandle,
 }
 
 impl Plane {
@@ -89,15 +89,7 @@ impl Plane {
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = server.clone();
-        tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let stop = server.spawn(listener);
         Self {
             store,
             clock,
@@ -770,4 +762,28 @@ async fn admission_control_bounds_exchanges_and_handshakes() {
         "the second handshake waited for the slot: {waited:?}"
     );
     assert!(waited < timeout * 5, "and then went through: {waited:?}");
+}
+
+/// A listener served by `AgentServer::spawn` stops accepting once its handle
+/// is stopped: the address refuses new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_handle_closes_its_listener() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-prod").await;
+    let token = plane.token(&ws).await;
+    plane
+        .client()
+        .bootstrap(&ws, token.expose(), "0.1.0")
+        .await
+        .expect("served while the handle lives");
+    let Plane {
+        _stop: serving,
+        addr,
+        ..
+    } = plane;
+    serving.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
 }

@@ -16,7 +16,7 @@ pub(crate) struct Endpoint {
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) server: AgentServer,
     pub(crate) addr: std::net::SocketAddr,
-    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
+    pub(crate) stop: cogrion_providers::https::ServerHandle,
 }
 
 /// Starts an endpoint reporting agent events to `sink`.
@@ -50,15 +50,7 @@ pub(crate) async fn endpoint(
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = server.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let stop = server.spawn(listener);
     Endpoint {
         ca,
         server,

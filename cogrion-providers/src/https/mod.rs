@@ -40,7 +40,7 @@ mod client;
 mod server;
 
 pub use client::{AgentClient, ClientError, new_key_and_csr};
-pub use server::{AgentServer, AgentServerConfig, AgentServerStats};
+pub use server::{AgentServer, AgentServerConfig, AgentServerStats, ServerHandle};
 
 use std::sync::Arc;
 

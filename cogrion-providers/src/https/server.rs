@@ -128,6 +128,29 @@ struct Shared {
     open: AtomicU64,
 }
 
+/// A listener served by [`AgentServer::spawn`]: it stops accepting when the
+/// handle is stopped or dropped (connections already open are served on).
+#[derive(Debug)]
+pub struct ServerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, and waits until the listener is closed.
+    pub async fn stop(mut self) {
+        self.stop.take();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        // Dropping the sender ends `serve`'s shutdown wait.
+        self.stop.take();
+    }
+}
+
 /// What an [`AgentServer`] has done so far, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -545,6 +568,25 @@ impl AgentServer {
         AgentServerStats {
             handshakes: self.shared.handshakes_done.load(Ordering::Relaxed),
             open_connections: self.shared.open.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Serves `listener` on a task of its own until the returned handle is
+    /// stopped or dropped ([`serve`](Self::serve) with the handle as the
+    /// shutdown signal).
+    pub fn spawn(&self, listener: TcpListener) -> ServerHandle {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        ServerHandle {
+            stop: Some(stop),
+            task,
         }
     }
 
