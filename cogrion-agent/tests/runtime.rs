@@ -48,14 +48,12 @@ struct Plane {
 impl Plane {
     /// Queues a `count` command and wakes the agent's poll.
     async fn queue(&self, id: &str) {
-        queue(
-            self.store.as_ref(),
-            Some(&self.server),
-            &self.ws,
-            id,
-            "count",
-        )
-        .await;
+        self.queue_as(id, "count").await;
+    }
+
+    /// Queues a command of `kind` and wakes the agent's poll.
+    async fn queue_as(&self, id: &str, kind: &str) {
+        queue(self.store.as_ref(), Some(&self.server), &self.ws, id, kind).await;
     }
 
     /// Runs the agent until command `id` is answered (within `limit`), then
@@ -75,14 +73,7 @@ impl Plane {
     /// Queues the builtin `health` command as `id`, waits (within `limit`)
     /// for an agent to answer it, and returns the stored result.
     async fn health(&self, id: &str, limit: Duration) -> CommandResult {
-        queue(
-            self.store.as_ref(),
-            Some(&self.server),
-            &self.ws,
-            id,
-            "health",
-        )
-        .await;
+        self.queue_as(id, "health").await;
         self.wait_answered(&[id], limit).await;
         match self
             .store
