@@ -546,10 +546,12 @@ async fn the_binary_runs_in_its_image() {
             return;
         }
     };
-    let image = Image::build(
-        &base,
-        std::path::Path::new(env!("CARGO_BIN_EXE_cogrion-agent")),
-    );
+    // This build's binary, or the one the Dockerfile's build stage made
+    // (scripts/check-agent-image-build.sh).
+    let binary = std::env::var_os("COGRION_TEST_IMAGE_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_cogrion-agent").into());
+    let image = Image::build(&base, &binary);
     assert_ne!(image.uid, 0, "the agent does not run as root");
     let state = image
         .env
