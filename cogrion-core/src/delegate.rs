@@ -71,6 +71,13 @@ macro_rules! delegate_store {
             ) -> ::std::vec::Vec<$crate::Result<$crate::BatchOutcome>> {
                 self.$inner.write_batch(writes).await
             }
+            async fn purge(
+                &self,
+                write: $crate::WorkspaceWrite,
+                history: $crate::HistoryRetention,
+            ) -> $crate::Result<$crate::Purged> {
+                self.$inner.purge(write, history).await
+            }
             async fn read_events(
                 &self,
                 id: &$crate::WorkspaceId,

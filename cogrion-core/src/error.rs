@@ -208,6 +208,19 @@ pub enum Error {
         /// Why (scrubbed of secrets).
         detail: String,
     },
+    /// A step of a failed destroy cannot be abandoned: unknown, already
+    /// finished, or one that must run (revoking the agent's credentials).
+    #[error("step {step} cannot be abandoned: {reason}")]
+    NotAbandonable {
+        /// The step asked for.
+        step: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A revert found no spec to go back to: the workspace was never fully
+    /// provisioned. Correct the spec instead, or destroy.
+    #[error("workspace {0} has no applied spec to revert to (it was never provisioned)")]
+    NothingApplied(WorkspaceId),
     /// A transient error persisted through every retry the policy allows.
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted {
@@ -247,6 +260,8 @@ impl Error {
             | Self::CredentialRevoked { .. }
             | Self::CredentialExpired { .. }
             | Self::Rejected { .. }
+            | Self::NotAbandonable { .. }
+            | Self::NothingApplied(_)
             | Self::Corrupt { .. } => Retry::Never,
         }
     }

@@ -26,6 +26,18 @@ pub enum ExecutorKind {
 }
 
 impl ExecutorKind {
+    /// Whether this kind's work runs inside the cluster, through the Cluster
+    /// Agent (Helm, manifests): what it deploys lives in the cluster and goes
+    /// with it. Terraform runs on the control plane and what it deploys lives
+    /// outside the cluster (databases, buckets, IAM), so its teardown is never
+    /// skipped.
+    pub fn runs_in_cluster(self) -> bool {
+        match self {
+            Self::Helm | Self::Manifests => true,
+            Self::Terraform => false,
+        }
+    }
+
     /// The kind that deploys `spec`.
     pub fn of(spec: &ExecutorSpec) -> Self {
         match spec {

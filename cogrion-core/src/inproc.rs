@@ -162,6 +162,16 @@ impl SimulatedAgents {
         live + lock(&self.retired).get(workspace).copied().unwrap_or(0)
     }
 
+    /// Adds `workspace`'s agent as one that already holds the certificate
+    /// `serial`: an agent that kept running in its cluster while the control
+    /// plane was replaced (restarted, upgraded). It polls from its next round.
+    pub fn resume(&self, workspace: WorkspaceId, serial: CertSerial) {
+        let mut agents = lock(&self.agents);
+        let agent = agents.entry(workspace).or_default();
+        agent.serial = Some(serial);
+        agent.token = None;
+    }
+
     /// Forgets every agent's memory of finished commands, as a restarted agent
     /// process would (the control plane's queue still redelivers what is not
     /// answered).

@@ -45,8 +45,9 @@ pub use agent::{
 pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{
-    Action, CloudKind, DestroyPlan, Driver, DriverConfig, DriverHandle, DriverStats, Engine,
-    EngineBuilder, EngineConfig, EngineEvent, EngineEventKind, PlannedStep, RetryPolicy,
+    AbandonTarget, Action, CloudKind, DestroyPlan, Driver, DriverConfig, DriverHandle, DriverStats,
+    Engine, EngineBuilder, EngineConfig, EngineEvent, EngineEventKind, PlannedStep, PurgePolicy,
+    RetryPolicy,
 };
 pub use error::{Error, Resource, Result, Retry, TokenRefusal};
 pub use executor::{
@@ -65,24 +66,25 @@ pub use provisioner::{
 };
 pub use spec::{
     AwsAccountId, AwsRoleArn, AzureResourceGroup, AzureSubscriptionId, CloudTarget, ExecutorSpec,
-    GcpProjectId, NetworkSpec, NodePoolSpec, SpecErrors, SpecProblem, StackKind, StackSpec,
-    TemplateOverrides, WorkspaceSpec,
+    GcpProjectId, NetworkSpec, NodePoolSpec, SpecChange, SpecChangeKind, SpecErrors, SpecProblem,
+    StackKind, StackSpec, TemplateOverrides, WorkspaceSpec,
 };
 pub use stack::{
-    GraphError, StackEntry, StackEvent, StackEventName, StackFailure, StackGraph, StackOperation,
-    StackState, StackStateName, stack_step,
+    GraphError, StackEntry, StackEvent, StackEventName, StackFailure, StackGraph, StackInventory,
+    StackOperation, StackState, StackStateName, stack_step,
 };
 pub use state::{
     EventName, Failure, StateName, Transition, TransitionError, WorkspaceEvent, WorkspaceOperation,
     WorkspaceState, step,
 };
 pub use store::{
-    Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial,
+    Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, BuiltLayer, CertSerial,
     CheckpointKey, CommandQueue, CommandStatus, Committed, CredentialStore, EventKind, EventRecord,
-    EventSeq, FencingToken, Lease, LeaseStore, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent,
-    OperationKind, OperationRecord, PutMode, QueuedCommand, RecordStore, Revision, Revocation,
-    StepRecord, StepStatus, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore,
-    WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
+    EventSeq, FencingToken, HistoryRetention, Lease, LeaseStore, LeftBehind, LeftReason, ListQuery,
+    MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind, OperationRecord, Purged, PutMode,
+    QueuedCommand, RECORD_FORMAT, RecordStore, Revision, Revocation, StepRecord, StepStatus,
+    TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    check_lease_ttl, check_preconditions, check_purge, check_write, upgrade,
 };
 pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport, LateSink};
 

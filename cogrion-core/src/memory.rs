@@ -14,9 +14,10 @@ use crate::ids::{HolderId, WorkspaceId};
 use crate::state::StateName;
 use crate::store::{
     AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
-    Committed, CredentialStore, EventRecord, EventSeq, FencingToken, Lease, LeaseStore, ListQuery,
-    PutMode, QueuedCommand, RecordStore, Revision, Revocation, TokenHash, TokenStore, Versioned,
-    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_preconditions, check_write,
+    Committed, CredentialStore, EventRecord, EventSeq, FencingToken, HistoryRetention, Lease,
+    LeaseStore, ListQuery, Purged, PutMode, QueuedCommand, RecordStore, Revision, Revocation,
+    TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceWrite, check_lease_ttl,
+    check_preconditions, check_purge, check_write,
 };
 
 const DEFAULT_PAGE: usize = 1000;
@@ -317,6 +318,56 @@ impl RecordStore for InMemoryStore {
         ws.check_fence(fence)?;
         ws.checkpoints.insert(key.clone(), value);
         Ok(())
+    }
+
+    async fn purge(&self, write: WorkspaceWrite, history: HistoryRetention) -> Result<Purged> {
+        let mut inner = self.lock();
+        let id = write.workspace.clone();
+        let existing = inner.workspaces.get(&id);
+        let live_fence =
+            existing.and_then(|ws| ws.lease.as_ref().filter(|l| !l.released).map(|l| l.fence));
+        check_purge(
+            &write,
+            history,
+            existing.map(|ws| ws.record.state.name().as_str()),
+            existing.map(|ws| ws.revision),
+            live_fence,
+        )?;
+        let tokens: Vec<TokenHash> = inner
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.workspace == id)
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in &tokens {
+            inner.tokens.remove(hash);
+        }
+        let ws = inner.workspace_mut(&id)?;
+        let serials = std::mem::take(&mut ws.credentials);
+        let mut purged = Purged {
+            commands: ws.commands.len() as u64,
+            checkpoints: ws.checkpoints.len() as u64,
+            tokens: tokens.len() as u64,
+            credentials: serials.len() as u64,
+            events: 0,
+        };
+        ws.commands.clear();
+        ws.command_index.clear();
+        ws.checkpoints.clear();
+        ws.open_token = None;
+        for serial in &serials {
+            inner.credentials.remove(serial);
+        }
+        match history {
+            HistoryRetention::Keep => {
+                inner.commit(write)?;
+            }
+            HistoryRetention::Delete => {
+                let ws = inner.workspaces.remove(&id).expect("checked above");
+                purged.events = ws.events.len() as u64;
+            }
+        }
+        Ok(purged)
     }
 }
 

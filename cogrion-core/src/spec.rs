@@ -535,7 +535,114 @@ fn truncated(s: &str, max: usize) -> String {
 // Reading JSON and validating requests
 // ---------------------------------------------------------------------------------
 
+/// Which request changed a workspace's desired spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecChangeKind {
+    /// An update of an `Active` workspace.
+    Update,
+    /// A corrected spec for a failed provision or update.
+    Correction,
+    /// Back to the last applied spec, after a failed update.
+    Revert,
+}
+
+impl fmt::Display for SpecChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Update => "update",
+            Self::Correction => "correction",
+            Self::Revert => "revert",
+        })
+    }
+}
+
+/// One field that differs between two specs, as [`WorkspaceSpec::diff`]
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecChange {
+    /// The field's path in the spec's JSON form (`node_pools[0].instance_type`).
+    pub path: String,
+    /// Its value before (`None`: absent).
+    pub from: Option<serde_json::Value>,
+    /// Its value after (`None`: absent).
+    pub to: Option<serde_json::Value>,
+}
+
+impl fmt::Display for SpecChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Option<serde_json::Value>| match v {
+            Some(v) => v.to_string(),
+            None => "(none)".into(),
+        };
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.path,
+            show(&self.from),
+            show(&self.to)
+        )
+    }
+}
+
+/// Every leaf that differs between `a` and `b`, under `path`.
+fn diff_values(
+    path: &str,
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+    out: &mut Vec<SpecChange>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Some(Value::Object(x)), Some(Value::Object(y))) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                diff_values(&sub, x.get(k), y.get(k), out);
+            }
+        }
+        (Some(Value::Array(x)), Some(Value::Array(y))) => {
+            for i in 0..x.len().max(y.len()) {
+                diff_values(&format!("{path}[{i}]"), x.get(i), y.get(i), out);
+            }
+        }
+        (a, b) if a != b => out.push(SpecChange {
+            path: path.to_owned(),
+            from: a.cloned(),
+            to: b.cloned(),
+        }),
+        _ => {}
+    }
+}
+
 impl WorkspaceSpec {
+    /// Every field that differs from `self` to `to`, by path in the spec's
+    /// JSON form; empty when they are equal.
+    ///
+    /// ```
+    /// # let json = r#"{"tenant": "acme", "cloud": {"provider": "simulated"}, "region": "local-1",
+    /// #   "kubernetes_version": "1.34", "network": {"cidr": "10.42.0.0/16"},
+    /// #   "node_pools": [{"name": "general", "instance_type": "sim-small",
+    /// #                   "size": {"min": 1, "desired": 2, "max": 3}}]}"#;
+    /// let a = cogrion_core::WorkspaceSpec::from_json(json).unwrap();
+    /// let mut b = a.clone();
+    /// b.kubernetes_version = "1.33".parse().unwrap();
+    /// let diff = a.diff(&b);
+    /// assert_eq!(diff.len(), 1);
+    /// assert_eq!(diff[0].to_string(), r#"kubernetes_version: "1.34" -> "1.33""#);
+    /// assert!(a.diff(&a).is_empty());
+    /// ```
+    pub fn diff(&self, to: &WorkspaceSpec) -> Vec<SpecChange> {
+        let value = |s: &WorkspaceSpec| serde_json::to_value(s).unwrap_or_default();
+        let mut out = Vec::new();
+        diff_values("", Some(&value(self)), Some(&value(to)), &mut out);
+        out
+    }
+
     /// Reads a spec from JSON and checks both its field rules and its semantic
     /// rules ([`validate`](Self::validate)), as a create or update request must.
     ///

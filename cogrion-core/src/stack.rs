@@ -140,6 +140,9 @@ pub enum StackEvent {
     },
     /// Resume the failed operation.
     RetryRequested,
+    /// The host abandoned the stack's teardown in a failed destroy: Cogrion no
+    /// longer manages it, and the destroy's receipt says what it left.
+    Abandoned,
 }
 
 /// The name of a [`StackEvent`].
@@ -158,17 +161,20 @@ pub enum StackEventName {
     OperationFailed,
     /// See [`StackEvent::RetryRequested`].
     RetryRequested,
+    /// See [`StackEvent::Abandoned`].
+    Abandoned,
 }
 
 impl StackEventName {
     /// Every stack event name.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::DeployRequested,
         Self::DeploySucceeded,
         Self::RemoveRequested,
         Self::DestroySucceeded,
         Self::OperationFailed,
         Self::RetryRequested,
+        Self::Abandoned,
     ];
 }
 
@@ -181,6 +187,7 @@ impl fmt::Display for StackEventName {
             Self::DestroySucceeded => "teardown completion",
             Self::OperationFailed => "operation failure",
             Self::RetryRequested => "retry",
+            Self::Abandoned => "abandon",
         })
     }
 }
@@ -195,6 +202,7 @@ impl StackEvent {
             Self::DestroySucceeded => StackEventName::DestroySucceeded,
             Self::OperationFailed { .. } => StackEventName::OperationFailed,
             Self::RetryRequested => StackEventName::RetryRequested,
+            Self::Abandoned => StackEventName::Abandoned,
         }
     }
 }
@@ -211,6 +219,7 @@ impl StackEvent {
 /// | Destroying | DestroySucceeded | Destroyed |
 /// | Destroying | OperationFailed | Failed (destroy) |
 /// | Failed (op) | RetryRequested | Deploying or Destroying, as `op` |
+/// | Destroying, Failed (destroy) | Abandoned | Destroyed |
 ///
 /// Every other pair is refused; `Destroyed` accepts nothing.
 pub fn stack_step(
@@ -243,6 +252,8 @@ pub fn stack_step(
             StackOperation::Deploy => S::Deploying,
             StackOperation::Destroy => S::Destroying,
         },
+        (S::Destroying, E::Abandoned) => S::Destroyed,
+        (S::Failed(f), E::Abandoned) if f.operation == StackOperation::Destroy => S::Destroyed,
         _ => return Err((state.name(), event.name())),
     })
 }
@@ -288,12 +299,13 @@ pub enum GraphError {
         /// The workspace's state.
         state: StateName,
     },
-    /// The stack's dependencies are not all deployed yet.
-    #[error("stack {stack} waits for {} to be deployed", waiting.iter().map(StackName::as_str).collect::<Vec<_>>().join(", "))]
+    /// Some of the stack's dependencies are neither deployed nor being
+    /// deployed (never requested, failed, or being removed): deploy them first.
+    #[error("stack {stack} needs {} deployed first", waiting.iter().map(StackName::as_str).collect::<Vec<_>>().join(", "))]
     DependenciesNotDeployed {
         /// The stack.
         stack: StackName,
-        /// Its dependencies that are not `Deployed`.
+        /// Its dependencies that are neither `Deployed` nor `Deploying`.
         waiting: Vec<StackName>,
     },
     /// The request is not allowed in the stack's current state.
@@ -315,6 +327,23 @@ pub struct StackEntry {
     pub spec: StackSpec,
     /// Its state.
     pub state: StackState,
+    /// What its executor last reported installed (after its last successful
+    /// apply); what a destroy's receipt names if its teardown is skipped or
+    /// abandoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<StackInventory>,
+}
+
+/// What an executor reported installed for a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackInventory {
+    /// The executor's revision of it (a Helm release revision, a Terraform
+    /// state serial, a digest of applied manifests).
+    pub revision: String,
+    /// Its resources, in the executor's words.
+    pub resources: Vec<String>,
+    /// When it was reported.
+    pub at: Timestamp,
 }
 
 /// The stacks of one workspace and their dependencies: a DAG.
@@ -395,6 +424,7 @@ impl StackGraph {
                 StackEntry {
                     spec,
                     state: StackState::Pending,
+                    inventory: None,
                 },
             );
         }
@@ -412,8 +442,12 @@ impl StackGraph {
             return Err(GraphError::UnknownStack(spec.name));
         };
         let mut next = self.stacks.clone();
-        let state = current.state.clone();
-        next.insert(spec.name.clone(), StackEntry { spec, state });
+        let entry = StackEntry {
+            spec,
+            state: current.state.clone(),
+            inventory: current.inventory.clone(),
+        };
+        next.insert(entry.spec.name.clone(), entry);
         Self::check(&next)?;
         self.stacks = next;
         Ok(())
@@ -520,8 +554,9 @@ impl StackGraph {
             .collect())
     }
 
-    /// Checks that `name` may deploy now: the workspace is `Active` or `Updating`
-    /// and every dependency is `Deployed`.
+    /// Checks that `name` may be asked to deploy now: the workspace is `Active`
+    /// or `Updating` and every dependency is `Deployed` or `Deploying` (the
+    /// engine's deploy then waits for those still deploying).
     pub fn check_deploy(&self, name: &StackName, workspace: StateName) -> Result<(), GraphError> {
         let entry = self
             .stacks
@@ -538,9 +573,9 @@ impl StackGraph {
             .depends_on
             .iter()
             .filter(|d| {
-                self.stacks
-                    .get(*d)
-                    .is_none_or(|e| e.state != StackState::Deployed)
+                self.stacks.get(*d).is_none_or(|e| {
+                    !matches!(e.state, StackState::Deployed | StackState::Deploying)
+                })
             })
             .cloned()
             .collect();
@@ -607,6 +642,13 @@ impl StackGraph {
         })?;
         entry.state = next.clone();
         Ok(next)
+    }
+
+    /// Records what the executor reported installed for `name`.
+    pub fn set_inventory(&mut self, name: &StackName, inventory: StackInventory) {
+        if let Some(entry) = self.stacks.get_mut(name) {
+            entry.inventory = Some(inventory);
+        }
     }
 
     /// Drops a `Destroyed` stack's record from the graph.

@@ -71,6 +71,14 @@ pub struct Failure {
     pub error: String,
     /// When it failed.
     pub at: Timestamp,
+    /// For a step of one stack (its teardown in a destroy), the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<crate::ids::StackName>,
+    /// For a failed destroy, what the failed step was to remove and still
+    /// exists, as the provisioner or executor reported it: what abandoning the
+    /// step would leave behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remaining: Vec<String>,
 }
 
 /// The state of a workspace.
@@ -184,6 +192,11 @@ pub enum WorkspaceEvent {
     },
     /// The tenant asked to resume the failed operation.
     RetryRequested,
+    /// The tenant submitted a corrected spec (or reverted to the last applied
+    /// one) for a failed provision or update: it resumes at its failed step.
+    CorrectionRequested,
+    /// The tenant abandoned steps of a failed destroy, which goes on.
+    AbandonRequested,
     /// The tenant asked to tear the workspace down.
     DestroyRequested,
     /// The last teardown step finished.
@@ -199,6 +212,8 @@ impl WorkspaceEvent {
             Self::UpdateCompleted => EventName::UpdateCompleted,
             Self::OperationFailed { .. } => EventName::OperationFailed,
             Self::RetryRequested => EventName::RetryRequested,
+            Self::CorrectionRequested => EventName::CorrectionRequested,
+            Self::AbandonRequested => EventName::AbandonRequested,
             Self::DestroyRequested => EventName::DestroyRequested,
             Self::DestroyCompleted => EventName::DestroyCompleted,
         }
@@ -219,6 +234,10 @@ pub enum EventName {
     OperationFailed,
     /// See [`WorkspaceEvent::RetryRequested`].
     RetryRequested,
+    /// See [`WorkspaceEvent::CorrectionRequested`].
+    CorrectionRequested,
+    /// See [`WorkspaceEvent::AbandonRequested`].
+    AbandonRequested,
     /// See [`WorkspaceEvent::DestroyRequested`].
     DestroyRequested,
     /// See [`WorkspaceEvent::DestroyCompleted`].
@@ -227,12 +246,14 @@ pub enum EventName {
 
 impl EventName {
     /// Every event name.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::AgentFirstPoll,
         Self::UpdateRequested,
         Self::UpdateCompleted,
         Self::OperationFailed,
         Self::RetryRequested,
+        Self::CorrectionRequested,
+        Self::AbandonRequested,
         Self::DestroyRequested,
         Self::DestroyCompleted,
     ];
@@ -245,6 +266,8 @@ impl EventName {
             Self::UpdateCompleted => "update completion",
             Self::OperationFailed => "operation failure",
             Self::RetryRequested => "retry",
+            Self::CorrectionRequested => "correction",
+            Self::AbandonRequested => "abandon",
             Self::DestroyRequested => "destroy",
             Self::DestroyCompleted => "destroy completion",
         }
@@ -295,6 +318,8 @@ pub struct TransitionError {
 /// | Updating | OperationFailed | Failed (update) |
 /// | Updating | DestroyRequested | Destroying (the engine applies it after the running step) |
 /// | Failed (op) | RetryRequested | the state `op` runs in |
+/// | Failed (provision or update) | CorrectionRequested | the state the operation runs in |
+/// | Failed (destroy) | AbandonRequested | Destroying |
 /// | Failed | DestroyRequested | Destroying (removes what a half-finished operation left) |
 /// | Destroying | OperationFailed | Failed (destroy) |
 /// | Destroying | DestroyCompleted | Destroyed |
@@ -328,9 +353,21 @@ pub fn step(
                 step: step.clone(),
                 error: error.clone(),
                 at: now,
+                stack: None,
+                remaining: Vec::new(),
             })
         }
         (S::Failed(failure), E::RetryRequested) => failure.operation.running_state(),
+        (S::Failed(failure), E::CorrectionRequested)
+            if failure.operation != WorkspaceOperation::Destroy =>
+        {
+            failure.operation.running_state()
+        }
+        (S::Failed(failure), E::AbandonRequested)
+            if failure.operation == WorkspaceOperation::Destroy =>
+        {
+            S::Destroying
+        }
         (S::Provisioning | S::Active | S::Updating | S::Failed(_), E::DestroyRequested) => {
             S::Destroying
         }
@@ -364,6 +401,8 @@ mod tests {
             step: "cluster".into(),
             error: "boom".into(),
             at: T0,
+            stack: None,
+            remaining: Vec::new(),
         })
     }
 
@@ -377,6 +416,8 @@ mod tests {
                 error: "quota".into(),
             },
             EventName::RetryRequested => WorkspaceEvent::RetryRequested,
+            EventName::CorrectionRequested => WorkspaceEvent::CorrectionRequested,
+            EventName::AbandonRequested => WorkspaceEvent::AbandonRequested,
             EventName::DestroyRequested => WorkspaceEvent::DestroyRequested,
             EventName::DestroyCompleted => WorkspaceEvent::DestroyCompleted,
         }
@@ -395,6 +436,8 @@ mod tests {
                 step: "node-pools".into(),
                 error: "quota".into(),
                 at: T0,
+                stack: None,
+                remaining: Vec::new(),
             }))
         };
         #[rustfmt::skip]
@@ -404,6 +447,8 @@ mod tests {
             (S::Provisioning, E::UpdateCompleted, None),
             (S::Provisioning, E::OperationFailed, fail(Op::Provision)),
             (S::Provisioning, E::RetryRequested, None),
+            (S::Provisioning, E::CorrectionRequested, None),
+            (S::Provisioning, E::AbandonRequested, None),
             (S::Provisioning, E::DestroyRequested, Some(S::Destroying)),
             (S::Provisioning, E::DestroyCompleted, None),
 
@@ -412,6 +457,8 @@ mod tests {
             (S::Active, E::UpdateCompleted, None),
             (S::Active, E::OperationFailed, None),
             (S::Active, E::RetryRequested, None),
+            (S::Active, E::CorrectionRequested, None),
+            (S::Active, E::AbandonRequested, None),
             (S::Active, E::DestroyRequested, Some(S::Destroying)),
             (S::Active, E::DestroyCompleted, None),
 
@@ -420,6 +467,8 @@ mod tests {
             (S::Updating, E::UpdateCompleted, Some(S::Active)),
             (S::Updating, E::OperationFailed, fail(Op::Update)),
             (S::Updating, E::RetryRequested, None),
+            (S::Updating, E::CorrectionRequested, None),
+            (S::Updating, E::AbandonRequested, None),
             (S::Updating, E::DestroyRequested, Some(S::Destroying)),
             (S::Updating, E::DestroyCompleted, None),
 
@@ -428,6 +477,8 @@ mod tests {
             (S::Destroying, E::UpdateCompleted, None),
             (S::Destroying, E::OperationFailed, fail(Op::Destroy)),
             (S::Destroying, E::RetryRequested, None),
+            (S::Destroying, E::CorrectionRequested, None),
+            (S::Destroying, E::AbandonRequested, None),
             (S::Destroying, E::DestroyRequested, None),
             (S::Destroying, E::DestroyCompleted, Some(S::Destroyed)),
 
@@ -436,6 +487,8 @@ mod tests {
             (S::Destroyed, E::UpdateCompleted, None),
             (S::Destroyed, E::OperationFailed, None),
             (S::Destroyed, E::RetryRequested, None),
+            (S::Destroyed, E::CorrectionRequested, None),
+            (S::Destroyed, E::AbandonRequested, None),
             (S::Destroyed, E::DestroyRequested, None),
             (S::Destroyed, E::DestroyCompleted, None),
         ];
@@ -445,13 +498,16 @@ mod tests {
             (Op::Update, S::Updating),
             (Op::Destroy, S::Destroying),
         ] {
+            let destroy = op == Op::Destroy;
             #[rustfmt::skip]
             rows.extend([
                 (failed(op), E::AgentFirstPoll, None),
                 (failed(op), E::UpdateRequested, None),
                 (failed(op), E::UpdateCompleted, None),
                 (failed(op), E::OperationFailed, None),
-                (failed(op), E::RetryRequested, Some(retry_to)),
+                (failed(op), E::RetryRequested, Some(retry_to.clone())),
+                (failed(op), E::CorrectionRequested, (!destroy).then(|| retry_to.clone())),
+                (failed(op), E::AbandonRequested, destroy.then_some(S::Destroying)),
                 (failed(op), E::DestroyRequested, Some(S::Destroying)),
                 (failed(op), E::DestroyCompleted, None),
             ]);
@@ -522,6 +578,8 @@ mod tests {
             ("[a-z-]{1,12}", ".{0,20}")
                 .prop_map(|(step, error)| WorkspaceEvent::OperationFailed { step, error }),
             Just(WorkspaceEvent::RetryRequested),
+            Just(WorkspaceEvent::CorrectionRequested),
+            Just(WorkspaceEvent::AbandonRequested),
             Just(WorkspaceEvent::DestroyRequested),
             Just(WorkspaceEvent::DestroyCompleted),
         ]
@@ -578,7 +636,10 @@ mod tests {
                             }
                             other => {
                                 if let WorkspaceState::Failed(f) = &state
-                                    && ev.name() == EventName::RetryRequested
+                                    && matches!(
+                                        ev.name(),
+                                        EventName::RetryRequested | EventName::CorrectionRequested
+                                    )
                                 {
                                     prop_assert_eq!(other, &f.operation.running_state());
                                 }

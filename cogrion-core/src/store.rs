@@ -32,6 +32,7 @@
 //! simulations are deterministic; replicas sharing a store must keep their clocks
 //! within a small fraction of a lease's time to live.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -44,9 +45,12 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::ids::{HolderId, InvalidValue, StackName, WorkspaceId};
-use crate::spec::WorkspaceSpec;
+use crate::provisioner::{CloudResource, InfraLayer};
+use crate::spec::{SpecChange, SpecChangeKind, WorkspaceSpec};
 use crate::stack::{StackGraph, StackStateName};
 use crate::state::{EventName, StateName, WorkspaceState};
+
+pub mod upgrade;
 
 /// The version of a stored record: 1 when created, one more on every write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -225,6 +229,9 @@ pub enum OperationKind {
     StackDeploy,
     /// Tear down one stack.
     StackDestroy,
+    /// After `Destroyed` and its retention: delete what the workspace no longer
+    /// needs ([`RecordStore::purge`]).
+    Purge,
 }
 
 /// Where one step of an operation stands.
@@ -244,6 +251,13 @@ pub enum StepStatus {
     },
     /// Failed permanently or exhausted its retries.
     Failed,
+    /// Given up on by the host ([`Engine::abandon`](crate::Engine::abandon)):
+    /// never run again; the workspace's
+    /// [`left_behind`](WorkspaceRecord::left_behind) says what it left.
+    Abandoned {
+        /// The host's reason.
+        reason: String,
+    },
 }
 
 /// One step of a persisted operation plan.
@@ -270,6 +284,9 @@ pub struct StepRecord {
     /// gives up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
+    /// When its first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
 }
 
 impl StepRecord {
@@ -283,12 +300,16 @@ impl StepRecord {
             last_error: None,
             command: None,
             deadline: None,
+            started_at: None,
         }
     }
 
     /// Whether the step needs no more work.
     pub fn is_finished(&self) -> bool {
-        matches!(self.status, StepStatus::Done | StepStatus::Skipped { .. })
+        matches!(
+            self.status,
+            StepStatus::Done | StepStatus::Skipped { .. } | StepStatus::Abandoned { .. }
+        )
     }
 }
 
@@ -318,19 +339,36 @@ pub struct OperationRecord {
     /// dropped.
     #[serde(default)]
     pub cancel_requested: bool,
-    /// For an update, the spec the infrastructure was built from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_spec: Option<WorkspaceSpec>,
 }
+
+/// The shape of [`WorkspaceRecord`] this build writes. Records of an older
+/// format are upgraded as they are read (see the [`upgrade`] module): every
+/// store reads them through `serde`, so none keeps its own copy of the rules.
+pub const RECORD_FORMAT: u32 = 2;
 
 /// Everything stored about one workspace except its history, queue, tokens and
 /// credentials.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "upgrade::StoredRecord")]
 pub struct WorkspaceRecord {
+    /// The record's format ([`RECORD_FORMAT`] once read).
+    pub format: u32,
     /// The workspace's id.
     pub id: WorkspaceId,
-    /// What was asked for (the latest accepted spec).
+    /// The **desired** spec: the latest one accepted (by `create`, `update`,
+    /// `correct` or `revert`). What the cloud holds may still differ while an
+    /// operation runs or after one failed; see [`applied`](Self::applied) and
+    /// [`layers`](Self::layers).
     pub spec: WorkspaceSpec,
+    /// The last spec the whole workspace was brought to: set when a provision
+    /// or an update completes. `None` until the first provision completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<WorkspaceSpec>,
+    /// The infrastructure layers that exist, each with the spec it was last
+    /// built (or updated) from and what the provisioner reported: a layer
+    /// built earlier is updated from that spec, never built again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layers: BTreeMap<InfraLayer, BuiltLayer>,
     /// Its state.
     pub state: WorkspaceState,
     /// Its stacks.
@@ -345,6 +383,16 @@ pub struct WorkspaceRecord {
     /// How to reach the cluster, once it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::provisioner::ClusterAccess>,
+    /// The receipt of the workspace's destroy: what teardown skipped (an agent
+    /// that could not be reached) or the host abandoned, and exactly what each
+    /// left. Empty means nothing Cogrion created was left behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_behind: Vec<LeftBehind>,
+    /// When the workspace's commands, checkpoints, tokens and credentials were
+    /// purged, after `Destroyed` and the retention
+    /// ([`EngineConfig::purge`](crate::EngineConfig::purge)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_at: Option<Timestamp>,
     /// When the workspace next needs driving, if it waits on time rather than on
     /// an event. Stores can list workspaces due by this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,18 +407,84 @@ impl WorkspaceRecord {
     /// A new record in `Provisioning` with no stacks and no operations.
     pub fn new(id: WorkspaceId, spec: WorkspaceSpec, now: Timestamp) -> Self {
         Self {
+            format: RECORD_FORMAT,
             id,
             spec,
+            applied: None,
+            layers: BTreeMap::new(),
             state: WorkspaceState::Provisioning,
             stacks: StackGraph::new(),
             operations: Vec::new(),
             next_operation: 1,
             cluster: None,
+            left_behind: Vec::new(),
+            purged_at: None,
             wake_at: None,
             created_at: now,
             updated_at: now,
         }
     }
+}
+
+/// An infrastructure layer that exists: what it was built from and what it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuiltLayer {
+    /// The spec the layer was last built or updated from.
+    pub spec: WorkspaceSpec,
+    /// The resources the provisioner reported for it then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<CloudResource>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// One entry of a destroy's receipt: a teardown step that did not remove what
+/// it was meant to, and exactly what it left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftBehind {
+    /// The destroy operation's number.
+    pub operation: u64,
+    /// The step (`stack/web`, `uninstall-agent`, `network`, …).
+    pub step: String,
+    /// The stack it concerns, for a stack's teardown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackName>,
+    /// What was left, as the executor or provisioner reported it (resource
+    /// kinds and names).
+    pub resources: Vec<String>,
+    /// Why.
+    pub why: LeftReason,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Why a teardown step left something behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeftReason {
+    /// In-cluster (agent-run) teardown was skipped past its deadline: the agent
+    /// — or, for the agent's own uninstall, the cluster's API — could not be
+    /// reached. What was left lives in the cluster, which the destroy deletes
+    /// next; cloud resources such objects own (load balancers, volumes) are the
+    /// business of the cloud's orphan scan.
+    Unreachable {
+        /// Since when nothing was heard from the agent (its last poll, as the
+        /// transport saw it, or the start of the step's wait).
+        since: Timestamp,
+        /// The last error.
+        error: String,
+    },
+    /// The host abandoned the step explicitly.
+    Abandoned {
+        /// Who.
+        actor: Actor,
+        /// Why, in the host's words.
+        reason: String,
+        /// The error that blocked the step, if it had failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// Who caused an event.
@@ -449,7 +563,38 @@ pub enum EventKind {
         operation: u64,
         /// The step.
         step: String,
+        /// What the skip left behind (empty when there was nothing to do).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<String>,
+        /// For in-cluster teardown skipped past its deadline: since when the
+        /// agent (or the cluster) could not be reached.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unreachable_since: Option<Timestamp>,
     },
+    /// The host abandoned a step of a failed destroy
+    /// ([`Engine::abandon`](crate::Engine::abandon)); the event's message is the
+    /// host's reason, its actor the host.
+    StepAbandoned {
+        /// The operation's number.
+        operation: u64,
+        /// The step.
+        step: String,
+        /// The stack, for a stack's teardown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stack: Option<StackName>,
+        /// What was left behind, as the executor or provisioner reported it.
+        left: Vec<String>,
+    },
+    /// The desired spec changed: an update, a correction or a revert.
+    SpecChanged {
+        /// Which request changed it.
+        change: SpecChangeKind,
+        /// Every field that changed.
+        diff: Vec<SpecChange>,
+    },
+    /// What a destroyed workspace no longer needs was deleted, after its
+    /// retention (the history is kept: [`HistoryRetention::Keep`]).
+    Purged,
     /// A command was queued for the agent.
     CommandQueued {
         /// The command.
@@ -499,9 +644,18 @@ impl fmt::Display for EventKind {
                 "op {operation} step {step} attempt {attempt} failed{}",
                 if *will_retry { ", will retry" } else { "" }
             ),
-            Self::StepSkipped { operation, step } => {
+            Self::StepSkipped {
+                operation, step, ..
+            } => {
                 write!(f, "op {operation} step {step} skipped")
             }
+            Self::StepAbandoned {
+                operation, step, ..
+            } => write!(f, "op {operation} step {step} abandoned"),
+            Self::SpecChanged { change, diff } => {
+                write!(f, "spec {change}: {} field(s)", diff.len())
+            }
+            Self::Purged => f.write_str("purged"),
             Self::CommandQueued { id } => write!(f, "command {id} queued"),
             Self::CommandAnswered { id, succeeded } => {
                 write!(
@@ -777,6 +931,82 @@ pub trait RecordStore: LeaseStore + fmt::Debug + Send + Sync + 'static {
         value: serde_json::Value,
         fence: FencingToken,
     ) -> Result<()>;
+
+    /// Deletes, in one transaction, what a destroyed workspace no longer needs:
+    /// its commands, checkpoints, bootstrap tokens and agent credentials. With
+    /// [`HistoryRetention::Keep`] it then applies `write` as
+    /// [`commit`](Self::commit) would (the record marked purged, events
+    /// appended); with [`HistoryRetention::Delete`] it deletes the history, the
+    /// lease and the record too (the id may then be created again), after
+    /// checking `write`'s preconditions (fence and revision).
+    ///
+    /// Refused, changing nothing: a write that fails
+    /// [`check_preconditions`] (as `commit`); a workspace whose stored state is
+    /// not `destroyed`, or a kept record that is not — [`Error::Rejected`](crate::Error::Rejected),
+    /// so that no caller can purge a live workspace; a write without a record
+    /// ([`InvalidValue`](crate::Error::InvalidValue)).
+    async fn purge(&self, write: WorkspaceWrite, history: HistoryRetention) -> Result<Purged>;
+}
+
+/// Whether a purge keeps a destroyed workspace's record and history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryRetention {
+    /// Keep the record (as a tombstone, with its destroy receipt) and the whole
+    /// history. The default.
+    #[default]
+    Keep,
+    /// Delete them too: nothing of the workspace is left in the store.
+    Delete,
+}
+
+/// What a [`purge`](RecordStore::purge) deleted, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// Queued commands (answered or not).
+    pub commands: u64,
+    /// Operation checkpoints.
+    pub checkpoints: u64,
+    /// Bootstrap-token hashes.
+    pub tokens: u64,
+    /// Agent credentials.
+    pub credentials: u64,
+    /// History events (only with [`HistoryRetention::Delete`]).
+    pub events: u64,
+}
+
+/// The checks every store makes on a [`purge`](RecordStore::purge) before
+/// deleting anything, given the stored state's name (`None` when the workspace
+/// does not exist), its revision and the live lease's fencing token.
+pub fn check_purge(
+    write: &WorkspaceWrite,
+    history: HistoryRetention,
+    stored_state: Option<&str>,
+    revision: Option<Revision>,
+    live_fence: Option<FencingToken>,
+) -> Result<()> {
+    let Some((record, PutMode::Update(_))) = &write.record else {
+        return Err(InvalidValue::Malformed {
+            what: "purge",
+            reason: "a purge carries the record update it is based on".into(),
+        }
+        .into());
+    };
+    check_write(write, 0)?;
+    check_preconditions(write, revision, live_fence)?;
+    let destroyed = StateName::Destroyed.as_str();
+    if stored_state != Some(destroyed)
+        || (history == HistoryRetention::Keep && record.state != WorkspaceState::Destroyed)
+    {
+        return Err(crate::Error::Rejected {
+            service: "store".into(),
+            detail: format!(
+                "workspace {} is not destroyed: only a destroyed workspace is purged",
+                write.workspace
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A held lease on one workspace.

@@ -1,21 +1,25 @@
 //! The crash harness: the whole lifecycle — provision, stack deploys, an update,
-//! a stack removal, destroy — replayed while the engine is killed at every step
-//! boundary and between every side effect and the write of its outcome, with
-//! transient faults, lost responses, cloud latency and a second engine racing for
-//! the lease. Time is the manual clock's, so hundreds of runs take seconds.
+//! a stack removal, destroy and purge — and the paths that correct and unblock
+//! it — a provision and an update corrected (and reverted) after failing on
+//! their spec, a destroy blocked for good and unblocked by abandoning a stack,
+//! a stack graph submitted at once with a dependency that fails — replayed
+//! while the engine is killed at every step boundary and between every side
+//! effect and the write of its outcome, with transient faults, lost responses,
+//! cloud latency and a second engine racing for the lease. Time is the manual
+//! clock's, so hundreds of runs take seconds.
 //!
 //! `COGRION_SIM_SEED` picks the first seed (default 1) and `COGRION_SIM_RUNS` how
 //! many seeds run (default 200); a failure names its seed.
 
 use std::time::Duration;
 
-use cogrion::sim::FaultPlan;
+use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::drive::{check_destroyed, check_history, check_no_duplicates, drive};
-use crate::world::{CrashPoint, World, api, spec, stack};
+use crate::world::{CrashPoint, World, api, spec, spec_with_instance, stack};
 
 type Outcome = std::result::Result<(), String>;
 
@@ -123,15 +127,7 @@ async fn scenario(world: &World, engines: &mut [Engine]) -> Outcome {
     settle(world, engines, &id).await?;
     expect_stacks(&engines[0], &id, &["db", "infra"], "stack removal").await?;
 
-    api_call(engines[0].destroy(&id, api()).await)?;
-    settle(world, engines, &id).await?;
-    check_destroyed(world, &engines[0], &id).await?;
-    check_no_duplicates(world)?;
-    let history = engines[0].history(&id).await.map_err(|e| e.to_string())?;
-    match check_history(&history)? {
-        StateName::Destroyed => Ok(()),
-        other => Err(format!("the history ends in {other}")),
-    }
+    destroy_and_check(world, engines, &id).await
 }
 
 /// Requests that interrupt work in flight: a stack removed while its deploy is
@@ -191,12 +187,276 @@ async fn interrupting_scenario(
         api_call(engines[0].destroy(&id, api()).await)?;
     }
     settle(world, engines, &id).await?;
-    check_destroyed(world, &engines[0], &id).await?;
+    finish_checks(world, engines, &id).await
+}
+
+/// A provision that fails on its spec (an instance type the cloud does not
+/// offer) is corrected; an update that fails the same way is reverted; another
+/// is corrected; then destroy.
+async fn correction_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
+    let id: WorkspaceId = "sim-ws".parse().unwrap();
+    let api_call =
+        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
+    world.offer_only_listed_instance_types();
+    let expect_failed = async |engines: &mut [Engine], step: &str, phase: &str| -> Outcome {
+        match engines[0]
+            .workspace(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+        {
+            WorkspaceState::Failed(f) if f.step == step && f.error.contains("not offered") => {
+                Ok(())
+            }
+            other => Err(format!(
+                "after {phase}: expected a failure at {step}, found {other:?}"
+            )),
+        }
+    };
+    api_call(
+        engines[0]
+            .create(id.clone(), spec_with_instance("sim-huge"), api())
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    expect_failed(engines, "node-pools", "a provision with a bad spec").await?;
+    api_call(
+        engines[0]
+            .correct(&id, spec_with_instance("sim-medium"), api())
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    expect_state(
+        &engines[0],
+        &id,
+        StateName::Active,
+        "the corrected provision",
+    )
+    .await?;
+
+    api_call(
+        engines[0]
+            .update(&id, spec_with_instance("sim-huge"), api())
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    expect_failed(engines, "node-pools", "an update with a bad spec").await?;
+    api_call(engines[0].revert(&id, api()).await)?;
+    settle(world, engines, &id).await?;
+    expect_state(&engines[0], &id, StateName::Active, "the reverted update").await?;
+
+    let mut bad = spec_with_instance("sim-huge");
+    bad.node_pools[0].size = NodePoolSize::new(1, 3, 5).unwrap();
+    api_call(engines[0].update(&id, bad, api()).await)?;
+    settle(world, engines, &id).await?;
+    expect_failed(engines, "node-pools", "a second update with a bad spec").await?;
+    let mut fixed = spec_with_instance("sim-large");
+    fixed.node_pools[0].size = NodePoolSize::new(1, 3, 5).unwrap();
+    api_call(engines[0].correct(&id, fixed.clone(), api()).await)?;
+    settle(world, engines, &id).await?;
+    expect_state(&engines[0], &id, StateName::Active, "the corrected update").await?;
+    let rec = engines[0].workspace(&id).await.map_err(|e| e.to_string())?;
+    if rec.applied.as_ref() != Some(&fixed) {
+        return Err(format!(
+            "the corrected spec was not applied: {:?}",
+            rec.applied
+        ));
+    }
+    destroy_and_check(world, engines, &id).await
+}
+
+/// A destroy blocked for good by a Terraform stack's teardown, unblocked by
+/// abandoning that stack (with a receipt); the rest is torn down.
+async fn abandon_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
+    let id: WorkspaceId = "sim-ws".parse().unwrap();
+    let api_call =
+        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
+    api_call(engines[0].create(id.clone(), spec(), api()).await)?;
+    settle(world, engines, &id).await?;
+    api_call(
+        engines[0]
+            .deploy_stacks(
+                &id,
+                vec![
+                    stack("db", ExecutorKind::Terraform, &[]),
+                    stack("web", ExecutorKind::Helm, &["db"]),
+                ],
+                api(),
+            )
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    expect_stacks(&engines[0], &id, &["db", "web"], "stack deploys").await?;
+    let db: StackName = "db".parse().unwrap();
+    world
+        .cloud
+        .faults()
+        .fail_permanently(FaultTarget::Stack(db.clone()));
+    api_call(engines[0].destroy(&id, api()).await)?;
+    settle(world, engines, &id).await?;
+    match engines[0]
+        .workspace(&id)
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+    {
+        WorkspaceState::Failed(f) if f.step == "stack/db" && f.stack.as_ref() == Some(&db) => {}
+        other => {
+            return Err(format!(
+                "expected the destroy blocked at stack/db, found {other:?}"
+            ));
+        }
+    }
+    api_call(
+        engines[0]
+            .abandon(&id, &[db.clone().into()], "kept on purpose", api())
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    let rec = engines[0].workspace(&id).await.map_err(|e| e.to_string())?;
+    let receipt: Vec<_> = rec.left_behind.iter().map(|l| l.step.as_str()).collect();
+    if receipt != ["stack/db"] {
+        return Err(format!(
+            "expected a receipt for stack/db alone, found {:?}",
+            rec.left_behind
+        ));
+    }
+    finish_checks(world, engines, &id).await
+}
+
+/// A stack graph submitted at once deploys in dependency order; a second one
+/// whose root fails fails its dependents, which deploy once it is fixed and
+/// they are retried.
+async fn graph_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
+    let id: WorkspaceId = "sim-ws".parse().unwrap();
+    let api_call =
+        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
+    api_call(engines[0].create(id.clone(), spec(), api()).await)?;
+    settle(world, engines, &id).await?;
+    api_call(
+        engines[0]
+            .deploy_stacks(
+                &id,
+                vec![
+                    stack("web", ExecutorKind::Manifests, &["api"]),
+                    stack("api", ExecutorKind::Helm, &["db"]),
+                    stack("db", ExecutorKind::Terraform, &[]),
+                ],
+                api(),
+            )
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    expect_stacks(&engines[0], &id, &["api", "db", "web"], "the graph").await?;
+
+    let queue: StackName = "queue".parse().unwrap();
+    world
+        .cloud
+        .faults()
+        .fail_permanently(FaultTarget::Stack(queue.clone()));
+    api_call(
+        engines[0]
+            .deploy_stacks(
+                &id,
+                vec![
+                    stack("queue", ExecutorKind::Terraform, &[]),
+                    stack("worker", ExecutorKind::Helm, &["queue", "db"]),
+                ],
+                api(),
+            )
+            .await,
+    )?;
+    settle(world, engines, &id).await?;
+    let rec = engines[0].workspace(&id).await.map_err(|e| e.to_string())?;
+    match rec.stacks.get(&"worker".parse().unwrap()).map(|s| &s.state) {
+        Some(StackState::Failed(f)) if f.error.contains("dependency queue failed") => {}
+        other => {
+            return Err(format!(
+                "expected worker failed naming queue, found {other:?}"
+            ));
+        }
+    }
+    world
+        .cloud
+        .faults()
+        .clear_permanent(FaultTarget::Stack(queue.clone()));
+    for name in ["queue", "worker"] {
+        api_call(
+            engines[0]
+                .retry_stack(&id, &name.parse().unwrap(), api())
+                .await,
+        )?;
+    }
+    settle(world, engines, &id).await?;
+    expect_stacks(
+        &engines[0],
+        &id,
+        &["api", "db", "queue", "web", "worker"],
+        "the retried graph",
+    )
+    .await?;
+    destroy_and_check(world, engines, &id).await
+}
+
+/// Destroys `id` and runs the checks every scenario ends with.
+async fn destroy_and_check(world: &World, engines: &mut [Engine], id: &WorkspaceId) -> Outcome {
+    engines[0]
+        .destroy(id, api())
+        .await
+        .map_err(|e| format!("request refused: {e}"))?;
+    settle(world, engines, id).await?;
+    finish_checks(world, engines, id).await
+}
+
+/// Nothing left unless a receipt names it, no duplicate, a history that
+/// chains to `Destroyed`.
+async fn finish_checks(world: &World, engines: &mut [Engine], id: &WorkspaceId) -> Outcome {
+    check_destroyed(world, &engines[0], id).await?;
     check_no_duplicates(world)?;
-    let history = engines[0].history(&id).await.map_err(|e| e.to_string())?;
+    let history = engines[0].history(id).await.map_err(|e| e.to_string())?;
     match check_history(&history)? {
         StateName::Destroyed => Ok(()),
         other => Err(format!("the history ends in {other}")),
+    }
+}
+
+/// Which lifecycle a run plays.
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    /// The whole lifecycle.
+    Lifecycle,
+    /// Requests interrupting work in flight, after `steps` advances (`early`:
+    /// a destroy during provisioning).
+    Interrupted { steps: usize, early: bool },
+    /// Corrections and a revert.
+    Correction,
+    /// A blocked destroy, abandoned.
+    Abandon,
+    /// Stack graphs submitted at once.
+    Graph,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Lifecycle => "lifecycle",
+            Self::Interrupted { .. } => "interrupted",
+            Self::Correction => "correction",
+            Self::Abandon => "abandon",
+            Self::Graph => "graph",
+        }
+    }
+
+    async fn play(self, world: &World, engines: &mut [Engine]) -> Outcome {
+        match self {
+            Self::Lifecycle => scenario(world, engines).await,
+            Self::Interrupted { steps, early } => {
+                interrupting_scenario(world, engines, steps, early).await
+            }
+            Self::Correction => correction_scenario(world, engines).await,
+            Self::Abandon => abandon_scenario(world, engines).await,
+            Self::Graph => graph_scenario(world, engines).await,
+        }
     }
 }
 
@@ -207,7 +467,7 @@ async fn run(
     latency: Duration,
     racing: bool,
     crashes: Vec<(usize, CrashPoint)>,
-    interrupt: Option<(usize, bool)>,
+    scenario: Scenario,
 ) -> (Outcome, usize, u64) {
     run_on(
         Backend::Memory,
@@ -216,7 +476,7 @@ async fn run(
         latency,
         racing,
         crashes,
-        interrupt,
+        scenario,
     )
     .await
 }
@@ -237,7 +497,7 @@ async fn run_on(
     latency: Duration,
     racing: bool,
     crashes: Vec<(usize, CrashPoint)>,
-    interrupt: Option<(usize, bool)>,
+    scenario: Scenario,
 ) -> (Outcome, usize, u64) {
     let (store, _dir): (
         std::sync::Arc<dyn WorkspaceStore>,
@@ -259,12 +519,25 @@ async fn run_on(
     if racing {
         engines.push(world.engine("replica-b"));
     }
-    let outcome = match interrupt {
-        None => scenario(&world, &mut engines).await,
-        Some((steps, early)) => interrupting_scenario(&world, &mut engines, steps, early).await,
-    };
+    let outcome = scenario.play(&world, &mut engines).await;
     (outcome, world.store.commits(), world.store.crashes())
 }
+
+/// The scenarios the sweep kills at every commit.
+const SWEPT: [Scenario; 6] = [
+    Scenario::Lifecycle,
+    Scenario::Interrupted {
+        steps: 2,
+        early: false,
+    },
+    Scenario::Interrupted {
+        steps: 3,
+        early: true,
+    },
+    Scenario::Correction,
+    Scenario::Abandon,
+    Scenario::Graph,
+];
 
 /// Every step boundary, and every gap between a side effect and its write, once:
 /// a fault-free run counts the engine's commits, then one run per commit and crash
@@ -272,19 +545,20 @@ async fn run_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_survives_a_crash_at_every_commit() {
     let mut runs = 0;
-    // The whole lifecycle, then the interrupted ones (removal during a deploy and
-    // destroy during an update; destroy during provisioning).
-    for interrupt in [None, Some((2, false)), Some((3, true))] {
+    // The whole lifecycle, the interrupted ones (removal during a deploy and
+    // destroy during an update; destroy during provisioning), corrections, an
+    // abandoned destroy, stack graphs.
+    for scenario in SWEPT {
         let (outcome, commits, _) = run(
             0,
             FaultPlan::none(),
             Duration::ZERO,
             false,
             Vec::new(),
-            interrupt,
+            scenario,
         )
         .await;
-        outcome.unwrap_or_else(|e| panic!("the crash-free run of {interrupt:?}: {e}"));
+        outcome.unwrap_or_else(|e| panic!("the crash-free run of {scenario:?}: {e}"));
         assert!(commits > 5, "the scenario commits {commits} times");
         for k in 0..commits {
             for point in [CrashPoint::BeforeCommit, CrashPoint::AfterCommit] {
@@ -294,18 +568,21 @@ async fn the_lifecycle_survives_a_crash_at_every_commit() {
                     Duration::ZERO,
                     false,
                     vec![(k, point)],
-                    interrupt,
+                    scenario,
                 )
                 .await;
                 if let Err(e) = outcome {
-                    panic!("{interrupt:?}: crash {point:?} commit {k} of {commits}: {e}");
+                    panic!("{scenario:?}: crash {point:?} commit {k} of {commits}: {e}");
                 }
                 assert_eq!(crashed, 1, "the crash at commit {k} happened");
                 runs += 1;
             }
         }
     }
-    println!("crash sweep: {runs} runs, one crash each, at every engine commit of three scenarios");
+    println!(
+        "crash sweep: {runs} runs, one crash each, at every engine commit of {} scenarios",
+        SWEPT.len()
+    );
 }
 
 /// Random seeds: crashes at random commits, transient faults and lost responses,
@@ -333,7 +610,7 @@ struct SeedPlan {
     faults: Option<f64>,
     latency: Duration,
     racing: bool,
-    interrupt: Option<(usize, bool)>,
+    scenario: Scenario,
     crashes: Vec<(usize, CrashPoint)>,
 }
 
@@ -344,9 +621,16 @@ impl SeedPlan {
         let faults = rng.random_bool(0.7).then(|| rng.random_range(0.02..0.12));
         let latency = Duration::from_millis(rng.random_range(0..4000));
         let racing = rng.random_bool(0.4);
-        let interrupt = rng
-            .random_bool(0.35)
-            .then(|| (rng.random_range(0..8), rng.random_bool(0.5)));
+        let scenario = match rng.random_range(0..20) {
+            0..7 => Scenario::Interrupted {
+                steps: rng.random_range(0..8),
+                early: rng.random_bool(0.5),
+            },
+            7..10 => Scenario::Correction,
+            10..13 => Scenario::Abandon,
+            13..16 => Scenario::Graph,
+            _ => Scenario::Lifecycle,
+        };
         let crash_rate = rng.random_range(0.0..0.15);
         let mut crashes = Vec::new();
         for k in 0..400 {
@@ -363,7 +647,7 @@ impl SeedPlan {
             faults,
             latency,
             racing,
-            interrupt,
+            scenario,
             crashes,
         }
     }
@@ -371,12 +655,13 @@ impl SeedPlan {
 
 /// Runs `count` seeds from `first` on `backend`; a failure names its seed.
 async fn seeded_runs(backend: Backend, first: u64, count: u64) {
-    let (mut crashes, mut raced, mut faulty, mut interrupted) = (0, 0, 0, 0);
+    let (mut crashes, mut raced, mut faulty) = (0, 0, 0);
+    let mut scenarios: std::collections::BTreeMap<&str, u64> = Default::default();
     for seed in first..first + count {
         let plan = SeedPlan::of(seed);
         faulty += u64::from(plan.faults.is_some());
         raced += u64::from(plan.racing);
-        interrupted += u64::from(plan.interrupt.is_some());
+        *scenarios.entry(plan.scenario.name()).or_default() += 1;
         let faults = plan
             .faults
             .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
@@ -387,7 +672,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
             plan.latency,
             plan.racing,
             plan.crashes,
-            plan.interrupt,
+            plan.scenario,
         )
         .await;
         if let Err(e) = outcome {
@@ -398,7 +683,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         crashes += crashed;
     }
     println!(
-        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {interrupted} interrupted"
+        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults; scenarios {scenarios:?}"
     );
 }
 
@@ -415,7 +700,7 @@ async fn the_lifecycle_survives_a_crash_at_every_commit_on_sqlite() {
         Duration::ZERO,
         false,
         Vec::new(),
-        None,
+        Scenario::Lifecycle,
     )
     .await;
     outcome.expect("the crash-free run on sqlite");
@@ -428,7 +713,7 @@ async fn the_lifecycle_survives_a_crash_at_every_commit_on_sqlite() {
                 Duration::ZERO,
                 false,
                 vec![(k, point)],
-                None,
+                Scenario::Lifecycle,
             )
             .await;
             if let Err(e) = outcome {

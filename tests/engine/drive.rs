@@ -69,14 +69,13 @@ pub async fn drive(
         }
         // Racing replicas: one finished (and released the lease) while the other
         // saw the lease held. The workspace is at rest if nothing is planned.
-        if nexts.iter().any(|n| matches!(n, Next::Rest))
-            && engines[0]
-                .workspace(ws)
-                .await
-                .map_err(|e| e.to_string())?
-                .operations
-                .is_empty()
-        {
+        let record = match engines[0].workspace(ws).await {
+            Ok(record) => record,
+            // Purged with its history: nothing is left to drive.
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if nexts.iter().any(|n| matches!(n, Next::Rest)) && record.operations.is_empty() {
             return Ok(());
         }
         // Everyone waits: let the agents work, then move time to the earliest wake.
@@ -95,14 +94,48 @@ pub async fn drive(
         } else {
             Duration::from_millis(1)
         };
-        let target = match wake {
+        let mut target = match wake {
             Some(t) if !awaiting_agent => t.max(now + step),
             Some(t) => t.min(now + step).max(now + Duration::from_millis(1)),
             None => now + step,
         };
+        // Racing replicas: one may have seen the lease held just before the
+        // other released it, and asked to come back when the lease expires.
+        // Nothing happens before the workspace's own wake time, so time jumps
+        // there (else a wait of days would take one lease time per round).
+        if !awaiting_agent
+            && let Some(due) = record.wake_at
+            && due > target
+        {
+            target = due;
+        }
         world.clock.advance_to(target);
     }
-    Err(format!("workspace {ws} did not come to rest"))
+    let rec = engines[0].workspace(ws).await.map_err(|e| e.to_string())?;
+    let ops: Vec<String> = rec
+        .operations
+        .iter()
+        .map(|o| {
+            let steps: Vec<String> = o
+                .steps
+                .iter()
+                .map(|s| format!("{}:{:?}", s.name, s.status))
+                .collect();
+            format!(
+                "#{} {:?} [{}] wake {:?}",
+                o.seq,
+                o.kind,
+                steps.join(", "),
+                o.wake_at
+            )
+        })
+        .collect();
+    Err(format!(
+        "workspace {ws} did not come to rest: {:?}, wake {:?}, clock {}, operations {ops:?}",
+        rec.state.name(),
+        rec.wake_at,
+        world.clock.now()
+    ))
 }
 
 /// Checks the stored history: gapless numbering, a created workspace, and state
@@ -148,7 +181,11 @@ pub fn check_history(events: &[EventRecord]) -> std::result::Result<StateName, S
     Ok(state)
 }
 
-/// What must hold after a workspace is destroyed.
+/// What must hold after a workspace is destroyed (and, once driven to rest,
+/// purged): nothing Cogrion created is left — in the cloud, in the cluster,
+/// the agent — unless the destroy's receipt names it; the agent's credentials
+/// were revoked; a purged workspace keeps its record and history and nothing
+/// else; no work is left.
 pub async fn check_destroyed(
     world: &World,
     engine: &Engine,
@@ -158,32 +195,84 @@ pub async fn check_destroyed(
     if rec.state != WorkspaceState::Destroyed {
         return Err(format!("expected Destroyed, found {:?}", rec.state));
     }
+    let receipt = &rec.left_behind;
+    let named = |what: &str| {
+        receipt
+            .iter()
+            .any(|l| l.resources.iter().any(|r| r == what))
+    };
     let live = world.cloud.live_resources(ws);
-    if !live.is_empty() {
-        return Err(format!("the cloud still holds {live:?}"));
+    let unnamed: Vec<_> = live
+        .iter()
+        .filter(|r| !named(&format!("{} {}", r.kind, r.id)))
+        .collect();
+    if !unnamed.is_empty() {
+        return Err(format!(
+            "the cloud still holds {unnamed:?}, which no receipt names ({receipt:?})"
+        ));
     }
-    let installed = world.cluster.installed(ws);
-    if !installed.is_empty() {
-        return Err(format!("the cluster still holds {installed:?}"));
+    for (stack, _, _) in world.cluster.installed(ws) {
+        if !receipt.iter().any(|l| l.stack.as_ref() == Some(&stack)) {
+            return Err(format!(
+                "the cluster still holds stack {stack}, which no receipt names"
+            ));
+        }
     }
-    if world.agents.is_installed(ws) {
-        return Err("the agent is still installed".into());
+    if world.agents.is_installed(ws) && !receipt.iter().any(|l| l.step == "uninstall-agent") {
+        return Err("the agent is still installed, and no receipt says so".into());
+    }
+    let history = engine.history(ws).await.map_err(|e| e.to_string())?;
+    let revoked = history.iter().any(|e| {
+        matches!(&e.event.kind, EventKind::StepDone { step, .. } if step == "revoke-agent-credentials")
+    });
+    if !revoked {
+        return Err("the destroy never revoked the agent's credentials".into());
     }
     let creds = engine
         .store()
         .list_credentials(ws)
         .await
         .map_err(|e| e.to_string())?;
-    if creds.iter().any(|c| c.revoked.is_none()) {
-        return Err("an agent certificate was not revoked".into());
-    }
-    if !rec.operations.is_empty() || rec.wake_at.is_some() {
-        return Err(format!(
-            "a destroyed workspace still has work: {:?}",
-            rec.operations
-        ));
+    match rec.purged_at {
+        Some(_) => {
+            if !creds.is_empty() {
+                return Err(format!(
+                    "a purged workspace still has credentials {creds:?}"
+                ));
+            }
+            if !rec.operations.is_empty() || rec.wake_at.is_some() {
+                return Err(format!(
+                    "a purged workspace still has work: {:?}",
+                    rec.operations
+                ));
+            }
+        }
+        None => {
+            if creds.iter().any(|c| c.revoked.is_none()) {
+                return Err("an agent certificate was not revoked".into());
+            }
+            let only_purge =
+                rec.operations.len() == 1 && rec.operations[0].kind == OperationKind::Purge;
+            if !only_purge {
+                return Err(format!(
+                    "a destroyed workspace has other work than its purge: {:?}",
+                    rec.operations
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// When the history says the workspace became `Destroyed`.
+pub fn destroyed_at(history: &[EventRecord]) -> Option<Timestamp> {
+    history.iter().find_map(|e| match e.event.kind {
+        EventKind::Transition {
+            to: StateName::Destroyed,
+            ..
+        } => Some(e.event.at),
+        _ => None,
+    })
 }
 
 /// No intent ever held two resources, in the cloud or in the cluster.

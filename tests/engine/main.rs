@@ -7,10 +7,14 @@
 
 #![allow(unreachable_pub)]
 
+mod correction;
 mod crash;
 mod drive;
 mod driver;
 mod lifecycle;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+mod migration;
 mod outage;
 mod replicas;
+mod teardown;
 mod world;

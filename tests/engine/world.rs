@@ -137,6 +137,34 @@ impl World {
             .latency_all(latency)
             .faults(faults.clone())
             .build();
+        Self::assemble(seed, faults, clock, cloud, store)
+    }
+
+    /// A world on `store` whose cloud keeps its resources in the file `cloud`
+    /// (as an earlier process left it), its clock starting at `now`.
+    pub fn resumed(
+        store: Arc<dyn WorkspaceStore>,
+        cloud: &std::path::Path,
+        latency: Duration,
+        now: Timestamp,
+    ) -> Self {
+        let faults = FaultPlan::none();
+        let clock = ManualClock::new(now);
+        let cloud = SimulatedCloud::builder()
+            .clock(Arc::new(clock.clone()))
+            .latency_all(latency)
+            .build_persistent(cloud)
+            .unwrap();
+        Self::assemble(1, faults, clock, cloud, store)
+    }
+
+    fn assemble(
+        seed: u64,
+        faults: FaultPlan,
+        clock: ManualClock,
+        cloud: SimulatedCloud,
+        store: Arc<dyn WorkspaceStore>,
+    ) -> Self {
         let sim = SimulatedWorld::new(cloud, faults);
         Self {
             clock,
@@ -152,6 +180,16 @@ impl World {
 
     /// A new engine process on the shared world (a restart, or another replica).
     pub fn engine(&self, name: &str) -> Engine {
+        self.engine_with(name, |c| c)
+    }
+
+    /// An engine as [`engine`](Self::engine) makes it, with its settings
+    /// changed by `configure`.
+    pub fn engine_with(
+        &self,
+        name: &str,
+        configure: impl FnOnce(EngineConfig) -> EngineConfig,
+    ) -> Engine {
         let n = self.engines.fetch_add(1, Ordering::SeqCst);
         let config = EngineConfig::new(format!("{name}-{n}").parse().unwrap())
             .with_seed(self.seed.wrapping_add(n))
@@ -169,7 +207,7 @@ impl World {
             .engine(
                 Arc::new(self.store.clone()),
                 Arc::new(self.clock.clone()),
-                config,
+                configure(config),
             )
             .unwrap()
     }
@@ -228,6 +266,10 @@ impl TempDir {
     pub fn db(&self) -> std::path::PathBuf {
         self.0.join("cogrion.db")
     }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -235,4 +277,24 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The instance types the tests' cloud offers, when a test makes it choosy.
+pub const OFFERED: [&str; 3] = ["sim-small", "sim-medium", "sim-large"];
+
+impl World {
+    /// Makes the cloud offer only [`OFFERED`] instance types: a node pool of
+    /// another type fails for good, until the spec is corrected.
+    pub fn offer_only_listed_instance_types(&self) {
+        self.cloud
+            .api()
+            .set_instance_types(Some(OFFERED.iter().map(|t| t.to_string()).collect()));
+    }
+}
+
+/// The sample spec with its node pool's instance type set to `instance`.
+pub fn spec_with_instance(instance: &str) -> WorkspaceSpec {
+    let mut s = spec();
+    s.node_pools[0].instance_type = instance.parse().unwrap();
+    s
 }

@@ -59,7 +59,11 @@ macro_rules! expect_err {
 /// - many polls at once (a fleet reconnecting): each read answers for its own
 ///   serial, and of concurrent first-poll marks of one credential exactly one
 ///   reports the first poll — whatever a store batches;
-/// - listing by tenant, state and due time, with paging.
+/// - listing by tenant, state and due time, with paging;
+/// - purges: only of a destroyed workspace, fenced and compare-and-swap like a
+///   commit, refusals changing nothing; commands, checkpoints, tokens and
+///   credentials deleted, with the history and record kept (then updated) or
+///   deleted (then the id can be created again), other workspaces untouched.
 ///
 /// Panics on the first violation, naming it.
 pub async fn store_suite(store: &dyn WorkspaceStore) {
@@ -79,6 +83,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     exchanges_at_once(store).await;
     polls_at_once(store).await;
     listing(store).await;
+    purges(store).await;
 }
 
 /// For a store that overrides
@@ -176,11 +181,38 @@ async fn records(store: &dyn WorkspaceStore) {
     // A rich record must round-trip exactly.
     let mut rec = record(&id);
     rec.state = WorkspaceState::Failed(crate::Failure {
-        operation: crate::WorkspaceOperation::Provision,
-        step: "cluster".into(),
-        error: "quota exceeded".into(),
+        operation: crate::WorkspaceOperation::Destroy,
+        step: "stack/db".into(),
+        error: "bucket not empty".into(),
+        at: T0,
+        stack: Some("db".parse().expect("valid stack")),
+        remaining: vec!["s3 bucket acme-db".into()],
+    });
+    rec.applied = Some(sample_workspace_spec());
+    rec.layers.insert(
+        crate::InfraLayer::Network,
+        crate::BuiltLayer {
+            spec: sample_workspace_spec(),
+            resources: vec![crate::CloudResource {
+                layer: crate::InfraLayer::Network,
+                kind: "vpc".into(),
+                id: "vpc-1".into(),
+            }],
+            at: T0,
+        },
+    );
+    rec.left_behind.push(crate::LeftBehind {
+        operation: 6,
+        step: "stack/web".into(),
+        stack: Some("web".parse().expect("valid stack")),
+        resources: vec!["Deployment web".into()],
+        why: crate::LeftReason::Unreachable {
+            since: T0,
+            error: "no answer".into(),
+        },
         at: T0,
     });
+    rec.purged_at = Some(T0);
     rec.wake_at = Some(T0 + Duration::from_secs(5));
     rec.next_operation = 7;
     rec.operations.push(crate::OperationRecord {
@@ -195,11 +227,11 @@ async fn records(store: &dyn WorkspaceStore) {
             last_error: Some("throttled".into()),
             command: Some(CommandId::new("c-7").expect("valid id")),
             deadline: Some(T0 + Duration::from_secs(60)),
+            started_at: Some(T0),
         }],
         started_at: T0,
         wake_at: Some(T0 + Duration::from_secs(3)),
         cancel_requested: true,
-        previous_spec: Some(sample_workspace_spec()),
     });
     rec.cluster = Some(crate::ClusterAccess {
         name: "c".into(),
@@ -2080,5 +2112,283 @@ async fn listing(store: &dyn WorkspaceStore) {
             .len(),
         1,
         "due at wake_at"
+    );
+}
+
+/// A destroyed workspace with something of every kind a purge deletes: two
+/// commands (one answered), a checkpoint, a token, a credential, two events.
+/// Returns it with its lease.
+async fn destroyed_with_leftovers(store: &dyn WorkspaceStore) -> (WorkspaceId, crate::Lease) {
+    let id = create(store, "purge").await;
+    let lease = store
+        .acquire(&id, &holder("purger"), TTL, T0)
+        .await
+        .expect("lease");
+    store
+        .commit(
+            WorkspaceWrite::new(id.clone(), T0)
+                .command(command("p1"))
+                .command(command("p2"))
+                .event(event("before the destroy")),
+        )
+        .await
+        .expect("queue");
+    store
+        .answer(&id, result("p1", CommandOutcome::Succeeded), T0)
+        .await
+        .expect("answer");
+    let key = CheckpointKey::new("op1/network").expect("key");
+    store
+        .put_checkpoint(&id, &key, json!({"vpc": "v-1"}), lease.fence)
+        .await
+        .expect("checkpoint");
+    store
+        .put_token(BootstrapTokenRecord {
+            workspace: id.clone(),
+            hash: hash(9, &id),
+            issued_at: T0,
+            expires_at: T0 + Duration::from_secs(3600),
+            consumed_at: None,
+        })
+        .await
+        .expect("token");
+    store
+        .put_credential(AgentCredential {
+            workspace: id.clone(),
+            serial: serial_of(&id, 9),
+            issued_at: T0,
+            expires_at: T0 + Duration::from_secs(86_400),
+            revoked: None,
+            first_poll_at: None,
+        })
+        .await
+        .expect("credential");
+    let current = store.get_workspace(&id).await.expect("read");
+    let mut rec = current.value;
+    rec.state = WorkspaceState::Destroyed;
+    store
+        .commit(
+            WorkspaceWrite::update(rec, current.revision, T0)
+                .fenced(lease.fence)
+                .event(event("destroyed")),
+        )
+        .await
+        .expect("destroyed");
+    (id, lease)
+}
+
+/// The purge write of `id`'s current record, fenced by `lease`.
+async fn purge_write(
+    store: &dyn WorkspaceStore,
+    id: &WorkspaceId,
+    lease: &crate::Lease,
+) -> WorkspaceWrite {
+    let current = store.get_workspace(id).await.expect("read");
+    let mut rec = current.value;
+    rec.purged_at = Some(T0);
+    WorkspaceWrite::update(rec, current.revision, T0)
+        .fenced(lease.fence)
+        .event(event("purged"))
+}
+
+async fn purges(store: &dyn WorkspaceStore) {
+    use crate::{HistoryRetention, Purged};
+    // A live workspace is never purged.
+    let live = create(store, "purge").await;
+    let live_lease = store
+        .acquire(&live, &holder("purger"), TTL, T0)
+        .await
+        .expect("lease");
+    let write = purge_write(store, &live, &live_lease).await;
+    for history in [HistoryRetention::Keep, HistoryRetention::Delete] {
+        expect_err!(
+            store.purge(write.clone(), history).await,
+            Error::Rejected { .. },
+            "purging a workspace that is not destroyed"
+        );
+    }
+    assert_eq!(
+        store
+            .get_workspace(&live)
+            .await
+            .expect("still there")
+            .revision,
+        Revision(1)
+    );
+
+    let (id, lease) = destroyed_with_leftovers(store).await;
+    let before = store.get_workspace(&id).await.expect("read");
+    let events_before = store
+        .read_events(&id, EventSeq(0), 0)
+        .await
+        .expect("events");
+    let write = purge_write(store, &id, &lease).await;
+    // Refusals change nothing.
+    let mut stale = write.clone();
+    stale.fence = Some(FencingToken(lease.fence.0 + 1));
+    expect_err!(
+        store.purge(stale, HistoryRetention::Keep).await,
+        Error::LeaseLost { .. },
+        "a purge under a stale fencing token"
+    );
+    let mut old = write.clone();
+    if let Some((_, mode)) = &mut old.record {
+        *mode = crate::PutMode::Update(Revision(before.revision.0 - 1));
+    }
+    expect_err!(
+        store.purge(old, HistoryRetention::Delete).await,
+        Error::Conflict { .. },
+        "a purge based on an old revision"
+    );
+    let mut revived = write.clone();
+    if let Some((rec, _)) = &mut revived.record {
+        rec.state = WorkspaceState::Active;
+    }
+    expect_err!(
+        store.purge(revived, HistoryRetention::Keep).await,
+        Error::Rejected { .. },
+        "a kept record that is not destroyed"
+    );
+    let mut bare = WorkspaceWrite::new(id.clone(), T0).fenced(lease.fence);
+    bare.events.push(event("no record"));
+    expect_err!(
+        store.purge(bare, HistoryRetention::Keep).await,
+        Error::InvalidValue(_),
+        "a purge without the record it is based on"
+    );
+    assert_eq!(
+        store.get_workspace(&id).await.expect("read"),
+        before,
+        "refused purges changed the record"
+    );
+    assert!(
+        store
+            .get_command(&id, &CommandId::new("p2").expect("id"))
+            .await
+            .is_ok(),
+        "refused purges deleted a command"
+    );
+    assert_eq!(
+        store.list_credentials(&id).await.expect("list").len(),
+        1,
+        "refused purges deleted a credential"
+    );
+
+    // Keep: what a destroyed workspace no longer needs goes; record and history stay.
+    let purged = store
+        .purge(write, HistoryRetention::Keep)
+        .await
+        .expect("purge, history kept");
+    assert_eq!(
+        purged,
+        Purged {
+            commands: 2,
+            checkpoints: 1,
+            tokens: 1,
+            credentials: 1,
+            events: 0
+        },
+        "what the purge reports"
+    );
+    let after = store.get_workspace(&id).await.expect("the record is kept");
+    assert_eq!(after.revision, Revision(before.revision.0 + 1));
+    assert_eq!(after.value.purged_at, Some(T0));
+    let events = store
+        .read_events(&id, EventSeq(0), 0)
+        .await
+        .expect("history");
+    assert_eq!(
+        events.len(),
+        events_before.len() + 1,
+        "the history is kept, the purge's event appended"
+    );
+    for c in ["p1", "p2"] {
+        expect_err!(
+            store
+                .get_command(&id, &CommandId::new(c).expect("id"))
+                .await,
+            Error::NotFound(_),
+            "a purged command"
+        );
+    }
+    let key = CheckpointKey::new("op1/network").expect("key");
+    assert_eq!(
+        store.get_checkpoint(&id, &key).await.expect("read"),
+        None,
+        "a purged checkpoint"
+    );
+    assert!(
+        store.list_credentials(&id).await.expect("list").is_empty(),
+        "purged credentials"
+    );
+    expect_err!(
+        store.get_credential(&serial_of(&id, 9)).await,
+        Error::NotFound(_),
+        "a purged credential"
+    );
+    expect_err!(
+        store.consume(&hash(9, &id), &id, T0).await,
+        Error::TokenRefused(TokenRefusal::Unknown) | Error::NotFound(_),
+        "a purged token"
+    );
+    assert!(store.deliver(&id, 0, T0).await.expect("deliver").is_empty());
+    // The live workspace was not touched.
+    assert_eq!(
+        store
+            .get_workspace(&live)
+            .await
+            .expect("still there")
+            .revision,
+        Revision(1)
+    );
+
+    // Delete: nothing of the workspace is left, and its id is free again.
+    let (gone, lease) = destroyed_with_leftovers(store).await;
+    let events = store
+        .read_events(&gone, EventSeq(0), 0)
+        .await
+        .expect("events")
+        .len() as u64;
+    let write = purge_write(store, &gone, &lease).await;
+    let purged = store
+        .purge(write, HistoryRetention::Delete)
+        .await
+        .expect("purge, history deleted");
+    assert_eq!(
+        purged,
+        Purged {
+            commands: 2,
+            checkpoints: 1,
+            tokens: 1,
+            credentials: 1,
+            events
+        },
+        "what the purge reports"
+    );
+    expect_err!(
+        store.get_workspace(&gone).await,
+        Error::NotFound(Resource::Workspace(_)),
+        "a purged record"
+    );
+    let events_left = store.read_events(&gone, EventSeq(0), 0).await;
+    assert!(
+        matches!(&events_left, Err(Error::NotFound(_)))
+            || matches!(&events_left, Ok(e) if e.is_empty()),
+        "a deleted history: {events_left:?}"
+    );
+    store
+        .commit(WorkspaceWrite::create(record(&gone), T0))
+        .await
+        .expect("the id of a workspace purged with its history can be created again");
+    store
+        .acquire(&gone, &holder("purger"), TTL, T0)
+        .await
+        .expect("a lease on the new workspace");
+    assert!(
+        store
+            .read_events(&gone, EventSeq(0), 0)
+            .await
+            .expect("events")
+            .is_empty()
     );
 }

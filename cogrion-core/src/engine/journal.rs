@@ -40,6 +40,23 @@ impl Journal {
         });
     }
 
+    /// A history event caused by someone else than the journal's actor (the
+    /// agent, for a command it answered), at its own time.
+    pub(crate) fn event_by(
+        &mut self,
+        actor: Actor,
+        at: Timestamp,
+        kind: EventKind,
+        message: String,
+    ) {
+        self.events.push(NewEvent {
+            at,
+            actor,
+            kind,
+            message,
+        });
+    }
+
     /// A live notice about `rec`'s workspace.
     pub(crate) fn notice(&mut self, rec: &WorkspaceRecord, kind: EngineEventKind) {
         self.notices.push(EngineEvent {
@@ -85,7 +102,6 @@ impl Journal {
             started_at: self.now,
             wake_at: None,
             cancel_requested: false,
-            previous_spec: None,
         });
     }
 

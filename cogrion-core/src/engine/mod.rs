@@ -35,12 +35,14 @@
 //! of an attempt, over and over, retries without limit. Steps waiting on the
 //! cloud or the agent hold no thread: `advance` returns and the caller wakes it.
 
+mod correct;
 mod driver;
 mod events;
 mod journal;
 mod plan;
 mod retry;
 mod run;
+mod teardown;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -55,6 +57,7 @@ use tokio::sync::broadcast;
 pub use driver::{Driver, DriverConfig, DriverHandle, DriverStats};
 pub use events::{EngineEvent, EngineEventKind};
 pub use retry::RetryPolicy;
+pub use teardown::{AbandonTarget, DestroyPlan, PlannedStep};
 
 use journal::Journal;
 
@@ -64,13 +67,13 @@ use crate::error::{Error, Result};
 use crate::executor::{Executor, ExecutorKind};
 use crate::ids::{HolderId, StackName, WorkspaceId};
 use crate::lock;
-use crate::provisioner::{CloudProvisioner, InfraLayer};
-use crate::spec::{CloudTarget, SpecErrors, SpecProblem, StackSpec, WorkspaceSpec};
+use crate::provisioner::CloudProvisioner;
+use crate::spec::{CloudTarget, StackSpec, WorkspaceSpec};
 use crate::stack::StackEvent;
 use crate::state::{StateName, WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, EventKind, EventRecord, EventSeq, Lease, ListQuery, OperationKind, OperationRecord,
-    StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, Lease, ListQuery, OperationKind,
+    OperationRecord, StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
 };
 use crate::transport::{AgentEvent, AgentEventSink, AgentTransport};
 
@@ -137,6 +140,9 @@ pub struct EngineConfig {
     pub teardown_deadline: Duration,
     /// How long a bootstrap token is valid (default 1 h).
     pub token_ttl: Duration,
+    /// When and how a destroyed workspace is purged (default: after 7 days,
+    /// keeping its record and history); `None`: never.
+    pub purge: Option<PurgePolicy>,
     /// Seed of the backoff jitter (random when `None`); set it for reproducible
     /// simulations.
     pub seed: Option<u64>,
@@ -153,6 +159,7 @@ impl EngineConfig {
             command_deadline: Duration::from_secs(15 * 60),
             teardown_deadline: Duration::from_secs(10 * 60),
             token_ttl: Duration::from_secs(3600),
+            purge: Some(PurgePolicy::default()),
             seed: None,
         }
     }
@@ -183,10 +190,46 @@ impl EngineConfig {
         self
     }
 
+    /// With this purge policy (`None`: destroyed workspaces are never purged).
+    pub fn with_purge(mut self, purge: Option<PurgePolicy>) -> Self {
+        self.purge = purge;
+        self
+    }
+
     /// With a fixed jitter seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
+    }
+}
+
+/// What happens to a destroyed workspace's data, and when.
+///
+/// Once a workspace is `Destroyed`, the engine plans a purge that runs after
+/// `after`: it deletes the workspace's agent commands, checkpoints, bootstrap
+/// tokens and agent credentials ([`RecordStore::purge`](crate::RecordStore::purge)),
+/// and keeps or deletes its record and history as `history` says. The
+/// retention is read when the purge runs, so changing it applies to
+/// workspaces destroyed earlier too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PurgePolicy {
+    /// How long after the destroy (default 7 days).
+    pub after: Duration,
+    /// Whether the record and history are kept (the default) or deleted.
+    pub history: HistoryRetention,
+}
+
+impl PurgePolicy {
+    /// Purge `after` the destroy, with the history kept or deleted.
+    pub fn new(after: Duration, history: HistoryRetention) -> Self {
+        Self { after, history }
+    }
+}
+
+impl Default for PurgePolicy {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(7 * 24 * 3600), HistoryRetention::Keep)
     }
 }
 
@@ -310,24 +353,6 @@ struct Inner {
     wakeups: broadcast::Sender<WorkspaceId>,
 }
 
-/// One step of a [`DestroyPlan`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedStep {
-    /// The step's name, as the history will show it.
-    pub step: String,
-    /// What it will remove.
-    pub removes: Vec<String>,
-}
-
-/// What destroying a workspace would do, in order: a dry run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DestroyPlan {
-    /// The workspace.
-    pub workspace: WorkspaceId,
-    /// The steps, in the order they would run.
-    pub steps: Vec<PlannedStep>,
-}
-
 impl Engine {
     /// Starts building an engine over `store`.
     pub fn builder(store: Arc<dyn WorkspaceStore>) -> EngineBuilder {
@@ -421,45 +446,6 @@ impl Engine {
         Ok(record)
     }
 
-    /// Changes the workspace's infrastructure to `spec` (only from `Active`):
-    /// plans the layers that differ. Tenant, cloud and region cannot change.
-    pub async fn update(
-        &self,
-        id: &WorkspaceId,
-        spec: WorkspaceSpec,
-        actor: Actor,
-    ) -> Result<WorkspaceRecord> {
-        spec.validate()?;
-        self.mutate(id, &actor, |rec, j| {
-            let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, j.now)?;
-            let mut problems = Vec::new();
-            for (path, same) in [
-                ("tenant", rec.spec.tenant == spec.tenant),
-                ("cloud", rec.spec.cloud == spec.cloud),
-                ("region", rec.spec.region == spec.region),
-            ] {
-                if !same {
-                    problems.push(SpecProblem {
-                        path: path.into(),
-                        message: "cannot change after creation".into(),
-                    });
-                }
-            }
-            if !problems.is_empty() {
-                return Err(SpecErrors { problems }.into());
-            }
-            let previous = std::mem::replace(&mut rec.spec, spec.clone());
-            let steps = plan::update(&previous, &spec);
-            j.transition(rec, t, "update requested");
-            j.plan(rec, OperationKind::Update, None, steps);
-            if let Some(op) = rec.operations.last_mut() {
-                op.previous_spec = Some(previous);
-            }
-            Ok(())
-        })
-        .await
-    }
-
     /// Gives the workspace's agent a new identity (only from `Active`, as an
     /// update): a fresh one-time bootstrap token, the agent re-installed with it
     /// (the [`AgentInstaller`](crate::AgentInstaller) writes the new token
@@ -550,79 +536,81 @@ impl Engine {
         .await
     }
 
-    /// Tears the workspace down: from `Active`, `Failed` (removing whatever a
-    /// half-finished operation left), `Provisioning` (cancelling it) or `Updating`
-    /// (after the running step). Stacks go first, in reverse dependency order, then
-    /// the agent, node pools, cluster and network.
-    pub async fn destroy(&self, id: &WorkspaceId, actor: Actor) -> Result<WorkspaceRecord> {
-        self.mutate(id, &actor, |rec, j| {
-            let was_failed_destroy = matches!(&rec.state, WorkspaceState::Failed(f) if f.operation == crate::state::WorkspaceOperation::Destroy);
-            let t = step(&rec.state, &WorkspaceEvent::DestroyRequested, j.now)?;
-            j.transition(rec, t, "destroy requested");
-            if was_failed_destroy && let Some(op) = rec.operations.iter_mut().find(|o| o.kind == OperationKind::Destroy) {
-                reset_failed_steps(op, j.now);
-                return Ok(());
-            }
-            // Other operations stop: those mid-step finish that step first.
-            rec.operations.retain_mut(|op| {
-                if run::mid_step(op) {
-                    op.cancel_requested = true;
-                    true
-                } else {
-                    false
-                }
-            });
-            let names: Vec<StackName> = rec.stacks.iter().map(|(n, _)| n.clone()).collect();
-            for name in names {
-                let from = rec.stacks.get(&name).map(|e| e.state.name());
-                if let Ok(to) = rec.stacks.apply(&name, &StackEvent::RemoveRequested, j.now) {
-                    j.stack_transition(rec, &name, from, &to);
-                }
-            }
-            let steps = plan::destroy(&rec.stacks);
-            j.plan(rec, OperationKind::Destroy, None, steps);
-            Ok(())
-        })
-        .await
-    }
-
     /// Adds a stack (or upgrades it, if one of that name exists) and plans its
-    /// deploy. Refused unless the workspace is `Active` or `Updating` and every
-    /// dependency is deployed.
+    /// deploy: [`deploy_stacks`](Self::deploy_stacks) with one stack.
     pub async fn deploy_stack(
         &self,
         id: &WorkspaceId,
         spec: StackSpec,
         actor: Actor,
     ) -> Result<WorkspaceRecord> {
-        spec.validate()?;
-        let kind = ExecutorKind::of(&spec.executor);
-        if !self.0.executors.contains_key(&kind) {
-            return Err(Error::Rejected {
-                service: "engine".into(),
-                detail: format!("no executor registered for {kind:?} stacks"),
-            });
+        self.deploy_stacks(id, vec![spec], actor).await
+    }
+
+    /// Adds (or upgrades, for names that exist) several stacks at once — a
+    /// graph, whose stacks may depend on each other — and plans a deploy of
+    /// each. All or nothing: a bad spec, a duplicate name, an unknown
+    /// dependency or a cycle refuses the whole request and changes nothing.
+    ///
+    /// Refused unless the workspace is `Active` or `Updating` and every
+    /// dependency is deployed or being deployed. A deploy whose dependencies are
+    /// still deploying waits for them; if one of them fails (or is removed),
+    /// the waiting stack fails too, with a reason naming it.
+    pub async fn deploy_stacks(
+        &self,
+        id: &WorkspaceId,
+        specs: Vec<StackSpec>,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
+        for spec in &specs {
+            spec.validate()?;
+            let kind = ExecutorKind::of(&spec.executor);
+            if !self.0.executors.contains_key(&kind) {
+                return Err(Error::Rejected {
+                    service: "engine".into(),
+                    detail: format!("no executor registered for {kind:?} stacks"),
+                });
+            }
         }
         self.mutate(id, &actor, |rec, j| {
-            let name = spec.name.clone();
-            let from = rec.stacks.get(&name).map(|e| e.state.name());
-            if from.is_some() {
-                rec.stacks.upgrade(spec.clone())?;
-            } else {
-                rec.stacks.add(spec.clone())?;
+            let mut names = std::collections::BTreeSet::new();
+            let mut added = Vec::new();
+            let mut upgraded = Vec::new();
+            for spec in &specs {
+                if !names.insert(spec.name.clone()) {
+                    return Err(crate::stack::GraphError::DuplicateStack(spec.name.clone()).into());
+                }
+                if rec.stacks.get(&spec.name).is_some() {
+                    upgraded.push(spec.clone());
+                } else {
+                    added.push(spec.clone());
+                }
             }
-            let to = rec.stacks.request_deploy(&name, rec.state.name(), j.now)?;
-            rec.operations.retain(|o| {
-                !(o.stack.as_ref() == Some(&name)
-                    && o.steps.iter().any(|s| s.status == StepStatus::Failed))
-            });
-            j.stack_transition(rec, &name, from, &to);
-            j.plan(
-                rec,
-                OperationKind::StackDeploy,
-                Some(name),
-                plan::stack_deploy(),
-            );
+            let before: BTreeMap<StackName, _> = names
+                .iter()
+                .map(|n| (n.clone(), rec.stacks.get(n).map(|e| e.state.name())))
+                .collect();
+            rec.stacks.add_all(added)?;
+            for spec in upgraded {
+                rec.stacks.upgrade(spec)?;
+            }
+            for name in rec.stacks.deploy_order() {
+                if !names.contains(&name) {
+                    continue;
+                }
+                let to = rec.stacks.request_deploy(&name, rec.state.name(), j.now)?;
+                rec.operations.retain(|o| {
+                    !(o.stack.as_ref() == Some(&name)
+                        && o.steps.iter().any(|s| s.status == StepStatus::Failed))
+                });
+                j.stack_transition(rec, &name, before[&name], &to);
+                j.plan(
+                    rec,
+                    OperationKind::StackDeploy,
+                    Some(name),
+                    plan::stack_deploy(),
+                );
+            }
             Ok(())
         })
         .await
@@ -693,67 +681,6 @@ impl Engine {
             Ok(())
         })
         .await
-    }
-
-    /// A dry run of [`destroy`](Self::destroy): the ordered teardown steps and what
-    /// each would remove, from the stack graph and the provisioner's `describe`.
-    pub async fn destroy_plan(&self, id: &WorkspaceId) -> Result<DestroyPlan> {
-        let rec = self.0.store.get_workspace(id).await?.value;
-        let described = match self.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
-            Some(p) => p.describe(id, &rec.spec).await?,
-            None => Default::default(),
-        };
-        let credentials = self.0.store.list_credentials(id).await?;
-        let steps = plan::destroy(&rec.stacks)
-            .into_iter()
-            .map(|s| {
-                let removes = match s.name.as_str() {
-                    plan::REVOKE_AGENT => credentials
-                        .iter()
-                        .filter(|c| c.revoked.is_none())
-                        .map(|c| format!("agent certificate {}", c.serial))
-                        .collect(),
-                    plan::UNINSTALL_AGENT => rec
-                        .cluster
-                        .iter()
-                        .map(|c| format!("the Cluster Agent in cluster {}", c.name))
-                        .collect(),
-                    name => match InfraLayer::BUILD_ORDER
-                        .into_iter()
-                        .find(|l| l.as_str() == name)
-                    {
-                        Some(layer) => described
-                            .resources
-                            .iter()
-                            .filter(|r| r.layer == layer)
-                            .map(|r| format!("{} {}", r.kind, r.id))
-                            .collect(),
-                        None => {
-                            let stack = name.trim_start_matches("stack/");
-                            rec.stacks
-                                .iter()
-                                .find(|(n, _)| n.as_str() == stack)
-                                .map(|(n, e)| {
-                                    vec![format!(
-                                        "{:?} stack {n} ({})",
-                                        crate::executor::ExecutorKind::of(&e.spec.executor),
-                                        e.state.name()
-                                    )]
-                                })
-                                .unwrap_or_default()
-                        }
-                    },
-                };
-                PlannedStep {
-                    step: s.name,
-                    removes,
-                }
-            })
-            .collect();
-        Ok(DestroyPlan {
-            workspace: id.clone(),
-            steps,
-        })
     }
 
     fn check_cloud(&self, spec: &WorkspaceSpec) -> Result<()> {

@@ -1,10 +1,15 @@
 //! Operation plans: the named, idempotent steps of each operation.
 
+use std::collections::BTreeMap;
+
+use crate::executor::ExecutorKind;
 use crate::ids::StackName;
 use crate::provisioner::InfraLayer;
 use crate::spec::WorkspaceSpec;
 use crate::stack::{StackGraph, StackState};
-use crate::store::{OperationKind, OperationRecord, StepRecord};
+use crate::store::{BuiltLayer, OperationKind, OperationRecord, StepRecord};
+
+pub(crate) use crate::store::upgrade::PURGE_STEP;
 
 pub(crate) const ISSUE_TOKEN: &str = "issue-bootstrap-token";
 pub(crate) const INSTALL_AGENT: &str = "install-agent";
@@ -29,6 +34,8 @@ pub(crate) enum StepKind {
     StackApply(StackName),
     /// Tear a stack down (in a stack destroy, or a workspace destroy).
     StackDestroy(StackName),
+    /// Purge a destroyed workspace.
+    Purge,
 }
 
 impl StepKind {
@@ -53,14 +60,24 @@ impl StepKind {
             }
             (OperationKind::StackDeploy, STACK_APPLY) => Self::StackApply(op.stack.clone()?),
             (OperationKind::StackDestroy, STACK_DESTROY) => Self::StackDestroy(op.stack.clone()?),
+            (OperationKind::Purge, PURGE_STEP) => Self::Purge,
             _ => return None,
         })
     }
 
-    /// Whether the step acts inside the cluster through the agent, so that a
-    /// teardown may skip it when the agent cannot be reached.
-    pub(crate) fn in_cluster_teardown(&self) -> bool {
-        matches!(self, Self::UninstallAgent | Self::StackDestroy(_))
+    /// Whether the step's work runs inside the cluster — the agent's
+    /// uninstall, and the teardown of a stack whose executor runs in the
+    /// cluster — so that a destroy may skip it when the agent (or the cluster)
+    /// cannot be reached: deleting the cluster removes what it left there.
+    /// Control-plane work (Terraform stacks, layers) never is.
+    pub(crate) fn agent_run(&self, stacks: &StackGraph) -> bool {
+        match self {
+            Self::UninstallAgent => true,
+            Self::StackDestroy(name) => stacks
+                .get(name)
+                .is_some_and(|e| ExecutorKind::of(&e.spec.executor).runs_in_cluster()),
+            _ => false,
+        }
     }
 }
 
@@ -83,20 +100,39 @@ pub(crate) fn rebootstrap() -> Vec<StepRecord> {
     steps([ISSUE_TOKEN, INSTALL_AGENT, AWAIT_AGENT].map(String::from))
 }
 
-/// The layers an update must touch to go from `from` to `to`.
-pub(crate) fn update(from: &WorkspaceSpec, to: &WorkspaceSpec) -> Vec<StepRecord> {
-    let everything = from.overrides != to.overrides;
-    let mut names = Vec::new();
-    if everything || from.network != to.network {
-        names.push(InfraLayer::Network);
-    }
-    if everything || from.kubernetes_version != to.kubernetes_version {
-        names.push(InfraLayer::Cluster);
-    }
-    if everything || from.node_pools != to.node_pools {
-        names.push(InfraLayer::NodePools);
-    }
-    steps(names.into_iter().map(|l| l.as_str().to_owned()))
+/// Whether `layer` built from `from` must change to match `to`.
+pub(crate) fn layer_differs(layer: InfraLayer, from: &WorkspaceSpec, to: &WorkspaceSpec) -> bool {
+    from.overrides != to.overrides
+        || match layer {
+            InfraLayer::Network => from.network != to.network,
+            InfraLayer::Cluster => from.kubernetes_version != to.kubernetes_version,
+            InfraLayer::NodePools => from.node_pools != to.node_pools,
+        }
+}
+
+/// The layers that must be built or changed to reach `to`, in build order: those
+/// not built, and those built from a spec that differs where they are
+/// concerned.
+pub(crate) fn layers_to_change(
+    built: &BTreeMap<InfraLayer, BuiltLayer>,
+    to: &WorkspaceSpec,
+) -> Vec<InfraLayer> {
+    InfraLayer::BUILD_ORDER
+        .into_iter()
+        .filter(|l| built.get(l).is_none_or(|b| layer_differs(*l, &b.spec, to)))
+        .collect()
+}
+
+/// The layers an update must touch to reach `to` from what is built.
+pub(crate) fn update(
+    built: &BTreeMap<InfraLayer, BuiltLayer>,
+    to: &WorkspaceSpec,
+) -> Vec<StepRecord> {
+    steps(
+        layers_to_change(built, to)
+            .into_iter()
+            .map(|l| l.as_str().to_owned()),
+    )
 }
 
 /// Stacks in reverse dependency order, then the agent, then the infrastructure
@@ -132,4 +168,8 @@ pub(crate) fn stack_deploy() -> Vec<StepRecord> {
 
 pub(crate) fn stack_destroy() -> Vec<StepRecord> {
     steps([STACK_DESTROY.to_owned()])
+}
+
+pub(crate) fn purge() -> Vec<StepRecord> {
+    steps([PURGE_STEP.to_owned()])
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cogrion_agent_proto::CommandId;
+use cogrion_agent_proto::{CommandId, CommandOutcome};
 use tracing::Instrument;
 
 use super::journal::Journal;
@@ -13,14 +13,15 @@ use crate::agent::{AgentInstall, issue_bootstrap_token};
 use crate::checkpoint::{Progress, StoreCheckpoint};
 use crate::clock::Timestamp;
 use crate::error::{Error, Resource, Result};
-use crate::executor::{ExecutionTarget, ExecutorKind, StackRequest};
-use crate::ids::{IdempotencyKey, WorkspaceId};
+use crate::executor::{ExecutionTarget, ExecutorKind, StackRequest, StackStatus};
+use crate::ids::{IdempotencyKey, StackName, WorkspaceId};
 use crate::provisioner::{InfraLayer, LayerRequest};
-use crate::stack::StackEvent;
+use crate::stack::{StackEvent, StackInventory, StackState};
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, CheckpointKey, CommandStatus, EventKind, Lease, NewCommand, OperationKind,
-    OperationRecord, RecordStore, StepStatus, WorkspaceRecord, WorkspaceWrite,
+    Actor, BuiltLayer, CheckpointKey, CommandStatus, EventKind, HistoryRetention, Lease,
+    LeftBehind, LeftReason, NewCommand, OperationKind, OperationRecord, RecordStore, StepStatus,
+    WorkspaceRecord, WorkspaceWrite,
 };
 
 /// Whether an operation is in the middle of a step (waiting on the cloud or an
@@ -41,6 +42,14 @@ enum Outcome {
     AwaitAgent(Timestamp),
     /// The bootstrap token was lost with a previous process: issue a new one.
     ReissueToken,
+    /// The agent (or, for its uninstall, the cluster) could not be reached:
+    /// a failure, except for in-cluster teardown past its deadline, which is
+    /// skipped with a receipt.
+    Unreachable {
+        error: Error,
+        /// When the transport last heard from the agent, if it knows.
+        last_seen: Option<Timestamp>,
+    },
     Failed(Error),
 }
 
@@ -52,6 +61,8 @@ struct Tx {
     /// The awaited agent command's status, as `run_next` read it to decide that
     /// the step may run; the step uses it instead of reading it again.
     awaited: Option<CommandStatus>,
+    /// Set by a purge step: the write goes through [`RecordStore::purge`].
+    purge: Option<HistoryRetention>,
 }
 
 impl Tx {
@@ -90,6 +101,7 @@ impl Engine {
             rec: current.value,
             commands: Vec::new(),
             awaited: None,
+            purge: None,
             j: Journal::new(
                 Actor::Engine {
                     holder: self.0.config.holder.clone(),
@@ -111,6 +123,7 @@ impl Engine {
             rec: mut record,
             commands,
             j: journal,
+            purge,
             ..
         } = tx;
         // A token is kept only until the agent install that hands it over.
@@ -129,8 +142,24 @@ impl Engine {
                 WorkspaceWrite::update(record, current.revision, now).fenced(lease.fence);
             write.events = journal.events;
             write.commands = commands;
-            match self.0.store.commit(write).await {
-                Ok(_) => {}
+            let written = match purge {
+                None => self.0.store.commit(write).await.map(|_| ()),
+                Some(history) => match self.0.store.purge(write, history).await {
+                    Ok(purged) => {
+                        tracing::info!(workspace = %id, ?purged, ?history, "purged");
+                        if history == HistoryRetention::Delete {
+                            // The record, its lease and its history are gone.
+                            lock(&self.0.leases).remove(id);
+                            self.publish(journal.notices);
+                            return Ok(Action::Done);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match written {
+                Ok(()) => {}
                 // A request (or another replica) wrote first: decide again.
                 Err(Error::Conflict { .. }) => return Ok(Action::RunAgain),
                 Err(e @ Error::LeaseLost { .. }) => {
@@ -242,6 +271,10 @@ impl Engine {
         tx.rec
             .operations
             .retain(|op| !op.cancel_requested || mid_step(op));
+        // Deploys waiting for a dependency that failed fail with it.
+        if self.fail_orphaned_deploys(tx) {
+            return Ok(Action::RunAgain);
+        }
 
         for i in 0..tx.rec.operations.len() {
             let op = &tx.rec.operations[i];
@@ -299,31 +332,70 @@ impl Engine {
             detail: format!("operation {seq} has a step {name:?} this engine does not know"),
         })?;
         let span = tracing::info_span!("step", operation = seq, step = %name);
+        let in_destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
+        let teardown = in_destroy && kind.agent_run(&tx.rec.stacks);
+        // A stack whose teardown failed an earlier destroy is torn down again.
+        if in_destroy
+            && let StepKind::StackDestroy(stack) = &kind
+            && let Some(StackState::Failed(_)) = tx.rec.stacks.get(stack).map(|e| &e.state)
+            && let Ok(to) = tx.rec.stacks.apply(stack, &StackEvent::RetryRequested, now)
         {
-            let step = &mut tx.rec.operations[i].steps[j];
-            if step.status == StepStatus::Pending {
-                step.status = StepStatus::Running;
-                step.attempts += 1;
-                if kind.in_cluster_teardown() && tx.rec.operations[i].kind == OperationKind::Destroy
-                {
-                    let step = &mut tx.rec.operations[i].steps[j];
-                    step.deadline
-                        .get_or_insert(now + self.0.config.teardown_deadline);
-                }
-                let attempt = tx.rec.operations[i].steps[j].attempts;
-                tx.notice(EngineEventKind::StepStarted {
+            tx.j.stack_transition(
+                &tx.rec,
+                stack,
+                Some(crate::stack::StackStateName::Failed),
+                &to,
+            );
+        }
+        let step = &mut tx.rec.operations[i].steps[j];
+        if step.status == StepStatus::Pending {
+            step.status = StepStatus::Running;
+            step.attempts += 1;
+            step.started_at.get_or_insert(now);
+            if teardown {
+                step.deadline
+                    .get_or_insert(now + self.0.config.teardown_deadline);
+            }
+            let attempt = step.attempts;
+            tx.event(
+                EventKind::StepStarted {
                     operation: seq,
                     step: name.clone(),
                     attempt,
-                });
-            }
+                },
+                format!("{name}: attempt {attempt}"),
+            );
+            tx.notice(EngineEventKind::StepStarted {
+                operation: seq,
+                step: name.clone(),
+                attempt,
+            });
         }
         let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await;
         let moved_on = !matches!(
             outcome,
             Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
         );
-        self.apply_outcome(tx, i, j, &kind, outcome)?;
+        let failed_before = matches!(tx.rec.state, WorkspaceState::Failed(_));
+        let destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
+        self.apply_outcome(tx, i, j, &kind, teardown, outcome)?;
+        // A destroy that failed names its blocker: the step, its stack, and
+        // what it was to remove that still exists.
+        if destroy && !failed_before {
+            let rec = &tx.rec;
+            if let WorkspaceState::Failed(f) = &rec.state
+                && f.operation == crate::state::WorkspaceOperation::Destroy
+            {
+                let remaining = self.what_remains(rec, &kind, seq).await;
+                if let WorkspaceState::Failed(f) = &mut tx.rec.state {
+                    f.stack = match &kind {
+                        StepKind::StackDestroy(name) => Some(name.clone()),
+                        _ => None,
+                    };
+                    f.remaining = remaining;
+                }
+            }
+        }
         Ok(moved_on)
     }
 
@@ -380,25 +452,33 @@ impl Engine {
                             if *layer == InfraLayer::Cluster {
                                 tx.rec.cluster = None;
                             }
+                            tx.rec.layers.remove(layer);
                             Outcome::Done
                         }
                         other => waiting(other),
                     },
-                    kind => {
-                        let progress = if kind == OperationKind::Update {
-                            let previous = op
-                                .previous_spec
-                                .clone()
-                                .unwrap_or_else(|| tx.rec.spec.clone());
-                            provisioner.update(request.updating_from(previous)).await?
-                        } else {
-                            provisioner.provision(request).await?
+                    _ => {
+                        // A layer that exists is changed from the spec it was
+                        // built from (an update, or a provision resumed with a
+                        // corrected spec), never built again.
+                        let progress = match tx.rec.layers.get(layer) {
+                            Some(built) => {
+                                let from = built.spec.clone();
+                                provisioner.update(request.updating_from(from)).await?
+                            }
+                            None => provisioner.provision(request).await?,
                         };
                         match progress {
                             Progress::Ready(state) => {
                                 if state.cluster.is_some() {
                                     tx.rec.cluster = state.cluster;
                                 }
+                                let built = BuiltLayer {
+                                    spec: tx.rec.spec.clone(),
+                                    resources: state.resources,
+                                    at: now,
+                                };
+                                tx.rec.layers.insert(*layer, built);
                                 Outcome::Done
                             }
                             other => waiting(other),
@@ -481,7 +561,14 @@ impl Engine {
             }
             StepKind::UninstallAgent => match tx.rec.cluster.clone() {
                 None => Outcome::Skipped("no cluster: nothing to uninstall".into()),
-                Some(cluster) => waiting(self.0.installer.uninstall(&id, &cluster).await?),
+                Some(cluster) => match self.0.installer.uninstall(&id, &cluster).await {
+                    Ok(progress) => waiting(progress),
+                    Err(error) if error.is_transient() => Outcome::Unreachable {
+                        error,
+                        last_seen: None,
+                    },
+                    Err(error) => Outcome::Failed(error),
+                },
             },
             StepKind::StackApply(name) | StepKind::StackDestroy(name) => {
                 let Some(entry) = tx.rec.stacks.get(name) else {
@@ -508,48 +595,107 @@ impl Engine {
                         None => self.0.store.get_command(&id, command).await?.status,
                     };
                     match status {
-                        CommandStatus::Answered { mut result, .. } => {
+                        CommandStatus::Answered { mut result, at } => {
+                            let succeeded = matches!(result.outcome, CommandOutcome::Succeeded);
+                            tx.j.event_by(
+                                Actor::Agent,
+                                at,
+                                EventKind::CommandAnswered {
+                                    id: command.clone(),
+                                    succeeded,
+                                },
+                                format!(
+                                    "{}: the agent answered command {command}: {}",
+                                    step.name,
+                                    if succeeded { "succeeded" } else { "failed" }
+                                ),
+                            );
                             // The executor sees its own id, without the attempt suffix.
                             result.id = base_command_id(command, step.attempts);
                             request = request.with_command_result(result);
                         }
                         CommandStatus::Pending => {
-                            return Ok(Outcome::Failed(Error::Unavailable {
-                                service: "agent".into(),
-                                detail: format!("no answer to command {command} by its deadline"),
-                            }));
+                            let last_seen = self.agent_last_seen(&id).await;
+                            return Ok(Outcome::Unreachable {
+                                error: Error::Unavailable {
+                                    service: "agent".into(),
+                                    detail: format!(
+                                        "no answer to command {command} by its deadline"
+                                    ),
+                                },
+                                last_seen,
+                            });
                         }
                     }
                 }
-                if matches!(kind, StepKind::StackApply(_)) {
+                if let StepKind::StackApply(name) = kind {
                     match executor.apply(request).await? {
-                        Progress::Ready(_) => Outcome::Done,
+                        Progress::Ready(status) => {
+                            if let StackStatus::Installed {
+                                revision,
+                                resources,
+                            } = status
+                            {
+                                let inventory = StackInventory {
+                                    revision,
+                                    resources,
+                                    at: now,
+                                };
+                                tx.rec.stacks.set_inventory(name, inventory);
+                            }
+                            Outcome::Done
+                        }
                         other => waiting(other),
                     }
                 } else {
                     waiting(executor.destroy(request).await?)
                 }
             }
+            StepKind::Purge => {
+                let Some(policy) = self.0.config.purge else {
+                    return Ok(Outcome::Skipped(
+                        "purging is disabled (EngineConfig::purge)".into(),
+                    ));
+                };
+                let due = op.started_at + policy.after;
+                if now < due {
+                    Outcome::InProgress(due.since(now))
+                } else {
+                    tx.purge = Some(policy.history);
+                    Outcome::Done
+                }
+            }
         })
     }
 
-    /// Records how the attempt ended.
+    /// When the transport last heard from the workspace's agent, if it knows.
+    async fn agent_last_seen(&self, id: &WorkspaceId) -> Option<Timestamp> {
+        let transport = self.0.transport.as_ref()?;
+        match transport.presence(id).await {
+            Ok(presence) => presence.map(|p| p.last_seen),
+            Err(e) => {
+                tracing::debug!(workspace = %id, error = %e, "the transport could not say when it last saw the agent");
+                None
+            }
+        }
+    }
+
+    /// Records how the attempt ended. `teardown`: the step is agent-run work
+    /// of a destroy, which keeps trying until its deadline and is then skipped
+    /// if the agent cannot be reached.
     fn apply_outcome(
         &self,
         tx: &mut Tx,
         i: usize,
         j: usize,
         kind: &StepKind,
+        teardown: bool,
         outcome: Outcome,
     ) -> Result<()> {
         let now = tx.j.now;
         let seq = tx.rec.operations[i].seq;
         let name = tx.rec.operations[i].steps[j].name.clone();
         let attempt = tx.rec.operations[i].steps[j].attempts;
-        let in_destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
-        // In-cluster teardown past its deadline is skipped: deleting the cluster
-        // removes what is left inside it.
-        let teardown = in_destroy && kind.in_cluster_teardown();
         if tx.rec.operations[i].cancel_requested
             && !matches!(
                 outcome,
@@ -569,54 +715,64 @@ impl Engine {
             .deadline
             .is_some_and(|d| now >= d);
         let outcome = match outcome {
-            Outcome::Failed(e) if teardown && deadline_passed && e.is_transient() => {
-                Outcome::Skipped(format!(
-                    "the agent could not be reached before the deadline ({e}); deleting the cluster removes what is left in it"
-                ))
+            // In-cluster teardown past its deadline, the agent out of reach, is
+            // skipped: deleting the cluster removes what it left there. The
+            // receipt says what that was, and since when the agent was silent.
+            Outcome::Unreachable { error, last_seen } if teardown && deadline_passed => {
+                let step = &tx.rec.operations[i].steps[j];
+                let since = last_seen.or(step.started_at).unwrap_or(now);
+                let (stack, left) = self.in_cluster_leftovers(&tx.rec, kind);
+                tx.rec.left_behind.push(LeftBehind {
+                    operation: seq,
+                    step: name.clone(),
+                    stack,
+                    resources: left.clone(),
+                    why: LeftReason::Unreachable {
+                        since,
+                        error: error.to_string(),
+                    },
+                    at: now,
+                });
+                let why = format!(
+                    "unreachable since {since} ({error}); deleting the cluster removes what was left in it: {}",
+                    left.join(", ")
+                );
+                tx.event(
+                    EventKind::StepSkipped {
+                        operation: seq,
+                        step: name.clone(),
+                        left,
+                        unreachable_since: Some(since),
+                    },
+                    why.clone(),
+                );
+                self.finish_step(tx, i, j, kind, Some(why));
+                return Ok(());
             }
             other => other,
         };
         match outcome {
-            Outcome::Done | Outcome::Skipped(_) => {
-                let skipped = match &outcome {
-                    Outcome::Skipped(why) => Some(why.clone()),
-                    _ => None,
-                };
-                let step = &mut tx.rec.operations[i].steps[j];
-                step.status = match &skipped {
-                    Some(reason) => StepStatus::Skipped {
-                        reason: reason.clone(),
+            Outcome::Done => {
+                tx.event(
+                    EventKind::StepDone {
+                        operation: seq,
+                        step: name.clone(),
                     },
-                    None => StepStatus::Done,
-                };
-                step.command = None;
-                step.deadline = None;
-                tx.rec.operations[i].wake_at = None;
-                match &skipped {
-                    Some(why) => tx.event(
-                        EventKind::StepSkipped {
-                            operation: seq,
-                            step: name.clone(),
-                        },
-                        why.clone(),
-                    ),
-                    None => tx.event(
-                        EventKind::StepDone {
-                            operation: seq,
-                            step: name.clone(),
-                        },
-                        format!("{name} done"),
-                    ),
-                }
-                tx.notice(EngineEventKind::StepDone {
-                    operation: seq,
-                    step: name,
-                    skipped,
-                });
-                self.after_step(tx, kind);
-                if tx.rec.operations[i].steps.iter().all(|s| s.is_finished()) {
-                    self.finish(tx, i);
-                }
+                    format!("{name} done"),
+                );
+                self.finish_step(tx, i, j, kind, None);
+            }
+            Outcome::Skipped(why) => {
+                tx.event(
+                    EventKind::StepSkipped {
+                        operation: seq,
+                        step: name.clone(),
+                        left: Vec::new(),
+                        unreachable_since: None,
+                    },
+                    why.clone(),
+                );
+                self.finish_step(tx, i, j, kind, Some(why));
             }
             Outcome::InProgress(poll_after) => {
                 let until = now + poll_after;
@@ -678,9 +834,11 @@ impl Engine {
                         .into(),
                 );
             }
-            Outcome::Failed(error) => {
-                // In-cluster teardown keeps trying until its deadline, then is
-                // skipped (above); other steps stop after the policy's attempts.
+            Outcome::Failed(error) | Outcome::Unreachable { error, .. } => {
+                // In-cluster teardown keeps trying until its deadline (then it
+                // is skipped if the agent is out of reach, above); other steps,
+                // and in-cluster teardown past its deadline that fails for
+                // another reason, stop after the policy's attempts.
                 let used = attempt - tx.rec.operations[i].steps[j].budget_from;
                 let retry = error.is_transient()
                     && (used < self.0.config.retry.max_attempts || (teardown && !deadline_passed));
@@ -734,6 +892,207 @@ impl Engine {
         Ok(())
     }
 
+    /// Marks step `j` of operation `i` finished (`skipped`: why not run), and
+    /// ends the operation if it was its last.
+    fn finish_step(
+        &self,
+        tx: &mut Tx,
+        i: usize,
+        j: usize,
+        kind: &StepKind,
+        skipped: Option<String>,
+    ) {
+        let seq = tx.rec.operations[i].seq;
+        let step = &mut tx.rec.operations[i].steps[j];
+        let name = step.name.clone();
+        step.status = match &skipped {
+            Some(reason) => StepStatus::Skipped {
+                reason: reason.clone(),
+            },
+            None => StepStatus::Done,
+        };
+        step.command = None;
+        step.deadline = None;
+        tx.rec.operations[i].wake_at = None;
+        tx.notice(EngineEventKind::StepDone {
+            operation: seq,
+            step: name,
+            skipped,
+        });
+        self.after_step(tx, kind);
+        if tx.rec.operations[i].steps.iter().all(|s| s.is_finished()) {
+            self.finish(tx, i);
+        }
+    }
+
+    /// What skipping an in-cluster teardown step leaves in the cluster: the
+    /// stack's objects as its executor last reported them, or the agent.
+    fn in_cluster_leftovers(
+        &self,
+        rec: &WorkspaceRecord,
+        kind: &StepKind,
+    ) -> (Option<StackName>, Vec<String>) {
+        match kind {
+            StepKind::StackDestroy(name) => (Some(name.clone()), stack_inventory(rec, name)),
+            StepKind::UninstallAgent => (None, agent_leftovers(rec)),
+            _ => (None, Vec::new()),
+        }
+    }
+
+    /// What the teardown step `kind` of destroy operation `seq` was to remove
+    /// and still exists, as the provisioner (`describe`) or the executor
+    /// (`status`, for a control-plane executor) reports it now; the last
+    /// report kept in the record when they cannot say.
+    pub(super) async fn what_remains(
+        &self,
+        rec: &WorkspaceRecord,
+        kind: &StepKind,
+        seq: u64,
+    ) -> Vec<String> {
+        match kind {
+            StepKind::Layer(layer) => {
+                let described = match self.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
+                    Some(p) => p.describe(&rec.id, &rec.spec).await,
+                    None => Err(Error::Rejected {
+                        service: "engine".into(),
+                        detail: "no provisioner registered for this cloud".into(),
+                    }),
+                };
+                match described {
+                    Ok(d) => d
+                        .resources
+                        .iter()
+                        .filter(|r| r.layer == *layer)
+                        .map(|r| format!("{} {}", r.kind, r.id))
+                        .collect(),
+                    Err(e) => {
+                        let mut known: Vec<String> = rec
+                            .layers
+                            .get(layer)
+                            .into_iter()
+                            .flat_map(|b| &b.resources)
+                            .map(|r| format!("{} {}", r.kind, r.id))
+                            .collect();
+                        known.push(format!(
+                            "whatever else the cloud holds for layer {layer} (it could not be asked: {e})"
+                        ));
+                        known
+                    }
+                }
+            }
+            StepKind::StackDestroy(name) => self.stack_remains(rec, name, seq).await,
+            StepKind::UninstallAgent => agent_leftovers(rec),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What of stack `name` still exists: a control-plane executor is asked
+    /// (`status`); an in-cluster one would need the agent, so its last
+    /// reported inventory stands.
+    async fn stack_remains(
+        &self,
+        rec: &WorkspaceRecord,
+        name: &StackName,
+        seq: u64,
+    ) -> Vec<String> {
+        let Some(entry) = rec.stacks.get(name) else {
+            return Vec::new();
+        };
+        let kind = ExecutorKind::of(&entry.spec.executor);
+        if !kind.runs_in_cluster()
+            && let Some(executor) = self.0.executors.get(&kind)
+        {
+            let request = StackRequest::new(
+                ExecutionTarget::new(rec.id.clone(), rec.cluster.clone()),
+                entry.spec.clone(),
+                IdempotencyKey::derive(&rec.id, seq, &format!("{}/status", plan::stack_step(name))),
+                Arc::new(crate::checkpoint::MemoryCheckpoint::new()),
+            );
+            match executor.status(request).await {
+                Ok(Progress::Ready(StackStatus::Absent)) => return Vec::new(),
+                Ok(Progress::Ready(StackStatus::Installed { resources, .. })) => {
+                    return if resources.is_empty() {
+                        vec![format!("{kind:?} stack {name}")]
+                    } else {
+                        resources
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(workspace = %rec.id, stack = %name, error = %e, "the executor could not report the stack's status");
+                }
+            }
+        }
+        stack_inventory(rec, name)
+    }
+
+    /// Fails every stack deploy waiting for a dependency that will not be
+    /// deployed — failed, gone, being removed, or no longer being deployed —
+    /// with a reason naming it; dependents of those fail in turn. Returns
+    /// whether any did.
+    fn fail_orphaned_deploys(&self, tx: &mut Tx) -> bool {
+        let mut any = false;
+        loop {
+            let rec = &tx.rec;
+            let orphan = rec.operations.iter().enumerate().find_map(|(i, op)| {
+                if op.kind != OperationKind::StackDeploy || op.cancel_requested {
+                    return None;
+                }
+                let j = op.steps.iter().position(|s| !s.is_finished())?;
+                if op.steps[j].status == StepStatus::Failed {
+                    return None;
+                }
+                let entry = rec.stacks.get(op.stack.as_ref()?)?;
+                entry.spec.depends_on.iter().find_map(|dep| {
+                    let why = match rec.stacks.get(dep).map(|e| &e.state) {
+                        None => "was removed".to_owned(),
+                        Some(StackState::Deployed) => return None,
+                        Some(StackState::Deploying) => {
+                            let deploying = rec.operations.iter().any(|o| {
+                                o.kind == OperationKind::StackDeploy
+                                    && o.stack.as_ref() == Some(dep)
+                                    && !o.cancel_requested
+                            });
+                            if deploying {
+                                return None;
+                            }
+                            "is no longer being deployed".to_owned()
+                        }
+                        Some(StackState::Failed(f)) => {
+                            format!("failed at {}: {}", f.step, f.error)
+                        }
+                        Some(other) => format!("is {}", other.name()),
+                    };
+                    Some((i, j, format!("dependency {dep} {why}")))
+                })
+            });
+            let Some((i, j, why)) = orphan else {
+                return any;
+            };
+            any = true;
+            let seq = tx.rec.operations[i].seq;
+            let name = tx.rec.operations[i].steps[j].name.clone();
+            tx.event(
+                EventKind::StepFailed {
+                    operation: seq,
+                    step: name,
+                    attempt: tx.rec.operations[i].steps[j].attempts,
+                    will_retry: false,
+                },
+                why.clone(),
+            );
+            self.fail(
+                tx,
+                i,
+                j,
+                Error::Rejected {
+                    service: "engine".into(),
+                    detail: why,
+                },
+            );
+        }
+    }
+
     /// Bookkeeping after a step finished: stack states.
     fn after_step(&self, tx: &mut Tx, kind: &StepKind) {
         let now = tx.j.now;
@@ -760,6 +1119,16 @@ impl Engine {
             OperationKind::Update => WorkspaceEvent::UpdateCompleted,
             OperationKind::Destroy => WorkspaceEvent::DestroyCompleted,
             OperationKind::StackDeploy | OperationKind::StackDestroy => return,
+            OperationKind::Purge => {
+                if tx.purge.is_some() {
+                    tx.rec.purged_at = Some(tx.j.now);
+                    tx.event(
+                        EventKind::Purged,
+                        "commands, checkpoints, bootstrap tokens and agent credentials deleted; the record and its history are kept".into(),
+                    );
+                }
+                return;
+            }
         };
         if op.cancel_requested {
             return;
@@ -771,9 +1140,32 @@ impl Engine {
                     OperationKind::Update => "every changed layer is applied",
                     _ => "everything is torn down",
                 };
-                tx.j.transition(&mut tx.rec, t, why);
+                if matches!(op.kind, OperationKind::Provision | OperationKind::Update) {
+                    // Every layer now matches the spec where it is concerned.
+                    for layer in tx.rec.layers.values_mut() {
+                        layer.spec = tx.rec.spec.clone();
+                    }
+                    tx.rec.applied = Some(tx.rec.spec.clone());
+                }
+                let left = tx.rec.left_behind.len();
+                let why = if op.kind == OperationKind::Destroy && left > 0 {
+                    format!(
+                        "{why}, but for what the receipt lists ({left} step(s) left things behind)"
+                    )
+                } else {
+                    why.to_owned()
+                };
+                tx.j.transition(&mut tx.rec, t, &why);
                 if tx.rec.state == WorkspaceState::Destroyed {
                     tx.rec.operations.clear();
+                    tx.rec.cluster = None;
+                    if let Some(policy) = self.0.config.purge {
+                        let now = tx.j.now;
+                        tx.j.plan(&mut tx.rec, OperationKind::Purge, None, plan::purge());
+                        if let Some(purge) = tx.rec.operations.last_mut() {
+                            purge.wake_at = Some(now + policy.after);
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -816,8 +1208,6 @@ impl Engine {
                     let from = tx.rec.stacks.get(&name).map(|e| e.state.name());
                     if let Ok(to) = tx.rec.stacks.apply(&name, &event, now) {
                         tx.j.stack_transition(&tx.rec, &name, from, &to);
-                        // Back to Destroying, so a retry of the destroy tears it down.
-                        let _ = tx.rec.stacks.apply(&name, &StackEvent::RetryRequested, now);
                     }
                 }
                 let event = WorkspaceEvent::OperationFailed {
@@ -850,12 +1240,16 @@ fn waiting<T>(progress: Progress<T>) -> Outcome {
 }
 
 /// Whether an operation cannot run now whatever the time: it failed (and waits
-/// for a retry or a destroy), it is a destroy waiting for superseded operations to
+/// for a retry or a destroy), it deploys a stack whose dependencies are not
+/// deployed yet (it runs once they are), it is a destroy waiting for superseded operations to
 /// finish their running step, it deploys a stack into a workspace that is not
 /// `Active` or `Updating`, or it concerns a stack whose superseded operation has
 /// not finished its running step yet.
 fn blocked(rec: &WorkspaceRecord, op: &OperationRecord) -> bool {
     op.steps.iter().any(|s| s.status == StepStatus::Failed)
+        || (op.kind == OperationKind::StackDeploy
+            && !op.cancel_requested
+            && waits_for_dependencies(rec, op))
         || (op.kind == OperationKind::Destroy && rec.operations.iter().any(|o| o.cancel_requested))
         || (op.kind == OperationKind::StackDeploy
             && !op.cancel_requested
@@ -876,4 +1270,39 @@ fn next_wake(rec: &WorkspaceRecord, now: Timestamp) -> Option<Timestamp> {
         .filter(|op| !blocked(rec, op))
         .map(|op| op.wake_at.unwrap_or(now))
         .min()
+}
+
+/// Whether a stack deploy waits for dependencies still deploying.
+fn waits_for_dependencies(rec: &WorkspaceRecord, op: &OperationRecord) -> bool {
+    let Some(entry) = op.stack.as_ref().and_then(|s| rec.stacks.get(s)) else {
+        return false;
+    };
+    entry.spec.depends_on.iter().any(|d| {
+        rec.stacks
+            .get(d)
+            .is_none_or(|e| e.state != StackState::Deployed)
+    })
+}
+
+/// What stack `name` holds, as its executor last reported: its inventory, or
+/// the stack as a whole when nothing was reported.
+fn stack_inventory(rec: &WorkspaceRecord, name: &StackName) -> Vec<String> {
+    let Some(entry) = rec.stacks.get(name) else {
+        return Vec::new();
+    };
+    match &entry.inventory {
+        Some(inventory) if !inventory.resources.is_empty() => inventory.resources.clone(),
+        _ => vec![format!(
+            "everything of {:?} stack {name} (its executor reported no inventory)",
+            ExecutorKind::of(&entry.spec.executor)
+        )],
+    }
+}
+
+/// What the Cluster Agent's install left in the cluster.
+fn agent_leftovers(rec: &WorkspaceRecord) -> Vec<String> {
+    rec.cluster
+        .iter()
+        .map(|c| format!("the Cluster Agent in cluster {}", c.name))
+        .collect()
 }

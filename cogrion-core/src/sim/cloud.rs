@@ -144,6 +144,7 @@ pub struct SimulatedCloudBuilder {
     clock: Option<Arc<dyn Clock>>,
     latency: BTreeMap<InfraLayer, Duration>,
     faults: FaultPlan,
+    instance_types: Option<std::collections::BTreeSet<String>>,
 }
 
 impl SimulatedCloudBuilder {
@@ -166,6 +167,19 @@ impl SimulatedCloudBuilder {
         for layer in InfraLayer::BUILD_ORDER {
             self.latency.insert(layer, latency);
         }
+        self
+    }
+
+    /// Offers only these node instance types (default: any); a node pool of
+    /// another type is refused for good ([`Error::Rejected`](crate::Error::Rejected)),
+    /// as a real cloud refuses an instance type a region does not have — a
+    /// failure only a corrected spec fixes.
+    pub fn instance_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.instance_types = Some(types.into_iter().map(Into::into).collect());
         self
     }
 
@@ -200,6 +214,7 @@ impl SimulatedCloudBuilder {
         for (layer, latency) in self.latency {
             api.set_latency(layer, latency);
         }
+        api.set_instance_types(self.instance_types);
         SimulatedCloud {
             api,
             faults: self.faults,

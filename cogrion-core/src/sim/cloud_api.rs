@@ -157,6 +157,15 @@ pub enum ApiError {
         /// How long until it may be free.
         retry_after: Duration,
     },
+    /// An attribute has a value this cloud does not accept (an instance type
+    /// it does not offer): nothing is created or changed.
+    #[error("invalid value for {attribute}: {message}")]
+    InvalidParameter {
+        /// The attribute.
+        attribute: String,
+        /// Why, in the cloud's words.
+        message: String,
+    },
     /// Other resources that still exist depend on it.
     #[error("resource {id} has dependent resources {dependents:?}")]
     DependencyViolation {
@@ -273,6 +282,8 @@ struct ApiState {
     /// query and dependency check is per workspace, so none scans the cloud.
     by_workspace: std::collections::HashMap<WorkspaceId, Vec<ResourceId>>,
     latency: BTreeMap<InfraLayer, Duration>,
+    /// The instance types the cloud offers; `None`: any.
+    instance_types: Option<BTreeSet<String>>,
     calls: ApiCallCounts,
     duplicates: BTreeSet<String>,
 }
@@ -368,6 +379,30 @@ impl CloudApi {
         self.state().latency.insert(layer, latency);
     }
 
+    /// Offers only these instance types (`None`: any, the default): a create
+    /// or update whose `instance_type` attribute names another is refused with
+    /// [`ApiError::InvalidParameter`], as a real cloud refuses a node group of
+    /// an instance type the region does not have.
+    pub fn set_instance_types(&self, types: Option<BTreeSet<String>>) {
+        self.state().instance_types = types;
+    }
+
+    /// Refuses attributes the cloud does not accept.
+    fn check_attrs(state: &ApiState, attrs: &Attributes) -> Result<(), ApiError> {
+        if let (Some(offered), Some(wanted)) = (&state.instance_types, attrs.get("instance_type"))
+            && !offered.contains(wanted)
+        {
+            return Err(ApiError::InvalidParameter {
+                attribute: "instance_type".into(),
+                message: format!(
+                    "instance type {wanted} is not offered here (offered: {})",
+                    offered.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Creates a new resource — always a new one, with a fresh id, whatever
     /// exists already.
     ///
@@ -384,6 +419,7 @@ impl CloudApi {
         let now = self.clock.now();
         let mut state = self.state();
         *state.calls.creates.entry(kind.to_owned()).or_default() += 1;
+        Self::check_attrs(&state, &attrs)?;
         for parent in depends_on {
             let usable = state.resources.get(parent).is_some_and(|r| {
                 !matches!(
@@ -468,6 +504,7 @@ impl CloudApi {
             .get(id)
             .map_or_else(|| "?".to_owned(), |r| r.kind.clone());
         *state.calls.updates.entry(kind).or_default() += 1;
+        Self::check_attrs(&state, &attrs)?;
         let latency = state
             .resources
             .get(id)

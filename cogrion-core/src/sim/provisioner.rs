@@ -249,6 +249,7 @@ impl SimulatedCloud {
                     // Nothing was found alive: try again soon.
                     pending.wait(MIN_POLL);
                 }
+                Err(e @ ApiError::InvalidParameter { .. }) => return Err(classify(e)),
             }
         }
         Ok(())

@@ -48,6 +48,7 @@ fn event(e: StackEventName) -> StackEvent {
             error: "boom".into(),
         },
         StackEventName::RetryRequested => StackEvent::RetryRequested,
+        StackEventName::Abandoned => StackEvent::Abandoned,
     }
 }
 
@@ -67,6 +68,7 @@ fn stack_transition_table_covers_every_pair() {
         (S::Pending, E::DestroySucceeded, None),
         (S::Pending, E::OperationFailed, None),
         (S::Pending, E::RetryRequested, None),
+        (S::Pending, E::Abandoned, None),
 
         (S::Deploying, E::DeployRequested, None),
         (S::Deploying, E::DeploySucceeded, Some(S::Deployed)),
@@ -74,6 +76,7 @@ fn stack_transition_table_covers_every_pair() {
         (S::Deploying, E::DestroySucceeded, None),
         (S::Deploying, E::OperationFailed, fail(Op::Deploy)),
         (S::Deploying, E::RetryRequested, None),
+        (S::Deploying, E::Abandoned, None),
 
         (S::Deployed, E::DeployRequested, Some(S::Deploying)),
         (S::Deployed, E::DeploySucceeded, None),
@@ -81,6 +84,7 @@ fn stack_transition_table_covers_every_pair() {
         (S::Deployed, E::DestroySucceeded, None),
         (S::Deployed, E::OperationFailed, None),
         (S::Deployed, E::RetryRequested, None),
+        (S::Deployed, E::Abandoned, None),
 
         (S::Destroying, E::DeployRequested, None),
         (S::Destroying, E::DeploySucceeded, None),
@@ -88,6 +92,7 @@ fn stack_transition_table_covers_every_pair() {
         (S::Destroying, E::DestroySucceeded, Some(S::Destroyed)),
         (S::Destroying, E::OperationFailed, fail(Op::Destroy)),
         (S::Destroying, E::RetryRequested, None),
+        (S::Destroying, E::Abandoned, Some(S::Destroyed)),
 
         (S::Destroyed, E::DeployRequested, None),
         (S::Destroyed, E::DeploySucceeded, None),
@@ -95,6 +100,7 @@ fn stack_transition_table_covers_every_pair() {
         (S::Destroyed, E::DestroySucceeded, None),
         (S::Destroyed, E::OperationFailed, None),
         (S::Destroyed, E::RetryRequested, None),
+        (S::Destroyed, E::Abandoned, None),
     ]);
     for (op, retry_to) in [(Op::Deploy, S::Deploying), (Op::Destroy, S::Destroying)] {
         #[rustfmt::skip]
@@ -105,6 +111,7 @@ fn stack_transition_table_covers_every_pair() {
             (failed(op), E::DestroySucceeded, None),
             (failed(op), E::OperationFailed, None),
             (failed(op), E::RetryRequested, Some(retry_to)),
+            (failed(op), E::Abandoned, (op == Op::Destroy).then_some(S::Destroyed)),
         ]);
     }
     let mut seen: BTreeMap<(StackStateName, StackEventName), usize> = BTreeMap::new();
@@ -249,7 +256,7 @@ fn deploy_order_is_topological_with_kind_tie_break() {
 }
 
 #[test]
-fn deploy_requires_a_ready_workspace_and_deployed_dependencies() {
+fn deploy_requires_a_ready_workspace_and_dependencies_deployed_or_deploying() {
     let mut g = StackGraph::new();
     g.add_all(vec![app("db", &[]), app("api", &["db"])])
         .unwrap();
@@ -274,20 +281,40 @@ fn deploy_requires_a_ready_workspace_and_deployed_dependencies() {
         Err(GraphError::DependenciesNotDeployed {
             stack: name("api"),
             waiting: vec![name("db")]
-        })
+        }),
+        "a dependency never asked to deploy"
     );
     assert_eq!(
         g.request_deploy(&name("db"), StateName::Active, T0),
         Ok(StackState::Deploying)
     );
+    // A dependency being deployed: accepted (the engine's deploy waits for it).
+    let mut waiting = g.clone();
     assert_eq!(
-        g.request_deploy(&name("api"), StateName::Updating, T0),
+        waiting.request_deploy(&name("api"), StateName::Updating, T0),
+        Ok(StackState::Deploying)
+    );
+    // A failed dependency: refused, nothing changed.
+    let mut broken = g.clone();
+    broken
+        .apply(
+            &name("db"),
+            &StackEvent::OperationFailed {
+                step: "apply".into(),
+                error: "boom".into(),
+            },
+            T0,
+        )
+        .unwrap();
+    let before = broken.clone();
+    assert_eq!(
+        broken.request_deploy(&name("api"), StateName::Active, T0),
         Err(GraphError::DependenciesNotDeployed {
             stack: name("api"),
             waiting: vec![name("db")]
-        }),
-        "deploying is not deployed"
+        })
     );
+    assert_eq!(broken, before);
     g.apply(&name("db"), &StackEvent::DeploySucceeded, T0)
         .unwrap();
     assert_eq!(

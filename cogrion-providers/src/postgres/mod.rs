@@ -38,17 +38,17 @@ use cogrion_core::proto::{CommandId, CommandResult};
 use cogrion_core::{
     AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
     CommandQueue, CommandStatus, Committed, CredentialStore, Error, EventRecord, EventSeq,
-    FencingToken, HolderId, Lease, LeaseStore, ListQuery, NewEvent, PutMode, QueuedCommand,
-    RecordStore, Resource, Result, Revision, Revocation, StateName, Timestamp, TokenHash,
-    TokenRefusal, TokenStore, Versioned, WorkspaceId, WorkspaceRecord, WorkspaceWrite,
-    check_lease_ttl, check_preconditions, check_write,
+    FencingToken, HistoryRetention, HolderId, Lease, LeaseStore, ListQuery, NewEvent, Purged,
+    PutMode, QueuedCommand, RecordStore, Resource, Result, Revision, Revocation, StateName,
+    Timestamp, TokenHash, TokenRefusal, TokenStore, Versioned, WorkspaceId, WorkspaceRecord,
+    WorkspaceWrite, check_lease_ttl, check_preconditions, check_purge, check_write,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
-use schema::{MIGRATIONS, SCHEMA_VERSION};
+use schema::{MIGRATIONS, RECORDS_REWRITTEN_AT, SCHEMA_VERSION};
 
 const DEFAULT_PAGE: i64 = 1000;
 
@@ -218,10 +218,96 @@ async fn migrate(pool: &PgPool) -> Result<()> {
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
+            if i as i64 + 1 == RECORDS_REWRITTEN_AT {
+                rewrite_records(&mut tx).await?;
+            }
         }
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(())
+}
+
+/// Rewrites every workspace record in the current format (see
+/// [`cogrion_core::upgrade`]), with its derived columns, one revision later
+/// (so that a writer still holding the old revision meets a conflict). A row
+/// that cannot be read is left as it was: it stays [`Error::Corrupt`] on read.
+async fn rewrite_records(conn: &mut PgConnection) -> Result<()> {
+    let rows = sqlx::query("SELECT id, record FROM workspaces")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    for row in rows {
+        let id: String = row.get("id");
+        let record: WorkspaceRecord = match serde_json::from_str(row.get("record")) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(workspace = %id, error = %e, "a record that cannot be read was not migrated");
+                continue;
+            }
+        };
+        sqlx::query(
+            "UPDATE workspaces SET revision = revision + 1, state = $1, wake_at = $2, record = $3 WHERE id = $4",
+        )
+        .bind(record.state.name().as_str())
+        .bind(record.wake_at.map(millis))
+        .bind(to_json(&record)?)
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// [`RecordStore::purge`] inside an open transaction.
+async fn purge_in(
+    conn: &mut PgConnection,
+    write: WorkspaceWrite,
+    history: HistoryRetention,
+) -> Result<Purged> {
+    let id = write.workspace.clone();
+    let now = current(conn, &id, false).await?;
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM workspaces WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    check_purge(
+        &write,
+        history,
+        state.as_deref(),
+        now.as_ref().map(|c| Revision(c.revision as u64)),
+        now.as_ref().and_then(Current::live_fence),
+    )?;
+    let mut purged = Purged {
+        commands: delete_rows(conn, "DELETE FROM commands WHERE workspace = $1", &id).await?,
+        checkpoints: delete_rows(conn, "DELETE FROM checkpoints WHERE workspace = $1", &id).await?,
+        tokens: delete_rows(conn, "DELETE FROM tokens WHERE workspace = $1", &id).await?,
+        credentials: delete_rows(conn, "DELETE FROM credentials WHERE workspace = $1", &id).await?,
+        events: 0,
+    };
+    match history {
+        HistoryRetention::Keep => {
+            apply(conn, write).await?;
+        }
+        HistoryRetention::Delete => {
+            purged.events =
+                delete_rows(conn, "DELETE FROM events WHERE workspace = $1", &id).await?;
+            delete_rows(conn, "DELETE FROM leases WHERE workspace = $1", &id).await?;
+            delete_rows(conn, "DELETE FROM workspaces WHERE id = $1", &id).await?;
+        }
+    }
+    Ok(purged)
+}
+
+/// Runs a `DELETE` bound to the workspace's id; returns how many rows went.
+async fn delete_rows(conn: &mut PgConnection, sql: &'static str, id: &WorkspaceId) -> Result<u64> {
+    sqlx::query(sql)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(unavailable)
 }
 
 async fn revision_of(conn: &mut PgConnection, id: &WorkspaceId) -> Result<Option<i64>> {
@@ -727,6 +813,11 @@ impl RecordStore for PostgresStore {
         rows.iter()
             .map(|r| read_record(r.get("id"), r.get("revision"), r.get("record")))
             .collect()
+    }
+
+    async fn purge(&self, write: WorkspaceWrite, history: HistoryRetention) -> Result<Purged> {
+        self.write_tx(move |conn| Box::pin(purge_in(conn, write, history)))
+            .await
     }
 
     async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {

@@ -1,10 +1,15 @@
 //! The schema and its versioned migrations.
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Migration `n` (from 1) takes the schema from version `n - 1` to `n`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+
+/// The schema version from which workspace records are stored in
+/// [`RECORD_FORMAT`](cogrion_core::RECORD_FORMAT) 2: migrating to it rewrites
+/// every record through [`cogrion_core::upgrade`], in the same transaction.
+pub(crate) const RECORDS_REWRITTEN_AT: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE workspaces (
@@ -66,4 +71,11 @@ CREATE TABLE credentials (
     body      TEXT NOT NULL
 );
 CREATE INDEX credentials_by_workspace ON credentials (workspace, serial);
+"#;
+
+/// Version 2: records in format 2 (desired and applied specs, built layers,
+/// destroy receipts, purges; rewritten after this statement), and an index to
+/// find a workspace's tokens, consumed ones included, when it is purged.
+const V2: &str = r#"
+CREATE INDEX tokens_by_workspace ON tokens (workspace);
 "#;
