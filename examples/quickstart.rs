@@ -11,9 +11,11 @@
 //! workspace's agent is this same program re-executed in agent mode (`--agent`,
 //! a separate process), bootstrapping with its one-time token; only what it does
 //! in the cluster (installing stacks) is simulated. The built-in driver runs the
-//! lifecycle engine. Watch it create a workspace, deploy
-//! two stacks where one depends on the other, update the node pool, destroy
-//! everything, and print the stored history.
+//! lifecycle engine. Watch it create a workspace whose spec has a typo (the
+//! provision fails at the node pools), correct the spec (the provision resumes
+//! at its failed step), deploy two stacks at once where one depends on the
+//! other, update the node pool, destroy everything, and print the destroy's
+//! receipt (when something was left behind) and the stored history.
 //!
 //! Run with `cargo run --example quickstart`.
 
@@ -103,6 +105,33 @@ async fn show_progress(engine: Engine, started: Instant) {
             other => format!("{other:?}"),
         };
         println!("{t:6.1}s  {}  {line}", event.workspace);
+    }
+}
+
+/// Prints a destroyed workspace's receipt: what its destroy left behind, and
+/// why (nothing when it left nothing).
+fn print_receipt(destroyed: &WorkspaceRecord) {
+    if destroyed.left_behind.is_empty() {
+        return;
+    }
+    println!(
+        "\nDestroy receipt of {} — what was left behind, and why:",
+        destroyed.id
+    );
+    for left in &destroyed.left_behind {
+        let why = match &left.why {
+            LeftReason::Unreachable { since, error } => {
+                format!("skipped: unreachable since {since} ({error})")
+            }
+            LeftReason::Abandoned { actor, reason, .. } => {
+                format!("abandoned by {actor:?}: {reason}")
+            }
+            other => format!("{other:?}"),
+        };
+        println!("  {:<22} {why}", left.step);
+        for r in &left.resources {
+            println!("  {:<22}   left: {r}", "");
+        }
     }
 }
 
@@ -320,6 +349,7 @@ async fn control_plane() -> Result<()> {
     let cloud_file = format!("{path}.cloud.json");
     let cloud = SimulatedCloud::builder()
         .clock(clock.clone())
+        .instance_types(["sim-small", "sim-medium", "sim-large"])
         .latency(InfraLayer::Network, Duration::from_millis(1200))
         .latency(InfraLayer::Cluster, Duration::from_millis(3500))
         .latency(InfraLayer::NodePools, Duration::from_millis(2000))
@@ -461,7 +491,7 @@ async fn control_plane() -> Result<()> {
         })
         .await
         {
-            Ok(_) => {}
+            Ok(destroyed) => print_receipt(&destroyed),
             // Planned by an earlier run with longer deadlines: it finishes in
             // the background, or in a later run.
             Err(Error::Unavailable { .. }) => {
@@ -473,20 +503,35 @@ async fn control_plane() -> Result<()> {
     let id = match resumed {
         Some(id) => id,
         None => {
+            // A typo in the spec: an instance type the cloud does not offer. The
+            // provision fails at the node pools, is corrected, and resumes there.
             let id: WorkspaceId = format!("acme-{}", earlier.len() + 1).parse()?;
-            println!("Creating workspace {id} on the simulated cloud…");
-            engine
-                .create(id.clone(), WorkspaceSpec::from_json(SPEC)?, actor.clone())
-                .await?;
+            let typo = WorkspaceSpec::from_json(&SPEC.replace("sim-small", "sim-smal"))?;
+            println!(
+                "Creating workspace {id} on the simulated cloud (its node pool's instance type has a typo)…"
+            );
+            engine.create(id.clone(), typo, actor.clone()).await?;
             id
         }
     };
-    wait_for(&engine, &id, "provisioning", |r| {
-        r.state == WorkspaceState::Active
+    let provisioned = wait_for(&engine, &id, "provisioning", |r| {
+        matches!(r.state, WorkspaceState::Active | WorkspaceState::Failed(_))
     })
     .await?;
+    if let WorkspaceState::Failed(f) = &provisioned.state {
+        println!("Provisioning failed at {}: {}", f.step, f.error);
+        let fixed = WorkspaceSpec::from_json(SPEC)?;
+        for change in provisioned.spec.diff(&fixed) {
+            println!("Correcting the spec: {change}");
+        }
+        engine.correct(&id, fixed, actor.clone()).await?;
+        wait_for(&engine, &id, "the corrected provision", |r| {
+            r.state == WorkspaceState::Active
+        })
+        .await?;
+    }
 
-    println!("Deploying cert-manager, then shop (which depends on it)…");
+    println!("Deploying cert-manager and shop (which depends on it) at once…");
     let cert_manager = stack(
         "cert-manager",
         StackKind::InfraAddon,
@@ -497,17 +542,6 @@ async fn control_plane() -> Result<()> {
         },
         &[],
     )?;
-    engine
-        .deploy_stack(&id, cert_manager, actor.clone())
-        .await?;
-    let deployed = |name: &'static str| {
-        move |r: &WorkspaceRecord| {
-            r.stacks
-                .iter()
-                .any(|(n, s)| n.as_str() == name && s.state == StackState::Deployed)
-        }
-    };
-    wait_for(&engine, &id, "cert-manager", deployed("cert-manager")).await?;
     let shop = stack(
         "shop",
         StackKind::Application,
@@ -519,8 +553,16 @@ async fn control_plane() -> Result<()> {
         },
         &["cert-manager"],
     )?;
-    engine.deploy_stack(&id, shop, actor.clone()).await?;
-    wait_for(&engine, &id, "shop", deployed("shop")).await?;
+    // shop waits for cert-manager, then deploys.
+    engine
+        .deploy_stacks(&id, vec![shop, cert_manager], actor.clone())
+        .await?;
+    wait_for(&engine, &id, "the stacks", |r| {
+        r.stacks
+            .iter()
+            .all(|(_, s)| s.state == StackState::Deployed)
+    })
+    .await?;
 
     println!("Updating the node pool to 3 nodes…");
     let mut bigger = WorkspaceSpec::from_json(SPEC)?;
@@ -536,7 +578,7 @@ async fn control_plane() -> Result<()> {
         println!("    {:<26} {}", s.step, s.removes.join(", "));
     }
     engine.destroy(&id, actor).await?;
-    wait_for(&engine, &id, "destroy", |r| {
+    let destroyed = wait_for(&engine, &id, "destroy", |r| {
         r.state == WorkspaceState::Destroyed
     })
     .await?;
@@ -562,6 +604,7 @@ async fn control_plane() -> Result<()> {
             e.event.message
         );
     }
+    print_receipt(&destroyed);
     println!(
         "\nDone in {:.1}s: {} engine steps, cloud resources left: {}, duplicated cloud resources ever: {}.",
         started.elapsed().as_secs_f32(),

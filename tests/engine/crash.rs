@@ -59,6 +59,23 @@ async fn settle(world: &World, engines: &mut [Engine], id: &WorkspaceId) -> Outc
     Err(format!("workspace {id} kept exhausting its retries"))
 }
 
+/// A request's result, as a run's outcome.
+fn api_call(r: Result<WorkspaceRecord>) -> Outcome {
+    r.map(|_| ()).map_err(|e| format!("request refused: {e}"))
+}
+
+/// Creates the run's workspace from `spec` and drives it to rest.
+async fn created(
+    world: &World,
+    engines: &mut [Engine],
+    spec: WorkspaceSpec,
+) -> Result<WorkspaceId, String> {
+    let id: WorkspaceId = "sim-ws".parse().unwrap();
+    api_call(engines[0].create(id.clone(), spec, api()).await)?;
+    settle(world, engines, &id).await?;
+    Ok(id)
+}
+
 async fn expect_state(e: &Engine, id: &WorkspaceId, want: StateName, phase: &str) -> Outcome {
     let got = e.workspace(id).await.map_err(|e| e.to_string())?.state;
     if got.name() != want {
@@ -86,12 +103,7 @@ async fn expect_stacks(e: &Engine, id: &WorkspaceId, want: &[&str], phase: &str)
 
 /// The lifecycle every run plays, checking each phase's outcome.
 async fn scenario(world: &World, engines: &mut [Engine]) -> Outcome {
-    let id: WorkspaceId = "sim-ws".parse().unwrap();
-    let api_call =
-        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
-
-    api_call(engines[0].create(id.clone(), spec(), api()).await)?;
-    settle(world, engines, &id).await?;
+    let id = created(world, engines, spec()).await?;
     expect_state(&engines[0], &id, StateName::Active, "provision").await?;
 
     api_call(
@@ -141,8 +153,6 @@ async fn interrupting_scenario(
     early: bool,
 ) -> Outcome {
     let id: WorkspaceId = "sim-ws".parse().unwrap();
-    let api_call =
-        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
     let partial = |engines: &mut [Engine]| {
         let engine = engines[0].clone();
         let id = id.clone();
@@ -194,10 +204,8 @@ async fn interrupting_scenario(
 /// offer) is corrected; an update that fails the same way is reverted; another
 /// is corrected; then destroy.
 async fn correction_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
-    let id: WorkspaceId = "sim-ws".parse().unwrap();
-    let api_call =
-        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
     world.offer_only_listed_instance_types();
+    let id = created(world, engines, spec_with_instance("sim-huge")).await?;
     let expect_failed = async |engines: &mut [Engine], step: &str, phase: &str| -> Outcome {
         match engines[0]
             .workspace(&id)
@@ -213,12 +221,6 @@ async fn correction_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
             )),
         }
     };
-    api_call(
-        engines[0]
-            .create(id.clone(), spec_with_instance("sim-huge"), api())
-            .await,
-    )?;
-    settle(world, engines, &id).await?;
     expect_failed(engines, "node-pools", "a provision with a bad spec").await?;
     api_call(
         engines[0]
@@ -268,11 +270,7 @@ async fn correction_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
 /// A destroy blocked for good by a Terraform stack's teardown, unblocked by
 /// abandoning that stack (with a receipt); the rest is torn down.
 async fn abandon_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
-    let id: WorkspaceId = "sim-ws".parse().unwrap();
-    let api_call =
-        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
-    api_call(engines[0].create(id.clone(), spec(), api()).await)?;
-    settle(world, engines, &id).await?;
+    let id = created(world, engines, spec()).await?;
     api_call(
         engines[0]
             .deploy_stacks(
@@ -328,11 +326,7 @@ async fn abandon_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
 /// whose root fails fails its dependents, which deploy once it is fixed and
 /// they are retried.
 async fn graph_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
-    let id: WorkspaceId = "sim-ws".parse().unwrap();
-    let api_call =
-        |r: Result<WorkspaceRecord>| r.map(|_| ()).map_err(|e| format!("request refused: {e}"));
-    api_call(engines[0].create(id.clone(), spec(), api()).await)?;
-    settle(world, engines, &id).await?;
+    let id = created(world, engines, spec()).await?;
     api_call(
         engines[0]
             .deploy_stacks(

@@ -19,12 +19,7 @@ fn name(s: &str) -> StackName {
 }
 
 /// An active workspace with these stacks deployed.
-async fn active_with(
-    w: &World,
-    engines: &mut [Engine],
-    id: &WorkspaceId,
-    stacks: Vec<StackSpec>,
-) {
+async fn active_with(w: &World, engines: &mut [Engine], id: &WorkspaceId, stacks: Vec<StackSpec>) {
     engines[0].create(id.clone(), spec(), api()).await.unwrap();
     drive(w, engines, id).await.unwrap();
     engines[0].deploy_stacks(id, stacks, api()).await.unwrap();
@@ -38,6 +33,16 @@ async fn active_with(
         "{:?}",
         rec.stacks
     );
+}
+
+/// The objects stack `stack` holds in `id`'s cluster.
+fn objects_of(w: &World, id: &WorkspaceId, stack: &str) -> Vec<String> {
+    w.cluster
+        .installed(id)
+        .into_iter()
+        .find(|(n, _, _)| n.as_str() == stack)
+        .map(|(_, _, objects)| objects)
+        .unwrap_or_else(|| panic!("stack {stack} is not installed"))
 }
 
 fn failure(rec: &WorkspaceRecord) -> Failure {
@@ -73,20 +78,8 @@ async fn only_agent_run_teardown_is_skipped_and_the_receipt_says_what_was_left()
         ],
     )
     .await;
-    let web_objects = w
-        .cluster
-        .installed(&id)
-        .into_iter()
-        .find(|(n, _, _)| n.as_str() == "web")
-        .unwrap()
-        .2;
-    let db_objects = w
-        .cluster
-        .installed(&id)
-        .into_iter()
-        .find(|(n, _, _)| n.as_str() == "db")
-        .unwrap()
-        .2;
+    let web_objects = objects_of(&w, &id, "web");
+    let db_objects = objects_of(&w, &id, "db");
     let rec = e.workspace(&id).await.unwrap();
     assert_eq!(
         rec.stacks
@@ -204,13 +197,7 @@ async fn a_blocked_destroy_names_its_blocker_and_can_be_abandoned_with_a_receipt
         ],
     )
     .await;
-    let db_objects = w
-        .cluster
-        .installed(&id)
-        .into_iter()
-        .find(|(n, _, _)| n.as_str() == "db")
-        .unwrap()
-        .2;
+    let db_objects = objects_of(&w, &id, "db");
 
     // Abandoning is only for a failed destroy.
     let before = e.store().get_workspace(&id).await.unwrap();

@@ -2193,6 +2193,14 @@ async fn purge_write(
 
 async fn purges(store: &dyn WorkspaceStore) {
     use crate::{HistoryRetention, Purged};
+    // What `destroyed_with_leftovers` leaves, and `events` of history.
+    let leftovers = |events| Purged {
+        commands: 2,
+        checkpoints: 1,
+        tokens: 1,
+        credentials: 1,
+        events,
+    };
     // A live workspace is never purged.
     let live = create(store, "purge").await;
     let live_lease = store
@@ -2279,17 +2287,7 @@ async fn purges(store: &dyn WorkspaceStore) {
         .purge(write, HistoryRetention::Keep)
         .await
         .expect("purge, history kept");
-    assert_eq!(
-        purged,
-        Purged {
-            commands: 2,
-            checkpoints: 1,
-            tokens: 1,
-            credentials: 1,
-            events: 0
-        },
-        "what the purge reports"
-    );
+    assert_eq!(purged, leftovers(0), "what the purge reports");
     let after = store.get_workspace(&id).await.expect("the record is kept");
     assert_eq!(after.revision, Revision(before.revision.0 + 1));
     assert_eq!(after.value.purged_at, Some(T0));
@@ -2354,17 +2352,7 @@ async fn purges(store: &dyn WorkspaceStore) {
         .purge(write, HistoryRetention::Delete)
         .await
         .expect("purge, history deleted");
-    assert_eq!(
-        purged,
-        Purged {
-            commands: 2,
-            checkpoints: 1,
-            tokens: 1,
-            credentials: 1,
-            events
-        },
-        "what the purge reports"
-    );
+    assert_eq!(purged, leftovers(events), "what the purge reports");
     expect_err!(
         store.get_workspace(&gone).await,
         Error::NotFound(Resource::Workspace(_)),

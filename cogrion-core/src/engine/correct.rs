@@ -54,9 +54,13 @@ impl Engine {
         .await
     }
 
-    /// Corrects a failed provision or update with `spec` (see the
-    /// [module docs](self)): the failed operation resumes at its failed step,
-    /// in `Provisioning` or `Updating`. Tenant, cloud and region cannot change.
+    /// Corrects a failed provision or update with `spec`: the failed operation
+    /// resumes at its failed step, in `Provisioning` (no stack deploys before
+    /// the agent exists) or `Updating`; layers already built from another spec
+    /// are updated from it, not built again, and layer changes no longer
+    /// wanted are dropped. The history records the spec's diff. Tenant, cloud
+    /// and region cannot change. See the
+    /// [lifecycle chapter](crate::book::lifecycle#when-something-fails).
     ///
     /// # Errors
     /// [`WrongState`](Error::WrongState) unless the workspace is `Failed` after

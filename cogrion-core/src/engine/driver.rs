@@ -261,6 +261,10 @@ impl Loop {
                 self.schedule(id.clone(), until.map_or(recheck, |t| t.min(recheck)));
             }
             Ok(Action::Done) => {}
+            // Gone (purged with its history, or never created): nothing to drive.
+            Err(Error::NotFound(crate::error::Resource::Workspace(_))) => {
+                tracing::debug!(workspace = %id, "the workspace is gone; not driving it");
+            }
             Err(e) => {
                 self.stats.errors += 1;
                 tracing::warn!(workspace = %id, error = %e, "advance failed");

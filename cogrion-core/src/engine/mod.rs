@@ -26,9 +26,17 @@
 //!   allowed attempt, fails the operation with its step and error recorded.
 //! - **Retry resumes.** [`retry`](Engine::retry) continues a failed operation at the
 //!   failed step; finished steps never run again.
-//! - **Destroy converges.** Every teardown step is idempotent; in-cluster teardown
-//!   that cannot reach the agent is skipped after a deadline and says so in the
-//!   history, and cloud-side teardown always runs.
+//! - **Failures can be corrected.** [`correct`](Engine::correct) and
+//!   [`revert`](Engine::revert) resume a failed provision or update with another
+//!   spec, at its failed step.
+//! - **Destroy converges, or says exactly why.** Every teardown step is
+//!   idempotent; in-cluster teardown that cannot reach the agent is skipped after
+//!   a deadline with a receipt; control-plane teardown is never skipped; a step
+//!   that fails for good names the blocker, which the host fixes and retries or
+//!   [`abandon`](Engine::abandon)s with a receipt.
+//! - **Nothing outlives its retention.** A destroyed workspace's commands,
+//!   checkpoints, tokens and credentials are purged after
+//!   [`EngineConfig::purge`]'s retention.
 //!
 //! # Caveats
 //! A step's attempt is counted when it fails; a process that crashes in the middle

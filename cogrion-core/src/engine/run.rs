@@ -15,7 +15,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Resource, Result};
 use crate::executor::{ExecutionTarget, ExecutorKind, StackRequest, StackStatus};
 use crate::ids::{IdempotencyKey, StackName, WorkspaceId};
-use crate::provisioner::{InfraLayer, LayerRequest};
+use crate::provisioner::{InfraDescription, InfraLayer, LayerRequest};
 use crate::stack::{StackEvent, StackInventory, StackState};
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
@@ -950,39 +950,21 @@ impl Engine {
         seq: u64,
     ) -> Vec<String> {
         match kind {
-            StepKind::Layer(layer) => {
-                let described = match self.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
-                    Some(p) => p.describe(&rec.id, &rec.spec).await,
-                    None => Err(Error::Rejected {
-                        service: "engine".into(),
-                        detail: "no provisioner registered for this cloud".into(),
-                    }),
-                };
-                match described {
-                    Ok(d) => d
-                        .resources
-                        .iter()
-                        .filter(|r| r.layer == *layer)
-                        .map(|r| format!("{} {}", r.kind, r.id))
-                        .collect(),
-                    Err(e) => {
-                        let mut known: Vec<String> = rec
-                            .layers
-                            .get(layer)
-                            .into_iter()
-                            .flat_map(|b| &b.resources)
-                            .map(|r| format!("{} {}", r.kind, r.id))
-                            .collect();
-                        known.push(format!(
-                            "whatever else the cloud holds for layer {layer} (it could not be asked: {e})"
-                        ));
-                        known
-                    }
-                }
-            }
+            StepKind::Layer(layer) => layer_remains(rec, *layer, &self.describe(rec).await),
             StepKind::StackDestroy(name) => self.stack_remains(rec, name, seq).await,
             StepKind::UninstallAgent => agent_leftovers(rec),
             _ => Vec::new(),
+        }
+    }
+
+    /// What the workspace's provisioner says exists for it.
+    pub(super) async fn describe(&self, rec: &WorkspaceRecord) -> Result<InfraDescription> {
+        match self.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
+            Some(p) => p.describe(&rec.id, &rec.spec).await,
+            None => Err(Error::Rejected {
+                service: "engine".into(),
+                detail: "no provisioner registered for this cloud".into(),
+            }),
         }
     }
 
@@ -1305,4 +1287,34 @@ fn agent_leftovers(rec: &WorkspaceRecord) -> Vec<String> {
         .iter()
         .map(|c| format!("the Cluster Agent in cluster {}", c.name))
         .collect()
+}
+
+/// What of `layer` exists, from the provisioner's description; what the layer
+/// last reported, and a word on the rest, when the cloud could not be asked.
+pub(super) fn layer_remains(
+    rec: &WorkspaceRecord,
+    layer: InfraLayer,
+    described: &Result<InfraDescription>,
+) -> Vec<String> {
+    match described {
+        Ok(d) => d
+            .resources
+            .iter()
+            .filter(|r| r.layer == layer)
+            .map(|r| format!("{} {}", r.kind, r.id))
+            .collect(),
+        Err(e) => {
+            let mut known: Vec<String> = rec
+                .layers
+                .get(&layer)
+                .into_iter()
+                .flat_map(|b| &b.resources)
+                .map(|r| format!("{} {}", r.kind, r.id))
+                .collect();
+            known.push(format!(
+                "whatever else the cloud holds for layer {layer} (it could not be asked: {e})"
+            ));
+            known
+        }
+    }
 }

@@ -1,40 +1,5 @@
 //! Destroying a workspace: the request, its dry run, and abandoning what a
-//! failed destroy cannot remove.
-//!
-//! # Expected flow
-//! [`Engine::destroy`] plans the teardown: stacks in reverse dependency order,
-//! then the agent (its credentials revoked, then its uninstall), node pools,
-//! cluster, network. [`Engine::destroy_plan`] shows it before, or shows the
-//! stored destroy while it runs.
-//!
-//! # Guarantees
-//! - **Destroy converges, or says exactly why.** Every teardown step is
-//!   idempotent. In-cluster (agent-run) work — the teardown of a Helm or
-//!   manifests stack, the agent's uninstall — that cannot reach the agent (or
-//!   the cluster) keeps trying until
-//!   [`EngineConfig::teardown_deadline`](crate::EngineConfig::teardown_deadline),
-//!   then is skipped: deleting the cluster removes what it left there, and the
-//!   receipt ([`WorkspaceRecord::left_behind`], and the history) names those
-//!   objects and since when the agent was silent. Control-plane work — the
-//!   teardown of a Terraform stack, the layers — is never skipped.
-//! - **No dead end.** A teardown step that fails for good (a permanent error,
-//!   or transient errors past the retry budget) fails the destroy; the
-//!   workspace's [`Failure`](crate::Failure) names the blocker: the step, its
-//!   stack, the error, and what it was to remove that still exists. The host
-//!   fixes the cause and calls [`retry`](Engine::retry), or gives the step up
-//!   with [`abandon`](Engine::abandon).
-//! - **Nothing is abandoned implicitly.** Only the host's `abandon` gives up a
-//!   step that failed; it records a receipt (who, why, and exactly what was
-//!   left, as the executor or provisioner reports it) and the destroy goes on.
-//!   `Destroyed` means nothing Cogrion created is left, or the receipt says
-//!   what is.
-//!
-//! # Caveats
-//! What an in-cluster stack left is its executor's last report (its inventory
-//! after its last apply): asking would need the agent that could not be
-//! reached. Cloud resources that in-cluster objects own (a `LoadBalancer`
-//! Service's load balancer, a volume) are not in a stack's inventory; they are
-//! found by the cloud's orphan scan, through the tags the cloud puts on them.
+//! failed destroy cannot remove. [`Engine::destroy`] says what is guaranteed.
 
 use serde::{Deserialize, Serialize};
 
@@ -135,8 +100,33 @@ impl Engine {
     /// Tears the workspace down: from `Active`, `Failed` (removing whatever a
     /// half-finished operation left), `Provisioning` (cancelling it) or `Updating`
     /// (after the running step). Stacks go first, in reverse dependency order, then
-    /// the agent, node pools, cluster and network. See the
-    /// [module docs](self) for what is skipped, what fails, and what then.
+    /// the agent, node pools, cluster and network.
+    ///
+    /// # Guarantees
+    /// - **It converges, or says exactly why.** Every teardown step is
+    ///   idempotent. In-cluster (agent-run) work — a Helm or manifests stack's
+    ///   teardown, the agent's uninstall — that cannot reach the agent (or the
+    ///   cluster) keeps trying until
+    ///   [`teardown_deadline`](crate::EngineConfig::teardown_deadline), then is
+    ///   skipped: deleting the cluster removes what it left there, and the
+    ///   receipt ([`WorkspaceRecord::left_behind`], and the history) names those
+    ///   objects and since when the agent was silent. Control-plane work — a
+    ///   Terraform stack's teardown, the layers — is never skipped.
+    /// - **No dead end.** A step that fails for good (a permanent error, or
+    ///   transient ones past the retry budget) fails the destroy, and the
+    ///   workspace's [`Failure`](crate::Failure) names the blocker: the step,
+    ///   its stack, the error, and what it was to remove that still exists.
+    ///   Fix the cause and [`retry`](Self::retry), or
+    ///   [`abandon`](Self::abandon) the step.
+    /// - **Nothing is abandoned implicitly.** `Destroyed` means nothing Cogrion
+    ///   created is left, or the receipt says what is.
+    ///
+    /// # Caveats
+    /// What an in-cluster stack left is its executor's last report (its
+    /// inventory after its last apply): asking would need the agent that could
+    /// not be reached. Cloud resources such objects own (a `LoadBalancer`
+    /// Service's load balancer, a volume) are not in a stack's inventory; the
+    /// cloud's orphan scan finds them by the tags the cloud puts on them.
     pub async fn destroy(&self, id: &WorkspaceId, actor: Actor) -> Result<WorkspaceRecord> {
         self.mutate(id, &actor, |rec, j| {
             let was_failed_destroy = matches!(&rec.state, WorkspaceState::Failed(f) if f.operation == crate::state::WorkspaceOperation::Destroy);
@@ -185,11 +175,13 @@ impl Engine {
     /// event by `actor`, whose message is `reason`). An abandoned stack leaves
     /// the workspace's graph. Steps not named that failed are retried.
     ///
+    /// The revocation of the agent's credentials has no target: it is never
+    /// given up (a destroyed workspace's agent must not keep an identity).
+    ///
     /// # Errors
     /// [`NotAbandonable`](Error::NotAbandonable), changing nothing, for a
-    /// target the destroy does not have, one already finished, the revocation
-    /// of the agent's credentials (never given up: a destroyed workspace's
-    /// agent must not keep an identity), or an empty list.
+    /// target the destroy does not have, one already finished, or an empty
+    /// list.
     pub async fn abandon(
         &self,
         id: &WorkspaceId,
@@ -232,9 +224,6 @@ impl Engine {
                     step: name.clone(),
                     reason: reason.into(),
                 };
-                if name == plan::REVOKE_AGENT {
-                    return Err(refuse("the agent's credentials are always revoked"));
-                }
                 let step = rec.operations[i]
                     .steps
                     .iter_mut()
@@ -313,6 +302,13 @@ impl Engine {
             None => (rec.next_operation, plan::destroy(&rec.stacks)),
         };
         let credentials = self.0.store.list_credentials(id).await?;
+        let layers_left = steps.iter().any(|s| {
+            !s.is_finished() && InfraLayer::BUILD_ORDER.iter().any(|l| l.as_str() == s.name)
+        });
+        let described = match layers_left {
+            true => Some(self.describe(&rec).await),
+            false => None,
+        };
         let mut planned = Vec::with_capacity(steps.len());
         for s in steps {
             let finished = s.is_finished();
@@ -334,9 +330,12 @@ impl Engine {
                     wake_at: None,
                     cancel_requested: false,
                 };
-                match StepKind::of(&op, &s.name) {
-                    Some(kind) => self.what_remains(&rec, &kind, seq).await,
-                    None => Vec::new(),
+                match (StepKind::of(&op, &s.name), &described) {
+                    (Some(StepKind::Layer(layer)), Some(described)) => {
+                        run::layer_remains(&rec, layer, described)
+                    }
+                    (Some(kind), _) => self.what_remains(&rec, &kind, seq).await,
+                    (None, _) => Vec::new(),
                 }
             };
             planned.push(PlannedStep {
