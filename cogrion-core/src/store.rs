@@ -284,7 +284,8 @@ pub struct StepRecord {
     /// gives up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
-    /// When its first attempt started.
+    /// When its current run of attempts started: its first attempt, or the
+    /// first after the host asked for a retry (or a correction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
 }

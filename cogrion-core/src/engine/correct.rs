@@ -129,6 +129,7 @@ impl Engine {
                     s.budget_from = s.attempts;
                     s.command = None;
                     s.deadline = None;
+                    s.started_at = None;
                 }
             };
             match kind {

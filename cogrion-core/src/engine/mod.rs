@@ -143,8 +143,9 @@ pub struct EngineConfig {
     pub agent_poll_deadline: Duration,
     /// How long a step waits for an agent command's result (default 15 min).
     pub command_deadline: Duration,
-    /// How long an in-cluster teardown step keeps trying before it is skipped
-    /// (default 10 min).
+    /// How long an in-cluster teardown step keeps trying before it is skipped,
+    /// if the agent (or, for its uninstall, the cluster) has been out of reach
+    /// that long (default 10 min).
     pub teardown_deadline: Duration,
     /// How long a bootstrap token is valid (default 1 h).
     pub token_ttl: Duration,
@@ -758,6 +759,7 @@ fn reset_failed_steps(op: &mut OperationRecord, now: Timestamp) {
             s.budget_from = s.attempts;
             s.command = None;
             s.deadline = None;
+            s.started_at = None;
         }
     }
     op.wake_at = Some(now);

@@ -352,10 +352,6 @@ impl Engine {
             step.status = StepStatus::Running;
             step.attempts += 1;
             step.started_at.get_or_insert(now);
-            if teardown {
-                step.deadline
-                    .get_or_insert(now + self.0.config.teardown_deadline);
-            }
             let attempt = step.attempts;
             tx.event(
                 EventKind::StepStarted {
@@ -711,16 +707,20 @@ impl Engine {
             );
             return Ok(());
         }
-        let deadline_passed = tx.rec.operations[i].steps[j]
-            .deadline
-            .is_some_and(|d| now >= d);
+        let window = self.0.config.teardown_deadline;
+        let started = tx.rec.operations[i].steps[j].started_at.unwrap_or(now);
+        // In-cluster teardown keeps trying for the teardown deadline.
+        let teardown_over = now >= started + window;
         let outcome = match outcome {
-            // In-cluster teardown past its deadline, the agent out of reach, is
-            // skipped: deleting the cluster removes what it left there. The
-            // receipt says what that was, and since when the agent was silent.
-            Outcome::Unreachable { error, last_seen } if teardown && deadline_passed => {
-                let step = &tx.rec.operations[i].steps[j];
-                let since = last_seen.or(step.started_at).unwrap_or(now);
+            // In-cluster teardown whose agent (or cluster) has been out of reach
+            // for the teardown deadline is skipped: deleting the cluster removes
+            // what it left there. The receipt says what that was, and since when
+            // the agent was silent (its last poll as the transport saw it, or
+            // the start of the step).
+            Outcome::Unreachable { error, last_seen }
+                if teardown && now >= last_seen.unwrap_or(started) + window =>
+            {
+                let since = last_seen.unwrap_or(started);
                 let (stack, left) = self.in_cluster_leftovers(&tx.rec, kind);
                 tx.rec.left_behind.push(LeftBehind {
                     operation: seq,
@@ -810,9 +810,13 @@ impl Engine {
                 }
                 let step = &mut tx.rec.operations[i].steps[j];
                 step.command = Some(id);
-                let until = *step
-                    .deadline
-                    .get_or_insert(now + self.0.config.command_deadline);
+                // An in-cluster teardown's first commands wait no longer than its
+                // teardown deadline; once past it, each gets the full wait.
+                let mut wait = now + self.0.config.command_deadline;
+                if teardown && !teardown_over {
+                    wait = wait.min(started + window);
+                }
+                let until = *step.deadline.get_or_insert(wait);
                 let until = Some(until);
                 tx.rec.operations[i].wake_at = until;
                 tx.notice(EngineEventKind::StepWaiting {
@@ -835,13 +839,14 @@ impl Engine {
                 );
             }
             Outcome::Failed(error) | Outcome::Unreachable { error, .. } => {
-                // In-cluster teardown keeps trying until its deadline (then it
-                // is skipped if the agent is out of reach, above); other steps,
-                // and in-cluster teardown past its deadline that fails for
-                // another reason, stop after the policy's attempts.
+                // In-cluster teardown keeps trying for its teardown deadline (it
+                // is skipped once the agent has been out of reach that long,
+                // above); other steps, and in-cluster teardown past its deadline
+                // whose agent is still heard from, stop after the policy's
+                // attempts.
                 let used = attempt - tx.rec.operations[i].steps[j].budget_from;
                 let retry = error.is_transient()
-                    && (used < self.0.config.retry.max_attempts || (teardown && !deadline_passed));
+                    && (used < self.0.config.retry.max_attempts || (teardown && !teardown_over));
                 tx.event(
                     EventKind::StepFailed {
                         operation: seq,
@@ -861,9 +866,7 @@ impl Engine {
                 let step = &mut tx.rec.operations[i].steps[j];
                 step.last_error = Some(error.to_string());
                 step.command = None;
-                if !teardown {
-                    step.deadline = None;
-                }
+                step.deadline = None;
                 if retry {
                     step.status = StepStatus::Pending;
                     let at_least = match error.retry() {
