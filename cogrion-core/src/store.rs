@@ -993,6 +993,13 @@ pub fn check_purge(
         }
         .into());
     };
+    if !write.commands.is_empty() {
+        return Err(InvalidValue::Malformed {
+            what: "purge",
+            reason: "a purge queues no command".into(),
+        }
+        .into());
+    }
     check_write(write, 0)?;
     check_preconditions(write, revision, live_fence)?;
     let destroyed = StateName::Destroyed.as_str();

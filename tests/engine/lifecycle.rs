@@ -1,5 +1,6 @@
 //! Whole lifecycles and the engine's refusals.
 
+use cogrion::proto::CommandId;
 use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
 
@@ -118,6 +119,44 @@ async fn a_workspace_lives_its_whole_life() {
     assert!(
         history.iter().all(|e| !e.event.message.is_empty()),
         "every event says why"
+    );
+    // Every step's attempt is in the history before its outcome, and every
+    // command the agent answered, once, by the agent.
+    for (i, h) in history.iter().enumerate() {
+        if let EventKind::StepDone { operation, step } = &h.event.kind {
+            assert!(
+                history[..i].iter().any(|s| matches!(
+                    &s.event.kind,
+                    EventKind::StepStarted { operation: o, step: n, .. } if o == operation && n == step
+                )),
+                "op {operation} step {step} done without a recorded start"
+            );
+        }
+    }
+    let queued: Vec<&CommandId> = history
+        .iter()
+        .filter_map(|h| match &h.event.kind {
+            EventKind::CommandQueued { id } => Some(id),
+            _ => None,
+        })
+        .collect();
+    let answered: Vec<&CommandId> = history
+        .iter()
+        .filter_map(|h| match &h.event.kind {
+            EventKind::CommandAnswered {
+                id,
+                succeeded: true,
+            } => {
+                assert_eq!(h.event.actor, Actor::Agent);
+                Some(id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!queued.is_empty());
+    assert_eq!(
+        queued, answered,
+        "each queued command answered once, in order"
     );
 
     // Subscribers saw the transitions as they happened.

@@ -2257,6 +2257,16 @@ async fn purges(store: &dyn WorkspaceStore) {
         Error::Rejected { .. },
         "a kept record that is not destroyed"
     );
+    expect_err!(
+        store
+            .purge(
+                write.clone().command(command("late")),
+                HistoryRetention::Keep
+            )
+            .await,
+        Error::InvalidValue(_),
+        "a purge that queues a command"
+    );
     let mut bare = WorkspaceWrite::new(id.clone(), T0).fenced(lease.fence);
     bare.events.push(event("no record"));
     expect_err!(

@@ -40,23 +40,6 @@ impl Journal {
         });
     }
 
-    /// A history event caused by someone else than the journal's actor (the
-    /// agent, for a command it answered), at its own time.
-    pub(crate) fn event_by(
-        &mut self,
-        actor: Actor,
-        at: Timestamp,
-        kind: EventKind,
-        message: String,
-    ) {
-        self.events.push(NewEvent {
-            at,
-            actor,
-            kind,
-            message,
-        });
-    }
-
     /// A live notice about `rec`'s workspace.
     pub(crate) fn notice(&mut self, rec: &WorkspaceRecord, kind: EngineEventKind) {
         self.notices.push(EngineEvent {

@@ -63,6 +63,9 @@ struct Tx {
     awaited: Option<CommandStatus>,
     /// Set by a purge step: the write goes through [`RecordStore::purge`].
     purge: Option<HistoryRetention>,
+    /// The history event of an agent's answer the step read; written once the
+    /// step moves on with it (a step still in progress reads it again).
+    answer: Option<crate::store::NewEvent>,
 }
 
 impl Tx {
@@ -102,6 +105,7 @@ impl Engine {
             commands: Vec::new(),
             awaited: None,
             purge: None,
+            answer: None,
             j: Journal::new(
                 Actor::Engine {
                     holder: self.0.config.holder.clone(),
@@ -372,6 +376,11 @@ impl Engine {
             outcome,
             Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
         );
+        if let Some(answer) = tx.answer.take()
+            && !matches!(outcome, Outcome::InProgress(_))
+        {
+            tx.j.events.push(answer);
+        }
         let failed_before = matches!(tx.rec.state, WorkspaceState::Failed(_));
         let destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
         self.apply_outcome(tx, i, j, &kind, teardown, outcome)?;
@@ -593,19 +602,19 @@ impl Engine {
                     match status {
                         CommandStatus::Answered { mut result, at } => {
                             let succeeded = matches!(result.outcome, CommandOutcome::Succeeded);
-                            tx.j.event_by(
-                                Actor::Agent,
+                            tx.answer = Some(crate::store::NewEvent {
                                 at,
-                                EventKind::CommandAnswered {
+                                actor: Actor::Agent,
+                                kind: EventKind::CommandAnswered {
                                     id: command.clone(),
                                     succeeded,
                                 },
-                                format!(
+                                message: format!(
                                     "{}: the agent answered command {command}: {}",
                                     step.name,
                                     if succeeded { "succeeded" } else { "failed" }
                                 ),
-                            );
+                            });
                             // The executor sees its own id, without the attempt suffix.
                             result.id = base_command_id(command, step.attempts);
                             request = request.with_command_result(result);
