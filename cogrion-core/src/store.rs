@@ -957,7 +957,10 @@ pub enum HistoryRetention {
     /// history. The default.
     #[default]
     Keep,
-    /// Delete them too: nothing of the workspace is left in the store.
+    /// Delete them too: nothing of the workspace is left in the store, and
+    /// its id may be created again. (A new workspace's leases start a new
+    /// series of fencing tokens; any process still holding a lease on the old
+    /// one lost it long before a retention ended.)
     Delete,
 }
 
