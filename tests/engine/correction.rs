@@ -6,7 +6,7 @@ use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
 
 use crate::drive::{check_history, check_no_duplicates, drive};
-use crate::world::{World, api, spec, spec_with_instance, stack};
+use crate::world::{api, spec, spec_with_instance, stack, with_one_engine};
 
 fn ws(name: &str) -> WorkspaceId {
     name.parse().unwrap()
@@ -45,10 +45,8 @@ fn spec_changes(history: &[EventRecord]) -> Vec<(SpecChangeKind, Vec<String>)> {
 /// failing the same way — or destroyed.)
 #[tokio::test]
 async fn a_provision_failed_on_its_spec_is_corrected_and_resumes_at_the_failed_step() {
-    let w = World::new(31, FaultPlan::none());
+    let (w, mut engines, e) = with_one_engine(31, FaultPlan::none());
     w.offer_only_listed_instance_types();
-    let mut engines = vec![w.engine("cp")];
-    let e = engines[0].clone();
     let id = ws("acme-prod");
     e.create(id.clone(), spec_with_instance("sim-huge"), api())
         .await
@@ -161,10 +159,8 @@ async fn a_provision_failed_on_its_spec_is_corrected_and_resumes_at_the_failed_s
 /// destroy cannot be corrected; an `Active` workspace has nothing to correct.
 #[tokio::test]
 async fn a_failed_update_is_reverted_or_corrected() {
-    let w = World::new(32, FaultPlan::none());
+    let (w, mut engines, e) = with_one_engine(32, FaultPlan::none());
     w.offer_only_listed_instance_types();
-    let mut engines = vec![w.engine("cp")];
-    let e = engines[0].clone();
     let id = ws("acme-prod");
     e.create(id.clone(), spec(), api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();
@@ -270,9 +266,7 @@ async fn a_failed_update_is_reverted_or_corrected() {
 #[tokio::test]
 async fn a_stack_graph_submitted_at_once_deploys_in_order_and_fails_together() {
     let faults = FaultPlan::none();
-    let w = World::new(33, faults.clone());
-    let mut engines = vec![w.engine("cp")];
-    let e = engines[0].clone();
+    let (w, mut engines, e) = with_one_engine(33, faults.clone());
     let id = ws("acme-prod");
     e.create(id.clone(), spec(), api()).await.unwrap();
     drive(&w, &mut engines, &id).await.unwrap();

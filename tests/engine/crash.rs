@@ -271,19 +271,16 @@ async fn correction_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
 /// abandoning that stack (with a receipt); the rest is torn down.
 async fn abandon_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
     let id = created(world, engines, spec()).await?;
-    api_call(
-        engines[0]
-            .deploy_stacks(
-                &id,
-                vec![
-                    stack("db", ExecutorKind::Terraform, &[]),
-                    stack("web", ExecutorKind::Helm, &["db"]),
-                ],
-                api(),
-            )
-            .await,
-    )?;
-    settle(world, engines, &id).await?;
+    submit(
+        world,
+        engines,
+        &id,
+        vec![
+            stack("db", ExecutorKind::Terraform, &[]),
+            stack("web", ExecutorKind::Helm, &["db"]),
+        ],
+    )
+    .await?;
     expect_stacks(&engines[0], &id, &["db", "web"], "stack deploys").await?;
     let db: StackName = "db".parse().unwrap();
     world
@@ -327,20 +324,17 @@ async fn abandon_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
 /// they are retried.
 async fn graph_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
     let id = created(world, engines, spec()).await?;
-    api_call(
-        engines[0]
-            .deploy_stacks(
-                &id,
-                vec![
-                    stack("web", ExecutorKind::Manifests, &["api"]),
-                    stack("api", ExecutorKind::Helm, &["db"]),
-                    stack("db", ExecutorKind::Terraform, &[]),
-                ],
-                api(),
-            )
-            .await,
-    )?;
-    settle(world, engines, &id).await?;
+    submit(
+        world,
+        engines,
+        &id,
+        vec![
+            stack("web", ExecutorKind::Manifests, &["api"]),
+            stack("api", ExecutorKind::Helm, &["db"]),
+            stack("db", ExecutorKind::Terraform, &[]),
+        ],
+    )
+    .await?;
     expect_stacks(&engines[0], &id, &["api", "db", "web"], "the graph").await?;
 
     let queue: StackName = "queue".parse().unwrap();
@@ -348,19 +342,16 @@ async fn graph_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
         .cloud
         .faults()
         .fail_permanently(FaultTarget::Stack(queue.clone()));
-    api_call(
-        engines[0]
-            .deploy_stacks(
-                &id,
-                vec![
-                    stack("queue", ExecutorKind::Terraform, &[]),
-                    stack("worker", ExecutorKind::Helm, &["queue", "db"]),
-                ],
-                api(),
-            )
-            .await,
-    )?;
-    settle(world, engines, &id).await?;
+    submit(
+        world,
+        engines,
+        &id,
+        vec![
+            stack("queue", ExecutorKind::Terraform, &[]),
+            stack("worker", ExecutorKind::Helm, &["queue", "db"]),
+        ],
+    )
+    .await?;
     let rec = engines[0].workspace(&id).await.map_err(|e| e.to_string())?;
     match rec.stacks.get(&"worker".parse().unwrap()).map(|s| &s.state) {
         Some(StackState::Failed(f)) if f.error.contains("dependency queue failed") => {}
@@ -390,6 +381,17 @@ async fn graph_scenario(world: &World, engines: &mut [Engine]) -> Outcome {
     )
     .await?;
     destroy_and_check(world, engines, &id).await
+}
+
+/// Submits a stack graph at once and drives the workspace to rest.
+async fn submit(
+    world: &World,
+    engines: &mut [Engine],
+    id: &WorkspaceId,
+    stacks: Vec<StackSpec>,
+) -> Outcome {
+    api_call(engines[0].deploy_stacks(id, stacks, api()).await)?;
+    settle(world, engines, id).await
 }
 
 /// Destroys `id` and runs the checks every scenario ends with.

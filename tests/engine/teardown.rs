@@ -8,7 +8,7 @@ use cogrion::sim::{Fault, FaultPlan, FaultTarget};
 use cogrion::*;
 
 use crate::drive::{check_destroyed, check_history, check_no_duplicates, drive};
-use crate::world::{World, api, spec, stack};
+use crate::world::{World, api, spec, stack, with_one_engine};
 
 fn ws(name: &str) -> WorkspaceId {
     name.parse().unwrap()
@@ -64,9 +64,7 @@ fn failure(rec: &WorkspaceRecord) -> Failure {
 #[tokio::test]
 async fn only_agent_run_teardown_is_skipped_and_the_receipt_says_what_was_left() {
     let faults = FaultPlan::none();
-    let w = World::new(21, faults.clone());
-    let mut engines = vec![w.engine("cp")];
-    let e = engines[0].clone();
+    let (w, mut engines, e) = with_one_engine(21, faults.clone());
     let id = ws("acme-prod");
     active_with(
         &w,
@@ -183,9 +181,7 @@ async fn only_agent_run_teardown_is_skipped_and_the_receipt_says_what_was_left()
 #[tokio::test]
 async fn a_blocked_destroy_names_its_blocker_and_can_be_abandoned_with_a_receipt() {
     let faults = FaultPlan::none();
-    let w = World::new(22, faults.clone());
-    let mut engines = vec![w.engine("cp")];
-    let e = engines[0].clone();
+    let (w, mut engines, e) = with_one_engine(22, faults.clone());
     let id = ws("acme-prod");
     active_with(
         &w,

@@ -298,3 +298,11 @@ pub fn spec_with_instance(instance: &str) -> WorkspaceSpec {
     s.node_pools[0].instance_type = instance.parse().unwrap();
     s
 }
+
+/// A world of `seed` failing as `faults` says, with one engine: the engine
+/// also in a `Vec`, as `drive` takes engines.
+pub fn with_one_engine(seed: u64, faults: FaultPlan) -> (World, Vec<Engine>, Engine) {
+    let world = World::new(seed, faults);
+    let engine = world.engine("cp");
+    (world, vec![engine.clone()], engine)
+}

@@ -1437,6 +1437,18 @@ async fn command_queue(store: &dyn WorkspaceStore) {
     );
 }
 
+/// An agent credential of `ws`, valid for a day from `T0`.
+fn credential(ws: &WorkspaceId, serial: CertSerial) -> AgentCredential {
+    AgentCredential {
+        workspace: ws.clone(),
+        serial,
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(86_400),
+        revoked: None,
+        first_poll_at: None,
+    }
+}
+
 fn hash(byte: u8, salt: &WorkspaceId) -> TokenHash {
     let mut h = [byte; 32];
     for (i, b) in salt.as_str().bytes().enumerate() {
@@ -1556,14 +1568,7 @@ async fn polls_at_once(store: &dyn WorkspaceStore) {
     let mut fleet = Vec::new();
     for i in 0..12 {
         let ws = create(store, "pollmany").await;
-        let credential = AgentCredential {
-            workspace: ws.clone(),
-            serial: serial_of(&ws, 1),
-            issued_at: T0,
-            expires_at: T0 + Duration::from_secs(86_400),
-            revoked: None,
-            first_poll_at: None,
-        };
+        let credential = credential(&ws, serial_of(&ws, 1));
         store
             .put_credential(credential.clone())
             .await
@@ -1662,14 +1667,7 @@ async fn exchanges_at_once(store: &dyn WorkspaceStore) {
             .expect("a token");
         workspaces.push(ws);
     }
-    let cred = |ws: &WorkspaceId, n: u8| AgentCredential {
-        workspace: ws.clone(),
-        serial: serial_of(ws, n),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(86_400),
-        revoked: None,
-        first_poll_at: None,
-    };
+    let cred = |ws: &WorkspaceId, n: u8| credential(ws, serial_of(ws, n));
     // Workspace 1 holds serial 1 already (the exchange asks for it: refused);
     // workspace 2 holds serial 1 (the exchange for serial 2 revokes it).
     store
@@ -1772,14 +1770,7 @@ async fn exchanges(store: &dyn WorkspaceStore) {
         ))
         .expect("serial")
     };
-    let cred = |n: u8| AgentCredential {
-        workspace: ws.clone(),
-        serial: serial(n),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(86_400),
-        revoked: None,
-        first_poll_at: None,
-    };
+    let cred = |n: u8| credential(&ws, serial(n));
     let token = |byte: u8| BootstrapTokenRecord {
         workspace: ws.clone(),
         hash: hash(byte, &ws),
@@ -1890,14 +1881,7 @@ async fn credentials(store: &dyn WorkspaceStore) {
     let a = create(store, "cred").await;
     let b = create(store, "cred").await;
     let serial = serial_of;
-    let cred = |ws: &WorkspaceId, n: u8| AgentCredential {
-        workspace: ws.clone(),
-        serial: serial(ws, n),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(86_400),
-        revoked: None,
-        first_poll_at: None,
-    };
+    let cred = |ws: &WorkspaceId, n: u8| credential(ws, serial(ws, n));
     expect_err!(
         store
             .put_credential(cred(&random_workspace_id("cred"), 1))
@@ -2153,14 +2137,7 @@ async fn destroyed_with_leftovers(store: &dyn WorkspaceStore) -> (WorkspaceId, c
         .await
         .expect("token");
     store
-        .put_credential(AgentCredential {
-            workspace: id.clone(),
-            serial: serial_of(&id, 9),
-            issued_at: T0,
-            expires_at: T0 + Duration::from_secs(86_400),
-            revoked: None,
-            first_poll_at: None,
-        })
+        .put_credential(credential(&id, serial_of(&id, 9)))
         .await
         .expect("credential");
     let current = store.get_workspace(&id).await.expect("read");

@@ -47,6 +47,7 @@ mod correct;
 mod driver;
 mod events;
 mod journal;
+mod leftovers;
 mod plan;
 mod retry;
 mod run;

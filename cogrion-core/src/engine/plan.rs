@@ -7,7 +7,7 @@ use crate::ids::StackName;
 use crate::provisioner::InfraLayer;
 use crate::spec::WorkspaceSpec;
 use crate::stack::{StackGraph, StackState};
-use crate::store::{BuiltLayer, OperationKind, OperationRecord, StepRecord};
+use crate::store::{BuiltLayer, OperationKind, StepRecord};
 
 pub(crate) use crate::store::upgrade::PURGE_STEP;
 
@@ -39,11 +39,17 @@ pub(crate) enum StepKind {
 }
 
 impl StepKind {
-    pub(crate) fn of(op: &OperationRecord, step: &str) -> Option<Self> {
+    /// The kind of step `step` of an operation of kind `operation` (about
+    /// `stack`, for a stack operation); `None` for a name it cannot have.
+    pub(crate) fn of(
+        operation: OperationKind,
+        stack: Option<&StackName>,
+        step: &str,
+    ) -> Option<Self> {
         let layer = InfraLayer::BUILD_ORDER
             .into_iter()
             .find(|l| l.as_str() == step);
-        Some(match (op.kind, step) {
+        Some(match (operation, step) {
             (OperationKind::Provision | OperationKind::Update | OperationKind::Destroy, _)
                 if layer.is_some() =>
             {
@@ -58,8 +64,8 @@ impl StepKind {
             (OperationKind::Destroy, s) if s.starts_with(STACK_PREFIX) => {
                 Self::StackDestroy(s[STACK_PREFIX.len()..].parse().ok()?)
             }
-            (OperationKind::StackDeploy, STACK_APPLY) => Self::StackApply(op.stack.clone()?),
-            (OperationKind::StackDestroy, STACK_DESTROY) => Self::StackDestroy(op.stack.clone()?),
+            (OperationKind::StackDeploy, STACK_APPLY) => Self::StackApply(stack?.clone()),
+            (OperationKind::StackDestroy, STACK_DESTROY) => Self::StackDestroy(stack?.clone()),
             (OperationKind::Purge, PURGE_STEP) => Self::Purge,
             _ => return None,
         })

@@ -7,6 +7,7 @@ use cogrion_agent_proto::{CommandId, CommandOutcome};
 use tracing::Instrument;
 
 use super::journal::Journal;
+use super::leftovers::{self, Leftovers};
 use super::plan::{self, StepKind};
 use super::{Action, CloudKind, Engine, EngineEventKind, lock};
 use crate::agent::{AgentInstall, issue_bootstrap_token};
@@ -14,8 +15,8 @@ use crate::checkpoint::{Progress, StoreCheckpoint};
 use crate::clock::Timestamp;
 use crate::error::{Error, Resource, Result};
 use crate::executor::{ExecutionTarget, ExecutorKind, StackRequest, StackStatus};
-use crate::ids::{IdempotencyKey, StackName, WorkspaceId};
-use crate::provisioner::{InfraDescription, InfraLayer, LayerRequest};
+use crate::ids::{IdempotencyKey, WorkspaceId};
+use crate::provisioner::{InfraLayer, LayerRequest};
 use crate::stack::{StackEvent, StackInventory, StackState};
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
@@ -331,10 +332,11 @@ impl Engine {
         let now = tx.j.now;
         let op = &tx.rec.operations[i];
         let (seq, name) = (op.seq, op.steps[j].name.clone());
-        let kind = StepKind::of(op, &name).ok_or_else(|| Error::Corrupt {
-            what: Resource::Workspace(tx.rec.id.clone()),
-            detail: format!("operation {seq} has a step {name:?} this engine does not know"),
-        })?;
+        let kind =
+            StepKind::of(op.kind, op.stack.as_ref(), &name).ok_or_else(|| Error::Corrupt {
+                what: Resource::Workspace(tx.rec.id.clone()),
+                detail: format!("operation {seq} has a step {name:?} this engine does not know"),
+            })?;
         let span = tracing::info_span!("step", operation = seq, step = %name);
         let in_destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
         let teardown = in_destroy && kind.agent_run(&tx.rec.stacks);
@@ -391,7 +393,7 @@ impl Engine {
             if let WorkspaceState::Failed(f) = &rec.state
                 && f.operation == crate::state::WorkspaceOperation::Destroy
             {
-                let remaining = self.what_remains(rec, &kind, seq).await;
+                let remaining = Leftovers::new(self, rec, seq).of(&kind).await;
                 if let WorkspaceState::Failed(f) = &mut tx.rec.state {
                     f.stack = match &kind {
                         StepKind::StackDestroy(name) => Some(name.clone()),
@@ -730,7 +732,7 @@ impl Engine {
                 if teardown && now >= last_seen.unwrap_or(started) + window =>
             {
                 let since = last_seen.unwrap_or(started);
-                let (stack, left) = self.in_cluster_leftovers(&tx.rec, kind);
+                let (stack, left) = leftovers::in_cluster(&tx.rec, kind);
                 tx.rec.left_behind.push(LeftBehind {
                     operation: seq,
                     step: name.clone(),
@@ -937,89 +939,6 @@ impl Engine {
         }
     }
 
-    /// What skipping an in-cluster teardown step leaves in the cluster: the
-    /// stack's objects as its executor last reported them, or the agent.
-    fn in_cluster_leftovers(
-        &self,
-        rec: &WorkspaceRecord,
-        kind: &StepKind,
-    ) -> (Option<StackName>, Vec<String>) {
-        match kind {
-            StepKind::StackDestroy(name) => (Some(name.clone()), stack_inventory(rec, name)),
-            StepKind::UninstallAgent => (None, agent_leftovers(rec)),
-            _ => (None, Vec::new()),
-        }
-    }
-
-    /// What the teardown step `kind` of destroy operation `seq` was to remove
-    /// and still exists, as the provisioner (`describe`) or the executor
-    /// (`status`, for a control-plane executor) reports it now; the last
-    /// report kept in the record when they cannot say.
-    pub(super) async fn what_remains(
-        &self,
-        rec: &WorkspaceRecord,
-        kind: &StepKind,
-        seq: u64,
-    ) -> Vec<String> {
-        match kind {
-            StepKind::Layer(layer) => layer_remains(rec, *layer, &self.describe(rec).await),
-            StepKind::StackDestroy(name) => self.stack_remains(rec, name, seq).await,
-            StepKind::UninstallAgent => agent_leftovers(rec),
-            _ => Vec::new(),
-        }
-    }
-
-    /// What the workspace's provisioner says exists for it.
-    pub(super) async fn describe(&self, rec: &WorkspaceRecord) -> Result<InfraDescription> {
-        match self.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
-            Some(p) => p.describe(&rec.id, &rec.spec).await,
-            None => Err(Error::Rejected {
-                service: "engine".into(),
-                detail: "no provisioner registered for this cloud".into(),
-            }),
-        }
-    }
-
-    /// What of stack `name` still exists: a control-plane executor is asked
-    /// (`status`); an in-cluster one would need the agent, so its last
-    /// reported inventory stands.
-    async fn stack_remains(
-        &self,
-        rec: &WorkspaceRecord,
-        name: &StackName,
-        seq: u64,
-    ) -> Vec<String> {
-        let Some(entry) = rec.stacks.get(name) else {
-            return Vec::new();
-        };
-        let kind = ExecutorKind::of(&entry.spec.executor);
-        if !kind.runs_in_cluster()
-            && let Some(executor) = self.0.executors.get(&kind)
-        {
-            let request = StackRequest::new(
-                ExecutionTarget::new(rec.id.clone(), rec.cluster.clone()),
-                entry.spec.clone(),
-                IdempotencyKey::derive(&rec.id, seq, &format!("{}/status", plan::stack_step(name))),
-                Arc::new(crate::checkpoint::MemoryCheckpoint::new()),
-            );
-            match executor.status(request).await {
-                Ok(Progress::Ready(StackStatus::Absent)) => return Vec::new(),
-                Ok(Progress::Ready(StackStatus::Installed { resources, .. })) => {
-                    return if resources.is_empty() {
-                        vec![format!("{kind:?} stack {name}")]
-                    } else {
-                        resources
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(workspace = %rec.id, stack = %name, error = %e, "the executor could not report the stack's status");
-                }
-            }
-        }
-        stack_inventory(rec, name)
-    }
-
     /// Fails every stack deploy waiting for a dependency that will not be
     /// deployed — failed, gone, being removed, or no longer being deployed —
     /// with a reason naming it; dependents of those fail in turn. Returns
@@ -1193,7 +1112,7 @@ impl Engine {
             _ => {
                 // A destroy's stack teardown failing fails the stack and the destroy.
                 if let Some(StepKind::StackDestroy(name)) =
-                    StepKind::of(&tx.rec.operations[i], &step_name)
+                    StepKind::of(kind, stack.as_ref(), &step_name)
                 {
                     let event = StackEvent::OperationFailed {
                         step: step_name.clone(),
@@ -1276,57 +1195,4 @@ fn waits_for_dependencies(rec: &WorkspaceRecord, op: &OperationRecord) -> bool {
             .get(d)
             .is_none_or(|e| e.state != StackState::Deployed)
     })
-}
-
-/// What stack `name` holds, as its executor last reported: its inventory, or
-/// the stack as a whole when nothing was reported.
-fn stack_inventory(rec: &WorkspaceRecord, name: &StackName) -> Vec<String> {
-    let Some(entry) = rec.stacks.get(name) else {
-        return Vec::new();
-    };
-    match &entry.inventory {
-        Some(inventory) if !inventory.resources.is_empty() => inventory.resources.clone(),
-        _ => vec![format!(
-            "everything of {:?} stack {name} (its executor reported no inventory)",
-            ExecutorKind::of(&entry.spec.executor)
-        )],
-    }
-}
-
-/// What the Cluster Agent's install left in the cluster.
-fn agent_leftovers(rec: &WorkspaceRecord) -> Vec<String> {
-    rec.cluster
-        .iter()
-        .map(|c| format!("the Cluster Agent in cluster {}", c.name))
-        .collect()
-}
-
-/// What of `layer` exists, from the provisioner's description; what the layer
-/// last reported, and a word on the rest, when the cloud could not be asked.
-pub(super) fn layer_remains(
-    rec: &WorkspaceRecord,
-    layer: InfraLayer,
-    described: &Result<InfraDescription>,
-) -> Vec<String> {
-    match described {
-        Ok(d) => d
-            .resources
-            .iter()
-            .filter(|r| r.layer == layer)
-            .map(|r| format!("{} {}", r.kind, r.id))
-            .collect(),
-        Err(e) => {
-            let mut known: Vec<String> = rec
-                .layers
-                .get(&layer)
-                .into_iter()
-                .flat_map(|b| &b.resources)
-                .map(|r| format!("{} {}", r.kind, r.id))
-                .collect();
-            known.push(format!(
-                "whatever else the cloud holds for layer {layer} (it could not be asked: {e})"
-            ));
-            known
-        }
-    }
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::leftovers::Leftovers;
 use super::plan::{self, StepKind};
 use super::{Engine, reset_failed_steps, run};
 use crate::error::{Error, Resource, Result};
@@ -201,9 +202,10 @@ impl Engine {
             .iter()
             .find(|o| o.kind == OperationKind::Destroy)
             .map_or(0, |o| o.seq);
+        let mut leftovers = Leftovers::new(self, &rec, seq);
         let mut left = Vec::with_capacity(targets.len());
         for target in targets {
-            left.push(self.what_remains(&rec, &target.kind(), seq).await);
+            left.push(leftovers.of(&target.kind()).await);
         }
         self.mutate(id, &actor, |rec, j| {
             let t = step(&rec.state, &WorkspaceEvent::AbandonRequested, j.now)?;
@@ -302,13 +304,7 @@ impl Engine {
             None => (rec.next_operation, plan::destroy(&rec.stacks)),
         };
         let credentials = self.0.store.list_credentials(id).await?;
-        let layers_left = steps.iter().any(|s| {
-            !s.is_finished() && InfraLayer::BUILD_ORDER.iter().any(|l| l.as_str() == s.name)
-        });
-        let described = match layers_left {
-            true => Some(self.describe(&rec).await),
-            false => None,
-        };
+        let mut leftovers = Leftovers::new(self, &rec, seq);
         let mut planned = Vec::with_capacity(steps.len());
         for s in steps {
             let finished = s.is_finished();
@@ -321,21 +317,9 @@ impl Engine {
                     .map(|c| format!("agent certificate {}", c.serial))
                     .collect()
             } else {
-                let op = crate::store::OperationRecord {
-                    seq,
-                    kind: OperationKind::Destroy,
-                    stack: None,
-                    steps: Vec::new(),
-                    started_at: rec.updated_at,
-                    wake_at: None,
-                    cancel_requested: false,
-                };
-                match (StepKind::of(&op, &s.name), &described) {
-                    (Some(StepKind::Layer(layer)), Some(described)) => {
-                        run::layer_remains(&rec, layer, described)
-                    }
-                    (Some(kind), _) => self.what_remains(&rec, &kind, seq).await,
-                    (None, _) => Vec::new(),
+                match StepKind::of(OperationKind::Destroy, None, &s.name) {
+                    Some(kind) => leftovers.of(&kind).await,
+                    None => Vec::new(),
                 }
             };
             planned.push(PlannedStep {
