@@ -1437,6 +1437,18 @@ async fn command_queue(store: &dyn WorkspaceStore) {
     );
 }
 
+/// An unconsumed bootstrap token of `ws` (its hash from `byte`), valid for an
+/// hour from `T0`.
+fn open_token(ws: &WorkspaceId, byte: u8) -> BootstrapTokenRecord {
+    BootstrapTokenRecord {
+        workspace: ws.clone(),
+        hash: hash(byte, ws),
+        issued_at: T0,
+        expires_at: T0 + Duration::from_secs(3600),
+        consumed_at: None,
+    }
+}
+
 /// An agent credential of `ws`, valid for a day from `T0`.
 fn credential(ws: &WorkspaceId, serial: CertSerial) -> AgentCredential {
     AgentCredential {
@@ -1655,16 +1667,7 @@ async fn exchanges_at_once(store: &dyn WorkspaceStore) {
     let mut workspaces = Vec::new();
     for _ in 0..24 {
         let ws = create(store, "storm").await;
-        store
-            .put_token(BootstrapTokenRecord {
-                workspace: ws.clone(),
-                hash: hash(3, &ws),
-                issued_at: T0,
-                expires_at: T0 + Duration::from_secs(3600),
-                consumed_at: None,
-            })
-            .await
-            .expect("a token");
+        store.put_token(open_token(&ws, 3)).await.expect("a token");
         workspaces.push(ws);
     }
     let cred = |ws: &WorkspaceId, n: u8| credential(ws, serial_of(ws, n));
@@ -1846,13 +1849,7 @@ async fn exchanges(store: &dyn WorkspaceStore) {
         .commit(WorkspaceWrite::create(rec, T0))
         .await
         .expect("create");
-    let retired_token = BootstrapTokenRecord {
-        workspace: retired.clone(),
-        hash: hash(7, &retired),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(3600),
-        consumed_at: None,
-    };
+    let retired_token = open_token(&retired, 7);
     store.put_token(retired_token).await.expect("a token");
     let mut late = cred(5);
     late.workspace = retired.clone();
@@ -2126,16 +2123,7 @@ async fn destroyed_with_leftovers(store: &dyn WorkspaceStore) -> (WorkspaceId, c
         .put_checkpoint(&id, &key, json!({"vpc": "v-1"}), lease.fence)
         .await
         .expect("checkpoint");
-    store
-        .put_token(BootstrapTokenRecord {
-            workspace: id.clone(),
-            hash: hash(9, &id),
-            issued_at: T0,
-            expires_at: T0 + Duration::from_secs(3600),
-            consumed_at: None,
-        })
-        .await
-        .expect("token");
+    store.put_token(open_token(&id, 9)).await.expect("token");
     store
         .put_credential(credential(&id, serial_of(&id, 9)))
         .await
