@@ -177,14 +177,12 @@ async fn main() -> Result<()> {
     // The agent bootstraps (its certificate is recorded so it can be revoked later)…
     let now = clock.now();
     store
-        .put_credential(AgentCredential {
-            workspace: id.clone(),
-            serial: "01".parse()?,
-            issued_at: now,
-            expires_at: now + Duration::from_secs(24 * 3600),
-            revoked: None,
-            first_poll_at: None,
-        })
+        .put_credential(AgentCredential::new(
+            id.clone(),
+            "01".parse()?,
+            now,
+            now + Duration::from_secs(24 * 3600),
+        ))
         .await?;
     clock.advance(Duration::from_secs(3));
     // …and its first authenticated poll is the only way into Active.

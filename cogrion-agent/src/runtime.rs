@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cogrion_agent_proto::v1::ErrorCode;
 use cogrion_agent_proto::{CommandId, CommandResult};
-use cogrion_providers::https::{AgentClient, ClientError};
+use cogrion_providers::https::{AgentClient, ClientError, new_key_pem};
 use serde::{Deserialize, Serialize};
 
 use crate::{AgentConfig, Handlers};
@@ -40,8 +40,18 @@ struct State {
     renew_at_ms: u64,
     /// When the certificate expires (ms since the epoch).
     not_after_ms: u64,
-    /// The last token exchanged or refused, so a used token is not tried again.
-    spent_token: Option<String>,
+    /// The SHA-256 (hex) of the last token exchanged or refused, so a used
+    /// token is not tried again. The token itself is never kept.
+    #[serde(default)]
+    spent_token_sha256: Option<String>,
+    /// Written by agents before 0.2: the spent token itself. Read once, kept
+    /// as its hash, never written again.
+    #[serde(default, rename = "spent_token", skip_serializing)]
+    legacy_spent_token: Option<String>,
+    /// The SHA-256 (hex) of the token the key in `pending.key` was made for:
+    /// a bootstrap whose answer was lost is sent again with that same key.
+    #[serde(default)]
+    pending_token_sha256: Option<String>,
     /// Orders `done` for pruning.
     counter: u64,
     /// Renew at this share of the certificate's life, in percent (from the
@@ -52,6 +62,15 @@ struct State {
 
 /// How many results the agent remembers.
 const DONE_KEPT: usize = 4096;
+
+/// The hex SHA-256 of a token: what the agent keeps of one.
+fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -144,11 +163,12 @@ impl AgentRuntime {
         let client = AgentClient::new(config.endpoint, &config.server_name, &config.ca_pem)
             .map_err(|e| AgentError::Config(e.to_string()))?;
         let dir = config.state_dir.clone();
-        let state: State = match std::fs::read(dir.join("state.json")) {
+        let mut state: State = match std::fs::read(dir.join("state.json")) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| state_error(&dir.join("state.json"), e))?,
             Err(_) => State::default(),
         };
+        let legacy = state.legacy_spent_token.take();
         if let (Ok(chain), Ok(key)) = (
             std::fs::read_to_string(dir.join("identity.pem")),
             std::fs::read_to_string(dir.join("identity.key")),
@@ -157,13 +177,19 @@ impl AgentRuntime {
                 .set_identity(&chain, &key)
                 .map_err(|e| state_error(&dir.join("identity.pem"), e))?;
         }
-        Ok(Self {
+        let mut runtime = Self {
             config,
             client,
             handlers,
             state,
             executed: 0,
-        })
+        };
+        if let Some(token) = legacy {
+            // A state written before tokens were kept as hashes: rewrite it.
+            runtime.state.spent_token_sha256 = Some(token_sha256(&token));
+            runtime.save()?;
+        }
+        Ok(runtime)
     }
 
     /// How many commands this process ran (not counting stored results sent
@@ -346,20 +372,41 @@ impl AgentRuntime {
                 return Ok(Some(Pause::Backoff));
             }
         };
-        if self.state.spent_token.as_deref() == Some(token.as_str()) {
+        let hash = token_sha256(&token);
+        if self.state.spent_token_sha256.as_deref() == Some(hash.as_str()) {
             tracing::info!("waiting for a fresh bootstrap token");
             return Ok(Some(Pause::Backoff));
         }
+        // The key is on disk before the CSR leaves: if the answer is lost,
+        // the same token goes again with the same key and gets the
+        // certificate already issued.
+        let pending = self.config.state_dir.join("pending.key");
+        let key = match std::fs::read_to_string(&pending) {
+            Ok(key) if self.state.pending_token_sha256.as_deref() == Some(hash.as_str()) => key,
+            _ => {
+                let key = new_key_pem().map_err(|e| AgentError::Config(e.to_string()))?;
+                write_file(&pending, key.as_bytes(), true)?;
+                self.state.pending_token_sha256 = Some(hash.clone());
+                self.save()?;
+                key
+            }
+        };
         match self
             .client
-            .bootstrap(&self.config.workspace, &token, env!("CARGO_PKG_VERSION"))
+            .bootstrap_with_key(
+                &self.config.workspace,
+                &token,
+                env!("CARGO_PKG_VERSION"),
+                &key,
+            )
             .await
         {
             Ok(response) => {
                 tracing::info!(workspace = %self.config.workspace, "bootstrapped");
-                self.state.spent_token = Some(token);
+                self.spend(hash);
                 self.state.renew_percent = response.renewal.renew_at_percent;
                 self.save_identity(response.not_after_ms, response.renewal.renew_at_percent)?;
+                let _ = std::fs::remove_file(&pending);
                 Ok(None)
             }
             Err(ClientError::Refused { error, .. })
@@ -372,11 +419,18 @@ impl AgentRuntime {
                 ) =>
             {
                 tracing::warn!(code = ?error.code, "bootstrap token refused; waiting for a fresh one");
-                self.state.spent_token = Some(token);
+                self.spend(hash);
                 self.save()?;
+                let _ = std::fs::remove_file(&pending);
                 Ok(Some(Pause::Backoff))
             }
             Err(e) => self.pause_for(e),
         }
+    }
+
+    /// Remembers a token (by its hash) as spent; its pending key goes.
+    fn spend(&mut self, hash: String) {
+        self.state.spent_token_sha256 = Some(hash);
+        self.state.pending_token_sha256 = None;
     }
 }

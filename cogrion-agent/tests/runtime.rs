@@ -335,6 +335,107 @@ async fn an_agent_away_past_its_certificate_bootstraps_again_with_a_fresh_token(
     let _ = std::fs::remove_dir_all(&plane.dir);
 }
 
+/// Every file under `dir`, read as bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+/// What the agent's state holds before its first bootstrap answer: the
+/// key it made for `token` (written before the CSR left), and the token's hash.
+fn pending_state(dir: &std::path::Path, token: &str, key: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("pending.key"), key).unwrap();
+    let hash = cogrion_core::BootstrapToken::parse(token).unwrap().hash();
+    let state = serde_json::json!({
+        "done": {}, "finished": [], "renew_at_ms": 0, "not_after_ms": 0, "counter": 0,
+        "pending_token_sha256": hash.to_string(),
+    });
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+}
+
+/// Issue 14, item 1: the agent stored its key, sent its CSR, and the answer
+/// was lost (here the exchange is made with its stored key before it starts).
+/// It sends the same token with the same key again, gets the certificate
+/// already issued (one credential in all), and works. It never keeps the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_bootstrap_answer_was_lost_gets_the_certificate_issued() {
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    let token = std::fs::read_to_string(plane.dir.join("token")).unwrap();
+    let key = cogrion_providers::https::new_key_pem().unwrap();
+    pending_state(&plane.dir.join("state"), &token, &key);
+    // The exchange the agent never heard the answer of.
+    cogrion_providers::https::AgentClient::new(plane.addr, "localhost", plane.ca.certificate_pem())
+        .unwrap()
+        .bootstrap_with_key(&plane.ws, &token, "0.1.0", &key)
+        .await
+        .unwrap();
+    let issued = plane.store.list_credentials(&plane.ws).await.unwrap();
+    assert_eq!(issued.len(), 1);
+
+    let runs = Arc::new(AtomicU64::new(0));
+    plane.queue("after-loss").await;
+    plane
+        .run_agent_until_answered(&runs, "after-loss", Duration::from_secs(10))
+        .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let credentials = plane.store.list_credentials(&plane.ws).await.unwrap();
+    let serials = |c: &[cogrion_core::AgentCredential]| -> Vec<_> {
+        c.iter()
+            .map(|c| (c.serial.clone(), c.revoked.is_some()))
+            .collect()
+    };
+    assert_eq!(
+        serials(&credentials),
+        serials(&issued),
+        "the replay got the credential already issued, nothing new"
+    );
+    assert!(credentials[0].first_poll_at.is_some(), "and polled with it");
+    let state = plane.dir.join("state");
+    assert!(
+        !state.join("pending.key").exists(),
+        "the pending key became the identity"
+    );
+    for (path, bytes) in files_under(&state) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(token.trim()),
+            "{} holds the token",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
+/// A state written by an agent that kept its spent token (before 0.2) keeps
+/// only its hash once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_token_in_an_old_state_is_kept_as_its_hash() {
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    let token = std::fs::read_to_string(plane.dir.join("token")).unwrap();
+    let state = plane.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let old = serde_json::json!({
+        "done": {}, "finished": [], "renew_at_ms": 0, "not_after_ms": 0, "counter": 0,
+        "spent_token": token.trim(),
+    });
+    std::fs::write(state.join("state.json"), old.to_string()).unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    AgentRuntime::new(plane.config(), handlers(&plane.ws, runs)).unwrap();
+    let written = std::fs::read_to_string(state.join("state.json")).unwrap();
+    assert!(!written.contains(token.trim()), "{written}");
+    let hash = cogrion_core::BootstrapToken::parse(&token).unwrap().hash();
+    assert!(written.contains(&hash.to_string()), "{written}");
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
 /// The `cogrion-agent` binary, a separate process configured from its
 /// environment, bootstraps and answers the builtin `health` command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

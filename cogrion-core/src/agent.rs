@@ -17,7 +17,9 @@ use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, Result};
 use crate::ids::{IdempotencyKey, WorkspaceId};
 use crate::provisioner::ClusterAccess;
-use crate::store::{AgentCredential, BootstrapTokenRecord, CertSerial, TokenHash, WorkspaceStore};
+use crate::store::{
+    AgentCredential, BootstrapTokenRecord, CertSerial, KeyDigest, TokenHash, WorkspaceStore,
+};
 use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
 
 /// A one-time bootstrap token: 256 bits from a CSPRNG (rand's thread RNG, ChaCha
@@ -131,6 +133,11 @@ pub struct GatewayConfig {
     pub credential_ttl: Duration,
     /// The most commands handed out on one poll (default 32).
     pub max_commands_per_poll: usize,
+    /// How stale a credential's durable
+    /// [`last_seen_at`](AgentCredential::last_seen_at) may grow before a poll
+    /// writes it again (default 5 min): polls stay write-free in between, and
+    /// every replica can tell when an agent was last seen to within this.
+    pub seen_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -138,6 +145,7 @@ impl Default for GatewayConfig {
         Self {
             credential_ttl: Duration::from_secs(24 * 3600),
             max_commands_per_poll: 32,
+            seen_interval: Duration::from_secs(300),
         }
     }
 }
@@ -176,64 +184,82 @@ impl AgentGateway {
         }
     }
 
-    /// Exchanges a bootstrap token for a credential. The token is consumed
-    /// atomically; the workspace's earlier credentials are revoked (a re-bootstrap
-    /// replaces the agent's identity). Refusals are
-    /// [`Error::TokenRefused`] with a distinct reason, and change nothing.
+    /// Exchanges a bootstrap token for a credential for the key whose digest
+    /// is `key`. The token is consumed atomically; the workspace's earlier
+    /// credentials are revoked (a re-bootstrap replaces the agent's identity).
+    /// Refusals are [`Error::TokenRefused`] with a distinct reason, and change
+    /// nothing.
+    ///
+    /// An agent that lost the answer sends the same token with the same key
+    /// again: within the token's lifetime it gets the credential already
+    /// issued (same serial, same validity; see [`TokenStore::exchange`]); with
+    /// any other key, the token is used.
+    ///
+    /// [`TokenStore::exchange`]: crate::TokenStore::exchange
     pub async fn bootstrap(
         &self,
         workspace: &WorkspaceId,
         token: &BootstrapToken,
+        key: KeyDigest,
     ) -> Result<AgentCredential> {
         let now = self.clock.now();
-        let credential = AgentCredential {
-            workspace: workspace.clone(),
-            serial: new_serial()?,
-            issued_at: now,
-            expires_at: now + self.config.credential_ttl,
-            revoked: None,
-            first_poll_at: None,
-        };
+        let mut credential = AgentCredential::new(
+            workspace.clone(),
+            new_serial()?,
+            now,
+            now + self.config.credential_ttl,
+        );
+        credential.key = Some(key);
+        credential.token = Some(token.hash());
         // One transaction: the workspace not being destroyed, the token
         // consumed, the older credentials revoked, the new one stored — or
-        // nothing at all.
-        self.store
+        // nothing at all; or the earlier answer, replayed.
+        let stored = self
+            .store
             .exchange(&token.hash(), credential.clone(), now)
             .await
             .inspect_err(|e| {
                 tracing::warn!(workspace = %workspace, error = %e, "bootstrap refused");
             })?;
-        tracing::info!(workspace = %workspace, serial = %credential.serial, "agent bootstrapped");
+        if stored.serial != credential.serial {
+            tracing::info!(workspace = %workspace, serial = %stored.serial, "bootstrap replayed: the agent lost the first answer");
+            return Ok(stored);
+        }
+        tracing::info!(workspace = %workspace, serial = %stored.serial, "agent bootstrapped");
         self.sink
             .on_agent_event(AgentEvent::Bootstrapped {
                 workspace: workspace.clone(),
-                serial: credential.serial.clone(),
+                serial: stored.serial.clone(),
                 at: now,
             })
             .await?;
-        Ok(credential)
+        Ok(stored)
     }
 
     /// Renews the credential `serial` (which must be current: not revoked, not
-    /// expired): a new credential for the same workspace, valid for
-    /// [`GatewayConfig::credential_ttl`] from now. The old one stays valid until
-    /// it expires, so the agent switches over without a gap; revocation (a
-    /// destroy, a re-bootstrap) revokes both.
-    pub async fn renew(&self, serial: &CertSerial) -> Result<AgentCredential> {
-        let old = self.authenticate(serial).await?;
+    /// expired) for the key whose digest is `key`: a new credential for the
+    /// same workspace, valid for [`GatewayConfig::credential_ttl`] from now.
+    /// The old one stays valid until it expires, so the agent switches over
+    /// without a gap; any other live credential of the workspace (an earlier
+    /// renewal whose answer was lost) is revoked, so at most two stay live.
+    /// The check and the write are one store operation
+    /// ([`CredentialStore::renew_credential`](crate::CredentialStore::renew_credential)):
+    /// a revocation landing meanwhile either refuses the renewal or revokes it.
+    pub async fn renew(&self, serial: &CertSerial, key: KeyDigest) -> Result<AgentCredential> {
         let now = self.clock.now();
-        let credential = AgentCredential {
-            workspace: old.workspace.clone(),
-            serial: new_serial()?,
-            issued_at: now,
-            expires_at: now + self.config.credential_ttl,
-            revoked: None,
-            // The agent's first poll happened already: a renewal is not news.
-            first_poll_at: old.first_poll_at.or(Some(now)),
-        };
-        self.store.put_credential(credential.clone()).await?;
-        tracing::info!(workspace = %old.workspace, old = %serial, new = %credential.serial, "agent certificate renewed");
-        Ok(credential)
+        // The workspace is the old credential's: read it for the new record
+        // (the store checks the old one again, in the transaction).
+        let old = self.store.get_credential(serial).await?;
+        let mut renewed = AgentCredential::new(
+            old.workspace.clone(),
+            new_serial()?,
+            now,
+            now + self.config.credential_ttl,
+        );
+        renewed.key = Some(key);
+        let renewed = self.store.renew_credential(serial, renewed, now).await?;
+        tracing::info!(workspace = %renewed.workspace, old = %serial, new = %renewed.serial, "agent certificate renewed");
+        Ok(renewed)
     }
 
     /// Checks that `serial` is a current credential and returns it.
@@ -297,7 +323,15 @@ impl AgentGateway {
         let credential = self.check_current(serial, credential)?;
         let now = self.clock.now();
         let workspace = credential.workspace;
-        if credential.first_poll_at.is_none() && self.store.mark_polled(serial, now).await? {
+        // The first poll, and then one durable "last seen" per interval.
+        let stale = credential
+            .last_seen_at
+            .is_none_or(|t| now >= t + self.config.seen_interval);
+        if (credential.first_poll_at.is_none() || stale)
+            && self.store.mark_polled(serial, now).await?
+            && credential.renewed_from.is_none()
+        {
+            // A renewal's first poll is not news.
             self.sink
                 .on_agent_event(AgentEvent::Polled {
                     workspace: workspace.clone(),
@@ -381,13 +415,12 @@ pub async fn issue_bootstrap_token(
 ) -> Result<BootstrapToken> {
     let token = BootstrapToken::generate();
     store
-        .put_token(BootstrapTokenRecord {
-            workspace: workspace.clone(),
-            hash: token.hash(),
-            issued_at: now,
-            expires_at: now + ttl,
-            consumed_at: None,
-        })
+        .put_token(BootstrapTokenRecord::new(
+            workspace.clone(),
+            token.hash(),
+            now,
+            now + ttl,
+        ))
         .await
         .map_err(|e| match e {
             Error::AlreadyExists(_) => Error::Unavailable {

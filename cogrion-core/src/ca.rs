@@ -463,6 +463,17 @@ impl CertificateAuthority {
 #[derive(Debug, Clone)]
 pub struct CheckedCsr(CertificateSigningRequestParams);
 
+impl CheckedCsr {
+    /// The digest of the key it asks a certificate for: SHA-256 of its DER
+    /// `SubjectPublicKeyInfo`.
+    pub fn key_digest(&self) -> crate::store::KeyDigest {
+        use sha2::Digest;
+        crate::store::KeyDigest(
+            sha2::Sha256::digest(self.0.public_key.subject_public_key_info()).into(),
+        )
+    }
+}
+
 /// A certificate and its private key for the control plane's HTTPS endpoint.
 #[derive(Clone)]
 pub struct ServerCertificate {

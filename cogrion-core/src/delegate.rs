@@ -202,7 +202,7 @@ macro_rules! delegate_store {
                 hash: &$crate::TokenHash,
                 credential: $crate::AgentCredential,
                 now: $crate::Timestamp,
-            ) -> $crate::Result<$crate::BootstrapTokenRecord> {
+            ) -> $crate::Result<$crate::AgentCredential> {
                 self.$inner.exchange(hash, credential, now).await
             }
         }
@@ -239,6 +239,14 @@ macro_rules! delegate_store {
                 now: $crate::Timestamp,
             ) -> $crate::Result<bool> {
                 self.$inner.mark_polled(serial, now).await
+            }
+            async fn renew_credential(
+                &self,
+                old: &$crate::CertSerial,
+                renewed: $crate::AgentCredential,
+                now: $crate::Timestamp,
+            ) -> $crate::Result<$crate::AgentCredential> {
+                self.$inner.renew_credential(old, renewed, now).await
             }
             async fn revoke_all(
                 &self,

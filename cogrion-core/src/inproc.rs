@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::ids::WorkspaceId;
 use crate::lock;
 use crate::provisioner::ClusterAccess;
-use crate::store::CertSerial;
+use crate::store::{CertSerial, KeyDigest};
 use crate::transport::{AgentPresence, AgentTransport};
 
 /// An [`AgentTransport`] for agents in the same process: notifications wake the
@@ -97,14 +97,32 @@ impl AgentTransport for InProcessTransport {
 pub type CommandHandler = Arc<dyn Fn(&WorkspaceId, &Command) -> CommandResult + Send + Sync>;
 
 /// One simulated Cluster Agent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Agent {
     token: Option<BootstrapToken>,
     serial: Option<CertSerial>,
+    /// The digest of the key it asks certificates for (kept across a lost
+    /// answer, as a real agent keeps its key on disk before it sends the CSR).
+    key: KeyDigest,
+    /// Answers to its bootstrap still to lose on the way back.
+    lose_bootstraps: u32,
     /// Results of commands already run, by id: a redelivered command is answered
     /// again without being run twice.
     done: BTreeMap<CommandId, CommandResult>,
     executed: u64,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Self {
+            token: None,
+            serial: None,
+            key: KeyDigest(rand::random()),
+            lose_bootstraps: 0,
+            done: BTreeMap::new(),
+            executed: 0,
+        }
+    }
 }
 
 /// A fleet of simulated Cluster Agents, one per installed workspace, and the
@@ -170,6 +188,15 @@ impl SimulatedAgents {
         let agent = agents.entry(workspace).or_default();
         agent.serial = Some(serial);
         agent.token = None;
+    }
+
+    /// Loses the answers to the next `count` bootstraps of `workspace`'s
+    /// agent on their way back (the exchange happened; the agent never heard):
+    /// the agent keeps its token and key and asks again, as a real one does.
+    pub fn lose_bootstrap_answers(&self, workspace: &WorkspaceId, count: u32) {
+        if let Some(a) = lock(&self.agents).get_mut(workspace) {
+            a.lose_bootstraps = count;
+        }
     }
 
     /// Forgets every agent's memory of finished commands, as a restarted agent
@@ -240,8 +267,21 @@ impl SimulatedAgents {
         let serial = match (serial, token) {
             (Some(serial), _) => serial,
             (None, Some(token)) => {
-                let credential = gateway.bootstrap(ws, &token).await?;
+                let key = match lock(&self.agents).get(ws) {
+                    Some(a) => a.key,
+                    None => return Ok(()),
+                };
+                let credential = gateway.bootstrap(ws, &token, key).await?;
                 if let Some(a) = lock(&self.agents).get_mut(ws) {
+                    if a.lose_bootstraps > 0 {
+                        // The answer is lost on the way back: the agent keeps
+                        // its token and key and asks again next round.
+                        a.lose_bootstraps -= 1;
+                        return Err(Error::Unavailable {
+                            service: "simulated network".into(),
+                            detail: "the bootstrap answer was lost".into(),
+                        });
+                    }
                     a.serial = Some(credential.serial.clone());
                     a.token = None; // used once
                 }
@@ -327,6 +367,8 @@ impl AgentInstaller for SimulatedAgents {
         let agent = agents.entry(request.workspace).or_default();
         agent.token = Some(request.token);
         agent.serial = None;
+        // A new token, a new key (the agent's state for the old one is gone).
+        agent.key = KeyDigest(rand::random());
         Ok(Progress::Ready(()))
     }
 

@@ -45,9 +45,9 @@ pub use agent::{
 pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{
-    AbandonTarget, Action, CloudKind, DestroyPlan, Driver, DriverConfig, DriverHandle, DriverStats,
-    Engine, EngineBuilder, EngineConfig, EngineEvent, EngineEventKind, PlannedStep, PurgePolicy,
-    RetryPolicy,
+    AbandonTarget, Action, AgentCheck, AgentConnectivity, CloudKind, DestroyPlan, Driver,
+    DriverConfig, DriverHandle, DriverStats, Engine, EngineBuilder, EngineConfig, EngineEvent,
+    EngineEventKind, PlannedStep, PurgePolicy, RetryPolicy,
 };
 pub use error::{Error, Resource, Result, Retry, TokenRefusal};
 pub use executor::{
@@ -80,11 +80,12 @@ pub use state::{
 pub use store::{
     Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, BuiltLayer, CertSerial,
     CheckpointKey, CommandQueue, CommandStatus, Committed, CredentialStore, EventKind, EventRecord,
-    EventSeq, FencingToken, HistoryRetention, Lease, LeaseStore, LeftBehind, LeftReason, ListQuery,
-    MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind, OperationRecord, Purged, PutMode,
-    QueuedCommand, RECORD_FORMAT, RecordStore, Revision, Revocation, StepRecord, StepStatus,
-    TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
-    check_lease_ttl, check_preconditions, check_purge, check_write, upgrade,
+    EventSeq, FencingToken, HistoryRetention, KeyDigest, Lease, LeaseStore, LeftBehind, LeftReason,
+    ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind, OperationRecord, Purged,
+    PutMode, QueuedCommand, RECORD_FORMAT, RecordStore, Revision, Revocation,
+    SUPERSEDED_BY_RENEWAL, StepRecord, StepStatus, TokenHash, TokenStore, Versioned,
+    WorkspaceRecord, WorkspaceStore, WorkspaceWrite, check_lease_ttl, check_preconditions,
+    check_purge, check_renewal, check_write, upgrade,
 };
 pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport, LateSink};
 

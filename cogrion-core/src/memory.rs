@@ -540,7 +540,7 @@ impl TokenStore for InMemoryStore {
         hash: &TokenHash,
         credential: AgentCredential,
         now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
+    ) -> Result<AgentCredential> {
         let mut inner = self.lock();
         // Everything that can refuse is checked before anything changes.
         let state = inner.workspace(&credential.workspace)?.record.state.name();
@@ -555,10 +555,26 @@ impl TokenStore for InMemoryStore {
             )));
         }
         let workspace = credential.workspace.clone();
-        let token = inner.consume(hash, &workspace, now)?;
+        let token = inner
+            .tokens
+            .get(hash)
+            .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
+        // The same agent, replaying an exchange whose answer it lost.
+        if let Some(issued) = token.issued.as_ref().and_then(|s| inner.credentials.get(s))
+            && token.replays(issued, &credential, now)
+        {
+            return Ok(issued.clone());
+        }
+        let mut token = token.clone();
+        token.exchange_for(&credential, now)?;
+        inner.tokens.insert(*hash, token);
+        let ws = inner.workspace_mut(&workspace)?;
+        if ws.open_token == Some(*hash) {
+            ws.open_token = None;
+        }
         inner.revoke_all(&workspace, "re-bootstrapped", now)?;
-        inner.put_credential(credential)?;
-        Ok(token)
+        inner.put_credential(credential.clone())?;
+        Ok(credential)
     }
 }
 
@@ -669,11 +685,45 @@ impl CredentialStore for InMemoryStore {
             .credentials
             .get_mut(serial)
             .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
+        c.last_seen_at = Some(c.last_seen_at.map_or(now, |t| t.max(now)));
         if c.first_poll_at.is_some() {
             return Ok(false);
         }
         c.first_poll_at = Some(now);
         Ok(true)
+    }
+
+    async fn renew_credential(
+        &self,
+        old: &CertSerial,
+        renewed: AgentCredential,
+        now: Timestamp,
+    ) -> Result<AgentCredential> {
+        let mut inner = self.lock();
+        let current = inner.credential(old)?;
+        let renewed = crate::store::check_renewal(old, current, renewed, now)?;
+        if inner.credentials.contains_key(&renewed.serial) {
+            return Err(Error::AlreadyExists(Resource::Credential(renewed.serial)));
+        }
+        let others: Vec<CertSerial> = inner
+            .workspace(&renewed.workspace)?
+            .credentials
+            .iter()
+            .filter(|s| *s != old)
+            .cloned()
+            .collect();
+        for serial in others {
+            if let Some(c) = inner.credentials.get_mut(&serial)
+                && c.revoked.is_none()
+            {
+                c.revoked = Some(Revocation {
+                    at: now,
+                    reason: crate::store::SUPERSEDED_BY_RENEWAL.to_owned(),
+                });
+            }
+        }
+        inner.put_credential(renewed.clone())?;
+        Ok(renewed)
     }
 
     async fn revoke_all(

@@ -128,56 +128,83 @@ impl CertSerial {
 }
 checked_string!(CertSerial);
 
-/// The SHA-256 hash of a bootstrap token. The token itself is never stored.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TokenHash(pub [u8; 32]);
+/// A SHA-256 digest type: 32 bytes, written as 64 lowercase hex digits.
+macro_rules! sha256_digest {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(pub [u8; 32]);
 
-impl fmt::Debug for TokenHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenHash({self})")
-    }
-}
-
-impl fmt::Display for TokenHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl From<TokenHash> for String {
-    fn from(h: TokenHash) -> Self {
-        h.to_string()
-    }
-}
-
-impl TryFrom<String> for TokenHash {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        s.parse()
-    }
-}
-
-impl std::str::FromStr for TokenHash {
-    type Err = InvalidValue;
-    /// Parses 64 lowercase hex digits.
-    fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        cogrion_agent_proto::check_chars("token hash", s, 64, "lowercase hex digits", |_, c| {
-            c.is_ascii_digit() || ('a'..='f').contains(&c)
-        })?;
-        if s.len() != 64 {
-            return Err(InvalidValue::Malformed {
-                what: "token hash",
-                reason: format!("{} hex digits, expected 64", s.len()),
-            });
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
         }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("checked hex digits");
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
         }
-        Ok(Self(out))
-    }
+
+        impl From<$name> for String {
+            fn from(h: $name) -> Self {
+                h.to_string()
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                s.parse()
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidValue;
+            /// Parses 64 lowercase hex digits.
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                cogrion_agent_proto::check_chars($what, s, 64, "lowercase hex digits", |_, c| {
+                    c.is_ascii_digit() || ('a'..='f').contains(&c)
+                })?;
+                if s.len() != 64 {
+                    return Err(InvalidValue::Malformed {
+                        what: $what,
+                        reason: format!("{} hex digits, expected 64", s.len()),
+                    });
+                }
+                let mut out = [0u8; 32];
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte =
+                        u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("checked hex digits");
+                }
+                Ok(Self(out))
+            }
+        }
+    };
 }
+
+sha256_digest!(
+    /// The SHA-256 hash of a bootstrap token. The token itself is never stored.
+    TokenHash,
+    "token hash"
+);
+
+sha256_digest!(
+    /// The SHA-256 digest of an agent's public key (its DER
+    /// `SubjectPublicKeyInfo`, as the agent's certificate signing request
+    /// carries it): which key a credential was issued for.
+    ///
+    /// ```
+    /// use cogrion_core::KeyDigest;
+    /// let d: KeyDigest = "ab".repeat(32).parse().unwrap();
+    /// assert_eq!(d.to_string(), "ab".repeat(32));
+    /// assert!("AB".repeat(32).parse::<KeyDigest>().is_err());
+    /// ```
+    KeyDigest,
+    "key digest"
+);
 
 /// The key of an operation checkpoint: which operation and step it belongs to.
 ///
@@ -340,6 +367,12 @@ pub struct OperationRecord {
     /// dropped.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The hash of the bootstrap token it issued (its latest): its wait for
+    /// the agent accepts only a credential descended from that token. Absent
+    /// in operations stored before tokens were recorded, whose wait accepts
+    /// any credential issued since the operation started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenHash>,
 }
 
 /// The shape of [`WorkspaceRecord`] this build writes. Records of an older
@@ -394,6 +427,10 @@ pub struct WorkspaceRecord {
     /// ([`EngineConfig::purge`](crate::EngineConfig::purge)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged_at: Option<Timestamp>,
+    /// Since when its agent has been silent, once the engine reported it
+    /// ([`EventKind::AgentSilent`]); cleared when the agent is seen again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_silent_since: Option<Timestamp>,
     /// When the workspace next needs driving, if it waits on time rather than on
     /// an event. Stores can list workspaces due by this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,6 +457,7 @@ impl WorkspaceRecord {
             cluster: None,
             left_behind: Vec::new(),
             purged_at: None,
+            agent_silent_since: None,
             wake_at: None,
             created_at: now,
             updated_at: now,
@@ -608,6 +646,18 @@ pub enum EventKind {
         /// Whether it succeeded.
         succeeded: bool,
     },
+    /// The workspace's agent has not been seen for
+    /// [`EngineConfig::agent_silence`](crate::EngineConfig::agent_silence).
+    AgentSilent {
+        /// When it was last seen (or, never seen, when its certificate was
+        /// issued).
+        since: Timestamp,
+    },
+    /// A silent agent was seen again.
+    AgentBack {
+        /// When it was seen.
+        at: Timestamp,
+    },
     /// Anything else worth recording.
     Note,
 }
@@ -665,6 +715,8 @@ impl fmt::Display for EventKind {
                     if *succeeded { "succeeded" } else { "failed" }
                 )
             }
+            Self::AgentSilent { since } => write!(f, "agent silent since {since}"),
+            Self::AgentBack { at } => write!(f, "agent seen again at {at}"),
             Self::Note => f.write_str("note"),
         }
     }
@@ -1253,6 +1305,7 @@ pub trait CommandQueue: fmt::Debug + Send + Sync + 'static {
 
 /// A stored bootstrap token (its hash, never the token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BootstrapTokenRecord {
     /// The workspace it is bound to.
     pub workspace: WorkspaceId,
@@ -1264,6 +1317,29 @@ pub struct BootstrapTokenRecord {
     pub expires_at: Timestamp,
     /// When it was exchanged, if it was.
     pub consumed_at: Option<Timestamp>,
+    /// The credential the exchange issued (so that the same agent, replaying
+    /// the exchange after losing its answer, gets that one again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued: Option<CertSerial>,
+}
+
+impl BootstrapTokenRecord {
+    /// An unconsumed token's record.
+    pub fn new(
+        workspace: WorkspaceId,
+        hash: TokenHash,
+        issued_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Self {
+        Self {
+            workspace,
+            hash,
+            issued_at,
+            expires_at,
+            consumed_at: None,
+            issued: None,
+        }
+    }
 }
 
 impl BootstrapTokenRecord {
@@ -1287,7 +1363,77 @@ impl BootstrapTokenRecord {
         self.consumed_at = Some(now);
         Ok(())
     }
+
+    /// The bootstrap rule of [`TokenStore::exchange`]: consumes the token for
+    /// `credential`'s workspace and records `credential` as the one issued.
+    pub fn exchange_for(&mut self, credential: &AgentCredential, now: Timestamp) -> Result<()> {
+        self.consume(&credential.workspace, now)?;
+        self.issued = Some(credential.serial.clone());
+        Ok(())
+    }
+
+    /// Whether presenting this token again, with `presented`'s workspace and
+    /// key at `now`, replays the exchange that issued `issued` (the credential
+    /// stored under [`issued`](Self::issued)): the token was consumed by that
+    /// exchange, its lifetime has not ended, the credential is unrevoked, and
+    /// both name the same key. Every store's [`exchange`](TokenStore::exchange)
+    /// applies exactly this rule.
+    pub fn replays(
+        &self,
+        issued: &AgentCredential,
+        presented: &AgentCredential,
+        now: Timestamp,
+    ) -> bool {
+        self.consumed_at.is_some()
+            && self.issued.as_ref() == Some(&issued.serial)
+            && self.workspace == presented.workspace
+            && issued.workspace == presented.workspace
+            && now < self.expires_at
+            && issued.revoked.is_none()
+            && presented.key.is_some()
+            && issued.key == presented.key
+    }
 }
+
+/// The rule of [`CredentialStore::renew_credential`]: `old` (of `serial`)
+/// must be current at `now`; returns `renewed` as it is stored, with the
+/// identity's token and the credential it renews taken from `old`. Every
+/// store applies exactly this rule.
+pub fn check_renewal(
+    serial: &CertSerial,
+    old: &AgentCredential,
+    mut renewed: AgentCredential,
+    now: Timestamp,
+) -> Result<AgentCredential> {
+    if let Some(r) = &old.revoked {
+        return Err(crate::Error::CredentialRevoked {
+            serial: serial.clone(),
+            at: r.at,
+        });
+    }
+    if now >= old.expires_at {
+        return Err(crate::Error::CredentialExpired {
+            serial: serial.clone(),
+            at: old.expires_at,
+        });
+    }
+    if renewed.workspace != old.workspace {
+        return Err(crate::Error::InvalidValue(InvalidValue::Malformed {
+            what: "renewal",
+            reason: format!(
+                "renews a credential of {} for {}",
+                old.workspace, renewed.workspace
+            ),
+        }));
+    }
+    renewed.token = old.token;
+    renewed.renewed_from = Some(serial.clone());
+    renewed.revoked = None;
+    Ok(renewed)
+}
+
+/// Why a renewal revokes the workspace's other live credentials.
+pub const SUPERSEDED_BY_RENEWAL: &str = "superseded by a renewal";
 
 /// Bootstrap-token hashes.
 ///
@@ -1313,18 +1459,27 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     ) -> Result<BootstrapTokenRecord>;
 
     /// A bootstrap, in one transaction: exchanges the token as
-    /// [`consume`](Self::consume) does for `credential`'s workspace, revokes that
-    /// workspace's earlier credentials (`re-bootstrapped`), and stores
-    /// `credential`. A workspace being destroyed (or destroyed) takes no new
-    /// agent: [`WorkspaceRetired`](crate::TokenRefusal::WorkspaceRetired),
-    /// whatever the token. All or nothing: a refusal, or a credential that cannot
-    /// be stored, changes nothing.
+    /// [`consume`](Self::consume) does for `credential`'s workspace (recording
+    /// `credential`'s serial as the one it [`issued`](BootstrapTokenRecord::issued)),
+    /// revokes that workspace's earlier credentials (`re-bootstrapped`), and
+    /// stores `credential`, which it returns. A workspace being destroyed (or
+    /// destroyed) takes no new agent:
+    /// [`WorkspaceRetired`](crate::TokenRefusal::WorkspaceRetired), whatever the
+    /// token. All or nothing: a refusal, or a credential that cannot be stored,
+    /// changes nothing.
+    ///
+    /// **Replay.** An agent that lost the answer sends the same token again,
+    /// with the same key. If the token was consumed by an exchange whose
+    /// credential has that same [`key`](AgentCredential::key), the credential
+    /// is not revoked, and the token's lifetime has not ended, nothing changes
+    /// and that earlier credential is returned (same serial). Any other key is
+    /// refused as [`Reused`](crate::TokenRefusal::Reused).
     async fn exchange(
         &self,
         hash: &TokenHash,
         credential: AgentCredential,
         now: Timestamp,
-    ) -> Result<BootstrapTokenRecord>;
+    ) -> Result<AgentCredential>;
 }
 
 /// A revocation.
@@ -1338,6 +1493,7 @@ pub struct Revocation {
 
 /// An agent certificate the control plane issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct AgentCredential {
     /// The workspace whose agent holds it.
     pub workspace: WorkspaceId,
@@ -1352,6 +1508,54 @@ pub struct AgentCredential {
     /// When the agent first made an authenticated poll with this certificate.
     #[serde(default)]
     pub first_poll_at: Option<Timestamp>,
+    /// The digest of the public key it certifies (absent in records written
+    /// before keys were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyDigest>,
+    /// The bootstrap token this identity descends from: the one exchanged for
+    /// it, or for the credential it renews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenHash>,
+    /// The credential it renews, if it is a renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_from: Option<CertSerial>,
+    /// When an authenticated poll last came with it, coarsely: written at
+    /// most once per [`GatewayConfig::seen_interval`](crate::GatewayConfig::seen_interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<Timestamp>,
+}
+
+impl AgentCredential {
+    /// A fresh, unrevoked, never used credential of `workspace`.
+    pub fn new(
+        workspace: WorkspaceId,
+        serial: CertSerial,
+        issued_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Self {
+        Self {
+            workspace,
+            serial,
+            issued_at,
+            expires_at,
+            revoked: None,
+            first_poll_at: None,
+            key: None,
+            token: None,
+            renewed_from: None,
+            last_seen_at: None,
+        }
+    }
+
+    /// Neither revoked nor expired at `now`.
+    pub fn is_current(&self, now: Timestamp) -> bool {
+        self.revoked.is_none() && now < self.expires_at
+    }
+
+    /// Whether an agent has used it: polled with it at least once.
+    pub fn was_used(&self) -> bool {
+        self.first_poll_at.is_some()
+    }
 }
 
 /// Issued agent certificates and their revocations.
@@ -1382,10 +1586,31 @@ pub trait CredentialStore: fmt::Debug + Send + Sync + 'static {
     /// Lists a workspace's certificates, by serial.
     async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>>;
 
-    /// Records the certificate's first authenticated poll (one write per
-    /// certificate, never one per poll). Returns `true` if this was the first,
-    /// `false` if a poll was recorded before (the first time is kept).
+    /// Records an authenticated poll with the certificate: its
+    /// [`last_seen_at`](AgentCredential::last_seen_at) becomes `now`, and its
+    /// [`first_poll_at`](AgentCredential::first_poll_at) too if unset. The
+    /// gateway calls it for the first poll and then at most once per
+    /// [`seen_interval`](crate::GatewayConfig::seen_interval), never once per
+    /// poll. Returns `true` if this was the first poll, `false` if one was
+    /// recorded before (the first time is kept).
     async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool>;
+
+    /// A renewal, in one transaction: `old` must be current (not revoked:
+    /// [`CredentialRevoked`](crate::Error::CredentialRevoked); not expired at
+    /// `now`: [`CredentialExpired`](crate::Error::CredentialExpired)); every
+    /// other live credential of its workspace is revoked (`superseded by a
+    /// renewal`), so that the workspace keeps at most two — `old` and its
+    /// renewal; and `renewed` is stored with its [`token`](AgentCredential::token)
+    /// and [`renewed_from`](AgentCredential::renewed_from) taken from `old`.
+    /// Returns the stored renewal. A refusal changes nothing. Since the check
+    /// and the write are one, a revocation (a destroy, a re-bootstrap) either
+    /// comes first and refuses the renewal, or comes after and revokes it too.
+    async fn renew_credential(
+        &self,
+        old: &CertSerial,
+        renewed: AgentCredential,
+        now: Timestamp,
+    ) -> Result<AgentCredential>;
 
     /// Revokes every unrevoked certificate of the workspace; returns their serials.
     async fn revoke_all(

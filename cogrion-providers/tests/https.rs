@@ -458,6 +458,61 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
     );
 }
 
+/// Issue 14, item 1: an agent that lost its bootstrap answer sends the same
+/// token with the same key again and gets the certificate already issued —
+/// the same credential, which authenticates its polls; another key gets
+/// "token used", and no replay issues anything new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_replayed_with_the_same_key_gets_the_certificate_issued() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-prod").await;
+    let token = plane.token(&ws).await;
+    let key = cogrion_providers::https::new_key_pem().unwrap();
+    let lost = plane
+        .client()
+        .bootstrap_with_key(&ws, token.expose(), "0.1.0", &key)
+        .await
+        .unwrap();
+    let issued = plane.store.list_credentials(&ws).await.unwrap();
+    assert_eq!(issued.len(), 1);
+    plane.clock.advance(Duration::from_secs(30));
+    let agent = plane.client();
+    let replayed = agent
+        .bootstrap_with_key(&ws, token.expose(), "0.1.0", &key)
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed.not_after_ms, lost.not_after_ms,
+        "the same validity: the certificate issued"
+    );
+    assert_eq!(
+        plane.store.list_credentials(&ws).await.unwrap(),
+        issued,
+        "a replay issues and revokes nothing"
+    );
+    agent
+        .poll(Vec::new(), 0)
+        .await
+        .expect("the replayed certificate authenticates");
+    plane
+        .refused_bootstrap(&ws, token.expose(), ErrorCode::TokenUsed, "another key")
+        .await;
+    assert_eq!(plane.store.list_credentials(&ws).await.unwrap(), {
+        let mut polled = issued.clone();
+        polled[0] = plane.store.get_credential(&issued[0].serial).await.unwrap();
+        polled
+    });
+    let bootstraps = plane
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, AgentEvent::Bootstrapped { .. }))
+        .count();
+    assert_eq!(bootstraps, 1, "one bootstrap reported");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_refused_with_their_own_codes() {
     let plane = Plane::start().await;

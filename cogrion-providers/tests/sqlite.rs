@@ -242,14 +242,12 @@ async fn polls_at_once_share_statements_and_a_corrupt_row_is_refused_alone() {
     let mut fleet = Vec::new();
     for i in 0..40u32 {
         let ws = create(&store).await;
-        let credential = AgentCredential {
-            workspace: ws,
-            serial: CertSerial::new(format!("{:032x}", 0xc0de_0000 + i)).unwrap(),
-            issued_at: T0,
-            expires_at: T0 + std::time::Duration::from_secs(86_400),
-            revoked: None,
-            first_poll_at: None,
-        };
+        let credential = AgentCredential::new(
+            ws,
+            CertSerial::new(format!("{:032x}", 0xc0de_0000 + i)).unwrap(),
+            T0,
+            T0 + std::time::Duration::from_secs(86_400),
+        );
         store.put_credential(credential.clone()).await.unwrap();
         fleet.push(credential);
     }

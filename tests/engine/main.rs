@@ -11,6 +11,7 @@ mod correction;
 mod crash;
 mod drive;
 mod driver;
+mod identity;
 mod lifecycle;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 mod migration;

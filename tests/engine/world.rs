@@ -29,6 +29,9 @@ pub struct CrashStore {
     commits: Arc<AtomicUsize>,
     crash: Arc<Mutex<Vec<(usize, CrashPoint)>>>,
     crashed: Arc<AtomicU64>,
+    /// Every write yields to other tasks first, as a store across a network
+    /// does: concurrent calls on one task interleave at each write.
+    yielding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub const CRASH: &str = "simulated crash";
@@ -40,7 +43,13 @@ impl CrashStore {
             commits: Arc::default(),
             crash: Arc::default(),
             crashed: Arc::default(),
+            yielding: Arc::default(),
         }
+    }
+
+    /// Makes every write yield to other tasks first.
+    pub fn yield_on_writes(&self) {
+        self.yielding.store(true, Ordering::SeqCst);
     }
 
     /// Crash at these (commit index, point) pairs.
@@ -86,6 +95,9 @@ impl CrashStore {
     /// An engine commit, crashing before or after it when told to; every other
     /// write goes straight through.
     async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
+        if self.yielding.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
         let BatchWrite::Commit(commit) = write else {
             return write.apply_alone(self.inner.as_ref()).await;
         };
@@ -176,6 +188,17 @@ impl World {
             sim,
             engines: AtomicU64::new(0),
         }
+    }
+
+    /// A gateway as the agents' transport has, on the world's store and clock,
+    /// reporting to `engine`.
+    pub fn gateway(&self, engine: &Engine) -> AgentGateway {
+        AgentGateway::new(
+            Arc::new(self.store.clone()),
+            Arc::new(self.clock.clone()),
+            Arc::new(engine.clone()),
+            GatewayConfig::default(),
+        )
     }
 
     /// A new engine process on the shared world (a restart, or another replica).

@@ -34,7 +34,23 @@ macro_rules! broken {
     };
 }
 
+/// Asserts that `$result` is an error matching `$pattern`.
+macro_rules! expect_err {
+    ($result:expr, $pattern:pat, $why:expr) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!(
+                "{}: expected {}, got {:?}",
+                $why,
+                stringify!($pattern),
+                other
+            ),
+        }
+    };
+}
+
 mod executor;
+mod identity;
 mod options;
 mod provisioner;
 mod store;

@@ -16,22 +16,8 @@ use crate::{
 };
 
 /// A point in time far from the epoch, so `now - x` never underflows.
-const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+pub(super) const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 const TTL: Duration = Duration::from_secs(30);
-
-macro_rules! expect_err {
-    ($result:expr, $pattern:pat, $why:expr) => {
-        match $result {
-            Err($pattern) => {}
-            other => panic!(
-                "{}: expected {}, got {:?}",
-                $why,
-                stringify!($pattern),
-                other
-            ),
-        }
-    };
-}
 
 /// Runs every check of the `WorkspaceStore` contract against `store`:
 ///
@@ -84,6 +70,9 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     polls_at_once(store).await;
     listing(store).await;
     purges(store).await;
+    super::identity::replays(store).await;
+    super::identity::renewals(store).await;
+    super::identity::renewal_races(store).await;
 }
 
 /// For a store that overrides
@@ -96,14 +85,7 @@ pub async fn poll_reads_are_exact(store: &dyn WorkspaceStore) {
     let serial =
         CertSerial::new(format!("{:032x}", rand::random::<u128>() >> 1)).expect("valid serial");
     store
-        .put_credential(AgentCredential {
-            workspace: ws.clone(),
-            serial: serial.clone(),
-            issued_at: T0,
-            expires_at: T0 + Duration::from_secs(86_400),
-            revoked: None,
-            first_poll_at: None,
-        })
+        .put_credential(credential(&ws, serial.clone()))
         .await
         .expect("record");
     let pending = async || poll_pending(store, &serial).await;
@@ -138,7 +120,7 @@ fn record(id: &WorkspaceId) -> WorkspaceRecord {
     WorkspaceRecord::new(id.clone(), sample_workspace_spec(), T0)
 }
 
-async fn create(store: &dyn WorkspaceStore, prefix: &str) -> WorkspaceId {
+pub(super) async fn create(store: &dyn WorkspaceStore, prefix: &str) -> WorkspaceId {
     let id = random_workspace_id(prefix);
     store
         .commit(WorkspaceWrite::create(record(&id), T0))
@@ -216,6 +198,7 @@ async fn records(store: &dyn WorkspaceStore) {
     rec.wake_at = Some(T0 + Duration::from_secs(5));
     rec.next_operation = 7;
     rec.operations.push(crate::OperationRecord {
+        token: None,
         seq: 6,
         kind: crate::OperationKind::Provision,
         stack: None,
@@ -1439,29 +1422,21 @@ async fn command_queue(store: &dyn WorkspaceStore) {
 
 /// An unconsumed bootstrap token of `ws` (its hash from `byte`), valid for an
 /// hour from `T0`.
-fn open_token(ws: &WorkspaceId, byte: u8) -> BootstrapTokenRecord {
-    BootstrapTokenRecord {
-        workspace: ws.clone(),
-        hash: hash(byte, ws),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(3600),
-        consumed_at: None,
-    }
+pub(super) fn open_token(ws: &WorkspaceId, byte: u8) -> BootstrapTokenRecord {
+    BootstrapTokenRecord::new(
+        ws.clone(),
+        hash(byte, ws),
+        T0,
+        T0 + Duration::from_secs(3600),
+    )
 }
 
 /// An agent credential of `ws`, valid for a day from `T0`.
-fn credential(ws: &WorkspaceId, serial: CertSerial) -> AgentCredential {
-    AgentCredential {
-        workspace: ws.clone(),
-        serial,
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(86_400),
-        revoked: None,
-        first_poll_at: None,
-    }
+pub(super) fn credential(ws: &WorkspaceId, serial: CertSerial) -> AgentCredential {
+    AgentCredential::new(ws.clone(), serial, T0, T0 + Duration::from_secs(86_400))
 }
 
-fn hash(byte: u8, salt: &WorkspaceId) -> TokenHash {
+pub(super) fn hash(byte: u8, salt: &WorkspaceId) -> TokenHash {
     let mut h = [byte; 32];
     for (i, b) in salt.as_str().bytes().enumerate() {
         h[i % 32] ^= b;
@@ -1472,12 +1447,13 @@ fn hash(byte: u8, salt: &WorkspaceId) -> TokenHash {
 async fn tokens(store: &dyn WorkspaceStore) {
     let a = create(store, "token").await;
     let b = create(store, "token").await;
-    let token = |byte: u8, ws: &WorkspaceId, ttl: u64| BootstrapTokenRecord {
-        workspace: ws.clone(),
-        hash: hash(byte, ws),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(ttl),
-        consumed_at: None,
+    let token = |byte: u8, ws: &WorkspaceId, ttl: u64| {
+        BootstrapTokenRecord::new(
+            ws.clone(),
+            hash(byte, ws),
+            T0,
+            T0 + Duration::from_secs(ttl),
+        )
     };
     expect_err!(
         store
@@ -1548,7 +1524,7 @@ async fn tokens(store: &dyn WorkspaceStore) {
 }
 
 /// Exactly one of `results` (uses of one token) won; the others lost as reused.
-fn one_winner(results: Vec<&Result<BootstrapTokenRecord>>, what: &str) {
+fn one_winner<T: std::fmt::Debug>(results: Vec<&Result<T>>, what: &str) {
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
         1,
@@ -1563,7 +1539,7 @@ fn one_winner(results: Vec<&Result<BootstrapTokenRecord>>, what: &str) {
 }
 
 /// A serial for credential `n` of workspace `ws`, unique across workspaces.
-fn serial_of(ws: &WorkspaceId, n: u8) -> CertSerial {
+pub(super) fn serial_of(ws: &WorkspaceId, n: u8) -> CertSerial {
     let digits: String = ws.as_str().bytes().map(|b| format!("{b:02x}")).collect();
     CertSerial::new(format!(
         "{n:02x}{}",
@@ -1714,7 +1690,7 @@ async fn exchanges_at_once(store: &dyn WorkspaceStore) {
         };
     let mut results = storm(0..first_storm).await;
     results.extend(storm(first_storm..attempts.len()).await);
-    let of = |i: usize| -> Vec<&Result<BootstrapTokenRecord>> {
+    let of = |i: usize| -> Vec<&Result<AgentCredential>> {
         attempts
             .iter()
             .zip(&results)
@@ -1774,12 +1750,13 @@ async fn exchanges(store: &dyn WorkspaceStore) {
         .expect("serial")
     };
     let cred = |n: u8| credential(&ws, serial(n));
-    let token = |byte: u8| BootstrapTokenRecord {
-        workspace: ws.clone(),
-        hash: hash(byte, &ws),
-        issued_at: T0,
-        expires_at: T0 + Duration::from_secs(3600),
-        consumed_at: None,
+    let token = |byte: u8| {
+        BootstrapTokenRecord::new(
+            ws.clone(),
+            hash(byte, &ws),
+            T0,
+            T0 + Duration::from_secs(3600),
+        )
     };
     store
         .put_credential(cred(1))
@@ -1817,7 +1794,11 @@ async fn exchanges(store: &dyn WorkspaceStore) {
         .exchange(&hash(1, &ws), cred(2), T0 + Duration::from_secs(1))
         .await
         .expect("exchange");
-    assert_eq!(exchanged.consumed_at, Some(T0 + Duration::from_secs(1)));
+    assert_eq!(
+        exchanged,
+        cred(2),
+        "the exchange returns the credential it stored"
+    );
     let listed = store.list_credentials(&ws).await.expect("list");
     assert_eq!(listed.len(), 2);
     for c in &listed {

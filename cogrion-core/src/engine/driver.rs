@@ -33,10 +33,11 @@ pub struct DriverConfig {
     /// one round, each workspace advanced once before any is advanced twice,
     /// instead of in batches sized for steady running (twice the concurrency).
     pub startup_claim: usize,
-    /// How often `Active` workspaces whose agent holds no good certificate any
-    /// more (it was away past its certificate's life) are re-bootstrapped
-    /// ([`Engine::rebootstrap_expired_agents`]; default 5 min; a read of every
-    /// `Active` workspace's credentials each time). `None`: never.
+    /// How often the agents are checked ([`Engine::check_agents`]; default 5
+    /// min; a read of every `Active` and `Updating` workspace's credentials
+    /// each time): `Active` workspaces whose agent holds no good certificate
+    /// any more (it was away past its certificate's life) are re-bootstrapped,
+    /// and agents silent past the threshold are reported. `None`: never.
     pub agent_expiry_check: Option<Duration>,
 }
 
@@ -408,12 +409,16 @@ impl Loop {
                         let engine = self.engine.clone();
                         checking = Some(tokio::spawn(async move {
                             let actor = crate::store::Actor::Engine { holder: engine.config().holder.clone() };
-                            match engine.rebootstrap_expired_agents(actor).await {
-                                Ok(started) if !started.is_empty() => {
-                                    tracing::info!(workspaces = started.len(), "re-bootstrapping agents whose certificates expired");
+                            match engine.check_agents(actor).await {
+                                Ok(check) => {
+                                    if !check.rebootstrapped.is_empty() {
+                                        tracing::info!(workspaces = check.rebootstrapped.len(), "re-bootstrapping agents whose certificates expired");
+                                    }
+                                    if !check.silent.is_empty() {
+                                        tracing::warn!(workspaces = check.silent.len(), "agents went silent");
+                                    }
                                 }
-                                Ok(_) => {}
-                                Err(e) => tracing::warn!(error = %e, "checking for expired agents failed"),
+                                Err(e) => tracing::warn!(error = %e, "checking the agents failed"),
                             }
                         }));
                     }

@@ -78,6 +78,7 @@ impl Journal {
             },
         );
         rec.operations.push(OperationRecord {
+            token: None,
             seq,
             kind,
             stack,

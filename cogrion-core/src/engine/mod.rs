@@ -43,6 +43,7 @@
 //! of an attempt, over and over, retries without limit. Steps waiting on the
 //! cloud or the agent hold no thread: `advance` returns and the caller wakes it.
 
+mod agents;
 mod correct;
 mod driver;
 mod events;
@@ -63,6 +64,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub use agents::{AgentCheck, AgentConnectivity};
 pub use driver::{Driver, DriverConfig, DriverHandle, DriverStats};
 pub use events::{EngineEvent, EngineEventKind};
 pub use retry::RetryPolicy;
@@ -79,9 +81,9 @@ use crate::lock;
 use crate::provisioner::CloudProvisioner;
 use crate::spec::{CloudTarget, StackSpec, WorkspaceSpec};
 use crate::stack::StackEvent;
-use crate::state::{StateName, WorkspaceEvent, WorkspaceState, step};
+use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, Lease, ListQuery, OperationKind,
+    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, Lease, OperationKind,
     OperationRecord, StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
 };
 use crate::transport::{AgentEvent, AgentEventSink, AgentTransport};
@@ -150,6 +152,13 @@ pub struct EngineConfig {
     pub teardown_deadline: Duration,
     /// How long a bootstrap token is valid (default 1 h).
     pub token_ttl: Duration,
+    /// How long an agent may go unseen before
+    /// [`check_agents`](Engine::check_agents) reports it silent
+    /// ([`EventKind::AgentSilent`]) and [`agent_connectivity`](Engine::agent_connectivity)
+    /// says so (default 10 min). Keep it above the gateway's
+    /// [`seen_interval`](crate::GatewayConfig::seen_interval), the grain of
+    /// what the store knows.
+    pub agent_silence: Duration,
     /// When and how a destroyed workspace is purged (default: after 7 days,
     /// keeping its record and history); `None`: never.
     pub purge: Option<PurgePolicy>,
@@ -169,9 +178,16 @@ impl EngineConfig {
             command_deadline: Duration::from_secs(15 * 60),
             teardown_deadline: Duration::from_secs(10 * 60),
             token_ttl: Duration::from_secs(3600),
+            agent_silence: Duration::from_secs(600),
             purge: Some(PurgePolicy::default()),
             seed: None,
         }
+    }
+
+    /// With this threshold of agent silence.
+    pub fn with_agent_silence(mut self, silence: Duration) -> Self {
+        self.agent_silence = silence;
+        self
     }
 
     /// With this retry policy.
@@ -333,6 +349,7 @@ impl EngineBuilder {
             rng: Mutex::new(rng),
             leases: Mutex::default(),
             tokens: Mutex::default(),
+            turns: Mutex::default(),
             events,
             wakeups,
         })))
@@ -359,6 +376,9 @@ struct Inner {
     /// Never stored: a process that dies in between issues a new one (the old
     /// hash is replaced).
     tokens: Mutex<HashMap<WorkspaceId, (u64, u32, BootstrapToken)>>,
+    /// One `advance` at a time per workspace within this engine: a turn is
+    /// held from the lease's use to the write of the step's outcome.
+    turns: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<EngineEvent>,
     wakeups: broadcast::Sender<WorkspaceId>,
 }
@@ -454,67 +474,6 @@ impl Engine {
         self.publish(j.notices);
         self.wake(&id);
         Ok(record)
-    }
-
-    /// Gives the workspace's agent a new identity (only from `Active`, as an
-    /// update): a fresh one-time bootstrap token, the agent re-installed with it
-    /// (the [`AgentInstaller`](crate::AgentInstaller) writes the new token
-    /// where the agent reads it), and — once the agent exchanged it — its first
-    /// poll under the new certificate; then `Active` again. The exchange
-    /// revokes the earlier certificates.
-    ///
-    /// This is the way back for an agent whose certificate expired while it
-    /// was away (it cannot renew an expired certificate, and waits for a fresh
-    /// token): [`rebootstrap_expired_agents`](Self::rebootstrap_expired_agents)
-    /// finds those, and the [`Driver`](crate::Driver) calls it periodically. A
-    /// host also calls it after a suspected leak of an agent's key.
-    pub async fn rebootstrap_agent(
-        &self,
-        id: &WorkspaceId,
-        actor: Actor,
-    ) -> Result<WorkspaceRecord> {
-        self.mutate(id, &actor, |rec, j| {
-            let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, j.now)?;
-            j.transition(rec, t, "agent re-bootstrap requested");
-            j.plan(rec, OperationKind::Update, None, plan::rebootstrap());
-            Ok(())
-        })
-        .await
-    }
-
-    /// Starts [`rebootstrap_agent`](Self::rebootstrap_agent) for every `Active`
-    /// workspace whose agent holds no certificate that is still good (all
-    /// expired or revoked); returns them. It reads every `Active` workspace's
-    /// credentials (a page of workspaces at a time, no write for the others).
-    pub async fn rebootstrap_expired_agents(&self, actor: Actor) -> Result<Vec<WorkspaceId>> {
-        let mut started = Vec::new();
-        let mut query = ListQuery::new().state(StateName::Active).limit(500);
-        loop {
-            let page = self.0.store.list_workspaces(&query).await?;
-            let Some(last) = page.last() else { break };
-            query.after = Some(last.value.id.clone());
-            let now = self.0.clock.now();
-            for ws in &page {
-                let id = &ws.value.id;
-                let credentials = self.0.store.list_credentials(id).await?;
-                let good = credentials
-                    .iter()
-                    .any(|c| c.revoked.is_none() && c.expires_at > now);
-                if good {
-                    continue;
-                }
-                match self.rebootstrap_agent(id, actor.clone()).await {
-                    Ok(_) => {
-                        tracing::info!(workspace = %id, "the agent's certificates all expired: re-bootstrapping it");
-                        started.push(id.clone());
-                    }
-                    // Another replica or a request moved it on meanwhile.
-                    Err(Error::WrongState(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(started)
     }
 
     /// Resumes the failed operation of a `Failed` workspace at its failed step

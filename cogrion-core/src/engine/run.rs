@@ -79,6 +79,35 @@ impl Tx {
     }
 }
 
+/// A workspace's turn to advance in this engine; the map entry goes with the
+/// last holder (or waiter), even if its `advance` is dropped midway.
+struct Turn<'a> {
+    engine: &'a Engine,
+    id: WorkspaceId,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(engine: &'a Engine, id: &WorkspaceId) -> Self {
+        let gate = lock(&engine.0.turns).entry(id.clone()).or_default().clone();
+        Turn {
+            engine,
+            id: id.clone(),
+            gate,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = lock(&self.engine.0.turns);
+        // Ours and the map's: nobody else holds or waits for it.
+        if Arc::strong_count(&self.gate) == 2 {
+            turns.remove(&self.id);
+        }
+    }
+}
+
 impl Engine {
     /// Runs the next step of the workspace's next runnable operation and persists
     /// its outcome; returns what to do next.
@@ -87,8 +116,14 @@ impl Engine {
     /// when the persisting write finds a newer revision, nothing is changed and the
     /// answer says when to look again. [`Error::LeaseLost`] means this replica was
     /// fenced out in the middle of the step: stop driving the workspace.
+    ///
+    /// Calls for one workspace are serialised inside the engine: tasks of one
+    /// host may call it concurrently, and each runs after the other's step is
+    /// persisted (the second then sees the first's outcome).
     pub async fn advance(&self, id: &WorkspaceId) -> Result<Action> {
         let span = tracing::info_span!("advance", workspace = %id);
+        let turn = Turn::take(self, id);
+        let _held = turn.gate.lock().await;
         self.advance_inner(id).instrument(span).await
     }
 
@@ -497,7 +532,10 @@ impl Engine {
                 let token =
                     issue_bootstrap_token(self.0.store.as_ref(), &id, now, self.0.config.token_ttl)
                         .await?;
+                let hash = token.hash();
                 lock(&self.0.tokens).insert(id, (op.seq, step.attempts, token));
+                // The wait for the agent accepts only this token's descendants.
+                tx.rec.operations[i].token = Some(hash);
                 Outcome::Done
             }
             StepKind::InstallAgent => {
@@ -533,9 +571,16 @@ impl Engine {
                 }
             }
             StepKind::AwaitAgent => {
-                let started = op.started_at;
+                let (started, token) = (op.started_at, op.token);
                 let polled = self.0.store.list_credentials(&id).await?.iter().any(|c| {
-                    c.revoked.is_none() && c.first_poll_at.is_some() && c.issued_at >= started
+                    c.revoked.is_none()
+                        && c.was_used()
+                        && match token {
+                            // Obtained with this operation's token (or a renewal of one).
+                            Some(t) => c.token == Some(t),
+                            // An operation stored before tokens were recorded.
+                            None => c.issued_at >= started,
+                        }
                 });
                 let deadline = step
                     .deadline

@@ -71,6 +71,8 @@ pub struct StoredRecord {
     #[serde(default)]
     purged_at: Option<Timestamp>,
     #[serde(default)]
+    agent_silent_since: Option<Timestamp>,
+    #[serde(default)]
     wake_at: Option<Timestamp>,
     created_at: Timestamp,
     updated_at: Timestamp,
@@ -93,6 +95,8 @@ struct StoredOperation {
     wake_at: Option<Timestamp>,
     #[serde(default)]
     cancel_requested: bool,
+    #[serde(default)]
+    token: Option<crate::store::TokenHash>,
     /// Format 1: an update's spec before the update.
     #[serde(default)]
     previous_spec: Option<WorkspaceSpec>,
@@ -109,6 +113,7 @@ impl From<StoredRecord> for WorkspaceRecord {
                     previous = previous.take().or(o.previous_spec);
                 }
                 OperationRecord {
+                    token: o.token,
                     seq: o.seq,
                     kind: o.kind,
                     stack: o.stack,
@@ -132,6 +137,7 @@ impl From<StoredRecord> for WorkspaceRecord {
             cluster: s.cluster,
             left_behind: s.left_behind,
             purged_at: s.purged_at,
+            agent_silent_since: s.agent_silent_since,
             wake_at: s.wake_at,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -215,6 +221,7 @@ fn from_format_1(rec: &mut WorkspaceRecord, previous: Option<WorkspaceSpec>) {
             let seq = rec.next_operation.max(1);
             rec.next_operation = seq + 1;
             rec.operations.push(OperationRecord {
+                token: None,
                 seq,
                 kind: OperationKind::Purge,
                 stack: None,

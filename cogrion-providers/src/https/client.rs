@@ -138,13 +138,32 @@ impl AgentClient {
 
     /// Exchanges `token` for a certificate: generates an ECDSA P-256 key, sends
     /// a CSR for it, and from then on authenticates with the certificate.
+    /// An agent that must survive losing the answer keeps its key first and
+    /// calls [`bootstrap_with_key`](Self::bootstrap_with_key).
     pub async fn bootstrap(
         &self,
         workspace: &WorkspaceId,
         token: &str,
         agent_version: &str,
     ) -> Result<BootstrapResponse, ClientError> {
-        let (key, csr) = new_key_and_csr()?;
+        self.bootstrap_with_key(workspace, token, agent_version, &new_key_pem()?)
+            .await
+    }
+
+    /// [`bootstrap`](Self::bootstrap) with a key the caller generated
+    /// ([`new_key_pem`]) and stored before the call: if the answer is lost,
+    /// the same token sent again with the same key, within the token's
+    /// lifetime, gets the certificate already issued.
+    pub async fn bootstrap_with_key(
+        &self,
+        workspace: &WorkspaceId,
+        token: &str,
+        agent_version: &str,
+        key_pem: &str,
+    ) -> Result<BootstrapResponse, ClientError> {
+        let key = rcgen::KeyPair::from_pem(key_pem)
+            .map_err(|e| ClientError::Protocol(format!("the agent's key: {e}")))?;
+        let csr = csr_for(&key)?;
         let request = BootstrapRequest {
             version: PROTOCOL_VERSION,
             workspace: workspace.clone(),
@@ -318,13 +337,27 @@ async fn read_answer(
 /// A fresh ECDSA P-256 key (it never leaves this process) and a CSR for it,
 /// as [`AgentClient::bootstrap`] and [`AgentClient::renew`] make them.
 pub fn new_key_and_csr() -> Result<(rcgen::KeyPair, String), ClientError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let key = new_key()?;
+    let csr = csr_for(&key)?;
     Ok((key, csr))
+}
+
+/// A fresh ECDSA P-256 key for an agent's certificate, as PKCS#8 PEM.
+pub fn new_key_pem() -> Result<String, ClientError> {
+    Ok(new_key()?.serialize_pem())
+}
+
+fn new_key() -> Result<rcgen::KeyPair, ClientError> {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// A certificate signing request for `key`.
+fn csr_for(key: &rcgen::KeyPair) -> Result<String, ClientError> {
+    rcgen::CertificateParams::default()
+        .serialize_request(key)
+        .and_then(|c| c.pem())
+        .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// TLS settings trusting `roots`, with a client identity or without.

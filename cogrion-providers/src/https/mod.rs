@@ -39,7 +39,7 @@
 mod client;
 mod server;
 
-pub use client::{AgentClient, ClientError, new_key_and_csr};
+pub use client::{AgentClient, ClientError, new_key_and_csr, new_key_pem};
 pub use server::{AgentServer, AgentServerConfig, AgentServerStats, ServerHandle};
 
 use std::sync::Arc;

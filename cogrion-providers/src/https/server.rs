@@ -873,7 +873,11 @@ impl Shared {
                 e.to_string(),
             )
         })?;
-        let credential = match self.gateway.bootstrap(&m.workspace, &token).await {
+        let credential = match self
+            .gateway
+            .bootstrap(&m.workspace, &token, csr.key_digest())
+            .await
+        {
             Ok(c) => c,
             Err(Error::TokenRefused(refusal)) => {
                 self.failed(remote);
@@ -901,11 +905,13 @@ impl Shared {
             Err(e) => return Err(Refusal::internal(e)),
         };
         // A re-bootstrap revoked the workspace's earlier credentials: their
-        // connections close.
+        // connections close (a replay revoked nothing; its agent has none).
         self.close_connections(&m.workspace);
+        // Signed as of the credential's issue: a replayed exchange gets the
+        // certificate it was issued (same serial, key and validity).
         let issued = self
             .ca
-            .sign_checked(&csr, &m.workspace, &credential.serial, self.clock.now())
+            .sign_checked(&csr, &m.workspace, &credential.serial, credential.issued_at)
             .map_err(Refusal::internal)?;
         Ok(ok(&BootstrapResponse {
             version: PROTOCOL_VERSION,
@@ -944,7 +950,7 @@ impl Shared {
         let csr = self.check_csr(&m.csr_pem)?;
         let credential = self
             .gateway
-            .renew(&peer.serial)
+            .renew(&peer.serial, csr.key_digest())
             .await
             .map_err(Refusal::gateway)?;
         let issued = self

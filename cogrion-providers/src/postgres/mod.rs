@@ -570,21 +570,49 @@ async fn consume_in(
     ws: &WorkspaceId,
     now: Timestamp,
 ) -> Result<BootstrapTokenRecord> {
+    let mut token = token_for_update(conn, hash).await?;
+    token.consume(ws, now)?;
+    store_consumed(conn, &token).await?;
+    Ok(token)
+}
+
+/// Reads a token's record and locks its row, or refuses an unknown token.
+async fn token_for_update(
+    conn: &mut PgConnection,
+    hash: TokenHash,
+) -> Result<BootstrapTokenRecord> {
     let body: String = sqlx::query_scalar("SELECT body FROM tokens WHERE hash = $1 FOR UPDATE")
         .bind(hash.to_string())
         .fetch_optional(&mut *conn)
         .await
         .map_err(unavailable)?
         .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
-    let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
-    token.consume(ws, now)?;
+    from_json(&body, || Resource::BootstrapToken)
+}
+
+/// Writes back a token just consumed.
+async fn store_consumed(conn: &mut PgConnection, token: &BootstrapTokenRecord) -> Result<()> {
     sqlx::query("UPDATE tokens SET consumed = TRUE, body = $1 WHERE hash = $2")
-        .bind(to_json(&token)?)
-        .bind(hash.to_string())
+        .bind(to_json(token)?)
+        .bind(token.hash.to_string())
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
-    Ok(token)
+    Ok(())
+}
+
+/// A credential's record, if it exists.
+async fn credential_in(
+    conn: &mut PgConnection,
+    serial: &CertSerial,
+) -> Result<Option<AgentCredential>> {
+    let body: Option<String> = sqlx::query_scalar("SELECT body FROM credentials WHERE serial = $1")
+        .bind(serial.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    body.map(|b| read_credential(&b, serial.as_str()))
+        .transpose()
 }
 
 /// [`CredentialStore::put_credential`] inside an open transaction.
@@ -635,6 +663,17 @@ async fn revoke_credentials(
     reason: &str,
     now: Timestamp,
 ) -> Result<Vec<CertSerial>> {
+    revoke_credentials_but(conn, ws, None, reason, now).await
+}
+
+/// Revokes the live credentials of a workspace known to exist, except `keep`.
+async fn revoke_credentials_but(
+    conn: &mut PgConnection,
+    ws: &WorkspaceId,
+    keep: Option<&CertSerial>,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<CertSerial>> {
     let rows =
         sqlx::query("SELECT serial, body FROM credentials WHERE workspace = $1 ORDER BY serial")
             .bind(ws.as_str())
@@ -644,7 +683,7 @@ async fn revoke_credentials(
     let mut revoked = Vec::new();
     for r in rows {
         let mut c = read_credential(r.get("body"), r.get("serial"))?;
-        if c.revoked.is_some() {
+        if c.revoked.is_some() || Some(&c.serial) == keep {
             continue;
         }
         c.revoked = Some(Revocation {
@@ -1260,17 +1299,26 @@ impl TokenStore for PostgresStore {
         hash: &TokenHash,
         credential: AgentCredential,
         now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
+    ) -> Result<AgentCredential> {
         let hash = *hash;
         self.write_tx(move |conn| {
             Box::pin(async move {
                 let ws = credential.workspace.clone();
                 // The workspace exists and is not retired: checked once here.
                 retired_check(conn, &ws).await?;
-                let token = consume_in(conn, hash, &ws, now).await?;
+                let mut token = token_for_update(conn, hash).await?;
+                // The same agent, replaying an exchange whose answer it lost.
+                if let Some(serial) = token.issued.clone()
+                    && let Some(issued) = credential_in(conn, &serial).await?
+                    && token.replays(&issued, &credential, now)
+                {
+                    return Ok(issued);
+                }
+                token.exchange_for(&credential, now)?;
+                store_consumed(conn, &token).await?;
                 revoke_credentials(conn, &ws, "re-bootstrapped", now).await?;
-                insert_credential(conn, credential).await?;
-                Ok(token)
+                insert_credential(conn, credential.clone()).await?;
+                Ok(credential)
             })
         })
         .await
@@ -1347,17 +1395,51 @@ impl CredentialStore for PostgresStore {
                         .map_err(unavailable)?
                         .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
                 let mut c = read_credential(&body, serial.as_str())?;
-                if c.first_poll_at.is_some() {
-                    return Ok(false);
-                }
-                c.first_poll_at = Some(now);
+                let first = c.first_poll_at.is_none();
+                c.first_poll_at.get_or_insert(now);
+                c.last_seen_at = Some(c.last_seen_at.map_or(now, |t| t.max(now)));
                 sqlx::query("UPDATE credentials SET body = $1 WHERE serial = $2")
                     .bind(to_json(&c)?)
                     .bind(serial.as_str())
                     .execute(&mut *conn)
                     .await
                     .map_err(unavailable)?;
-                Ok(true)
+                Ok(first)
+            })
+        })
+        .await
+    }
+
+    async fn renew_credential(
+        &self,
+        old: &CertSerial,
+        renewed: AgentCredential,
+        now: Timestamp,
+    ) -> Result<AgentCredential> {
+        let old = old.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let current = credential_in(conn, &old)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(Resource::Credential(old.clone())))?;
+                // The workspace's row lock serialises whatever changes which
+                // of its credentials are live (exchanges and revocations take
+                // it too); read again under it: a revocation may have come first.
+                require_workspace(conn, &current.workspace).await?;
+                let current = credential_in(conn, &old)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(Resource::Credential(old.clone())))?;
+                let renewed = cogrion_core::check_renewal(&old, &current, renewed, now)?;
+                revoke_credentials_but(
+                    conn,
+                    &current.workspace,
+                    Some(&old),
+                    cogrion_core::SUPERSEDED_BY_RENEWAL,
+                    now,
+                )
+                .await?;
+                insert_credential(conn, renewed.clone()).await?;
+                Ok(renewed)
             })
         })
         .await

@@ -15,7 +15,8 @@
 use std::collections::HashSet;
 
 use cogrion_core::{
-    AgentCredential, BootstrapTokenRecord, Error, Resource, Result, Timestamp, TokenRefusal,
+    AgentCredential, BootstrapTokenRecord, CertSerial, Error, Resource, Result, Timestamp,
+    TokenRefusal,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
@@ -33,10 +34,10 @@ pub(super) struct Exchange {
     now: Timestamp,
 }
 
-type Pending = Call<Exchange, BootstrapTokenRecord>;
+type Pending = Call<Exchange, AgentCredential>;
 
 /// The exchanges waiting to share a transaction.
-pub(super) type Exchanges = Batcher<Exchange, BootstrapTokenRecord>;
+pub(super) type Exchanges = Batcher<Exchange, AgentCredential>;
 
 /// A batcher for [`exchange`].
 pub(super) fn exchanges() -> Exchanges {
@@ -50,7 +51,7 @@ pub(super) async fn exchange(
     hash: String,
     credential: AgentCredential,
     now: Timestamp,
-) -> Result<BootstrapTokenRecord> {
+) -> Result<AgentCredential> {
     let input = Exchange {
         hash,
         credential,
@@ -87,17 +88,56 @@ fn separate(batch: &mut Vec<Pending>) -> Vec<Pending> {
     later
 }
 
-/// What the exchange's rule decided from the row read for it: the consumed
-/// token and whether older credentials are live, or the refusal.
-fn decide(pending: &Exchange, row: &SqliteRow) -> Result<(BootstrapTokenRecord, bool)> {
+/// What the exchange's rule decided from the row read for it.
+enum Decision {
+    /// Consume the token (as given) for a new credential; `live`: older
+    /// credentials are live, to be revoked.
+    Issue(BootstrapTokenRecord, bool),
+    /// The token was used for the credential of this serial: a replay if it
+    /// is the same agent's (decided once the credential is read), else this
+    /// refusal.
+    MaybeReplay(BootstrapTokenRecord, CertSerial, Error),
+}
+
+fn decide(pending: &Exchange, row: &SqliteRow) -> Result<Decision> {
     let ws = &pending.credential.workspace;
     let state: Option<String> = row.get("state");
     super::retired(ws, state)?;
     let body: Option<String> = row.get("token");
     let body = body.ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
     let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
-    token.consume(ws, pending.now)?;
-    Ok((token, row.get::<bool, _>("live")))
+    match token.exchange_for(&pending.credential, pending.now) {
+        Ok(()) => Ok(Decision::Issue(token, row.get::<bool, _>("live"))),
+        Err(refusal @ Error::TokenRefused(TokenRefusal::Reused { .. })) => {
+            match token.issued.clone() {
+                Some(serial) => Ok(Decision::MaybeReplay(token, serial, refusal)),
+                None => Err(refusal),
+            }
+        }
+        Err(refusal) => Err(refusal),
+    }
+}
+
+/// A possible replay decided: the earlier credential, or `refusal`.
+async fn replay(
+    conn: &mut SqliteConnection,
+    pending: &Exchange,
+    token: BootstrapTokenRecord,
+    serial: &CertSerial,
+    refusal: Error,
+) -> Result<AgentCredential> {
+    let body: Option<String> = sqlx::query_scalar("SELECT body FROM credentials WHERE serial = ?")
+        .bind(serial.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if let Some(body) = body {
+        let issued = super::read_credential(&body, serial.as_str())?;
+        if token.replays(&issued, &pending.credential, pending.now) {
+            return Ok(issued);
+        }
+    }
+    Err(refusal)
 }
 
 /// `BEGIN` and the read of a batch: `?1` is a JSON array of
@@ -150,7 +190,7 @@ async fn run_batch(pool: &SqlitePool, batch: Vec<Pending>) {
 async fn together(
     conn: &mut SqliteConnection,
     batch: &[&Exchange],
-) -> Result<Vec<Result<BootstrapTokenRecord>>> {
+) -> Result<Vec<Result<AgentCredential>>> {
     let keys: Vec<serde_json::Value> = batch
         .iter()
         .map(|p| serde_json::json!({ "ws": p.credential.workspace.as_str(), "hash": p.hash }))
@@ -160,38 +200,45 @@ async fn together(
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-    let mut decided: Vec<Option<Result<(BootstrapTokenRecord, bool)>>> =
-        (0..batch.len()).map(|_| None).collect();
+    let mut decided: Vec<Option<Result<Decision>>> = (0..batch.len()).map(|_| None).collect();
     for row in &rows {
         let i = usize::try_from(row.get::<i64, _>("i")).unwrap_or(usize::MAX);
         if let Some(slot) = decided.get_mut(i) {
             *slot = Some(decide(batch[i], row));
         }
     }
+    let mut answers: Vec<Option<Result<AgentCredential>>> = Vec::with_capacity(batch.len());
     let mut writes = Vec::new();
-    for (pending, decision) in batch.iter().zip(&decided) {
-        let Some(Ok((token, live))) = decision else {
-            continue;
-        };
-        let ws = &pending.credential.workspace;
-        if *live {
-            revoke_credentials(conn, ws, "re-bootstrapped", pending.now).await?;
+    for (pending, decision) in batch.iter().zip(decided) {
+        match decision {
+            Some(Ok(Decision::Issue(token, live))) => {
+                let ws = &pending.credential.workspace;
+                if live {
+                    revoke_credentials(conn, ws, "re-bootstrapped", pending.now).await?;
+                }
+                writes.push(serde_json::json!({
+                    "hash": pending.hash,
+                    "token": to_json(&token)?,
+                    "serial": pending.credential.serial.as_str(),
+                    "ws": ws.as_str(),
+                    "credential": to_json(&pending.credential)?,
+                }));
+                answers.push(Some(Ok(pending.credential.clone())));
+            }
+            Some(Ok(Decision::MaybeReplay(token, serial, refusal))) => {
+                answers.push(Some(replay(conn, pending, token, &serial, refusal).await));
+            }
+            Some(Err(e)) => answers.push(Some(Err(e))),
+            None => answers.push(None),
         }
-        writes.push(serde_json::json!({
-            "hash": pending.hash,
-            "token": to_json(token)?,
-            "serial": pending.credential.serial.as_str(),
-            "ws": ws.as_str(),
-            "credential": to_json(&pending.credential)?,
-        }));
     }
     // A taken serial names its credential when this batch wrote just one (a
     // batch of several is rerun one by one, which names it).
     let only = (writes.len() == 1).then(|| {
-        batch
-            .iter()
-            .zip(&decided)
-            .find_map(|(p, d)| matches!(d, Some(Ok(_))).then(|| p.credential.serial.clone()))
+        batch.iter().zip(&answers).find_map(|(p, a)| {
+            matches!(a, Some(Ok(c)) if c.serial == p.credential.serial)
+                .then(|| p.credential.serial.clone())
+        })
     });
     sqlx::query(WRITE_BATCH)
         .bind(serde_json::Value::Array(writes).to_string())
@@ -203,21 +250,21 @@ async fn together(
             }
             _ => unavailable(e),
         })?;
-    Ok(decided
+    Ok(answers
         .into_iter()
-        .map(|decision| match decision {
-            Some(Ok((token, _))) => Ok(token),
-            Some(Err(e)) => Err(e),
-            None => Err(Error::Unavailable {
-                service: "sqlite".into(),
-                detail: "no row read for an exchange".into(),
-            }),
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                Err(Error::Unavailable {
+                    service: "sqlite".into(),
+                    detail: "no row read for an exchange".into(),
+                })
+            })
         })
         .collect())
 }
 
 /// One exchange in a transaction of its own, with its precise error.
-async fn alone(conn: &mut SqliteConnection, pending: &Exchange) -> Result<BootstrapTokenRecord> {
+async fn alone(conn: &mut SqliteConnection, pending: &Exchange) -> Result<AgentCredential> {
     match together(conn, &[pending]).await {
         Ok(mut results) => results.pop().unwrap_or_else(|| {
             Err(Error::Unavailable {

@@ -672,6 +672,17 @@ async fn revoke_credentials(
     reason: &str,
     now: Timestamp,
 ) -> Result<Vec<CertSerial>> {
+    revoke_credentials_but(conn, ws, None, reason, now).await
+}
+
+/// Revokes the live credentials of a workspace known to exist, except `keep`.
+async fn revoke_credentials_but(
+    conn: &mut SqliteConnection,
+    ws: &WorkspaceId,
+    keep: Option<&CertSerial>,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<CertSerial>> {
     let rows =
         sqlx::query("SELECT serial, body FROM credentials WHERE workspace = ? ORDER BY serial")
             .bind(ws.as_str())
@@ -681,7 +692,7 @@ async fn revoke_credentials(
     let mut revoked = Vec::new();
     for r in rows {
         let mut c = read_credential(r.get("body"), r.get("serial"))?;
-        if c.revoked.is_some() {
+        if c.revoked.is_some() || Some(&c.serial) == keep {
             continue;
         }
         c.revoked = Some(Revocation {
@@ -1325,7 +1336,7 @@ impl TokenStore for SqliteStore {
         hash: &TokenHash,
         credential: AgentCredential,
         now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
+    ) -> Result<AgentCredential> {
         // Batched with the exchanges arriving at the same time (see `exchange`).
         exchange::exchange(
             &self.exchanges,
@@ -1394,6 +1405,39 @@ impl CredentialStore for SqliteStore {
         // Marked before, no such credential, or a corrupt row (refused as
         // such by the read).
         self.get_credential(serial).await.map(|_| false)
+    }
+
+    async fn renew_credential(
+        &self,
+        old: &CertSerial,
+        renewed: AgentCredential,
+        now: Timestamp,
+    ) -> Result<AgentCredential> {
+        let old = old.clone();
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                let body: String =
+                    sqlx::query_scalar("SELECT body FROM credentials WHERE serial = ?")
+                        .bind(old.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or_else(|| Error::NotFound(Resource::Credential(old.clone())))?;
+                let current = read_credential(&body, old.as_str())?;
+                let renewed = cogrion_core::check_renewal(&old, &current, renewed, now)?;
+                revoke_credentials_but(
+                    conn,
+                    &current.workspace,
+                    Some(&old),
+                    cogrion_core::SUPERSEDED_BY_RENEWAL,
+                    now,
+                )
+                .await?;
+                insert_credential(conn, renewed.clone()).await?;
+                Ok(renewed)
+            })
+        })
+        .await
     }
 
     async fn revoke_all(

@@ -52,16 +52,19 @@ const READ: &str = "SELECT CAST(j.key AS INTEGER) AS i, c.body AS body,
                     WHERE workspace = c.workspace AND answered = 0) AS pending
      FROM json_each(?1) AS j JOIN credentials c ON c.serial = j.value";
 
-/// The marks of a batch: `?1` is a JSON array of `{"serial", "at"}`. A row
-/// is marked only where no time is set yet (a corrupt body is left alone, and
-/// then refused by the read that follows); the rows marked come back with the
-/// time set (of a serial twice in the batch, SQLite takes either).
+/// The marks of a batch: `?1` is a JSON array of `{"serial", "at"}`. Each
+/// row's `last_seen_at` moves up to its time, and its `first_poll_at` is set
+/// where no time is set yet (a corrupt body is left alone, and then refused
+/// by the read that follows); the rows marked come back with their first-poll
+/// time (of a serial twice in the batch, SQLite takes either).
 const MARK: &str = "UPDATE credentials
-         SET body = json_set(body, '$.first_poll_at', j.value ->> 'at')
+         SET body = json_set(body,
+             '$.first_poll_at',
+             coalesce(json_extract(body, '$.first_poll_at'), j.value ->> 'at'),
+             '$.last_seen_at',
+             max(coalesce(json_extract(body, '$.last_seen_at'), 0), j.value ->> 'at'))
      FROM json_each(?1) AS j
-     WHERE credentials.serial = j.value ->> 'serial'
-       AND CASE WHEN json_valid(credentials.body)
-           THEN json_extract(credentials.body, '$.first_poll_at') IS NULL ELSE 0 END
+     WHERE credentials.serial = j.value ->> 'serial' AND json_valid(credentials.body)
      RETURNING serial, json_extract(body, '$.first_poll_at') AS at";
 
 impl Polls {
