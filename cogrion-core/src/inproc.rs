@@ -136,6 +136,8 @@ pub struct SimulatedAgents {
     unreachable: Arc<Mutex<Vec<WorkspaceId>>>,
     /// Commands executed by agents that were uninstalled since.
     retired: Arc<Mutex<HashMap<WorkspaceId, u64>>>,
+    /// How many bootstrap answers every agent installed from now on loses.
+    lost_on_install: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl fmt::Debug for SimulatedAgents {
@@ -156,6 +158,7 @@ impl SimulatedAgents {
             agents: Arc::default(),
             unreachable: Arc::default(),
             retired: Arc::default(),
+            lost_on_install: Arc::default(),
         }
     }
 
@@ -197,6 +200,14 @@ impl SimulatedAgents {
         if let Some(a) = lock(&self.agents).get_mut(workspace) {
             a.lose_bootstraps = count;
         }
+    }
+
+    /// Makes every agent installed (or re-installed with a new token) from
+    /// now on lose its first `count` bootstrap answers, as
+    /// [`lose_bootstrap_answers`](Self::lose_bootstrap_answers) does for one.
+    pub fn lose_bootstrap_answers_on_install(&self, count: u32) {
+        self.lost_on_install
+            .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forgets every agent's memory of finished commands, as a restarted agent
@@ -369,6 +380,9 @@ impl AgentInstaller for SimulatedAgents {
         agent.serial = None;
         // A new token, a new key (the agent's state for the old one is gone).
         agent.key = KeyDigest(rand::random());
+        agent.lose_bootstraps = self
+            .lost_on_install
+            .load(std::sync::atomic::Ordering::SeqCst);
         Ok(Progress::Ready(()))
     }
 

@@ -79,6 +79,12 @@ async fn created(
 async fn expect_state(e: &Engine, id: &WorkspaceId, want: StateName, phase: &str) -> Outcome {
     let got = e.workspace(id).await.map_err(|e| e.to_string())?.state;
     if got.name() != want {
+        if std::env::var("COGRION_SIM_DEBUG").is_ok() {
+            for ev in e.history(id).await.unwrap_or_default() {
+                eprintln!("{} {:?} {}", ev.event.at, ev.event.kind, ev.event.message);
+            }
+            eprintln!("{:?}", e.store().list_credentials(id).await);
+        }
         return Err(format!("after {phase}: expected {want}, found {got:?}"));
     }
     Ok(())
@@ -495,6 +501,38 @@ async fn run_on(
     crashes: Vec<(usize, CrashPoint)>,
     scenario: Scenario,
 ) -> (Outcome, usize, u64) {
+    run_with(
+        backend,
+        seed,
+        faults,
+        latency,
+        racing,
+        crashes,
+        scenario,
+        Extras::default(),
+    )
+    .await
+}
+
+/// What a seeded run adds to a plain one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Extras {
+    lost_answers: u32,
+    concurrent: bool,
+}
+
+/// [`run_on`] with `extras`.
+#[allow(clippy::too_many_arguments)]
+async fn run_with(
+    backend: Backend,
+    seed: u64,
+    faults: FaultPlan,
+    latency: Duration,
+    racing: bool,
+    crashes: Vec<(usize, CrashPoint)>,
+    scenario: Scenario,
+    extras: Extras,
+) -> (Outcome, usize, u64) {
     let (store, _dir): (
         std::sync::Arc<dyn WorkspaceStore>,
         Option<crate::world::TempDir>,
@@ -511,6 +549,15 @@ async fn run_on(
     };
     let world = World::with_store(seed, faults, latency, store);
     world.store.crash_at(crashes);
+    world
+        .agents
+        .lose_bootstrap_answers_on_install(extras.lost_answers);
+    if extras.concurrent {
+        world.store.yield_on_writes();
+        world
+            .concurrent_advance
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let mut engines = vec![world.engine("replica-a")];
     if racing {
         engines.push(world.engine("replica-b"));
@@ -590,7 +637,8 @@ async fn seeded_runs_with_crashes_faults_and_races_converge() {
 }
 
 /// `COGRION_SIM_SEED` (first seed, default 1) and `COGRION_SIM_RUNS` (how many,
-/// default 200).
+/// default 200). With `COGRION_SIM_DEBUG` set, each seed's plan is printed, and
+/// a run ending in the wrong state prints its history and credentials.
 fn seeds() -> (u64, u64) {
     let var = |name: &str, default| {
         std::env::var(name)
@@ -608,6 +656,10 @@ struct SeedPlan {
     racing: bool,
     scenario: Scenario,
     crashes: Vec<(usize, CrashPoint)>,
+    /// Bootstrap answers each installed agent loses on the way back.
+    lost_answers: u32,
+    /// Two tasks of one host call `advance` at once (over writes that yield).
+    concurrent: bool,
 }
 
 impl SeedPlan {
@@ -639,12 +691,21 @@ impl SeedPlan {
                 crashes.push((k, point));
             }
         }
+        // Drawn last, so that the plans of earlier seeds stay as they were.
+        let lost_answers = if rng.random_bool(0.4) {
+            rng.random_range(1..4)
+        } else {
+            0
+        };
+        let concurrent = !racing && rng.random_bool(0.3);
         Self {
             faults,
             latency,
             racing,
             scenario,
             crashes,
+            lost_answers,
+            concurrent,
         }
     }
 }
@@ -652,16 +713,35 @@ impl SeedPlan {
 /// Runs `count` seeds from `first` on `backend`; a failure names its seed.
 async fn seeded_runs(backend: Backend, first: u64, count: u64) {
     let (mut crashes, mut raced, mut faulty) = (0, 0, 0);
+    let (mut lossy, mut concurrent) = (0, 0);
     let mut scenarios: std::collections::BTreeMap<&str, u64> = Default::default();
     for seed in first..first + count {
         let plan = SeedPlan::of(seed);
+        if std::env::var("COGRION_SIM_DEBUG").is_ok() {
+            eprintln!(
+                "plan: faults {:?} latency {:?} racing {} scenario {:?} crashes {:?} lost {} concurrent {}",
+                plan.faults,
+                plan.latency,
+                plan.racing,
+                plan.scenario,
+                plan.crashes,
+                plan.lost_answers,
+                plan.concurrent
+            );
+        }
         faulty += u64::from(plan.faults.is_some());
         raced += u64::from(plan.racing);
         *scenarios.entry(plan.scenario.name()).or_default() += 1;
         let faults = plan
             .faults
             .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
-        let (outcome, _, crashed) = run_on(
+        lossy += u64::from(plan.lost_answers > 0);
+        concurrent += u64::from(plan.concurrent);
+        let extras = Extras {
+            lost_answers: plan.lost_answers,
+            concurrent: plan.concurrent,
+        };
+        let (outcome, _, crashed) = run_with(
             backend,
             seed,
             faults,
@@ -669,6 +749,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
             plan.racing,
             plan.crashes,
             plan.scenario,
+            extras,
         )
         .await;
         if let Err(e) = outcome {
@@ -679,7 +760,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         crashes += crashed;
     }
     println!(
-        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults; scenarios {scenarios:?}"
+        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls; scenarios {scenarios:?}"
     );
 }
 

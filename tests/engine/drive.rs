@@ -1,6 +1,7 @@
 //! Driving a workspace to rest through crashes, races and faults, and the checks
 //! every run ends with.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cogrion::*;
@@ -46,7 +47,13 @@ pub async fn drive(
 ) -> std::result::Result<(), String> {
     for _ in 0..20_000 {
         let mut nexts = Vec::new();
-        if engines.len() == 1 {
+        if engines.len() == 1 && world.concurrent_advance.load(Ordering::SeqCst) {
+            // Two tasks of one host advance the workspace at once.
+            let (a, b) = (engines[0].clone(), engines[0].clone());
+            let (ra, rb) = tokio::join!(a.advance(ws), b.advance(ws));
+            nexts.push(handle(world, &mut engines[0], "replica-a", ra)?);
+            nexts.push(handle(world, &mut engines[0], "replica-a", rb)?);
+        } else if engines.len() == 1 {
             let r = engines[0].advance(ws).await;
             nexts.push(handle(world, &mut engines[0], "replica-a", r)?);
         } else {
@@ -103,7 +110,16 @@ pub async fn drive(
         // other released it, and asked to come back when the lease expires.
         // Nothing happens before the workspace's own wake time, so time jumps
         // there (else a wait of days would take one lease time per round).
+        // Not while the workspace waits on its agent, though: the agent
+        // works meanwhile (a lost answer, say, takes it a few rounds).
+        let waits_on_agent = record.operations.iter().any(|o| {
+            o.steps
+                .iter()
+                .find(|s| !s.is_finished())
+                .is_some_and(|s| s.command.is_some() || s.name == "await-agent")
+        });
         if !awaiting_agent
+            && !waits_on_agent
             && let Some(due) = record.wake_at
             && due > target
         {

@@ -47,7 +47,8 @@ impl CrashStore {
         }
     }
 
-    /// Makes every write yield to other tasks first.
+    /// Makes every write yield to other tasks first (so that concurrent
+    /// calls interleave).
     pub fn yield_on_writes(&self) {
         self.yielding.store(true, Ordering::SeqCst);
     }
@@ -122,6 +123,8 @@ pub struct World {
     pub cluster: SimulatedCluster,
     pub agents: SimulatedAgents,
     pub seed: u64,
+    /// `drive` calls `advance` from two tasks at once on each engine.
+    pub concurrent_advance: std::sync::atomic::AtomicBool,
     sim: SimulatedWorld,
     engines: AtomicU64,
 }
@@ -185,6 +188,7 @@ impl World {
             cluster: sim.cluster.clone(),
             agents: sim.agents.clone(),
             seed,
+            concurrent_advance: Default::default(),
             sim,
             engines: AtomicU64::new(0),
         }
