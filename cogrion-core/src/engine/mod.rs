@@ -20,7 +20,16 @@
 //!   persisted step. Steps are idempotent (deterministic names, idempotency keys,
 //!   checkpoints), so a repeated effect adopts what the first one did.
 //! - **One driver at a time.** A replica that lost the lease, or whose write meets
-//!   a newer revision, stops and changes nothing.
+//!   a newer revision, stops and changes nothing. Within one engine, calls of
+//!   [`advance`](Engine::advance) for one workspace from several tasks run one
+//!   after the other.
+//! - **Agent identities hold.** A bootstrap whose answer was lost is replayed
+//!   (same token, same key: the certificate already issued); a renewal is
+//!   checked and stored in one store operation; a re-bootstrap revokes every
+//!   certificate before its token exists and waits only for that token's
+//!   agent. [`agent_connectivity`](Engine::agent_connectivity) and
+//!   [`check_agents`](Engine::check_agents) say, on any replica, whether an
+//!   agent is seen and since when it is silent.
 //! - **Bounded retries.** A transient error is retried with exponential backoff and
 //!   full jitter, its attempt count persisted; a permanent error, or the last
 //!   allowed attempt, fails the operation with its step and error recorded.
