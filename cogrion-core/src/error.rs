@@ -208,6 +208,16 @@ pub enum Error {
         /// Why (scrubbed of secrets).
         detail: String,
     },
+    /// The engine has no implementation registered for what the request or
+    /// step needs (a cloud's provisioner, a stack kind's executor): the
+    /// host's configuration, not the cloud's answer. Refused at the request;
+    /// a step meeting it leaves the workspace as it was and is tried again
+    /// by an engine that has it.
+    #[error("not configured: {what}")]
+    NotConfigured {
+        /// What is missing.
+        what: String,
+    },
     /// A step of a failed destroy cannot be abandoned: unknown, already
     /// finished, or one that must run (revoking the agent's credentials).
     #[error("step {step} cannot be abandoned: {reason}")]
@@ -260,6 +270,7 @@ impl Error {
             | Self::CredentialRevoked { .. }
             | Self::CredentialExpired { .. }
             | Self::Rejected { .. }
+            | Self::NotConfigured { .. }
             | Self::NotAbandonable { .. }
             | Self::NothingApplied(_)
             | Self::Corrupt { .. } => Retry::Never,

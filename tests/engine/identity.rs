@@ -285,3 +285,69 @@ async fn concurrent_advance_calls_run_each_step_once() {
     }
     assert_eq!(run(true).await, run(false).await);
 }
+
+/// Item 8 (first half): what an engine has no implementation for is a typed
+/// refusal at the request, and a step meeting it on an engine without it
+/// leaves the workspace as it was (no attempt spent, not failed) for an
+/// engine that has it. (Before: `Rejected`, as if the cloud had refused, and
+/// the step's failure failed the workspace.)
+#[tokio::test]
+async fn what_no_implementation_is_registered_for_is_configuration() {
+    use std::sync::Arc;
+    let w = World::new(7, FaultPlan::none());
+    let mut engines = vec![w.engine("cp")];
+    // An engine with no provisioner and no executor, on the same store.
+    let bare = Engine::builder(Arc::new(w.store.clone()))
+        .clock(Arc::new(w.clock.clone()))
+        .agent_installer(Arc::new(w.agents.clone()))
+        .build()
+        .unwrap();
+    let refused = bare.create(ws("bare"), spec(), api()).await;
+    assert!(
+        matches!(refused, Err(Error::NotConfigured { .. })),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        w.store.get_workspace(&ws("bare")).await,
+        Err(Error::NotFound(_))
+    ));
+    // A workspace another engine created: the bare engine's step changes nothing.
+    let id = ws("configured");
+    engines[0].create(id.clone(), spec(), api()).await.unwrap();
+    let before = w.store.get_workspace(&id).await.unwrap();
+    let stepped = bare.advance(&id).await;
+    assert!(
+        matches!(stepped, Err(Error::NotConfigured { .. })),
+        "{stepped:?}"
+    );
+    bare.release_leases().await;
+    let after = w.store.get_workspace(&id).await.unwrap();
+    assert_eq!(
+        after.value, before.value,
+        "no attempt spent, nothing failed"
+    );
+    drive(&w, &mut engines, &id).await.unwrap();
+    assert_eq!(
+        engines[0].workspace(&id).await.unwrap().state,
+        WorkspaceState::Active
+    );
+    // Requests the bare engine cannot carry out are refused, changing nothing.
+    let before = w.store.get_workspace(&id).await.unwrap();
+    let deploy = bare
+        .deploy_stack(
+            &id,
+            crate::world::stack("db", ExecutorKind::Helm, &[]),
+            api(),
+        )
+        .await;
+    assert!(
+        matches!(deploy, Err(Error::NotConfigured { .. })),
+        "{deploy:?}"
+    );
+    let update = bare.update(&id, spec(), api()).await;
+    assert!(
+        matches!(update, Err(Error::NotConfigured { .. })),
+        "{update:?}"
+    );
+    assert_eq!(w.store.get_workspace(&id).await.unwrap(), before);
+}

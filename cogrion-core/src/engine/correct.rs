@@ -42,6 +42,7 @@ impl Engine {
         actor: Actor,
     ) -> Result<WorkspaceRecord> {
         spec.validate()?;
+        self.check_cloud(&spec)?;
         self.mutate(id, &actor, |rec, j| {
             let t = step(&rec.state, &WorkspaceEvent::UpdateRequested, j.now)?;
             check_fixed_fields(&rec.spec, &spec)?;

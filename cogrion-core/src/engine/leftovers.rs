@@ -55,9 +55,11 @@ impl<'a> Leftovers<'a> {
         let rec = self.rec;
         match self.engine.0.clouds.get(&CloudKind::of(&rec.spec.cloud)) {
             Some(p) => p.describe(&rec.id, &rec.spec).await,
-            None => Err(Error::Rejected {
-                service: "engine".into(),
-                detail: "no provisioner registered for this cloud".into(),
+            None => Err(Error::NotConfigured {
+                what: format!(
+                    "no provisioner registered for {:?}",
+                    CloudKind::of(&rec.spec.cloud)
+                ),
             }),
         }
     }

@@ -544,9 +544,8 @@ impl Engine {
             spec.validate()?;
             let kind = ExecutorKind::of(&spec.executor);
             if !self.0.executors.contains_key(&kind) {
-                return Err(Error::Rejected {
-                    service: "engine".into(),
-                    detail: format!("no executor registered for {kind:?} stacks"),
+                return Err(Error::NotConfigured {
+                    what: format!("no executor registered for {kind:?} stacks"),
                 });
             }
         }
@@ -666,9 +665,8 @@ impl Engine {
         if self.0.clouds.contains_key(&cloud) {
             Ok(())
         } else {
-            Err(Error::Rejected {
-                service: "engine".into(),
-                detail: format!("no provisioner registered for {cloud:?}"),
+            Err(Error::NotConfigured {
+                what: format!("no provisioner registered for {cloud:?}"),
             })
         }
     }

@@ -409,6 +409,12 @@ impl Engine {
             });
         }
         let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await;
+        // What this engine lacks is its host's configuration, not the step's
+        // failure: nothing of the attempt is kept, and the workspace waits
+        // for an engine that has it.
+        if let Outcome::Failed(e @ Error::NotConfigured { .. }) = outcome {
+            return Err(e);
+        }
         let moved_on = !matches!(
             outcome,
             Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
@@ -482,9 +488,11 @@ impl Engine {
                     .0
                     .clouds
                     .get(&CloudKind::of(&tx.rec.spec.cloud))
-                    .ok_or_else(|| Error::Rejected {
-                        service: "engine".into(),
-                        detail: "no provisioner registered for this cloud".into(),
+                    .ok_or_else(|| Error::NotConfigured {
+                        what: format!(
+                            "no provisioner registered for {:?}",
+                            CloudKind::of(&tx.rec.spec.cloud)
+                        ),
                     })?;
                 let request =
                     LayerRequest::new(id.clone(), tx.rec.spec.clone(), *layer, key, checkpoint);
@@ -631,9 +639,8 @@ impl Engine {
                     self.0
                         .executors
                         .get(&executor_kind)
-                        .ok_or_else(|| Error::Rejected {
-                            service: "engine".into(),
-                            detail: format!("no executor registered for {executor_kind:?} stacks"),
+                        .ok_or_else(|| Error::NotConfigured {
+                            what: format!("no executor registered for {executor_kind:?} stacks"),
                         })?;
                 let mut request = StackRequest::new(
                     ExecutionTarget::new(id.clone(), tx.rec.cluster.clone()),
