@@ -265,28 +265,12 @@ impl AgentGateway {
     /// Checks that `serial` is a current credential and returns it.
     pub async fn authenticate(&self, serial: &CertSerial) -> Result<AgentCredential> {
         let credential = self.store.get_credential(serial).await?;
-        self.check_current(serial, credential)
+        self.check_current(credential)
     }
 
-    /// `credential` (of `serial`) if it is neither revoked nor expired.
-    fn check_current(
-        &self,
-        serial: &CertSerial,
-        credential: AgentCredential,
-    ) -> Result<AgentCredential> {
-        let now = self.clock.now();
-        if let Some(r) = &credential.revoked {
-            return Err(Error::CredentialRevoked {
-                serial: serial.clone(),
-                at: r.at,
-            });
-        }
-        if now >= credential.expires_at {
-            return Err(Error::CredentialExpired {
-                serial: serial.clone(),
-                at: credential.expires_at,
-            });
-        }
+    /// `credential` if it is neither revoked nor expired.
+    fn check_current(&self, credential: AgentCredential) -> Result<AgentCredential> {
+        credential.check_current(self.clock.now())?;
         Ok(credential)
     }
 
@@ -320,7 +304,7 @@ impl AgentGateway {
         // The credential and whether anything is pending, in one read: an idle
         // poll (the common case by far) costs that read alone.
         let (credential, pending) = self.store.get_credential_for_poll(serial).await?;
-        let credential = self.check_current(serial, credential)?;
+        let credential = self.check_current(credential)?;
         let now = self.clock.now();
         let workspace = credential.workspace;
         // The first poll, and then one durable "last seen" per interval.

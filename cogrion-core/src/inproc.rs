@@ -271,17 +271,13 @@ impl SimulatedAgents {
     }
 
     async fn step_one(&self, gateway: &AgentGateway, ws: &WorkspaceId) -> Result<()> {
-        let (token, serial) = match lock(&self.agents).get(ws) {
-            Some(a) => (a.token.clone(), a.serial.clone()),
+        let (token, serial, key) = match lock(&self.agents).get(ws) {
+            Some(a) => (a.token.clone(), a.serial.clone(), a.key),
             None => return Ok(()),
         };
         let serial = match (serial, token) {
             (Some(serial), _) => serial,
             (None, Some(token)) => {
-                let key = match lock(&self.agents).get(ws) {
-                    Some(a) => a.key,
-                    None => return Ok(()),
-                };
                 let credential = gateway.bootstrap(ws, &token, key).await?;
                 if let Some(a) = lock(&self.agents).get_mut(ws) {
                     if a.lose_bootstraps > 0 {

@@ -555,23 +555,14 @@ impl TokenStore for InMemoryStore {
             )));
         }
         let workspace = credential.workspace.clone();
-        let token = inner
-            .tokens
-            .get(hash)
-            .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
         // The same agent, replaying an exchange whose answer it lost.
-        if let Some(issued) = token.issued.as_ref().and_then(|s| inner.credentials.get(s))
+        if let Some(token) = inner.tokens.get(hash)
+            && let Some(issued) = token.issued.as_ref().and_then(|s| inner.credentials.get(s))
             && token.replays(issued, &credential, now)
         {
             return Ok(issued.clone());
         }
-        let mut token = token.clone();
-        token.exchange_for(&credential, now)?;
-        inner.tokens.insert(*hash, token);
-        let ws = inner.workspace_mut(&workspace)?;
-        if ws.open_token == Some(*hash) {
-            ws.open_token = None;
-        }
+        inner.spend(hash, &workspace, |t| t.exchange_for(&credential, now))?;
         inner.revoke_all(&workspace, "re-bootstrapped", now)?;
         inner.put_credential(credential.clone())?;
         Ok(credential)
@@ -585,11 +576,22 @@ impl Inner {
         workspace: &WorkspaceId,
         now: Timestamp,
     ) -> Result<BootstrapTokenRecord> {
+        self.spend(hash, workspace, |t| t.consume(workspace, now))
+    }
+
+    /// Spends the token with this hash by `rule` (which refuses, changing
+    /// nothing, or marks it consumed): it is no longer the workspace's open one.
+    fn spend(
+        &mut self,
+        hash: &TokenHash,
+        workspace: &WorkspaceId,
+        rule: impl FnOnce(&mut BootstrapTokenRecord) -> Result<()>,
+    ) -> Result<BootstrapTokenRecord> {
         let token = self
             .tokens
             .get_mut(hash)
             .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
-        token.consume(workspace, now)?;
+        rule(token)?;
         let token = token.clone();
         let ws = self.workspace_mut(workspace)?;
         if ws.open_token == Some(*hash) {
@@ -701,7 +703,7 @@ impl CredentialStore for InMemoryStore {
     ) -> Result<AgentCredential> {
         let mut inner = self.lock();
         let current = inner.credential(old)?;
-        let renewed = crate::store::check_renewal(old, current, renewed, now)?;
+        let renewed = crate::store::check_renewal(current, renewed, now)?;
         if inner.credentials.contains_key(&renewed.serial) {
             return Err(Error::AlreadyExists(Resource::Credential(renewed.serial)));
         }

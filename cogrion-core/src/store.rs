@@ -1395,28 +1395,16 @@ impl BootstrapTokenRecord {
     }
 }
 
-/// The rule of [`CredentialStore::renew_credential`]: `old` (of `serial`)
-/// must be current at `now`; returns `renewed` as it is stored, with the
-/// identity's token and the credential it renews taken from `old`. Every
-/// store applies exactly this rule.
+/// The rule of [`CredentialStore::renew_credential`]: `old` must be current
+/// at `now`; returns `renewed` as it is stored, with the identity's token and
+/// the credential it renews taken from `old`. Every store applies exactly
+/// this rule.
 pub fn check_renewal(
-    serial: &CertSerial,
     old: &AgentCredential,
     mut renewed: AgentCredential,
     now: Timestamp,
 ) -> Result<AgentCredential> {
-    if let Some(r) = &old.revoked {
-        return Err(crate::Error::CredentialRevoked {
-            serial: serial.clone(),
-            at: r.at,
-        });
-    }
-    if now >= old.expires_at {
-        return Err(crate::Error::CredentialExpired {
-            serial: serial.clone(),
-            at: old.expires_at,
-        });
-    }
+    old.check_current(now)?;
     if renewed.workspace != old.workspace {
         return Err(crate::Error::InvalidValue(InvalidValue::Malformed {
             what: "renewal",
@@ -1427,7 +1415,7 @@ pub fn check_renewal(
         }));
     }
     renewed.token = old.token;
-    renewed.renewed_from = Some(serial.clone());
+    renewed.renewed_from = Some(old.serial.clone());
     renewed.revoked = None;
     Ok(renewed)
 }
@@ -1547,9 +1535,28 @@ impl AgentCredential {
         }
     }
 
+    /// Neither revoked nor expired at `now`; else
+    /// [`CredentialRevoked`](crate::Error::CredentialRevoked) or
+    /// [`CredentialExpired`](crate::Error::CredentialExpired).
+    pub fn check_current(&self, now: Timestamp) -> Result<()> {
+        if let Some(r) = &self.revoked {
+            return Err(crate::Error::CredentialRevoked {
+                serial: self.serial.clone(),
+                at: r.at,
+            });
+        }
+        if now >= self.expires_at {
+            return Err(crate::Error::CredentialExpired {
+                serial: self.serial.clone(),
+                at: self.expires_at,
+            });
+        }
+        Ok(())
+    }
+
     /// Neither revoked nor expired at `now`.
     pub fn is_current(&self, now: Timestamp) -> bool {
-        self.revoked.is_none() && now < self.expires_at
+        self.check_current(now).is_ok()
     }
 
     /// Whether an agent has used it: polled with it at least once.

@@ -1429,7 +1429,7 @@ impl CredentialStore for PostgresStore {
                 let current = credential_in(conn, &old)
                     .await?
                     .ok_or_else(|| Error::NotFound(Resource::Credential(old.clone())))?;
-                let renewed = cogrion_core::check_renewal(&old, &current, renewed, now)?;
+                let renewed = cogrion_core::check_renewal(&current, renewed, now)?;
                 revoke_credentials_but(
                     conn,
                     &current.workspace,

@@ -1424,7 +1424,7 @@ impl CredentialStore for SqliteStore {
                         .map_err(unavailable)?
                         .ok_or_else(|| Error::NotFound(Resource::Credential(old.clone())))?;
                 let current = read_credential(&body, old.as_str())?;
-                let renewed = cogrion_core::check_renewal(&old, &current, renewed, now)?;
+                let renewed = cogrion_core::check_renewal(&current, renewed, now)?;
                 revoke_credentials_but(
                     conn,
                     &current.workspace,
