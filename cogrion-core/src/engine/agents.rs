@@ -3,14 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::Journal;
 use super::{Engine, plan};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::ids::WorkspaceId;
 use crate::state::{StateName, WorkspaceEvent, step};
 use crate::store::{
-    Actor, AgentCredential, EventKind, ListQuery, OperationKind, WorkspaceRecord, WorkspaceWrite,
+    Actor, AgentCredential, EventKind, ListQuery, OperationKind, Versioned, WorkspaceRecord,
 };
 
 /// Where a workspace's agent stands: what [`Engine::agent_connectivity`]
@@ -119,24 +118,15 @@ impl Engine {
     pub async fn rebootstrap_expired_agents(&self, actor: Actor) -> Result<Vec<WorkspaceId>> {
         let mut started = Vec::new();
         let mut query = ListQuery::new().state(StateName::Active).limit(500);
-        loop {
-            let page = self.0.store.list_workspaces(&query).await?;
-            let Some(last) = page.last() else { break };
-            query.after = Some(last.value.id.clone());
-            let now = self.0.clock.now();
+        while let Some(page) = self.next_page(&mut query).await? {
             for ws in &page {
                 let id = &ws.value.id;
-                if !self.expired_agent(id, now).await? {
-                    continue;
-                }
-                match self.rebootstrap_agent(id, actor.clone()).await {
-                    Ok(_) => {
-                        tracing::info!(workspace = %id, "the agent's certificates all expired: re-bootstrapping it");
-                        started.push(id.clone());
-                    }
-                    // Another replica or a request moved it on meanwhile.
-                    Err(Error::WrongState(_)) => {}
-                    Err(e) => return Err(e),
+                let credentials = self.0.store.list_credentials(id).await?;
+                if self
+                    .rebootstrap_if_expired(id, &credentials, &actor)
+                    .await?
+                {
+                    started.push(id.clone());
                 }
             }
         }
@@ -149,26 +139,38 @@ impl Engine {
     /// store's coarse sightings are combined with this replica's transport.
     pub async fn agent_connectivity(&self, id: &WorkspaceId) -> Result<AgentConnectivity> {
         let credentials = self.0.store.list_credentials(id).await?;
-        let presence = match &self.0.transport {
-            Some(t) => t.presence(id).await.unwrap_or_else(|e| {
-                tracing::debug!(workspace = %id, error = %e, "the transport could not say whether it sees the agent");
-                None
-            }),
-            None => None,
-        };
+        Ok(self.connectivity(id, &credentials).await)
+    }
+
+    /// [`agent_connectivity`](Self::agent_connectivity) from `credentials`,
+    /// the workspace's as just read.
+    async fn connectivity(
+        &self,
+        id: &WorkspaceId,
+        credentials: &[AgentCredential],
+    ) -> AgentConnectivity {
+        let presence = self.presence(id).await;
         let now = self.0.clock.now();
-        let (durable, issued) = durable_sighting(&credentials);
+        let (durable, issued) = durable_sighting(credentials);
         let last_seen = durable.max(presence.as_ref().map(|p| p.last_seen));
-        let silence = self.0.config.agent_silence;
         let silent_since = match last_seen.or(issued) {
-            Some(t) if now >= t + silence => Some(t),
+            Some(t) if now >= t + self.0.config.agent_silence => Some(t),
             _ => None,
         };
-        Ok(AgentConnectivity {
+        AgentConnectivity {
             connected: last_seen.is_some() && silent_since.is_none(),
             connected_here: presence.is_some_and(|p| p.connected),
             last_seen,
             silent_since,
+        }
+    }
+
+    /// What this replica's transport knows of `id`'s agent, if anything.
+    pub(super) async fn presence(&self, id: &WorkspaceId) -> Option<crate::AgentPresence> {
+        let transport = self.0.transport.as_ref()?;
+        transport.presence(id).await.unwrap_or_else(|e| {
+            tracing::debug!(workspace = %id, error = %e, "the transport could not say whether it sees the agent");
+            None
         })
     }
 
@@ -180,21 +182,30 @@ impl Engine {
     /// [`agent_silence`](crate::EngineConfig::agent_silence), and
     /// [`EventKind::AgentBack`] when it is seen again. The
     /// [`Driver`](crate::Driver) runs it periodically. It reads each
-    /// workspace's credentials and writes only for a change.
+    /// workspace's credentials once and writes only for a change.
     pub async fn check_agents(&self, actor: Actor) -> Result<AgentCheck> {
         let mut check = AgentCheck::default();
         for state in [StateName::Active, StateName::Updating] {
             let mut query = ListQuery::new().state(state).limit(500);
-            loop {
-                let page = self.0.store.list_workspaces(&query).await?;
-                let Some(last) = page.last() else { break };
-                query.after = Some(last.value.id.clone());
+            while let Some(page) = self.next_page(&mut query).await? {
                 for ws in &page {
                     self.check_agent(&ws.value, &actor, &mut check).await?;
                 }
             }
         }
         Ok(check)
+    }
+
+    /// The next page of `query` (which moves past it), or `None` at the end.
+    async fn next_page(
+        &self,
+        query: &mut ListQuery,
+    ) -> Result<Option<Vec<Versioned<WorkspaceRecord>>>> {
+        let page = self.0.store.list_workspaces(query).await?;
+        Ok(page.last().map(|last| last.value.id.clone()).map(|after| {
+            query.after = Some(after);
+            page
+        }))
     }
 
     async fn check_agent(
@@ -204,20 +215,14 @@ impl Engine {
         check: &mut AgentCheck,
     ) -> Result<()> {
         let id = &rec.id;
-        let now = self.0.clock.now();
-        if rec.state.name() == StateName::Active && self.expired_agent(id, now).await? {
-            match self.rebootstrap_agent(id, actor.clone()).await {
-                Ok(_) => {
-                    tracing::info!(workspace = %id, "the agent's certificates all expired: re-bootstrapping it");
-                    check.rebootstrapped.push(id.clone());
-                }
-                // Another replica or a request moved it on meanwhile.
-                Err(Error::WrongState(_)) => {}
-                Err(e) => return Err(e),
-            }
+        let credentials = self.0.store.list_credentials(id).await?;
+        if rec.state.name() == StateName::Active
+            && self.rebootstrap_if_expired(id, &credentials, actor).await?
+        {
+            check.rebootstrapped.push(id.clone());
             return Ok(());
         }
-        let connectivity = self.agent_connectivity(id).await?;
+        let connectivity = self.connectivity(id, &credentials).await;
         let (kind, message, list) = match (rec.agent_silent_since, connectivity.silent_since) {
             (None, Some(since)) => (
                 EventKind::AgentSilent { since },
@@ -225,7 +230,7 @@ impl Engine {
                 &mut check.silent,
             ),
             (Some(_), None) => {
-                let at = connectivity.last_seen.unwrap_or(now);
+                let at = connectivity.last_seen.unwrap_or_else(|| self.0.clock.now());
                 (
                     EventKind::AgentBack { at },
                     format!("the agent was seen again at {at}"),
@@ -235,8 +240,10 @@ impl Engine {
             _ => return Ok(()),
         };
         let silent_since = connectivity.silent_since;
-        let changed = self
-            .change_quietly(id, actor, |rec, j| {
+        // A note about the agent, not a request: the workspace is not woken,
+        // and nothing is written if another replica recorded it first.
+        let written = self
+            .write_record(id, actor, false, |rec, j| {
                 if rec.agent_silent_since.is_some() == silent_since.is_some() {
                     return Ok(false);
                 }
@@ -245,56 +252,36 @@ impl Engine {
                 Ok(true)
             })
             .await?;
-        if changed {
+        if written.is_some() {
             tracing::info!(workspace = %id, %message);
             list.push(id.clone());
         }
         Ok(())
     }
 
-    /// Whether `id`'s agent holds no good certificate: current and used.
-    async fn expired_agent(&self, id: &WorkspaceId, now: Timestamp) -> Result<bool> {
-        let credentials = self.0.store.list_credentials(id).await?;
-        Ok(!credentials
-            .iter()
-            .any(|c| c.is_current(now) && c.was_used()))
-    }
-
-    /// Changes a record without waking it or touching its schedule (a note
-    /// about the agent, not a request): compare-and-swap, retried on a
-    /// conflict. `change` answers whether there is anything to write.
-    async fn change_quietly<F>(
+    /// Starts a re-bootstrap of `id`'s agent if none of `credentials` (the
+    /// workspace's) is good — current and used; whether it started one.
+    async fn rebootstrap_if_expired(
         &self,
         id: &WorkspaceId,
+        credentials: &[AgentCredential],
         actor: &Actor,
-        mut change: F,
-    ) -> Result<bool>
-    where
-        F: FnMut(&mut WorkspaceRecord, &mut Journal) -> Result<bool> + Send,
-    {
-        for _ in 0..16 {
-            let current = self.0.store.get_workspace(id).await?;
-            let now = self.0.clock.now();
-            let mut rec = current.value.clone();
-            let mut j = Journal::new(actor.clone(), now);
-            if !change(&mut rec, &mut j)? {
-                return Ok(false);
-            }
-            rec.updated_at = now;
-            let mut write = WorkspaceWrite::update(rec, current.revision, now);
-            write.events = std::mem::take(&mut j.events);
-            match self.0.store.commit(write).await {
-                Ok(_) => {
-                    self.publish(j.notices);
-                    return Ok(true);
-                }
-                Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+    ) -> Result<bool> {
+        let now = self.0.clock.now();
+        if credentials
+            .iter()
+            .any(|c| c.is_current(now) && c.was_used())
+        {
+            return Ok(false);
         }
-        Err(Error::Unavailable {
-            service: "engine".into(),
-            detail: format!("workspace {id} kept changing; try again"),
-        })
+        match self.rebootstrap_agent(id, actor.clone()).await {
+            Ok(_) => {
+                tracing::info!(workspace = %id, "the agent's certificates all expired: re-bootstrapping it");
+                Ok(true)
+            }
+            // Another replica or a request moved it on meanwhile.
+            Err(Error::WrongState(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -673,7 +673,7 @@ impl Engine {
 
     /// Applies an API request to a workspace: load, change a copy, write it back
     /// with compare-and-swap (retrying a few times if the engine wrote in
-    /// between). A refused request writes nothing.
+    /// between), and wake it. A refused request writes nothing.
     async fn mutate<F>(
         &self,
         id: &WorkspaceId,
@@ -683,21 +683,51 @@ impl Engine {
     where
         F: FnMut(&mut WorkspaceRecord, &mut Journal) -> Result<()> + Send,
     {
+        match self
+            .write_record(id, actor, true, |rec, j| change(rec, j).map(|()| true))
+            .await?
+        {
+            Some(rec) => Ok(rec),
+            None => unreachable!("a change that always writes wrote nothing"),
+        }
+    }
+
+    /// Load, change a copy, write it back with compare-and-swap, retrying a
+    /// few times if another writer came in between. `change` answers whether
+    /// there is anything to write (`false`: nothing is, and `None` is
+    /// returned); `wake`: the workspace is due at once and woken, as after a
+    /// request (else its schedule is left alone, as for a note).
+    async fn write_record<F>(
+        &self,
+        id: &WorkspaceId,
+        actor: &Actor,
+        wake: bool,
+        mut change: F,
+    ) -> Result<Option<WorkspaceRecord>>
+    where
+        F: FnMut(&mut WorkspaceRecord, &mut Journal) -> Result<bool> + Send,
+    {
         for _ in 0..16 {
             let current = self.0.store.get_workspace(id).await?;
             let now = self.0.clock.now();
             let mut rec = current.value.clone();
             let mut j = Journal::new(actor.clone(), now);
-            change(&mut rec, &mut j)?;
+            if !change(&mut rec, &mut j)? {
+                return Ok(None);
+            }
             rec.updated_at = now;
-            rec.wake_at = Some(now);
+            if wake {
+                rec.wake_at = Some(now);
+            }
             let mut write = WorkspaceWrite::update(rec.clone(), current.revision, now);
             write.events = std::mem::take(&mut j.events);
             match self.0.store.commit(write).await {
                 Ok(_) => {
                     self.publish(j.notices);
-                    self.wake(id);
-                    return Ok(rec);
+                    if wake {
+                        self.wake(id);
+                    }
+                    return Ok(Some(rec));
                 }
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),

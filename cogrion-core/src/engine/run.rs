@@ -408,13 +408,7 @@ impl Engine {
                 attempt,
             });
         }
-        let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await;
-        // What this engine lacks is its host's configuration, not the step's
-        // failure: nothing of the attempt is kept, and the workspace waits
-        // for an engine that has it.
-        if let Outcome::Failed(e @ Error::NotConfigured { .. }) = outcome {
-            return Err(e);
-        }
+        let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await?;
         let moved_on = !matches!(
             outcome,
             Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
@@ -455,10 +449,14 @@ impl Engine {
         i: usize,
         j: usize,
         kind: &StepKind,
-    ) -> Outcome {
+    ) -> Result<Outcome> {
         match self.try_effect(tx, lease, i, j, kind).await {
-            Ok(outcome) => outcome,
-            Err(e) => Outcome::Failed(e),
+            Ok(outcome) => Ok(outcome),
+            // What this engine lacks is its host's configuration, not the
+            // step's failure: `advance` returns it and nothing of the attempt
+            // is kept; the workspace waits for an engine that has it.
+            Err(e @ Error::NotConfigured { .. }) => Err(e),
+            Err(e) => Ok(Outcome::Failed(e)),
         }
     }
 
@@ -674,7 +672,7 @@ impl Engine {
                             request = request.with_command_result(result);
                         }
                         CommandStatus::Pending => {
-                            let last_seen = self.agent_last_seen(&id).await;
+                            let last_seen = self.presence(&id).await.map(|p| p.last_seen);
                             return Ok(Outcome::Unreachable {
                                 error: Error::Unavailable {
                                     service: "agent".into(),
@@ -725,18 +723,6 @@ impl Engine {
                 }
             }
         })
-    }
-
-    /// When the transport last heard from the workspace's agent, if it knows.
-    async fn agent_last_seen(&self, id: &WorkspaceId) -> Option<Timestamp> {
-        let transport = self.0.transport.as_ref()?;
-        match transport.presence(id).await {
-            Ok(presence) => presence.map(|p| p.last_seen),
-            Err(e) => {
-                tracing::debug!(workspace = %id, error = %e, "the transport could not say when it last saw the agent");
-                None
-            }
-        }
     }
 
     /// Records how the attempt ended. `teardown`: the step is agent-run work
