@@ -5,16 +5,8 @@
 use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
 
-use crate::drive::{check_history, check_no_duplicates, drive};
-use crate::world::{api, spec, spec_with_instance, stack, with_one_engine};
-
-fn ws(name: &str) -> WorkspaceId {
-    name.parse().unwrap()
-}
-
-fn name(s: &str) -> StackName {
-    s.parse().unwrap()
-}
+use crate::drive::{assert_all_deployed, check_history, check_no_duplicates, drive};
+use crate::world::{api, name, spec, spec_with_instance, stack, with_one_engine, ws};
 
 fn failure(rec: &WorkspaceRecord) -> Failure {
     match &rec.state {
@@ -412,14 +404,7 @@ async fn a_stack_graph_submitted_at_once_deploys_in_order_and_fails_together() {
         e.retry_stack(&id, &name(s), api()).await.unwrap();
     }
     drive(&w, &mut engines, &id).await.unwrap();
-    let rec = e.workspace(&id).await.unwrap();
-    assert!(
-        rec.stacks
-            .iter()
-            .all(|(_, s)| s.state == StackState::Deployed),
-        "{:?}",
-        rec.stacks
-    );
+    assert_all_deployed(&e.workspace(&id).await.unwrap());
 
     // Removing a stack others depend on is refused, as it always was.
     let before = e.store().get_workspace(&id).await.unwrap();

@@ -462,27 +462,6 @@ impl Scenario {
     }
 }
 
-/// One run with these crash points.
-async fn run(
-    seed: u64,
-    faults: FaultPlan,
-    latency: Duration,
-    racing: bool,
-    crashes: Vec<(usize, CrashPoint)>,
-    scenario: Scenario,
-) -> (Outcome, usize, u64) {
-    run_on(
-        Backend::Memory,
-        seed,
-        faults,
-        latency,
-        racing,
-        crashes,
-        scenario,
-    )
-    .await
-}
-
 /// Which store a run uses.
 #[derive(Debug, Clone, Copy)]
 enum Backend {
@@ -491,48 +470,9 @@ enum Backend {
     Sqlite,
 }
 
-/// One run on `backend` with these crash points.
-async fn run_on(
-    backend: Backend,
-    seed: u64,
-    faults: FaultPlan,
-    latency: Duration,
-    racing: bool,
-    crashes: Vec<(usize, CrashPoint)>,
-    scenario: Scenario,
-) -> (Outcome, usize, u64) {
-    run_with(
-        backend,
-        seed,
-        faults,
-        latency,
-        racing,
-        crashes,
-        scenario,
-        Extras::default(),
-    )
-    .await
-}
-
-/// What a seeded run adds to a plain one.
-#[derive(Debug, Clone, Copy, Default)]
-struct Extras {
-    lost_answers: u32,
-    concurrent: bool,
-}
-
-/// [`run_on`] with `extras`.
-#[allow(clippy::too_many_arguments)]
-async fn run_with(
-    backend: Backend,
-    seed: u64,
-    faults: FaultPlan,
-    latency: Duration,
-    racing: bool,
-    crashes: Vec<(usize, CrashPoint)>,
-    scenario: Scenario,
-    extras: Extras,
-) -> (Outcome, usize, u64) {
+/// One run of `plan` on `backend`; its outcome, the engine's commits and the
+/// crashes that happened.
+async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize, u64) {
     let (store, _dir): (
         std::sync::Arc<dyn WorkspaceStore>,
         Option<crate::world::TempDir>,
@@ -547,22 +487,25 @@ async fn run_with(
             (std::sync::Arc::new(store), Some(dir))
         }
     };
-    let world = World::with_store(seed, faults, latency, store);
-    world.store.crash_at(crashes);
+    let faults = plan
+        .faults
+        .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
+    let world = World::with_store(seed, faults, plan.latency, store);
+    world.store.crash_at(plan.crashes);
     world
         .agents
-        .lose_bootstrap_answers_on_install(extras.lost_answers);
-    if extras.concurrent {
+        .lose_bootstrap_answers_on_install(plan.lost_answers);
+    if plan.concurrent {
         world.store.yield_on_writes();
         world
             .concurrent_advance
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let mut engines = vec![world.engine("replica-a")];
-    if racing {
+    if plan.racing {
         engines.push(world.engine("replica-b"));
     }
-    let outcome = scenario.play(&world, &mut engines).await;
+    let outcome = plan.scenario.play(&world, &mut engines).await;
     (outcome, world.store.commits(), world.store.crashes())
 }
 
@@ -592,28 +535,14 @@ async fn the_lifecycle_survives_a_crash_at_every_commit() {
     // destroy during an update; destroy during provisioning), corrections, an
     // abandoned destroy, stack graphs.
     for scenario in SWEPT {
-        let (outcome, commits, _) = run(
-            0,
-            FaultPlan::none(),
-            Duration::ZERO,
-            false,
-            Vec::new(),
-            scenario,
-        )
-        .await;
+        let (outcome, commits, _) =
+            run_on(Backend::Memory, 0, SeedPlan::sweep(scenario, Vec::new())).await;
         outcome.unwrap_or_else(|e| panic!("the crash-free run of {scenario:?}: {e}"));
         assert!(commits > 5, "the scenario commits {commits} times");
         for k in 0..commits {
             for point in [CrashPoint::BeforeCommit, CrashPoint::AfterCommit] {
-                let (outcome, _, crashed) = run(
-                    0,
-                    FaultPlan::none(),
-                    Duration::ZERO,
-                    false,
-                    vec![(k, point)],
-                    scenario,
-                )
-                .await;
+                let plan = SeedPlan::sweep(scenario, vec![(k, point)]);
+                let (outcome, _, crashed) = run_on(Backend::Memory, 0, plan).await;
                 if let Err(e) = outcome {
                     panic!("{scenario:?}: crash {point:?} commit {k} of {commits}: {e}");
                 }
@@ -649,7 +578,8 @@ fn seeds() -> (u64, u64) {
     (var("COGRION_SIM_SEED", 1), var("COGRION_SIM_RUNS", 200))
 }
 
-/// What one seed decides about its run.
+/// What one seed decides about its run (or what a sweep's run is).
+#[derive(Debug)]
 struct SeedPlan {
     faults: Option<f64>,
     latency: Duration,
@@ -663,6 +593,19 @@ struct SeedPlan {
 }
 
 impl SeedPlan {
+    /// A sweep's run: `scenario` with these crashes and nothing else.
+    fn sweep(scenario: Scenario, crashes: Vec<(usize, CrashPoint)>) -> Self {
+        Self {
+            faults: None,
+            latency: Duration::ZERO,
+            racing: false,
+            scenario,
+            crashes,
+            lost_answers: 0,
+            concurrent: false,
+        }
+    }
+
     /// The same seed makes the same plan on every store.
     fn of(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -718,40 +661,14 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
     for seed in first..first + count {
         let plan = SeedPlan::of(seed);
         if std::env::var("COGRION_SIM_DEBUG").is_ok() {
-            eprintln!(
-                "plan: faults {:?} latency {:?} racing {} scenario {:?} crashes {:?} lost {} concurrent {}",
-                plan.faults,
-                plan.latency,
-                plan.racing,
-                plan.scenario,
-                plan.crashes,
-                plan.lost_answers,
-                plan.concurrent
-            );
+            eprintln!("seed {seed}: {plan:?}");
         }
         faulty += u64::from(plan.faults.is_some());
         raced += u64::from(plan.racing);
-        *scenarios.entry(plan.scenario.name()).or_default() += 1;
-        let faults = plan
-            .faults
-            .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
         lossy += u64::from(plan.lost_answers > 0);
         concurrent += u64::from(plan.concurrent);
-        let extras = Extras {
-            lost_answers: plan.lost_answers,
-            concurrent: plan.concurrent,
-        };
-        let (outcome, _, crashed) = run_with(
-            backend,
-            seed,
-            faults,
-            plan.latency,
-            plan.racing,
-            plan.crashes,
-            plan.scenario,
-            extras,
-        )
-        .await;
+        *scenarios.entry(plan.scenario.name()).or_default() += 1;
+        let (outcome, _, crashed) = run_on(backend, seed, plan).await;
         if let Err(e) = outcome {
             panic!(
                 "{backend:?} seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=1"
@@ -769,30 +686,12 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_survives_a_crash_at_every_commit_on_sqlite() {
-    let none = || FaultPlan::none();
-    let (outcome, commits, _) = run_on(
-        Backend::Sqlite,
-        0,
-        none(),
-        Duration::ZERO,
-        false,
-        Vec::new(),
-        Scenario::Lifecycle,
-    )
-    .await;
+    let plan = |crashes| SeedPlan::sweep(Scenario::Lifecycle, crashes);
+    let (outcome, commits, _) = run_on(Backend::Sqlite, 0, plan(Vec::new())).await;
     outcome.expect("the crash-free run on sqlite");
     for k in 0..commits {
         for point in [CrashPoint::BeforeCommit, CrashPoint::AfterCommit] {
-            let (outcome, _, crashed) = run_on(
-                Backend::Sqlite,
-                0,
-                none(),
-                Duration::ZERO,
-                false,
-                vec![(k, point)],
-                Scenario::Lifecycle,
-            )
-            .await;
+            let (outcome, _, crashed) = run_on(Backend::Sqlite, 0, plan(vec![(k, point)])).await;
             if let Err(e) = outcome {
                 panic!("sqlite: crash {point:?} commit {k} of {commits}: {e}");
             }

@@ -49,8 +49,7 @@ pub async fn drive(
         let mut nexts = Vec::new();
         if engines.len() == 1 && world.concurrent_advance.load(Ordering::SeqCst) {
             // Two tasks of one host advance the workspace at once.
-            let (a, b) = (engines[0].clone(), engines[0].clone());
-            let (ra, rb) = tokio::join!(a.advance(ws), b.advance(ws));
+            let (ra, rb) = tokio::join!(engines[0].advance(ws), engines[0].advance(ws));
             nexts.push(handle(world, &mut engines[0], "replica-a", ra)?);
             nexts.push(handle(world, &mut engines[0], "replica-a", rb)?);
         } else if engines.len() == 1 {
@@ -302,4 +301,46 @@ pub fn check_no_duplicates(world: &World) -> std::result::Result<(), String> {
         return Err(format!("the cluster held two installations for {d:?}"));
     }
     Ok(())
+}
+
+/// A new workspace `id`, driven to `Active`.
+pub async fn active(w: &World, engines: &mut [Engine], id: &WorkspaceId) {
+    engines[0]
+        .create(id.clone(), crate::world::spec(), crate::world::api())
+        .await
+        .unwrap();
+    drive(w, engines, id).await.unwrap();
+    assert_eq!(
+        engines[0].workspace(id).await.unwrap().state,
+        WorkspaceState::Active
+    );
+}
+
+/// An active workspace with these stacks deployed.
+pub async fn active_with(
+    w: &World,
+    engines: &mut [Engine],
+    id: &WorkspaceId,
+    stacks: Vec<StackSpec>,
+) {
+    active(w, engines, id).await;
+    engines[0]
+        .deploy_stacks(id, stacks, crate::world::api())
+        .await
+        .unwrap();
+    drive(w, engines, id).await.unwrap();
+    let rec = engines[0].workspace(id).await.unwrap();
+    assert_eq!(rec.state, WorkspaceState::Active);
+    assert_all_deployed(&rec);
+}
+
+/// Every stack of `rec` is deployed.
+pub fn assert_all_deployed(rec: &WorkspaceRecord) {
+    assert!(
+        rec.stacks
+            .iter()
+            .all(|(_, s)| s.state == StackState::Deployed),
+        "{:?}",
+        rec.stacks
+    );
 }

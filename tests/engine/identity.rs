@@ -12,21 +12,8 @@ use std::time::Duration;
 use cogrion::sim::FaultPlan;
 use cogrion::*;
 
-use crate::drive::drive;
-use crate::world::{World, api, spec};
-
-fn ws(name: &str) -> WorkspaceId {
-    name.parse().unwrap()
-}
-
-async fn active(w: &World, engines: &mut [Engine], id: &WorkspaceId) {
-    engines[0].create(id.clone(), spec(), api()).await.unwrap();
-    drive(w, engines, id).await.unwrap();
-    assert_eq!(
-        engines[0].workspace(id).await.unwrap().state,
-        WorkspaceState::Active
-    );
-}
+use crate::drive::{active, drive};
+use crate::world::{World, api, spec, ws};
 
 fn live(credentials: &[AgentCredential]) -> Vec<&AgentCredential> {
     credentials.iter().filter(|c| c.revoked.is_none()).collect()

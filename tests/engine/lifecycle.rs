@@ -5,11 +5,7 @@ use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
 
 use crate::drive::{check_destroyed, check_history, check_no_duplicates, destroyed_at, drive};
-use crate::world::{World, api, spec, stack};
-
-fn ws(name: &str) -> WorkspaceId {
-    name.parse().unwrap()
-}
+use crate::world::{World, api, spec, stack, ws};
 
 async fn state(e: &Engine, id: &WorkspaceId) -> WorkspaceState {
     e.workspace(id).await.unwrap().state

@@ -15,7 +15,7 @@ use cogrion::*;
 use sqlx::Connection;
 
 use crate::drive::{check_destroyed, check_history, check_no_duplicates, drive};
-use crate::world::{World, api};
+use crate::world::{World, api, ws};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
@@ -25,10 +25,6 @@ fn fixtures() -> PathBuf {
 fn fixture_clock(store: &str) -> Timestamp {
     let text = std::fs::read_to_string(fixtures().join(format!("{store}.clock.txt"))).unwrap();
     Timestamp::from_millis(text.trim().parse().unwrap())
-}
-
-fn ws(name: &str) -> WorkspaceId {
-    name.parse().unwrap()
 }
 
 /// Checks what the upgrade derived for each fixture workspace, then drives

@@ -7,33 +7,8 @@ use std::time::Duration;
 use cogrion::sim::{Fault, FaultPlan, FaultTarget};
 use cogrion::*;
 
-use crate::drive::{check_destroyed, check_history, check_no_duplicates, drive};
-use crate::world::{World, api, spec, stack, with_one_engine};
-
-fn ws(name: &str) -> WorkspaceId {
-    name.parse().unwrap()
-}
-
-fn name(s: &str) -> StackName {
-    s.parse().unwrap()
-}
-
-/// An active workspace with these stacks deployed.
-async fn active_with(w: &World, engines: &mut [Engine], id: &WorkspaceId, stacks: Vec<StackSpec>) {
-    engines[0].create(id.clone(), spec(), api()).await.unwrap();
-    drive(w, engines, id).await.unwrap();
-    engines[0].deploy_stacks(id, stacks, api()).await.unwrap();
-    drive(w, engines, id).await.unwrap();
-    let rec = engines[0].workspace(id).await.unwrap();
-    assert_eq!(rec.state, WorkspaceState::Active);
-    assert!(
-        rec.stacks
-            .iter()
-            .all(|(_, s)| s.state == StackState::Deployed),
-        "{:?}",
-        rec.stacks
-    );
-}
+use crate::drive::{active_with, check_destroyed, check_history, check_no_duplicates, drive};
+use crate::world::{World, api, name, spec, stack, with_one_engine, ws};
 
 /// The objects stack `stack` holds in `id`'s cluster.
 fn objects_of(w: &World, id: &WorkspaceId, stack: &str) -> Vec<String> {

@@ -240,6 +240,16 @@ impl World {
     }
 }
 
+/// A workspace id from a literal.
+pub fn ws(name: &str) -> WorkspaceId {
+    name.parse().unwrap()
+}
+
+/// A stack name from a literal.
+pub fn name(s: &str) -> StackName {
+    s.parse().unwrap()
+}
+
 pub fn spec() -> WorkspaceSpec {
     cogrion::conformance::sample_workspace_spec()
 }
