@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cogrion_agent_proto::v1::ErrorCode;
 use cogrion_agent_proto::{CommandId, CommandResult};
+use cogrion_providers::core::{BootstrapToken, TokenHash};
 use cogrion_providers::https::{AgentClient, ClientError, new_key_pem};
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ struct State {
     /// The SHA-256 (hex) of the last token exchanged or refused, so a used
     /// token is not tried again. The token itself is never kept.
     #[serde(default)]
-    spent_token_sha256: Option<String>,
+    spent_token_sha256: Option<TokenHash>,
     /// Written by agents before 0.2: the spent token itself. Read once, kept
     /// as its hash, never written again.
     #[serde(default, rename = "spent_token", skip_serializing)]
@@ -51,7 +52,7 @@ struct State {
     /// The SHA-256 (hex) of the token the key in `pending.key` was made for:
     /// a bootstrap whose answer was lost is sent again with that same key.
     #[serde(default)]
-    pending_token_sha256: Option<String>,
+    pending_token_sha256: Option<TokenHash>,
     /// Orders `done` for pruning.
     counter: u64,
     /// Renew at this share of the certificate's life, in percent (from the
@@ -63,13 +64,10 @@ struct State {
 /// How many results the agent remembers.
 const DONE_KEPT: usize = 4096;
 
-/// The hex SHA-256 of a token: what the agent keeps of one.
-fn token_sha256(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// What the agent keeps of a token: its hash, as the control plane keeps it.
+/// `None` for text that is no token (the control plane would refuse it too).
+fn token_hash(token: &str) -> Option<TokenHash> {
+    BootstrapToken::parse(token).ok().map(|t| t.hash())
 }
 
 fn now_ms() -> u64 {
@@ -186,7 +184,7 @@ impl AgentRuntime {
         };
         if let Some(token) = legacy {
             // A state written before tokens were kept as hashes: rewrite it.
-            runtime.state.spent_token_sha256 = Some(token_sha256(&token));
+            runtime.state.spent_token_sha256 = token_hash(&token);
             runtime.save()?;
         }
         Ok(runtime)
@@ -372,8 +370,11 @@ impl AgentRuntime {
                 return Ok(Some(Pause::Backoff));
             }
         };
-        let hash = token_sha256(&token);
-        if self.state.spent_token_sha256.as_deref() == Some(hash.as_str()) {
+        let Some(hash) = token_hash(&token) else {
+            tracing::warn!(file = %self.config.token_file.display(), "the token file holds no bootstrap token");
+            return Ok(Some(Pause::Backoff));
+        };
+        if self.state.spent_token_sha256 == Some(hash) {
             tracing::info!("waiting for a fresh bootstrap token");
             return Ok(Some(Pause::Backoff));
         }
@@ -382,11 +383,11 @@ impl AgentRuntime {
         // certificate already issued.
         let pending = self.config.state_dir.join("pending.key");
         let key = match std::fs::read_to_string(&pending) {
-            Ok(key) if self.state.pending_token_sha256.as_deref() == Some(hash.as_str()) => key,
+            Ok(key) if self.state.pending_token_sha256 == Some(hash) => key,
             _ => {
                 let key = new_key_pem().map_err(|e| AgentError::Config(e.to_string()))?;
                 write_file(&pending, key.as_bytes(), true)?;
-                self.state.pending_token_sha256 = Some(hash.clone());
+                self.state.pending_token_sha256 = Some(hash);
                 self.save()?;
                 key
             }
@@ -429,7 +430,7 @@ impl AgentRuntime {
     }
 
     /// Remembers a token (by its hash) as spent; its pending key goes.
-    fn spend(&mut self, hash: String) {
+    fn spend(&mut self, hash: TokenHash) {
         self.state.spent_token_sha256 = Some(hash);
         self.state.pending_token_sha256 = None;
     }

@@ -193,19 +193,11 @@ impl SimulatedAgents {
         agent.token = None;
     }
 
-    /// Loses the answers to the next `count` bootstraps of `workspace`'s
-    /// agent on their way back (the exchange happened; the agent never heard):
-    /// the agent keeps its token and key and asks again, as a real one does.
-    pub fn lose_bootstrap_answers(&self, workspace: &WorkspaceId, count: u32) {
-        if let Some(a) = lock(&self.agents).get_mut(workspace) {
-            a.lose_bootstraps = count;
-        }
-    }
-
     /// Makes every agent installed (or re-installed with a new token) from
-    /// now on lose its first `count` bootstrap answers, as
-    /// [`lose_bootstrap_answers`](Self::lose_bootstrap_answers) does for one.
-    pub fn lose_bootstrap_answers_on_install(&self, count: u32) {
+    /// now on lose the answers to its first `count` bootstraps on their way
+    /// back (the exchange happened; the agent never heard): it keeps its
+    /// token and key and asks again, as a real agent does.
+    pub fn lose_bootstrap_answers(&self, count: u32) {
         self.lost_on_install
             .store(count, std::sync::atomic::Ordering::SeqCst);
     }

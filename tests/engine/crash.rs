@@ -492,9 +492,7 @@ async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize,
         .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
     let world = World::with_store(seed, faults, plan.latency, store);
     world.store.crash_at(plan.crashes);
-    world
-        .agents
-        .lose_bootstrap_answers_on_install(plan.lost_answers);
+    world.agents.lose_bootstrap_answers(plan.lost_answers);
     if plan.concurrent {
         world.store.yield_on_writes();
         world

@@ -29,18 +29,10 @@ async fn a_lost_bootstrap_answer_is_replayed() {
     let w = World::new(1, FaultPlan::none());
     let mut engines = vec![w.engine("cp")];
     let id = ws("lost-answer");
+    w.agents.lose_bootstrap_answers(2);
     engines[0].create(id.clone(), spec(), api()).await.unwrap();
-    // Drive until the agent is installed, then lose its next two answers.
-    for _ in 0..200 {
-        if w.agents.is_installed(&id) {
-            break;
-        }
-        engines[0].advance(&id).await.unwrap();
-        w.clock.advance(Duration::from_millis(50));
-    }
-    assert!(w.agents.is_installed(&id), "the agent was installed");
-    w.agents.lose_bootstrap_answers(&id, 2);
     drive(&w, &mut engines, &id).await.unwrap();
+    assert!(w.agents.is_installed(&id), "the agent was installed");
     assert_eq!(
         engines[0].workspace(&id).await.unwrap().state,
         WorkspaceState::Active,
