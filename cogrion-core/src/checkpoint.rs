@@ -2,6 +2,7 @@
 //! return to say where it stands ([`Progress`]).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,12 +32,18 @@ pub trait Checkpoint: fmt::Debug + Send + Sync {
 }
 
 /// A [`Checkpoint`] kept in a [`RecordStore`], fenced by the engine's lease.
+///
+/// It remembers whether the store failed one of its calls
+/// ([`store_failed`](Self::store_failed)): whatever error the provider then
+/// returns, the step did not fail — the engine's store did (an outage, a lost
+/// lease), and the engine does not count that against the step.
 #[derive(Debug, Clone)]
 pub struct StoreCheckpoint {
     store: Arc<dyn RecordStore>,
     workspace: WorkspaceId,
     key: CheckpointKey,
     fence: FencingToken,
+    failed: Arc<AtomicBool>,
 }
 
 impl StoreCheckpoint {
@@ -52,20 +59,38 @@ impl StoreCheckpoint {
             workspace,
             key,
             fence,
+            failed: Arc::default(),
         }
+    }
+
+    /// Whether the store failed a call made through this checkpoint (or
+    /// [`watch`](Self::watch)ed with it).
+    pub fn store_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Passes `result` — of a call to the same store for the same step —
+    /// through, remembering a failure as [`store_failed`](Self::store_failed).
+    pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        result
     }
 }
 
 #[async_trait]
 impl Checkpoint for StoreCheckpoint {
     async fn load(&self) -> Result<Option<serde_json::Value>> {
-        self.store.get_checkpoint(&self.workspace, &self.key).await
+        self.watch(self.store.get_checkpoint(&self.workspace, &self.key).await)
     }
 
     async fn save(&self, value: serde_json::Value) -> Result<()> {
-        self.store
-            .put_checkpoint(&self.workspace, &self.key, value, self.fence)
-            .await
+        self.watch(
+            self.store
+                .put_checkpoint(&self.workspace, &self.key, value, self.fence)
+                .await,
+        )
     }
 }
 

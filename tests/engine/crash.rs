@@ -492,6 +492,7 @@ async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize,
         .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
     let world = World::with_store(seed, faults, plan.latency, store);
     world.store.crash_at(plan.crashes);
+    world.store.fail_checkpoint_writes(plan.outages);
     world.agents.lose_bootstrap_answers(plan.lost_answers);
     if plan.concurrent {
         world.store.yield_on_writes();
@@ -588,6 +589,8 @@ struct SeedPlan {
     lost_answers: u32,
     /// Two tasks of one host call `advance` at once (over writes that yield).
     concurrent: bool,
+    /// The checkpoint writes (counted from 0) that meet a store outage.
+    outages: Vec<usize>,
 }
 
 impl SeedPlan {
@@ -601,6 +604,7 @@ impl SeedPlan {
             crashes,
             lost_answers: 0,
             concurrent: false,
+            outages: Vec::new(),
         }
     }
 
@@ -639,6 +643,13 @@ impl SeedPlan {
             0
         };
         let concurrent = !racing && rng.random_bool(0.3);
+        let outages = if rng.random_bool(0.3) {
+            (0..rng.random_range(1..6))
+                .map(|_| rng.random_range(0..60))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             faults,
             latency,
@@ -647,6 +658,7 @@ impl SeedPlan {
             crashes,
             lost_answers,
             concurrent,
+            outages,
         }
     }
 }
@@ -654,7 +666,7 @@ impl SeedPlan {
 /// Runs `count` seeds from `first` on `backend`; a failure names its seed.
 async fn seeded_runs(backend: Backend, first: u64, count: u64) {
     let (mut crashes, mut raced, mut faulty) = (0, 0, 0);
-    let (mut lossy, mut concurrent) = (0, 0);
+    let (mut lossy, mut concurrent, mut outages) = (0, 0, 0);
     let mut scenarios: std::collections::BTreeMap<&str, u64> = Default::default();
     for seed in first..first + count {
         let plan = SeedPlan::of(seed);
@@ -665,6 +677,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         raced += u64::from(plan.racing);
         lossy += u64::from(plan.lost_answers > 0);
         concurrent += u64::from(plan.concurrent);
+        outages += plan.outages.len();
         *scenarios.entry(plan.scenario.name()).or_default() += 1;
         let (outcome, _, crashed) = run_on(backend, seed, plan).await;
         if let Err(e) = outcome {
@@ -675,7 +688,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         crashes += crashed;
     }
     println!(
-        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls; scenarios {scenarios:?}"
+        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls, {outages} store outages planned under steps; scenarios {scenarios:?}"
     );
 }
 

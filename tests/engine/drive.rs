@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cogrion::*;
 
-use crate::world::{CRASH, World};
+use crate::world::{CRASH, OUTAGE, World};
 
 /// How one engine's `advance` ended, for the loop.
 enum Next {
@@ -21,7 +21,13 @@ fn handle(
     slot: &mut Engine,
     name: &str,
     result: Result<Action>,
+    seen: &mut std::collections::VecDeque<String>,
 ) -> std::result::Result<Next, String> {
+    // What the last answers were, for a run that does not come to rest.
+    if seen.len() == 16 {
+        seen.pop_front();
+    }
+    seen.push_back(format!("{} {name}: {result:?}", world.clock.now()));
     Ok(match result {
         Ok(Action::RunAgain) => Next::Again,
         Ok(Action::WakeAt(t)) => Next::Wait(Some(t)),
@@ -32,6 +38,8 @@ fn handle(
             *slot = world.engine(name);
             Next::Again
         }
+        // The store failed under a step: nothing of it was kept; go on.
+        Err(Error::Unavailable { detail, .. }) if detail == OUTAGE => Next::Again,
         // Fenced out by another replica: this one stops; a new call re-checks the lease.
         Err(Error::LeaseLost { .. }) => Next::Again,
         Err(e) => return Err(format!("advance failed: {e}")),
@@ -45,16 +53,17 @@ pub async fn drive(
     engines: &mut [Engine],
     ws: &WorkspaceId,
 ) -> std::result::Result<(), String> {
+    let mut seen = std::collections::VecDeque::new();
     for _ in 0..20_000 {
         let mut nexts = Vec::new();
         if engines.len() == 1 && world.concurrent_advance.load(Ordering::SeqCst) {
             // Two tasks of one host advance the workspace at once.
             let (ra, rb) = tokio::join!(engines[0].advance(ws), engines[0].advance(ws));
-            nexts.push(handle(world, &mut engines[0], "replica-a", ra)?);
-            nexts.push(handle(world, &mut engines[0], "replica-a", rb)?);
+            nexts.push(handle(world, &mut engines[0], "replica-a", ra, &mut seen)?);
+            nexts.push(handle(world, &mut engines[0], "replica-a", rb, &mut seen)?);
         } else if engines.len() == 1 {
             let r = engines[0].advance(ws).await;
-            nexts.push(handle(world, &mut engines[0], "replica-a", r)?);
+            nexts.push(handle(world, &mut engines[0], "replica-a", r, &mut seen)?);
         } else {
             let (a, b) = (engines[0].clone(), engines[1].clone());
             let (wa, wb) = (ws.clone(), ws.clone());
@@ -64,8 +73,8 @@ pub async fn drive(
                 ra.await.map_err(|e| e.to_string())?,
                 rb.await.map_err(|e| e.to_string())?,
             );
-            nexts.push(handle(world, &mut engines[0], "replica-a", ra)?);
-            nexts.push(handle(world, &mut engines[1], "replica-b", rb)?);
+            nexts.push(handle(world, &mut engines[0], "replica-a", ra, &mut seen)?);
+            nexts.push(handle(world, &mut engines[1], "replica-b", rb, &mut seen)?);
         }
         if nexts.iter().any(|n| matches!(n, Next::Again)) {
             continue;
@@ -81,7 +90,12 @@ pub async fn drive(
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
-        if nexts.iter().any(|n| matches!(n, Next::Rest)) && record.operations.is_empty() {
+        // Nothing planned, or nothing scheduled (a failed operation kept for
+        // a retry): the other replica only saw the lease of the one that
+        // found nothing to do — which, racing, it may see round after round.
+        if nexts.iter().any(|n| matches!(n, Next::Rest))
+            && (record.operations.is_empty() || record.wake_at.is_none())
+        {
             return Ok(());
         }
         // Everyone waits: let the agents work, then move time to the earliest wake.
@@ -146,7 +160,7 @@ pub async fn drive(
         })
         .collect();
     Err(format!(
-        "workspace {ws} did not come to rest: {:?}, wake {:?}, clock {}, operations {ops:?}",
+        "workspace {ws} did not come to rest: {:?}, wake {:?}, clock {}, operations {ops:?}; the last answers: {seen:#?}",
         rec.state.name(),
         rec.wake_at,
         world.clock.now()

@@ -17,5 +17,6 @@ mod lifecycle;
 mod migration;
 mod outage;
 mod replicas;
+mod robustness;
 mod teardown;
 mod world;

@@ -32,9 +32,15 @@ pub struct CrashStore {
     /// Every write yields to other tasks first, as a store across a network
     /// does: concurrent calls on one task interleave at each write.
     yielding: Arc<std::sync::atomic::AtomicBool>,
+    /// Checkpoint writes so far, and the ones that meet a store outage.
+    checkpoints: Arc<AtomicUsize>,
+    outages: Arc<Mutex<Vec<usize>>>,
 }
 
 pub const CRASH: &str = "simulated crash";
+
+/// What a checkpoint write meeting a simulated store outage fails with.
+pub const OUTAGE: &str = "simulated store outage";
 
 impl CrashStore {
     pub fn new(inner: Arc<dyn WorkspaceStore>) -> Self {
@@ -44,7 +50,14 @@ impl CrashStore {
             crash: Arc::default(),
             crashed: Arc::default(),
             yielding: Arc::default(),
+            checkpoints: Arc::default(),
+            outages: Arc::default(),
         }
+    }
+
+    /// The checkpoint writes (counted from 0) that fail as in a store outage.
+    pub fn fail_checkpoint_writes(&self, at: Vec<usize>) {
+        *self.outages.lock().unwrap() = at;
     }
 
     /// Makes every write yield to other tasks first (so that concurrent
@@ -98,6 +111,15 @@ impl CrashStore {
     async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
         if self.yielding.load(Ordering::SeqCst) {
             tokio::task::yield_now().await;
+        }
+        if matches!(write, BatchWrite::PutCheckpoint { .. }) {
+            let n = self.checkpoints.fetch_add(1, Ordering::SeqCst);
+            if self.outages.lock().unwrap().contains(&n) {
+                return Err(Error::Unavailable {
+                    service: "store".into(),
+                    detail: OUTAGE.into(),
+                });
+            }
         }
         let BatchWrite::Commit(commit) = write else {
             return write.apply_alone(self.inner.as_ref()).await;

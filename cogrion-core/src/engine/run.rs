@@ -21,7 +21,7 @@ use crate::stack::{StackEvent, StackInventory, StackState};
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
     Actor, BuiltLayer, CheckpointKey, CommandStatus, EventKind, HistoryRetention, Lease,
-    LeftBehind, LeftReason, NewCommand, OperationKind, OperationRecord, RecordStore, StepStatus,
+    LeftBehind, LeftReason, NewCommand, OperationKind, OperationRecord, StepStatus,
     WorkspaceRecord, WorkspaceWrite,
 };
 
@@ -441,7 +441,13 @@ impl Engine {
         Ok(moved_on)
     }
 
-    /// Performs the step's side effect through the traits.
+    /// Performs the step's side effect through the traits. The step's own
+    /// failure is an outcome; what is not the step's is returned, and
+    /// `advance` keeps nothing of the attempt (no retry spent, nothing
+    /// failed): this engine lacks an implementation the step needs, or the
+    /// engine's store failed under it (an outage, a lost lease) — in the
+    /// engine's own reads and writes or through the provider's checkpoint,
+    /// whatever error the provider made of it.
     async fn effect(
         &self,
         tx: &mut Tx,
@@ -450,12 +456,20 @@ impl Engine {
         j: usize,
         kind: &StepKind,
     ) -> Result<Outcome> {
-        match self.try_effect(tx, lease, i, j, kind).await {
+        let (seq, name) = (
+            tx.rec.operations[i].seq,
+            &tx.rec.operations[i].steps[j].name,
+        );
+        let checkpoint = Arc::new(StoreCheckpoint::new(
+            self.0.store.clone(),
+            tx.rec.id.clone(),
+            CheckpointKey::for_step(seq, name)?,
+            lease.fence,
+        ));
+        match self.try_effect(tx, i, j, kind, &checkpoint).await {
             Ok(outcome) => Ok(outcome),
-            // What this engine lacks is its host's configuration, not the
-            // step's failure: `advance` returns it and nothing of the attempt
-            // is kept; the workspace waits for an engine that has it.
             Err(e @ Error::NotConfigured { .. }) => Err(e),
+            Err(e) if checkpoint.store_failed() => Err(e),
             Err(e) => Ok(Outcome::Failed(e)),
         }
     }
@@ -463,23 +477,17 @@ impl Engine {
     async fn try_effect(
         &self,
         tx: &mut Tx,
-        lease: &Lease,
         i: usize,
         j: usize,
         kind: &StepKind,
+        checkpoint: &Arc<StoreCheckpoint>,
     ) -> Result<Outcome> {
         let now = tx.j.now;
         let id = tx.rec.id.clone();
         let op = &tx.rec.operations[i];
         let step = &op.steps[j];
         let key = IdempotencyKey::derive(&id, op.seq, &step.name);
-        let store: Arc<dyn RecordStore> = self.0.store.clone();
-        let checkpoint = Arc::new(StoreCheckpoint::new(
-            store,
-            id.clone(),
-            CheckpointKey::for_step(op.seq, &step.name)?,
-            lease.fence,
-        ));
+        let checkpoint_for = || -> Arc<dyn crate::checkpoint::Checkpoint> { checkpoint.clone() };
         Ok(match kind {
             StepKind::Layer(layer) => {
                 let provisioner = self
@@ -492,8 +500,13 @@ impl Engine {
                             CloudKind::of(&tx.rec.spec.cloud)
                         ),
                     })?;
-                let request =
-                    LayerRequest::new(id.clone(), tx.rec.spec.clone(), *layer, key, checkpoint);
+                let request = LayerRequest::new(
+                    id.clone(),
+                    tx.rec.spec.clone(),
+                    *layer,
+                    key,
+                    checkpoint_for(),
+                );
                 match op.kind {
                     OperationKind::Destroy => match provisioner.destroy(request).await? {
                         Progress::Ready(()) => {
@@ -535,9 +548,10 @@ impl Engine {
                 }
             }
             StepKind::IssueToken => {
-                let token =
+                let token = checkpoint.watch(
                     issue_bootstrap_token(self.0.store.as_ref(), &id, now, self.0.config.token_ttl)
-                        .await?;
+                        .await,
+                )?;
                 let hash = token.hash();
                 lock(&self.0.tokens).insert(id, (op.seq, step.attempts, token));
                 // The wait for the agent accepts only this token's descendants.
@@ -578,7 +592,8 @@ impl Engine {
             }
             StepKind::AwaitAgent => {
                 let (started, token) = (op.started_at, op.token);
-                let polled = self.0.store.list_credentials(&id).await?.iter().any(|c| {
+                let credentials = checkpoint.watch(self.0.store.list_credentials(&id).await)?;
+                let polled = credentials.iter().any(|c| {
                     c.revoked.is_none()
                         && c.was_used()
                         && match token {
@@ -603,11 +618,12 @@ impl Engine {
                 }
             }
             StepKind::RevokeAgent => {
-                let revoked = self
-                    .0
-                    .store
-                    .revoke_all(&id, "workspace destroyed", now)
-                    .await?;
+                let revoked = checkpoint.watch(
+                    self.0
+                        .store
+                        .revoke_all(&id, "workspace destroyed", now)
+                        .await,
+                )?;
                 if let Some(t) = &self.0.transport {
                     t.disconnect(&id, "workspace destroyed").await?;
                 }
@@ -644,12 +660,16 @@ impl Engine {
                     ExecutionTarget::new(id.clone(), tx.rec.cluster.clone()),
                     entry.spec.clone(),
                     key,
-                    checkpoint,
+                    checkpoint_for(),
                 );
                 if let Some(command) = &step.command {
                     let status = match tx.awaited.take() {
                         Some(status) => status,
-                        None => self.0.store.get_command(&id, command).await?.status,
+                        None => {
+                            checkpoint
+                                .watch(self.0.store.get_command(&id, command).await)?
+                                .status
+                        }
                     };
                     match status {
                         CommandStatus::Answered { mut result, at } => {
