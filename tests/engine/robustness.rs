@@ -152,3 +152,235 @@ async fn a_store_outage_inside_a_step_spends_no_retry() {
         .count();
     assert_eq!(failures, 0, "an outage is not a step's failure");
 }
+
+/// A clock that follows tokio's (paused, in these tests): timers and the
+/// engine's clock move together, and no test sleeps for real.
+#[derive(Debug)]
+struct TokioClock(tokio::time::Instant);
+
+impl TokioClock {
+    fn new() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        crate::world::T0 + self.0.elapsed()
+    }
+}
+
+/// The simulated cloud, whose network layer's calls take `slow` each, or
+/// never finish (`None`) the first `hang` times; counts those calls and the
+/// ones dropped before they finished.
+#[derive(Debug)]
+struct SlowCloud {
+    inner: cogrion::sim::SimulatedCloud,
+    slow: Option<Duration>,
+    hang: usize,
+    calls: std::sync::atomic::AtomicUsize,
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a call as cancelled unless it is disarmed when it finishes.
+struct DropGuard(Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl SlowCloud {
+    fn new(inner: cogrion::sim::SimulatedCloud, slow: Option<Duration>, hang: usize) -> Self {
+        Self {
+            inner,
+            slow,
+            hang,
+            calls: Default::default(),
+            cancelled: Default::default(),
+        }
+    }
+
+    async fn slow_down(&self, layer: InfraLayer) -> DropGuard {
+        use std::sync::atomic::Ordering::SeqCst;
+        if layer != InfraLayer::Network {
+            return DropGuard(None);
+        }
+        let n = self.calls.fetch_add(1, SeqCst);
+        let mut guard = DropGuard(Some(self.cancelled.clone()));
+        match self.slow {
+            _ if n >= self.hang.max(1) && self.slow.is_none() => {}
+            Some(d) if n >= self.hang => tokio::time::sleep(d).await,
+            _ => std::future::pending::<()>().await,
+        }
+        guard.0 = None;
+        guard
+    }
+}
+
+#[async_trait::async_trait]
+impl CloudProvisioner for SlowCloud {
+    async fn provision(&self, request: LayerRequest) -> Result<Progress<LayerState>> {
+        let _done = self.slow_down(request.layer).await;
+        self.inner.provision(request).await
+    }
+    async fn update(&self, request: LayerRequest) -> Result<Progress<LayerState>> {
+        self.inner.update(request).await
+    }
+    async fn destroy(&self, request: LayerRequest) -> Result<Progress<()>> {
+        self.inner.destroy(request).await
+    }
+    async fn describe(
+        &self,
+        workspace: &WorkspaceId,
+        spec: &WorkspaceSpec,
+    ) -> Result<InfraDescription> {
+        self.inner.describe(workspace, spec).await
+    }
+}
+
+/// Two replicas on one in-memory store and `cloud`, on tokio's clock.
+fn replicas(
+    w: &World,
+    cloud: std::sync::Arc<SlowCloud>,
+    configure: impl Fn(EngineConfig) -> EngineConfig,
+) -> (Engine, Engine) {
+    let store: std::sync::Arc<dyn WorkspaceStore> = std::sync::Arc::new(InMemoryStore::new());
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(TokioClock::new());
+    let engine = |name: &str| {
+        Engine::builder(store.clone())
+            .clock(clock.clone())
+            .cloud(CloudKind::Simulated, cloud.clone())
+            .agent_installer(std::sync::Arc::new(w.agents.clone()))
+            .config(configure(EngineConfig::new(name.parse().unwrap())))
+            .build()
+            .unwrap()
+    };
+    (engine("a"), engine("b"))
+}
+
+/// Item 6: a control-plane step whose call runs for five minutes keeps its
+/// lease by heartbeats: the other replica, trying every ten seconds, never
+/// gets it, and the call runs once. (Before: the 30 s lease ran out under the
+/// call and the other replica ran the same step next to it.)
+#[tokio::test(start_paused = true)]
+async fn a_step_running_for_minutes_keeps_its_lease() {
+    let w = World::new(9, FaultPlan::none());
+    let cloud = std::sync::Arc::new(SlowCloud::new(
+        w.cloud.clone(),
+        Some(Duration::from_secs(300)),
+        0,
+    ));
+    let (a, b) = replicas(&w, cloud.clone(), |c| c);
+    let id = ws("slow");
+    a.create(id.clone(), spec(), api()).await.unwrap();
+    let running = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.advance(&id).await }
+    });
+    // While the call runs (five minutes).
+    for _ in 0..29 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let answer = b.advance(&id).await.unwrap();
+        assert!(
+            matches!(answer, Action::WakeAt(_)),
+            "the other replica is kept out: {answer:?}"
+        );
+    }
+    assert!(matches!(running.await.unwrap(), Ok(Action::RunAgain)));
+    let rec = a.workspace(&id).await.unwrap();
+    assert_eq!(rec.operations[0].steps[0].status, StepStatus::Done);
+    assert_eq!(
+        cloud.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the network layer's call ran once"
+    );
+}
+
+/// Item 6: a call that never finishes is cancelled at the call timeout; the
+/// attempt fails as a transient error and the retry succeeds.
+#[tokio::test(start_paused = true)]
+async fn a_call_past_its_timeout_is_cancelled_and_retried() {
+    let w = World::new(10, FaultPlan::none());
+    let cloud = std::sync::Arc::new(SlowCloud::new(w.cloud.clone(), None, 1));
+    let (a, _) = replicas(&w, cloud.clone(), |c| {
+        c.with_call_timeout(Duration::from_secs(120))
+    });
+    let id = ws("hung");
+    a.create(id.clone(), spec(), api()).await.unwrap();
+    let answer = a.advance(&id).await.unwrap();
+    assert!(matches!(answer, Action::RunAgain), "{answer:?}");
+    assert_eq!(
+        cloud.cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the hung call was cancelled"
+    );
+    let history = a.history(&id).await.unwrap();
+    assert!(
+        history.iter().any(|e| matches!(
+            &e.event.kind,
+            EventKind::StepFailed {
+                will_retry: true,
+                ..
+            }
+        ) && e.event.message.contains("did not finish within 2m")),
+        "the attempt failed for the timeout, to be retried"
+    );
+    // The retry (after its backoff) finishes.
+    for _ in 0..50 {
+        if a.workspace(&id).await.unwrap().operations[0].steps[0].status == StepStatus::Done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.advance(&id).await.unwrap();
+    }
+    assert_eq!(
+        a.workspace(&id).await.unwrap().operations[0].steps[0].status,
+        StepStatus::Done
+    );
+}
+
+/// Item 6: the lease is lost while the call runs (the replica's leases were
+/// released and the other replica took the workspace): at the next
+/// heartbeat the call is cancelled and `advance` returns `LeaseLost`,
+/// having written nothing in its name.
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_cancels_the_running_call() {
+    let w = World::new(11, FaultPlan::none());
+    let cloud = std::sync::Arc::new(SlowCloud::new(
+        w.cloud.clone(),
+        Some(Duration::from_secs(300)),
+        0,
+    ));
+    let (a, b) = replicas(&w, cloud.clone(), |c| c);
+    let id = ws("taken");
+    a.create(id.clone(), spec(), api()).await.unwrap();
+    let running = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.advance(&id).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // As a restart under a's name would: its leases go, b takes over.
+    a.store().release_all(&"a".parse().unwrap()).await.unwrap();
+    let taken = tokio::spawn({
+        let (b, id) = (b.clone(), id.clone());
+        async move { b.advance(&id).await }
+    });
+    let lost = running.await.unwrap();
+    assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{lost:?}");
+    assert_eq!(
+        cloud.cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a's call was cancelled at its next heartbeat"
+    );
+    assert!(matches!(taken.await.unwrap(), Ok(Action::RunAgain)));
+    let rec = b.workspace(&id).await.unwrap();
+    assert_eq!(rec.operations[0].steps[0].status, StepStatus::Done);
+    assert_eq!(
+        rec.operations[0].steps[0].attempts, 1,
+        "only b's attempt was recorded"
+    );
+}

@@ -147,8 +147,13 @@ impl CloudKind {
 pub struct EngineConfig {
     /// This replica's name, written into leases and the history.
     pub holder: HolderId,
-    /// How long a lease lasts unless renewed (default 30 s).
+    /// How long a lease lasts unless renewed (default 30 s). While a step's
+    /// call runs, its lease is renewed every third of this.
     pub lease_ttl: Duration,
+    /// The longest a step's call (to a provisioner, an executor or the agent
+    /// installer) may run before it is cancelled (default 10 min): the
+    /// attempt fails as a transient error and is retried.
+    pub call_timeout: Duration,
     /// How transient errors are retried.
     pub retry: RetryPolicy,
     /// How long provisioning waits for the agent's first poll (default 15 min).
@@ -182,6 +187,7 @@ impl EngineConfig {
         Self {
             holder,
             lease_ttl: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(600),
             retry: RetryPolicy::default(),
             agent_poll_deadline: Duration::from_secs(15 * 60),
             command_deadline: Duration::from_secs(15 * 60),
@@ -191,6 +197,12 @@ impl EngineConfig {
             purge: Some(PurgePolicy::default()),
             seed: None,
         }
+    }
+
+    /// With this limit on a step's call.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     /// With this threshold of agent silence.

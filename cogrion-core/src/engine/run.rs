@@ -408,7 +408,10 @@ impl Engine {
                 attempt,
             });
         }
-        let outcome = self.effect(tx, lease, i, j, &kind).instrument(span).await?;
+        let outcome = self
+            .guarded(lease, self.effect(tx, lease, i, j, &kind))
+            .instrument(span)
+            .await?;
         let moved_on = !matches!(
             outcome,
             Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
@@ -439,6 +442,63 @@ impl Engine {
             }
         }
         Ok(moved_on)
+    }
+
+    /// Runs a step's call under `lease`: the lease is renewed every third of
+    /// its time to live while the call runs (a call of minutes keeps it, so
+    /// no other replica starts the same step meanwhile); a call past
+    /// [`call_timeout`](super::EngineConfig::call_timeout) is cancelled and
+    /// the attempt fails as a transient error; a lease found lost — taken
+    /// over, or not renewed before it ran out — cancels the call before
+    /// anything else is done in its name, and is returned.
+    async fn guarded(
+        &self,
+        lease: &Lease,
+        call: impl std::future::Future<Output = Result<Outcome>>,
+    ) -> Result<Outcome> {
+        let ttl = self.0.config.lease_ttl;
+        let timeout = self.0.config.call_timeout;
+        let started = tokio::time::Instant::now();
+        let mut current = lease.clone();
+        // Until when the lease surely holds, by this process's own clock.
+        let mut holds_until = started + ttl;
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut call => return outcome,
+                () = tokio::time::sleep_until(started + timeout) => {
+                    return Ok(Outcome::Failed(Error::Unavailable {
+                        service: "engine".into(),
+                        detail: format!(
+                            "the step's call did not finish within {}; cancelled",
+                            humantime::format_duration(timeout)
+                        ),
+                    }));
+                }
+                () = tokio::time::sleep(ttl / 3) => {
+                    let asked = tokio::time::Instant::now();
+                    match self.0.store.renew(&current, ttl, self.0.clock.now()).await {
+                        Ok(renewed) => {
+                            lock(&self.0.leases).insert(renewed.workspace.clone(), renewed.clone());
+                            current = renewed;
+                            holds_until = asked + ttl;
+                        }
+                        Err(e @ Error::LeaseLost { .. }) => return Err(e),
+                        Err(e) if tokio::time::Instant::now() >= holds_until => {
+                            tracing::warn!(workspace = %current.workspace, error = %e, "the lease ran out before it could be renewed: the step's call is cancelled");
+                            return Err(Error::LeaseLost {
+                                workspace: current.workspace.clone(),
+                                fence: current.fence.0,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(workspace = %current.workspace, error = %e, "could not renew the lease; trying again");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Performs the step's side effect through the traits. The step's own
