@@ -384,3 +384,102 @@ async fn a_lost_lease_cancels_the_running_call() {
         "only b's attempt was recorded"
     );
 }
+
+/// A Helm executor that, once the agent answered, asks to be called again
+/// in a minute `polls` times (a rollout still settling), and counts the calls
+/// that carried the answer.
+#[derive(Debug)]
+struct Settling {
+    inner: cogrion::sim::SimulatedExecutor,
+    polls: usize,
+    answered_calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Executor for Settling {
+    fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Helm
+    }
+    async fn apply(&self, request: StackRequest) -> Result<Progress<StackStatus>> {
+        if request.command_result.is_some() {
+            let n = self
+                .answered_calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < self.polls {
+                return Ok(Progress::InProgress {
+                    poll_after: Duration::from_secs(60),
+                });
+            }
+        }
+        self.inner.apply(request).await
+    }
+    async fn destroy(&self, request: StackRequest) -> Result<Progress<()>> {
+        self.inner.destroy(request).await
+    }
+    async fn status(&self, request: StackRequest) -> Result<Progress<StackStatus>> {
+        self.inner.status(request).await
+    }
+}
+
+/// Item 9 (its last sentence): after the agent answered, an executor's
+/// `InProgress { poll_after }` is honoured whatever wakes the workspace: ten
+/// `advance` calls within the minute call the executor once. (Before: every
+/// call ran the step again.)
+#[tokio::test]
+async fn poll_after_is_honoured_on_wakeups() {
+    let w = World::new(12, FaultPlan::none());
+    let settling = std::sync::Arc::new(Settling {
+        inner: cogrion::sim::SimulatedExecutor::new(
+            ExecutorKind::Helm,
+            w.cluster.clone(),
+            FaultPlan::none(),
+        ),
+        polls: 2,
+        answered_calls: Default::default(),
+    });
+    let engine = w.engine_from("cp", |b| b.executor(settling.clone()));
+    let mut engines = vec![engine.clone()];
+    let id = ws("settling");
+    crate::drive::active(&w, &mut engines, &id).await;
+    engine
+        .deploy_stack(
+            &id,
+            crate::world::stack("web", ExecutorKind::Helm, &[]),
+            api(),
+        )
+        .await
+        .unwrap();
+    // Until the agent's answer was read once.
+    let calls = || {
+        settling
+            .answered_calls
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    for _ in 0..100 {
+        if calls() > 0 {
+            break;
+        }
+        engine.advance(&id).await.unwrap();
+        w.agents.step_all().await;
+    }
+    assert_eq!(calls(), 1);
+    for _ in 0..10 {
+        engine.advance(&id).await.unwrap();
+        w.clock.advance(Duration::from_secs(5));
+    }
+    assert_eq!(calls(), 1, "no call before the minute is up");
+    w.clock.advance(Duration::from_secs(15));
+    engine.advance(&id).await.unwrap();
+    assert_eq!(calls(), 2, "one call once it is");
+    drive(&w, &mut engines, &id).await.unwrap();
+    assert_eq!(
+        engine
+            .workspace(&id)
+            .await
+            .unwrap()
+            .stacks
+            .get(&crate::world::name("web"))
+            .map(|s| s.state.name()),
+        Some(StackStateName::Deployed)
+    );
+}

@@ -239,8 +239,19 @@ impl World {
         name: &str,
         configure: impl FnOnce(EngineConfig) -> EngineConfig,
     ) -> Engine {
+        self.sim
+            .engine(
+                Arc::new(self.store.clone()),
+                Arc::new(self.clock.clone()),
+                configure(self.config(name)),
+            )
+            .unwrap()
+    }
+
+    /// The settings of the world's engines, for a new one named after `name`.
+    fn config(&self, name: &str) -> EngineConfig {
         let n = self.engines.fetch_add(1, Ordering::SeqCst);
-        let config = EngineConfig::new(format!("{name}-{n}").parse().unwrap())
+        EngineConfig::new(format!("{name}-{n}").parse().unwrap())
             .with_seed(self.seed.wrapping_add(n))
             .with_retry(RetryPolicy::new(
                 10,
@@ -251,14 +262,23 @@ impl World {
                 Duration::from_secs(600),
                 Duration::from_secs(120),
                 Duration::from_secs(120),
-            );
-        self.sim
-            .engine(
-                Arc::new(self.store.clone()),
-                Arc::new(self.clock.clone()),
-                configure(config),
             )
-            .unwrap()
+    }
+
+    /// An engine as [`engine`](Self::engine) makes it, with some of its
+    /// simulated pieces replaced by `change`.
+    pub fn engine_from(
+        &self,
+        name: &str,
+        change: impl FnOnce(EngineBuilder) -> EngineBuilder,
+    ) -> Engine {
+        let config = self.config(name);
+        let builder = self
+            .sim
+            .engine_builder(Arc::new(self.store.clone()), Arc::new(self.clock.clone()));
+        let engine = change(builder).config(config).build().unwrap();
+        self.sim.attach(&engine);
+        engine
     }
 }
 

@@ -328,6 +328,11 @@ impl Engine {
             let step = &op.steps[j];
             let mut awaited = None;
             if let Some(command) = &step.command {
+                // Answered, and the executor asked to be called again later
+                // (`InProgress`): not before then, whatever woke the workspace.
+                if step.deadline.is_none() && op.wake_at.is_some_and(|t| t > now) {
+                    continue;
+                }
                 let status = self.0.store.get_command(&tx.rec.id, command).await?.status;
                 if status == CommandStatus::Pending && step.deadline.is_none_or(|d| now < d) {
                     continue;
@@ -347,11 +352,11 @@ impl Engine {
         }
         let awaiting_agent = tx.rec.operations.iter().any(|op| {
             !blocked(&tx.rec, op)
-                && op
-                    .steps
-                    .iter()
-                    .find(|s| !s.is_finished())
-                    .is_some_and(|s| s.command.is_some() || s.name == plan::AWAIT_AGENT)
+                && op.steps.iter().find(|s| !s.is_finished()).is_some_and(|s| {
+                    // A command not answered yet (an answered one's step
+                    // waits on time), or the agent's first poll.
+                    (s.command.is_some() && s.deadline.is_some()) || s.name == plan::AWAIT_AGENT
+                })
         });
         Ok(match next_wake(&tx.rec, now) {
             Some(t) if t <= now => Action::RunAgain,
@@ -906,6 +911,9 @@ impl Engine {
             Outcome::InProgress(poll_after) => {
                 let until = now + poll_after;
                 tx.rec.operations[i].wake_at = Some(until);
+                // A command's answer was read: the step no longer waits on
+                // it, only on time.
+                tx.rec.operations[i].steps[j].deadline = None;
                 tx.notice(EngineEventKind::StepWaiting {
                     operation: seq,
                     step: name,
