@@ -33,6 +33,12 @@
 //! - **Bounded retries.** A transient error is retried with exponential backoff and
 //!   full jitter, its attempt count persisted; a permanent error, or the last
 //!   allowed attempt, fails the operation with its step and error recorded.
+//!   What is not the step's — the engine's store failing under it, an
+//!   implementation this engine lacks ([`Error::NotConfigured`]) — spends no
+//!   attempt: `advance` returns it and keeps nothing of the attempt.
+//! - **Long calls keep their lease.** A step's lease is renewed while its
+//!   call runs; a call past [`EngineConfig::call_timeout`] is cancelled; a
+//!   lease found lost cancels the call.
 //! - **Retry resumes.** [`retry`](Engine::retry) continues a failed operation at the
 //!   failed step; finished steps never run again.
 //! - **Failures can be corrected.** [`correct`](Engine::correct) and
