@@ -262,25 +262,41 @@ fn replicas(
     (engine("a"), engine("b"))
 }
 
-/// Item 6: a control-plane step whose call runs for five minutes keeps its
-/// lease by heartbeats: the other replica, trying every ten seconds, never
-/// gets it, and the call runs once. (Before: the 30 s lease ran out under the
-/// call and the other replica ran the same step next to it.)
-#[tokio::test(start_paused = true)]
-async fn a_step_running_for_minutes_keeps_its_lease() {
-    let w = World::new(9, FaultPlan::none());
+/// Two replicas over a cloud whose network layer takes five minutes, a new
+/// workspace `name`, and replica a's `advance` of it, running.
+async fn five_minute_call(
+    seed: u64,
+    name: &str,
+) -> (
+    std::sync::Arc<SlowCloud>,
+    Engine,
+    Engine,
+    WorkspaceId,
+    tokio::task::JoinHandle<Result<Action>>,
+) {
+    let w = World::new(seed, FaultPlan::none());
     let cloud = std::sync::Arc::new(SlowCloud::new(
         w.cloud.clone(),
         Some(Duration::from_secs(300)),
         0,
     ));
     let (a, b) = replicas(&w, cloud.clone(), |c| c);
-    let id = ws("slow");
+    let id = ws(name);
     a.create(id.clone(), spec(), api()).await.unwrap();
     let running = tokio::spawn({
         let (a, id) = (a.clone(), id.clone());
         async move { a.advance(&id).await }
     });
+    (cloud, a, b, id, running)
+}
+
+/// Item 6: a control-plane step whose call runs for five minutes keeps its
+/// lease by heartbeats: the other replica, trying every ten seconds, never
+/// gets it, and the call runs once. (Before: the 30 s lease ran out under the
+/// call and the other replica ran the same step next to it.)
+#[tokio::test(start_paused = true)]
+async fn a_step_running_for_minutes_keeps_its_lease() {
+    let (cloud, a, b, id, running) = five_minute_call(9, "slow").await;
     // While the call runs (five minutes).
     for _ in 0..29 {
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -349,19 +365,7 @@ async fn a_call_past_its_timeout_is_cancelled_and_retried() {
 /// having written nothing in its name.
 #[tokio::test(start_paused = true)]
 async fn a_lost_lease_cancels_the_running_call() {
-    let w = World::new(11, FaultPlan::none());
-    let cloud = std::sync::Arc::new(SlowCloud::new(
-        w.cloud.clone(),
-        Some(Duration::from_secs(300)),
-        0,
-    ));
-    let (a, b) = replicas(&w, cloud.clone(), |c| c);
-    let id = ws("taken");
-    a.create(id.clone(), spec(), api()).await.unwrap();
-    let running = tokio::spawn({
-        let (a, id) = (a.clone(), id.clone());
-        async move { a.advance(&id).await }
-    });
+    let (cloud, a, b, id, running) = five_minute_call(11, "taken").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     // As a restart under a's name would: its leases go, b takes over.
     a.store().release_all(&"a".parse().unwrap()).await.unwrap();
