@@ -12,7 +12,7 @@ use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
 
 use crate::drive::check_history;
-use crate::replicas::{SERVER, server};
+use crate::replicas::{SERVER, run_prefix, server};
 use crate::world::{api, spec};
 
 async fn all_in(store: &PostgresStore, prefix: &str, n: usize, state: WorkspaceState) {
@@ -44,7 +44,7 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
     let Some(server) = server() else { return };
     let _turn = SERVER.lock().await;
     const N: usize = 60;
-    let prefix = format!("o{:x}", std::process::id() % 0xfff);
+    let prefix = run_prefix('o');
     let cloud = SimulatedCloud::builder()
         .clock(Arc::new(SystemClock))
         .latency_all(Duration::from_millis(150))
@@ -75,7 +75,7 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
     });
 
     let ids: Vec<WorkspaceId> = (0..N)
-        .map(|i| format!("{prefix}-{i}").parse().unwrap())
+        .map(|i| format!("{prefix}{i}").parse().unwrap())
         .collect();
     for id in &ids {
         engine.create(id.clone(), spec(), api()).await.unwrap();

@@ -125,6 +125,18 @@ async fn wait_for(
     }
 }
 
+/// A prefix for this run's workspace ids, ending in `-`. The test server's data
+/// outlives runs and process ids repeat between CI runs, so the prefix takes the
+/// time as well: no id of an earlier run may match it (a run once counted the
+/// 500 destroyed workspaces of an earlier one with its own).
+pub(crate) fn run_prefix(letter: char) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{letter}{:x}{:x}-", std::process::id(), nanos % 0x1_0000_0000)
+}
+
 /// The PostgreSQL tests of this binary take turns: one of them restarts the server.
 pub(crate) static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -154,7 +166,7 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
-    let prefix = format!("r{:x}", std::process::id() % 0xfff);
+    let prefix = run_prefix('r');
     let faults = FaultPlan::transient(7, 0.03);
     let cloud = SimulatedCloud::builder()
         .clock(Arc::new(SystemClock))
@@ -223,7 +235,7 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
     });
 
     let ids: Vec<WorkspaceId> = (0..n)
-        .map(|i| format!("{prefix}-{i}").parse().unwrap())
+        .map(|i| format!("{prefix}{i}").parse().unwrap())
         .collect();
     let store = &stores[0];
     for id in &ids {
