@@ -445,7 +445,8 @@ message!(PollRequest, "poll request", 64 * 1024, |m| {
     check_range("poll wait", m.wait_secs, 0, MAX_POLL_WAIT_SECS)
 });
 
-/// The commands to run, in queue order (empty when the wait ran out).
+/// The commands to run, in queue order (empty when the wait ran out), and the
+/// commands to cancel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollResponse {
@@ -453,13 +454,21 @@ pub struct PollResponse {
     pub version: u32,
     /// At most [`MAX_COMMANDS_PER_POLL`] commands.
     pub commands: Vec<Command>,
+    /// Commands delivered earlier that the control plane gave up waiting for
+    /// (together with `commands`, at most [`MAX_COMMANDS_PER_POLL`]). The agent
+    /// stops each if it is running it and answers it: with its result if it
+    /// finished, otherwise as failed. They come on every poll until answered.
+    /// Absent when empty, so a poll with nothing to cancel is the same message
+    /// as before cancel requests existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel: Vec<CommandId>,
 }
 
 message!(PollResponse, "poll response", 4 * MAX_MESSAGE_LEN, |m| {
-    if m.commands.len() > MAX_COMMANDS_PER_POLL {
+    if m.commands.len() + m.cancel.len() > MAX_COMMANDS_PER_POLL {
         return Err(InvalidValue::OutOfRange {
             what: "commands per poll",
-            value: m.commands.len().to_string(),
+            value: (m.commands.len() + m.cancel.len()).to_string(),
             allowed: format!("at most {MAX_COMMANDS_PER_POLL}"),
         });
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cogrion_agent_proto::v1::ErrorCode;
-use cogrion_agent_proto::{CommandId, CommandResult};
+use cogrion_agent_proto::{Command, CommandId, CommandOutcome, CommandResult};
 use cogrion_providers::core::{BootstrapToken, TokenHash};
 use cogrion_providers::https::{AgentClient, ClientError, new_key_pem};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,12 @@ pub enum AgentError {
         /// What failed.
         detail: String,
     },
+}
+
+/// One piece of a poll's work: a result to send back, or a command to run.
+enum Work {
+    Answer(CommandResult),
+    Run(Command),
 }
 
 /// What the agent keeps in `state.json`.
@@ -324,28 +330,46 @@ impl AgentRuntime {
         };
         // An idle poll writes nothing: the state changed only if results were
         // reported or commands arrived.
-        let changed = !finished.is_empty() || !poll.commands.is_empty();
-        for command in poll.commands {
-            let result = match self.state.done.get(&command.id) {
-                // Delivered again: the stored result, not a second run.
+        let changed = !finished.is_empty() || !poll.commands.is_empty() || !poll.cancel.is_empty();
+        // Cancel requests: commands the control plane gave up waiting for.
+        // Handlers run one at a time between polls, so none is running now:
+        // one with a result is answered with it; one without was never run
+        // here (or its run died with an earlier process) and is answered as
+        // cancelled — and never run after that.
+        let cancels = poll
+            .cancel
+            .into_iter()
+            .map(|id| match self.state.done.get(&id) {
                 Some((_, result)) => result.clone(),
                 None => {
+                    let result = CommandResult {
+                        id: id.clone(),
+                        outcome: CommandOutcome::Failed {
+                            message: "cancelled by the control plane before it ran".into(),
+                            retryable: true,
+                        },
+                        output: serde_json::Value::Null,
+                    };
+                    self.remember(result.clone());
+                    result
+                }
+            });
+        let cancels: Vec<CommandResult> = cancels.collect();
+        if !cancels.is_empty() {
+            self.save()?;
+        }
+        let commands = poll.commands.into_iter().map(Work::Run);
+        for work in cancels.into_iter().map(Work::Answer).chain(commands) {
+            let result = match work {
+                Work::Answer(result) => result,
+                // Delivered again: the stored result, not a second run.
+                Work::Run(command) if self.state.done.contains_key(&command.id) => {
+                    self.state.done[&command.id].1.clone()
+                }
+                Work::Run(command) => {
                     let result = self.handlers.run(&command);
                     self.executed += 1;
-                    self.state.counter += 1;
-                    self.state
-                        .done
-                        .insert(command.id.clone(), (self.state.counter, result.clone()));
-                    if self.state.done.len() > DONE_KEPT
-                        && let Some(oldest) = self
-                            .state
-                            .done
-                            .iter()
-                            .min_by_key(|(_, (n, _))| *n)
-                            .map(|(id, _)| id.clone())
-                    {
-                        self.state.done.remove(&oldest);
-                    }
+                    self.remember(result.clone());
                     // Stored before it is posted.
                     self.save()?;
                     result
@@ -360,6 +384,25 @@ impl AgentRuntime {
             self.save()?;
         }
         Ok(None)
+    }
+
+    /// Keeps a command's result (the most recent [`DONE_KEPT`]), so that a
+    /// redelivery or a cancel request is answered with it.
+    fn remember(&mut self, result: CommandResult) {
+        self.state.counter += 1;
+        self.state
+            .done
+            .insert(result.id.clone(), (self.state.counter, result));
+        if self.state.done.len() > DONE_KEPT
+            && let Some(oldest) = self
+                .state
+                .done
+                .iter()
+                .min_by_key(|(_, (n, _))| *n)
+                .map(|(id, _)| id.clone())
+        {
+            self.state.done.remove(&oldest);
+        }
     }
 
     async fn bootstrap(&mut self) -> Result<Option<Pause>, AgentError> {

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::ids::{IdempotencyKey, WorkspaceId};
 use crate::provisioner::ClusterAccess;
 use crate::store::{
-    AgentCredential, BootstrapTokenRecord, CertSerial, KeyDigest, TokenHash, WorkspaceStore,
+    AgentCredential, BootstrapTokenRecord, CertSerial, CommandStatus, KeyDigest, TokenHash,
+    WorkspaceStore,
 };
 use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
 
@@ -277,8 +278,8 @@ impl AgentGateway {
     /// An authenticated poll: records the credential's first poll (once), then
     /// hands out the workspace's pending commands in order. With nothing pending,
     /// nothing is written.
-    pub async fn poll(&self, serial: &CertSerial) -> Result<Vec<Command>> {
-        let (workspace, at, commands) = self.poll_untracked(serial).await?;
+    pub async fn poll(&self, serial: &CertSerial) -> Result<Delivery> {
+        let (workspace, at, delivery) = self.poll_untracked(serial).await?;
         self.presence
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -290,7 +291,7 @@ impl AgentGateway {
                     connected: true,
                 },
             );
-        Ok(commands)
+        Ok(delivery)
     }
 
     /// [`poll`](Self::poll) for a transport that keeps its agents' presence
@@ -300,7 +301,7 @@ impl AgentGateway {
     pub async fn poll_untracked(
         &self,
         serial: &CertSerial,
-    ) -> Result<(WorkspaceId, Timestamp, Vec<Command>)> {
+    ) -> Result<(WorkspaceId, Timestamp, Delivery)> {
         // The credential and whether anything is pending, in one read: an idle
         // poll (the common case by far) costs that read alone.
         let (credential, pending) = self.store.get_credential_for_poll(serial).await?;
@@ -325,14 +326,20 @@ impl AgentGateway {
                 .await?;
         }
         if !pending {
-            return Ok((workspace, now, Vec::new()));
+            return Ok((workspace, now, Delivery::default()));
         }
         let queued = self
             .store
             .deliver(&workspace, self.config.max_commands_per_poll, now)
             .await?;
-        let commands = queued.into_iter().map(|q| q.command).collect();
-        Ok((workspace, now, commands))
+        let mut delivery = Delivery::default();
+        for q in queued {
+            match q.status {
+                CommandStatus::Cancelling { .. } => delivery.cancel.push(q.command.id),
+                _ => delivery.commands.push(q.command),
+            }
+        }
+        Ok((workspace, now, delivery))
     }
 
     /// Stores an agent's result (before acknowledging it) and reports it. A
@@ -373,6 +380,19 @@ impl AgentGateway {
             .unwrap_or_else(|p| p.into_inner())
             .remove(workspace);
     }
+}
+
+/// What one poll hands an agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Commands to run, in queue order.
+    pub commands: Vec<Command>,
+    /// Commands the control plane gave up waiting for, which the agent is
+    /// asked to cancel and answer: with the result if it has one, a failure
+    /// if it cancelled the run or never ran it. Asked on every poll until the
+    /// answer is stored.
+    pub cancel: Vec<CommandId>,
 }
 
 /// A fresh credential serial: 16 random bytes (a positive DER integer), as hex.

@@ -182,6 +182,14 @@ macro_rules! delegate_store {
             ) -> $crate::Result<$crate::QueuedCommand> {
                 self.$inner.get_command(workspace, id).await
             }
+            async fn withdraw(
+                &self,
+                workspace: &$crate::WorkspaceId,
+                id: &$crate::proto::CommandId,
+                now: $crate::Timestamp,
+            ) -> $crate::Result<$crate::CommandStatus> {
+                self.$inner.withdraw(workspace, id, now).await
+            }
         }
 
         #[$crate::__private::async_trait]

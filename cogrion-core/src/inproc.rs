@@ -109,7 +109,31 @@ struct Agent {
     /// Results of commands already run, by id: a redelivered command is answered
     /// again without being run twice.
     done: BTreeMap<CommandId, CommandResult>,
+    /// Commands started and not finished yet (see
+    /// [`SimulatedAgents::hold_commands`]).
+    running: Vec<Running>,
+    /// How many rounds each of the next `hold.1` commands it starts runs
+    /// before it finishes (later ones finish in the round they start).
+    hold: (u32, u32),
     executed: u64,
+    cancelled: u64,
+}
+
+/// A command a simulated agent is running.
+#[derive(Debug)]
+struct Running {
+    command: Command,
+    rounds_left: u32,
+}
+
+/// The step a command belongs to: its id without the engine's attempt suffix
+/// (`.N`), so that two attempts of one step share it.
+fn step_of(id: &CommandId) -> &str {
+    let s = id.as_str();
+    match s.rsplit_once('.') {
+        Some((base, n)) if n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => s,
+    }
 }
 
 impl Default for Agent {
@@ -120,7 +144,10 @@ impl Default for Agent {
             key: KeyDigest(rand::random()),
             lose_bootstraps: 0,
             done: BTreeMap::new(),
+            running: Vec::new(),
+            hold: (0, 0),
             executed: 0,
+            cancelled: 0,
         }
     }
 }
@@ -138,6 +165,13 @@ pub struct SimulatedAgents {
     retired: Arc<Mutex<HashMap<WorkspaceId, u64>>>,
     /// How many bootstrap answers every agent installed from now on loses.
     lost_on_install: Arc<std::sync::atomic::AtomicU32>,
+    /// How long (rounds) and how many commands agents installed from now on
+    /// hold.
+    hold_on_install: Arc<Mutex<(u32, u32)>>,
+    /// Pairs of commands of one step that ran at once: (running, started).
+    overlaps: Arc<Mutex<Vec<(CommandId, CommandId)>>>,
+    /// Whether agents ignore cancel requests.
+    deaf_to_cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for SimulatedAgents {
@@ -159,7 +193,40 @@ impl SimulatedAgents {
             unreachable: Arc::default(),
             retired: Arc::default(),
             lost_on_install: Arc::default(),
+            hold_on_install: Arc::default(),
+            overlaps: Arc::default(),
+            deaf_to_cancel: Arc::default(),
         }
+    }
+
+    /// Makes every agent ignore cancel requests (`true`), as an agent that
+    /// predates them would, or honour them again.
+    pub fn ignore_cancels(&self, ignore: bool) {
+        self.deaf_to_cancel
+            .store(ignore, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes every agent installed from now on run each of the first `count`
+    /// commands it starts for `rounds` of its rounds before it answers (the
+    /// default: none; every command is answered in the round it arrives): slow
+    /// commands, which a short command deadline gives up on while they run.
+    /// The agent honours cancel requests: a running command is stopped and
+    /// answered as failed.
+    pub fn hold_commands(&self, rounds: u32, count: u32) {
+        *lock(&self.hold_on_install) = (rounds, count);
+    }
+
+    /// Pairs of commands of one step (two attempts) that ran at the same time
+    /// on an agent: (the one running, the one started beside it). Empty when
+    /// no command ever ran next to its retry.
+    pub fn overlaps(&self) -> Vec<(CommandId, CommandId)> {
+        lock(&self.overlaps).clone()
+    }
+
+    /// How many commands `workspace`'s current agent stopped (or never ran)
+    /// on a cancel request.
+    pub fn cancelled(&self, workspace: &WorkspaceId) -> u64 {
+        lock(&self.agents).get(workspace).map_or(0, |a| a.cancelled)
     }
 
     /// Makes `workspace`'s agent silent (`true`) or reachable again.
@@ -208,6 +275,7 @@ impl SimulatedAgents {
     pub fn restart_all(&self) {
         for agent in lock(&self.agents).values_mut() {
             agent.done.clear();
+            agent.running.clear();
             agent.serial = None;
         }
     }
@@ -227,7 +295,7 @@ impl SimulatedAgents {
         due.extend(
             lock(&self.agents)
                 .iter()
-                .filter(|(_, a)| a.serial.is_none() && a.token.is_some())
+                .filter(|(_, a)| (a.serial.is_none() && a.token.is_some()) || !a.running.is_empty())
                 .map(|(w, _)| w.clone()),
         );
         self.step(Some(due)).await
@@ -288,8 +356,8 @@ impl SimulatedAgents {
             }
             (None, None) => return Ok(()),
         };
-        let commands = match gateway.poll(&serial).await {
-            Ok(c) => c,
+        let delivery = match gateway.poll(&serial).await {
+            Ok(d) => d,
             Err(
                 e @ (Error::CredentialRevoked { .. }
                 | Error::CredentialExpired { .. }
@@ -302,21 +370,101 @@ impl SimulatedAgents {
             }
             Err(e) => return Err(e),
         };
-        for command in commands {
-            let remembered = lock(&self.agents)
-                .get(ws)
-                .and_then(|a| a.done.get(&command.id).cloned());
-            let result = match remembered {
-                Some(r) => r,
-                None => {
-                    let r = self.execute(ws, &command);
-                    if let Some(a) = lock(&self.agents).get_mut(ws) {
-                        a.done.insert(command.id.clone(), r.clone());
-                        a.executed += 1;
+        // Cancel requests first: answered with the result if the agent has
+        // one, otherwise the run (or the command, never run) is stopped.
+        let cancel = if self
+            .deaf_to_cancel
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            Vec::new()
+        } else {
+            delivery.cancel
+        };
+        for id in cancel {
+            let result = {
+                let mut agents = lock(&self.agents);
+                let Some(a) = agents.get_mut(ws) else {
+                    return Ok(());
+                };
+                match a.done.get(&id) {
+                    Some(r) => r.clone(),
+                    None => {
+                        a.running.retain(|r| r.command.id != id);
+                        a.cancelled += 1;
+                        let r = CommandResult {
+                            id: id.clone(),
+                            outcome: CommandOutcome::Failed {
+                                message: "cancelled by the control plane".into(),
+                                retryable: true,
+                            },
+                            output: serde_json::Value::Null,
+                        };
+                        a.done.insert(id, r.clone());
+                        r
                     }
-                    r
                 }
             };
+            gateway.post_result(&serial, result).await?;
+        }
+        let mut finished = Vec::new();
+        for command in delivery.commands {
+            let mut agents = lock(&self.agents);
+            let Some(a) = agents.get_mut(ws) else {
+                return Ok(());
+            };
+            if let Some(r) = a.done.get(&command.id) {
+                finished.push(r.clone());
+                continue;
+            }
+            if a.running.iter().any(|r| r.command.id == command.id) {
+                continue; // still running: a redelivery
+            }
+            // Another attempt of the same step's command still running: two
+            // commands of one step at once.
+            let step = step_of(&command.id);
+            for r in &a.running {
+                if step_of(&r.command.id) == step {
+                    lock(&self.overlaps).push((r.command.id.clone(), command.id.clone()));
+                }
+            }
+            a.executed += 1;
+            let rounds_left = if a.hold.1 > 0 {
+                a.hold.1 -= 1;
+                a.hold.0
+            } else {
+                0
+            };
+            a.running.push(Running {
+                command,
+                rounds_left,
+            });
+        }
+        // Commands run for their rounds; those done now are answered.
+        let due: Vec<Command> = {
+            let mut agents = lock(&self.agents);
+            let Some(a) = agents.get_mut(ws) else {
+                return Ok(());
+            };
+            let mut due = Vec::new();
+            a.running.retain_mut(|r| {
+                if r.rounds_left == 0 {
+                    due.push(r.command.clone());
+                    false
+                } else {
+                    r.rounds_left -= 1;
+                    true
+                }
+            });
+            due
+        };
+        for command in due {
+            let r = self.execute(ws, &command);
+            if let Some(a) = lock(&self.agents).get_mut(ws) {
+                a.done.insert(command.id.clone(), r.clone());
+            }
+            finished.push(r);
+        }
+        for result in finished {
             gateway.post_result(&serial, result).await?;
         }
         Ok(())
@@ -371,6 +519,9 @@ impl AgentInstaller for SimulatedAgents {
         agent.lose_bootstraps = self
             .lost_on_install
             .load(std::sync::atomic::Ordering::SeqCst);
+        agent.hold = *lock(&self.hold_on_install);
+        // The old agent process is replaced, and what it ran with it.
+        agent.running.clear();
         Ok(Progress::Ready(()))
     }
 

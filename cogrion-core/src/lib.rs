@@ -39,7 +39,7 @@ mod store;
 mod transport;
 
 pub use agent::{
-    AgentGateway, AgentInstall, AgentInstaller, BootstrapToken, GatewayConfig,
+    AgentGateway, AgentInstall, AgentInstaller, BootstrapToken, Delivery, GatewayConfig,
     issue_bootstrap_token,
 };
 pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};

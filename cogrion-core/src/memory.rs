@@ -465,10 +465,12 @@ impl CommandQueue for InMemoryStore {
         Ok(ws
             .commands
             .iter_mut()
-            .filter(|c| c.status == CommandStatus::Pending)
+            .filter(|c| c.status.is_open())
             .take(limit)
             .map(|c| {
-                c.deliveries += 1;
+                if c.status == CommandStatus::Pending {
+                    c.deliveries += 1;
+                }
                 c.clone()
             })
             .collect())
@@ -490,7 +492,7 @@ impl CommandQueue for InMemoryStore {
             )));
         };
         let command = &mut ws.commands[i];
-        if command.status != CommandStatus::Pending {
+        if !command.status.is_open() {
             return Ok(false);
         }
         command.status = CommandStatus::Answered { result, at: now };
@@ -504,6 +506,27 @@ impl CommandQueue for InMemoryStore {
             .get(id)
             .map(|&i| ws.commands[i].clone())
             .ok_or_else(|| Error::NotFound(Resource::Command(workspace.clone(), id.clone())))
+    }
+
+    async fn withdraw(
+        &self,
+        workspace: &WorkspaceId,
+        id: &CommandId,
+        now: Timestamp,
+    ) -> Result<CommandStatus> {
+        let mut inner = self.lock();
+        let ws = inner.workspace_mut(workspace)?;
+        let Some(&i) = ws.command_index.get(id) else {
+            return Err(Error::NotFound(Resource::Command(
+                workspace.clone(),
+                id.clone(),
+            )));
+        };
+        let command = &mut ws.commands[i];
+        if let Some(status) = command.withdrawal(now) {
+            command.status = status;
+        }
+        Ok(command.status.clone())
     }
 }
 
@@ -663,11 +686,7 @@ impl CredentialStore for InMemoryStore {
         let pending = inner
             .workspaces
             .get(&credential.workspace)
-            .is_some_and(|w| {
-                w.commands
-                    .iter()
-                    .any(|c| c.status == CommandStatus::Pending)
-            });
+            .is_some_and(|w| w.commands.iter().any(|c| c.status.is_open()));
         Ok((credential, pending))
     }
 

@@ -315,6 +315,12 @@ pub struct StepRecord {
     /// first after the host asked for a retry (or a correction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// A command of an earlier attempt that an agent had when the step gave up
+    /// on it, and that has not answered the cancel request yet: the next
+    /// attempt does not start until it answers or a new agent connects, so no
+    /// two of the step's commands run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelling: Option<CommandId>,
 }
 
 impl StepRecord {
@@ -329,6 +335,7 @@ impl StepRecord {
             command: None,
             deadline: None,
             started_at: None,
+            cancelling: None,
         }
     }
 
@@ -646,6 +653,23 @@ pub enum EventKind {
         /// Whether it succeeded.
         succeeded: bool,
     },
+    /// A command its step gave up waiting for was taken back before the retry
+    /// ([`CommandQueue::withdraw`]): withdrawn if no agent had it, otherwise
+    /// the agent is asked to cancel it and the retry waits for its answer.
+    CommandWithdrawn {
+        /// The command.
+        id: CommandId,
+        /// Whether an agent had it (and is now asked to cancel it).
+        delivered: bool,
+    },
+    /// A command being cancelled is out of the way: the agent answered it (the
+    /// answer is recorded here and ignored) or a new agent connected since.
+    CommandSuperseded {
+        /// The command.
+        id: CommandId,
+        /// How its late answer went (`None`: no answer; a new agent connected).
+        succeeded: Option<bool>,
+    },
     /// The workspace's agent has not been seen for
     /// [`EngineConfig::agent_silence`](crate::EngineConfig::agent_silence).
     AgentSilent {
@@ -715,6 +739,23 @@ impl fmt::Display for EventKind {
                     if *succeeded { "succeeded" } else { "failed" }
                 )
             }
+            Self::CommandWithdrawn { id, delivered } => write!(
+                f,
+                "command {id} {}",
+                if *delivered {
+                    "given up on; the agent is asked to cancel it"
+                } else {
+                    "withdrawn before delivery"
+                }
+            ),
+            Self::CommandSuperseded { id, succeeded } => match succeeded {
+                Some(ok) => write!(
+                    f,
+                    "command {id} answered late ({}); ignored",
+                    if *ok { "succeeded" } else { "failed" }
+                ),
+                None => write!(f, "command {id} let go: a new agent connected"),
+            },
             Self::AgentSilent { since } => write!(f, "agent silent since {since}"),
             Self::AgentBack { at } => write!(f, "agent seen again at {at}"),
             Self::Note => f.write_str("note"),
@@ -770,6 +811,28 @@ pub enum CommandStatus {
         /// When it was stored.
         at: Timestamp,
     },
+    /// Delivered, and not answered by the time its step gave up on it
+    /// ([`CommandQueue::withdraw`]): every poll asks the agent to cancel it until
+    /// the agent answers (the answer is stored; the step's retry ignores it).
+    Cancelling {
+        /// When its step gave up on it.
+        at: Timestamp,
+    },
+    /// Withdrawn before any agent saw it ([`CommandQueue::withdraw`]): never
+    /// delivered, never answered.
+    Withdrawn {
+        /// When it was withdrawn.
+        at: Timestamp,
+    },
+}
+
+impl CommandStatus {
+    /// Whether the command is still outstanding: pending, or being cancelled.
+    /// Polls hand out outstanding commands (the cancelling ones as cancel
+    /// requests), and only those take an answer.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Self::Pending | Self::Cancelling { .. })
+    }
 }
 
 /// A command in a workspace's queue.
@@ -783,6 +846,22 @@ pub struct QueuedCommand {
     pub deliveries: u32,
     /// Where it stands.
     pub status: CommandStatus,
+}
+
+impl QueuedCommand {
+    /// What [`CommandQueue::withdraw`] makes of it at `now`: withdrawn if no
+    /// agent was handed it yet, cancelling if one was; `None` when it is no
+    /// longer pending (answered, or already withdrawn or cancelling). Every
+    /// store applies this one rule.
+    pub fn withdrawal(&self, now: Timestamp) -> Option<CommandStatus> {
+        match self.status {
+            CommandStatus::Pending if self.deliveries == 0 => {
+                Some(CommandStatus::Withdrawn { at: now })
+            }
+            CommandStatus::Pending => Some(CommandStatus::Cancelling { at: now }),
+            _ => None,
+        }
+    }
 }
 
 /// One atomic, optionally fenced write to a workspace: a compare-and-swap of its
@@ -1272,16 +1351,23 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
 /// that needs them), get gapless sequence numbers per workspace, and stay
 /// [`Pending`](CommandStatus::Pending) — delivered again on every
 /// [`deliver`](Self::deliver) — until [`answer`](Self::answer) stores the agent's
-/// result. Delivery is therefore at-least-once; agents de-duplicate by id. A
+/// result. Delivery is therefore at-least-once; agents de-duplicate by id.
+/// A step that gives up waiting calls [`withdraw`](Self::withdraw) before it
+/// queues its retry, so that no command runs twice at once: one never delivered
+/// is [`Withdrawn`](CommandStatus::Withdrawn) (no agent will see it), one
+/// delivered becomes [`Cancelling`](CommandStatus::Cancelling) (every poll asks
+/// the agent to cancel it, until it answers). `withdraw` and `deliver` are
+/// atomic with each other: a command is never both handed out and withdrawn. A
 /// command id is unique within its workspace: queueing it again fails the whole
 /// commit with [`AlreadyExists`](crate::Error::AlreadyExists). A workspace's agent
 /// can only see and answer that workspace's commands: another workspace's id is
 /// [`NotFound`](crate::Error::NotFound).
 #[async_trait]
 pub trait CommandQueue: fmt::Debug + Send + Sync + 'static {
-    /// Hands out the workspace's pending commands in sequence order (at most
-    /// `limit`, 0 meaning all), counting one delivery for each. With nothing
-    /// pending it writes nothing.
+    /// Hands out the workspace's open commands in sequence order (at most
+    /// `limit`, 0 meaning all): the pending ones, counting one delivery for
+    /// each, and the cancelling ones (for the agent to cancel; not counted).
+    /// With nothing open it writes nothing.
     async fn deliver(
         &self,
         workspace: &WorkspaceId,
@@ -1289,9 +1375,10 @@ pub trait CommandQueue: fmt::Debug + Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<QueuedCommand>>;
 
-    /// Stores the agent's result for one of the workspace's commands. Answering an
-    /// already answered command keeps the first result and returns `false`;
-    /// otherwise returns `true`.
+    /// Stores the agent's result for one of the workspace's open commands.
+    /// Answering an already answered command keeps the first result and returns
+    /// `false`, as does answering a withdrawn one (nothing is stored); otherwise
+    /// returns `true`.
     async fn answer(
         &self,
         workspace: &WorkspaceId,
@@ -1301,6 +1388,18 @@ pub trait CommandQueue: fmt::Debug + Send + Sync + 'static {
 
     /// Reads one command and where it stands.
     async fn get_command(&self, workspace: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand>;
+
+    /// Takes back a command its step gave up waiting for, by the rule of
+    /// [`QueuedCommand::withdrawal`], and returns its status after: `Withdrawn`
+    /// (no agent will see it), `Cancelling` (an agent has it), or — when it is
+    /// no longer pending — its status unchanged (an answer that came in time
+    /// is kept and returned).
+    async fn withdraw(
+        &self,
+        workspace: &WorkspaceId,
+        id: &CommandId,
+        now: Timestamp,
+    ) -> Result<CommandStatus>;
 }
 
 /// A stored bootstrap token (its hash, never the token).

@@ -126,10 +126,9 @@ pub async fn drive(
         // Not while the workspace waits on its agent, though: the agent
         // works meanwhile (a lost answer, say, takes it a few rounds).
         let waits_on_agent = record.operations.iter().any(|o| {
-            o.steps
-                .iter()
-                .find(|s| !s.is_finished())
-                .is_some_and(|s| s.command.is_some() || s.name == "await-agent")
+            o.steps.iter().find(|s| !s.is_finished()).is_some_and(|s| {
+                s.command.is_some() || s.cancelling.is_some() || s.name == "await-agent"
+            })
         });
         if !awaiting_agent
             && !waits_on_agent

@@ -134,7 +134,11 @@ pub(crate) fn run_prefix(letter: char) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("{letter}{:x}{:x}-", std::process::id(), nanos % 0x1_0000_0000)
+    format!(
+        "{letter}{:x}{:x}-",
+        std::process::id(),
+        nanos % 0x1_0000_0000
+    )
 }
 
 /// The PostgreSQL tests of this binary take turns: one of them restarts the server.

@@ -130,6 +130,12 @@ fn every_message_round_trips() {
     round_trip(PollResponse {
         version: PROTOCOL_VERSION,
         commands: vec![command("c1"), command("c2")],
+        cancel: Vec::new(),
+    });
+    round_trip(PollResponse {
+        version: PROTOCOL_VERSION,
+        commands: vec![command("c2")],
+        cancel: vec![CommandId::new("c1").unwrap()],
     });
     round_trip(result());
     round_trip(ResultAck {
@@ -160,6 +166,7 @@ fn every_message_refuses_oversized_malformed_unknown_fields_and_other_versions()
     refusals(&PollResponse {
         version: PROTOCOL_VERSION,
         commands: Vec::new(),
+        cancel: vec![CommandId::new("c1").unwrap()],
     });
     refusals(&result());
     refusals(&ResultAck {
@@ -265,6 +272,28 @@ fn broken_field_rules_are_refused() {
     invalid::<PollResponse>(
         serde_json::to_vec(&json!({"version": 1, "commands": commands})).unwrap(),
         "too many commands",
+    );
+    let cancel: Vec<String> = (0..MAX_COMMANDS_PER_POLL)
+        .map(|i| format!("x{i}"))
+        .collect();
+    invalid::<PollResponse>(
+        serde_json::to_vec(&json!({"version": 1, "commands": [command("c1")], "cancel": cancel}))
+            .unwrap(),
+        "too many commands and cancels together",
+    );
+    invalid::<PollResponse>(
+        serde_json::to_vec(&json!({"version": 1, "commands": [], "cancel": ["-bad"]})).unwrap(),
+        "a bad id to cancel",
+    );
+    // A poll with nothing to cancel is the message agents knew before.
+    assert_eq!(
+        String::from_utf8(encode(&PollResponse {
+            version: PROTOCOL_VERSION,
+            commands: Vec::new(),
+            cancel: Vec::new(),
+        }))
+        .unwrap(),
+        r#"{"version":1,"commands":[]}"#
     );
     invalid::<ResultRequest>(
         edited(

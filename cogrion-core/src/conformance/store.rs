@@ -63,6 +63,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     fencing(store).await;
     checkpoints(store).await;
     command_queue(store).await;
+    withdrawals(store).await;
     tokens(store).await;
     credentials(store).await;
     exchanges(store).await;
@@ -105,6 +106,31 @@ pub async fn poll_reads_are_exact(store: &dyn WorkspaceStore) {
         .await
         .expect("answer");
     assert!(!pending().await, "an answered command is not pending");
+
+    // Given up on: a withdrawn command is not pending, a cancelling one is
+    // (its cancel request is delivered) until it is answered.
+    store
+        .commit(
+            WorkspaceWrite::new(ws.clone(), T0)
+                .command(command("q2"))
+                .command(command("q3")),
+        )
+        .await
+        .expect("queue");
+    let q2 = CommandId::new("q2").expect("id");
+    store.withdraw(&ws, &q2, T0).await.expect("withdraw");
+    store.deliver(&ws, 0, T0).await.expect("deliver q3");
+    let q3 = CommandId::new("q3").expect("id");
+    store.withdraw(&ws, &q3, T0).await.expect("withdraw");
+    assert!(pending().await, "a command being cancelled is pending");
+    store
+        .answer(&ws, result("q3", CommandOutcome::Succeeded), T0)
+        .await
+        .expect("answer");
+    assert!(
+        !pending().await,
+        "a withdrawn command, and a cancelled one answered, are not pending"
+    );
 }
 
 /// Whether a poll's read of `serial` says something may be pending.
@@ -211,6 +237,7 @@ async fn records(store: &dyn WorkspaceStore) {
             command: Some(CommandId::new("c-7").expect("valid id")),
             deadline: Some(T0 + Duration::from_secs(60)),
             started_at: Some(T0),
+            cancelling: Some(CommandId::new("c-6").expect("valid id")),
         }],
         started_at: T0,
         wake_at: Some(T0 + Duration::from_secs(3)),
@@ -1234,6 +1261,138 @@ async fn checkpoints(store: &dyn WorkspaceStore) {
             .await,
         Error::NotFound(_),
         "checkpoint of an unknown workspace"
+    );
+}
+
+/// Withdrawals ([`CommandQueue::withdraw`](crate::CommandQueue::withdraw)):
+/// a command no agent was handed is withdrawn — never delivered, never
+/// answered; one handed out becomes cancelling — delivered as a cancel
+/// request (not counted as a delivery) until its answer is stored; an
+/// answered one is left as it is, and its answer returned; unknown ids and
+/// other workspaces' commands are not found and change nothing.
+async fn withdrawals(store: &dyn WorkspaceStore) {
+    let a = create(store, "withdraw").await;
+    let b = create(store, "withdraw").await;
+    let id = |s: &str| CommandId::new(s).expect("id");
+    store
+        .commit(
+            WorkspaceWrite::new(a.clone(), T0)
+                .command(command("w1"))
+                .command(command("w2"))
+                .command(command("w3")),
+        )
+        .await
+        .expect("queue");
+    store
+        .commit(WorkspaceWrite::new(b.clone(), T0).command(command("w1")))
+        .await
+        .expect("queue");
+    let later = T0 + Duration::from_secs(60);
+
+    // w1: never handed out, withdrawn.
+    assert_eq!(
+        store
+            .withdraw(&a, &id("w1"), later)
+            .await
+            .expect("withdraw"),
+        CommandStatus::Withdrawn { at: later },
+        "an undelivered command is withdrawn"
+    );
+    let delivered = store.deliver(&a, 0, T0).await.expect("deliver");
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|q| q.command.id.as_str())
+            .collect::<Vec<_>>(),
+        ["w2", "w3"],
+        "a withdrawn command is never delivered"
+    );
+    assert!(
+        !store
+            .answer(&a, result("w1", CommandOutcome::Succeeded), later)
+            .await
+            .expect("answer"),
+        "an answer to a withdrawn command is not stored"
+    );
+    assert_eq!(
+        store.get_command(&a, &id("w1")).await.expect("read").status,
+        CommandStatus::Withdrawn { at: later },
+        "still withdrawn"
+    );
+    assert_eq!(
+        store.withdraw(&a, &id("w1"), T0).await.expect("again"),
+        CommandStatus::Withdrawn { at: later },
+        "withdrawing twice changes nothing"
+    );
+
+    // w2: handed out, so it is cancelled rather than withdrawn.
+    assert_eq!(
+        store
+            .withdraw(&a, &id("w2"), later)
+            .await
+            .expect("withdraw"),
+        CommandStatus::Cancelling { at: later },
+        "a delivered command is cancelled"
+    );
+    let again = store.deliver(&a, 0, T0).await.expect("deliver");
+    assert_eq!(
+        again
+            .iter()
+            .map(|q| (q.command.id.as_str(), q.deliveries, q.status.is_open()))
+            .collect::<Vec<_>>(),
+        [("w2", 1, true), ("w3", 2, true)],
+        "a cancelling command is still handed out (as a cancel request), its deliveries not counted"
+    );
+    assert_eq!(again[0].status, CommandStatus::Cancelling { at: later });
+    assert!(
+        store
+            .answer(&a, result("w2", CommandOutcome::Succeeded), later)
+            .await
+            .expect("answer"),
+        "the answer to a cancelled command is stored"
+    );
+    assert!(
+        matches!(
+            store.get_command(&a, &id("w2")).await.expect("read").status,
+            CommandStatus::Answered { .. }
+        ),
+        "answered"
+    );
+
+    // w3: answered before its step gave up; the answer is kept and returned.
+    store
+        .answer(&a, result("w3", CommandOutcome::Succeeded), T0)
+        .await
+        .expect("answer");
+    assert!(
+        matches!(
+            store.withdraw(&a, &id("w3"), later).await.expect("withdraw"),
+            CommandStatus::Answered { result, at } if result.outcome == CommandOutcome::Succeeded && at == T0
+        ),
+        "withdrawing an answered command returns its answer"
+    );
+    assert!(
+        store.deliver(&a, 0, T0).await.expect("deliver").is_empty(),
+        "nothing left to hand out"
+    );
+
+    // Refusals change nothing.
+    expect_err!(
+        store.withdraw(&a, &id("zz"), later).await,
+        Error::NotFound(Resource::Command(..)),
+        "withdrawing an unknown command"
+    );
+    expect_err!(
+        store
+            .withdraw(&random_workspace_id("withdraw"), &id("w1"), later)
+            .await,
+        Error::NotFound(_),
+        "withdrawing in an unknown workspace"
+    );
+    assert_eq!(
+        store.get_command(&b, &id("w1")).await.expect("read").status,
+        CommandStatus::Pending,
+        "B's command of the same id is untouched"
     );
 }
 

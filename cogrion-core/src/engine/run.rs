@@ -326,6 +326,14 @@ impl Engine {
                 return Ok(Action::RunAgain);
             };
             let step = &op.steps[j];
+            if step.command.is_none()
+                && step.cancelling.is_some()
+                && !self.cancel_settled(tx, i, j).await?
+            {
+                continue;
+            }
+            let op = &tx.rec.operations[i];
+            let step = &op.steps[j];
             let mut awaited = None;
             if let Some(command) = &step.command {
                 // Answered, and the executor asked to be called again later
@@ -354,8 +362,11 @@ impl Engine {
             !blocked(&tx.rec, op)
                 && op.steps.iter().find(|s| !s.is_finished()).is_some_and(|s| {
                     // A command not answered yet (an answered one's step
-                    // waits on time), or the agent's first poll.
-                    (s.command.is_some() && s.deadline.is_some()) || s.name == plan::AWAIT_AGENT
+                    // waits on time), one being cancelled, or the agent's
+                    // first poll.
+                    (s.command.is_some() && s.deadline.is_some())
+                        || (s.command.is_none() && s.cancelling.is_some())
+                        || s.name == plan::AWAIT_AGENT
                 })
         });
         Ok(match next_wake(&tx.rec, now) {
@@ -364,6 +375,76 @@ impl Engine {
             Some(t) => Action::WakeAt(t),
             None => Action::Done,
         })
+    }
+
+    /// Whether step `j` of operation `i`, whose agent was asked to cancel a
+    /// command of an earlier attempt, may start its next attempt: once that
+    /// command is answered (the answer is recorded and ignored), once a new
+    /// agent has connected since the cancel request (whatever ran it is gone),
+    /// or — in-cluster teardown — once the teardown deadline has passed (the
+    /// agent's uninstall and the cluster's deletion follow). Until then the
+    /// step waits: an agent's answer wakes the workspace, and it looks again
+    /// every [`command_deadline`](super::EngineConfig::command_deadline).
+    async fn cancel_settled(&self, tx: &mut Tx, i: usize, j: usize) -> Result<bool> {
+        let now = tx.j.now;
+        let id = tx.rec.id.clone();
+        let op = &tx.rec.operations[i];
+        let step = &op.steps[j];
+        let Some(old) = step.cancelling.clone() else {
+            return Ok(true);
+        };
+        let teardown = op.kind == OperationKind::Destroy
+            && StepKind::of(op.kind, op.stack.as_ref(), &step.name)
+                .is_some_and(|k| k.agent_run(&tx.rec.stacks));
+        let teardown_over =
+            teardown && now >= step.started_at.unwrap_or(now) + self.0.config.teardown_deadline;
+        let settled = match self.0.store.get_command(&id, &old).await {
+            Ok(q) => match q.status {
+                CommandStatus::Answered { result, .. } => {
+                    Some(Some(matches!(result.outcome, CommandOutcome::Succeeded)))
+                }
+                CommandStatus::Cancelling { at } => {
+                    let credentials = self.0.store.list_credentials(&id).await?;
+                    let reconnected = credentials
+                        .iter()
+                        .any(|c| c.renewed_from.is_none() && c.issued_at > at && c.was_used());
+                    (reconnected || teardown_over).then_some(None)
+                }
+                // Withdraw never leaves a delivered command pending or
+                // withdrawn; nothing of it can run.
+                CommandStatus::Pending | CommandStatus::Withdrawn { .. } => Some(None),
+            },
+            // Purged with the workspace's queue: nothing of it is left.
+            Err(Error::NotFound(_)) => Some(None),
+            Err(e) => return Err(e),
+        };
+        let Some(succeeded) = settled else {
+            let op = &mut tx.rec.operations[i];
+            if op.wake_at.is_none_or(|t| t <= now) {
+                op.wake_at = Some(now + self.0.config.command_deadline);
+            }
+            return Ok(false);
+        };
+        // The next attempt starts now (an answer woke the workspace before the
+        // look the wait had scheduled).
+        tx.rec.operations[i].wake_at = None;
+        let step = &mut tx.rec.operations[i].steps[j];
+        step.cancelling = None;
+        let name = step.name.clone();
+        let how = match succeeded {
+            Some(true) => "answered late (succeeded); its answer is ignored",
+            Some(false) => "answered late (failed); its answer is ignored",
+            None if teardown_over => "is let go: the teardown deadline passed",
+            None => "is let go: a new agent connected since it was cancelled",
+        };
+        tx.event(
+            EventKind::CommandSuperseded {
+                id: old.clone(),
+                succeeded,
+            },
+            format!("{name}: command {old} {how}"),
+        );
+        Ok(true)
     }
 
     /// Runs one attempt of step `j` of operation `i`; returns whether the step
@@ -727,8 +808,9 @@ impl Engine {
                     key,
                     checkpoint_for(),
                 );
-                if let Some(command) = &step.command {
-                    let status = match tx.awaited.take() {
+                if let Some(command) = step.command.clone() {
+                    let command = &command;
+                    let mut status = match tx.awaited.take() {
                         Some(status) => status,
                         None => {
                             checkpoint
@@ -736,6 +818,13 @@ impl Engine {
                                 .status
                         }
                     };
+                    if status == CommandStatus::Pending {
+                        // Unanswered by its deadline (a step waiting on a pending
+                        // command runs only then): taken back before anything
+                        // retries it. An answer that beat the withdrawal is used.
+                        status =
+                            checkpoint.watch(self.0.store.withdraw(&id, command, now).await)?;
+                    }
                     match status {
                         CommandStatus::Answered { mut result, at } => {
                             let succeeded = matches!(result.outcome, CommandOutcome::Succeeded);
@@ -756,7 +845,30 @@ impl Engine {
                             result.id = base_command_id(command, step.attempts);
                             request = request.with_command_result(result);
                         }
-                        CommandStatus::Pending => {
+                        CommandStatus::Pending
+                        | CommandStatus::Cancelling { .. }
+                        | CommandStatus::Withdrawn { .. } => {
+                            // Withdrawn: no agent will see it. Cancelling: an agent
+                            // has it; the next attempt waits for its answer.
+                            let delivered = !matches!(status, CommandStatus::Withdrawn { .. });
+                            if delivered {
+                                tx.rec.operations[i].steps[j].cancelling = Some(command.clone());
+                            }
+                            tx.event(
+                                EventKind::CommandWithdrawn {
+                                    id: command.clone(),
+                                    delivered,
+                                },
+                                format!(
+                                    "{}: command {command} {}",
+                                    tx.rec.operations[i].steps[j].name,
+                                    if delivered {
+                                        "was not answered by its deadline; the agent is asked to cancel it, and the next attempt waits for its answer"
+                                    } else {
+                                        "was not delivered by its deadline; withdrawn"
+                                    }
+                                ),
+                            );
                             let last_seen = self.presence(&id).await.map(|p| p.last_seen);
                             return Ok(Outcome::Unreachable {
                                 error: Error::Unavailable {

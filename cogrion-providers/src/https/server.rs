@@ -983,18 +983,23 @@ impl Shared {
                 {
                     // Boxed: its state lives only while it runs, not while the
                     // poll waits.
-                    let (_, at, mut commands) = Box::pin(self.gateway.poll_untracked(&peer.serial))
+                    let (_, at, delivery) = Box::pin(self.gateway.poll_untracked(&peer.serial))
                         .await
                         .map_err(Refusal::gateway)?;
                     self.seen(peer, &slot, at);
-                    // What the agent says it finished is not delivered again, even
-                    // while its result is still on the way.
+                    let (mut commands, mut cancel) = (delivery.commands, delivery.cancel);
+                    // What the agent says it finished is neither delivered nor
+                    // cancelled again, even while its result is still on the way.
                     commands.retain(|c| !m.finished.contains(&c.id));
-                    if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
+                    cancel.retain(|id| !m.finished.contains(id));
+                    let something = !commands.is_empty() || !cancel.is_empty();
+                    if something || tokio::time::Instant::now() >= deadline {
                         commands.truncate(v1::MAX_COMMANDS_PER_POLL);
+                        cancel.truncate(v1::MAX_COMMANDS_PER_POLL - commands.len());
                         return Ok(ok(&PollResponse {
                             version: PROTOCOL_VERSION,
                             commands,
+                            cancel,
                         }));
                     }
                 }

@@ -1165,6 +1165,9 @@ impl CommandQueue for PostgresStore {
         };
         self.write_tx(move |conn| {
             Box::pin(async move {
+                // The workspace's row lock orders this with answers and
+                // withdrawals: a command is never both handed out and withdrawn.
+                require_workspace(conn, &ws).await?;
                 let rows = sqlx::query(
                     "SELECT seq, body FROM commands WHERE workspace = $1 AND NOT answered ORDER BY seq LIMIT $2",
                 )
@@ -1176,6 +1179,11 @@ impl CommandQueue for PostgresStore {
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
                     let mut q = read_queued(r.get("body"), &ws)?;
+                    if q.status != CommandStatus::Pending {
+                        // Cancelling: handed out as a cancel request, not counted.
+                        out.push(q);
+                        continue;
+                    }
                     q.deliveries += 1;
                     sqlx::query("UPDATE commands SET body = $1 WHERE workspace = $2 AND seq = $3")
                         .bind(to_json(&q)?)
@@ -1244,6 +1252,44 @@ impl CommandQueue for PostgresStore {
                 .map_err(unavailable)?
                 .ok_or_else(|| Error::NotFound(Resource::Command(workspace.clone(), id.clone())))?;
         read_queued(&body, workspace)
+    }
+
+    async fn withdraw(
+        &self,
+        workspace: &WorkspaceId,
+        id: &CommandId,
+        now: Timestamp,
+    ) -> Result<CommandStatus> {
+        let (ws, id) = (workspace.clone(), id.clone());
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &ws).await?;
+                let row = sqlx::query("SELECT seq, body FROM commands WHERE workspace = $1 AND id = $2")
+                    .bind(ws.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), id.clone())))?;
+                let mut q = read_queued(row.get("body"), &ws)?;
+                let Some(status) = q.withdrawal(now) else {
+                    return Ok(q.status);
+                };
+                q.status = status.clone();
+                // `answered` marks the commands no poll hands out any more.
+                let closed: bool = !status.is_open();
+                sqlx::query("UPDATE commands SET answered = $1, body = $2 WHERE workspace = $3 AND seq = $4")
+                    .bind(closed)
+                    .bind(to_json(&q)?)
+                    .bind(ws.as_str())
+                    .bind(row.get::<i64, _>("seq"))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(status)
+            })
+        })
+        .await
     }
 }
 

@@ -1213,6 +1213,11 @@ impl CommandQueue for SqliteStore {
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
                     let mut q = read_queued(r.get("body"), &ws)?;
+                    if q.status != CommandStatus::Pending {
+                        // Cancelling: handed out as a cancel request, not counted.
+                        out.push(q);
+                        continue;
+                    }
                     q.deliveries += 1;
                     sqlx::query("UPDATE commands SET body = ? WHERE workspace = ? AND seq = ?")
                         .bind(to_json(&q)?)
@@ -1281,6 +1286,49 @@ impl CommandQueue for SqliteStore {
                 .map_err(unavailable)?
                 .ok_or_else(|| Error::NotFound(Resource::Command(workspace.clone(), id.clone())))?;
         read_queued(&body, workspace)
+    }
+
+    async fn withdraw(
+        &self,
+        workspace: &WorkspaceId,
+        id: &CommandId,
+        now: Timestamp,
+    ) -> Result<CommandStatus> {
+        let (ws, id) = (workspace.clone(), id.clone());
+        self.write_tx(move |conn| {
+            Box::pin(async move {
+                require_workspace(conn, &ws).await?;
+                let row =
+                    sqlx::query("SELECT seq, body FROM commands WHERE workspace = ? AND id = ?")
+                        .bind(ws.as_str())
+                        .bind(id.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or_else(|| {
+                            Error::NotFound(Resource::Command(ws.clone(), id.clone()))
+                        })?;
+                let mut q = read_queued(row.get("body"), &ws)?;
+                let Some(status) = q.withdrawal(now) else {
+                    return Ok(q.status);
+                };
+                q.status = status.clone();
+                // `answered` marks the commands no poll hands out any more.
+                let closed: i64 = i64::from(!status.is_open());
+                sqlx::query(
+                    "UPDATE commands SET answered = ?, body = ? WHERE workspace = ? AND seq = ?",
+                )
+                .bind(closed)
+                .bind(to_json(&q)?)
+                .bind(ws.as_str())
+                .bind(row.get::<i64, _>("seq"))
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                Ok(status)
+            })
+        })
+        .await
     }
 }
 
