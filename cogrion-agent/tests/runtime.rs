@@ -414,6 +414,58 @@ async fn an_agent_whose_bootstrap_answer_was_lost_gets_the_certificate_issued() 
     let _ = std::fs::remove_dir_all(&plane.dir);
 }
 
+/// A command the control plane gave up on after handing it out (here: the
+/// delivery was lost on the way, so the agent never saw it) reaches the
+/// agent as a cancel request over the real endpoint: the agent answers it as
+/// cancelled and never runs it, and the next command runs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_asked_to_cancel_a_command_answers_it_and_never_runs_it() {
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    plane.queue("lost").await;
+    let handed = plane
+        .store
+        .deliver(&plane.ws, 0, SystemClock.now())
+        .await
+        .unwrap();
+    assert_eq!(handed.len(), 1, "handed out, never received");
+    let lost = CommandId::new("lost").unwrap();
+    assert!(matches!(
+        plane
+            .store
+            .withdraw(&plane.ws, &lost, SystemClock.now())
+            .await
+            .unwrap(),
+        CommandStatus::Cancelling { .. }
+    ));
+    plane.queue("after").await;
+    plane
+        .run_agent_until_answered(&runs, "after", Duration::from_secs(10))
+        .await;
+    match plane
+        .store
+        .get_command(&plane.ws, &lost)
+        .await
+        .unwrap()
+        .status
+    {
+        CommandStatus::Answered { result, .. } => assert!(
+            matches!(
+                &result.outcome,
+                CommandOutcome::Failed { message, retryable: true } if message.contains("cancelled")
+            ),
+            "{result:?}"
+        ),
+        other => panic!("the cancel request was not answered: {other:?}"),
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the cancelled command never ran; the next one did"
+    );
+    let _ = std::fs::remove_dir_all(&plane.dir);
+}
+
 /// A state written by an agent that kept its spent token (before 0.2) keeps
 /// only its hash once read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,8 @@ pub struct SimulatedAgents {
     overlaps: Arc<Mutex<Vec<(CommandId, CommandId)>>>,
     /// Whether agents ignore cancel requests.
     deaf_to_cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancel requests answered by any agent, ever.
+    cancels: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for SimulatedAgents {
@@ -196,6 +198,7 @@ impl SimulatedAgents {
             hold_on_install: Arc::default(),
             overlaps: Arc::default(),
             deaf_to_cancel: Arc::default(),
+            cancels: Arc::default(),
         }
     }
 
@@ -227,6 +230,12 @@ impl SimulatedAgents {
     /// on a cancel request.
     pub fn cancelled(&self, workspace: &WorkspaceId) -> u64 {
         lock(&self.agents).get(workspace).map_or(0, |a| a.cancelled)
+    }
+
+    /// How many cancel requests the fleet's agents answered, all told (those
+    /// answered with a result they had included).
+    pub fn cancel_requests_answered(&self) -> u64 {
+        self.cancels.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Makes `workspace`'s agent silent (`true`) or reachable again.
@@ -405,6 +414,8 @@ impl SimulatedAgents {
                 }
             };
             gateway.post_result(&serial, result).await?;
+            self.cancels
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         let mut finished = Vec::new();
         for command in delivery.commands {

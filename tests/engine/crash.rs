@@ -473,6 +473,16 @@ enum Backend {
 /// One run of `plan` on `backend`; its outcome, the engine's commits and the
 /// crashes that happened.
 async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize, u64) {
+    let (outcome, commits, crashes, _) = run_counting_cancels(backend, seed, plan).await;
+    (outcome, commits, crashes)
+}
+
+/// [`run_on`], and how many cancel requests the agents answered.
+async fn run_counting_cancels(
+    backend: Backend,
+    seed: u64,
+    plan: SeedPlan,
+) -> (Outcome, usize, u64, u64) {
     let (store, _dir): (
         std::sync::Arc<dyn WorkspaceStore>,
         Option<crate::world::TempDir>,
@@ -494,6 +504,14 @@ async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize,
     world.store.crash_at(plan.crashes);
     world.store.fail_checkpoint_writes(plan.outages);
     world.agents.lose_bootstrap_answers(plan.lost_answers);
+    if let Some((rounds, count)) = plan.slow_commands {
+        // Commands outlive a 5 s deadline: the drive's rounds are half a
+        // second while a step waits on the agent.
+        world
+            .command_deadline_secs
+            .store(5, std::sync::atomic::Ordering::SeqCst);
+        world.agents.hold_commands(rounds, count);
+    }
     if plan.concurrent {
         world.store.yield_on_writes();
         world
@@ -504,8 +522,19 @@ async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize,
     if plan.racing {
         engines.push(world.engine("replica-b"));
     }
-    let outcome = plan.scenario.play(&world, &mut engines).await;
-    (outcome, world.store.commits(), world.store.crashes())
+    let mut outcome = plan.scenario.play(&world, &mut engines).await;
+    let overlaps = world.agents.overlaps();
+    if outcome.is_ok() && !overlaps.is_empty() {
+        outcome = Err(format!(
+            "two commands of one step ran at once on the agent: {overlaps:?}"
+        ));
+    }
+    (
+        outcome,
+        world.store.commits(),
+        world.store.crashes(),
+        world.agents.cancel_requests_answered(),
+    )
 }
 
 /// The scenarios the sweep kills at every commit.
@@ -591,6 +620,9 @@ struct SeedPlan {
     concurrent: bool,
     /// The checkpoint writes (counted from 0) that meet a store outage.
     outages: Vec<usize>,
+    /// Slow commands: each agent runs its first `.1` commands for `.0` of its
+    /// rounds, past a command deadline of 5 s (ten rounds).
+    slow_commands: Option<(u32, u32)>,
 }
 
 impl SeedPlan {
@@ -605,6 +637,7 @@ impl SeedPlan {
             lost_answers: 0,
             concurrent: false,
             outages: Vec::new(),
+            slow_commands: None,
         }
     }
 
@@ -650,6 +683,9 @@ impl SeedPlan {
         } else {
             Vec::new()
         };
+        let slow_commands = rng
+            .random_bool(0.3)
+            .then(|| (rng.random_range(12..40), rng.random_range(1..4)));
         Self {
             faults,
             latency,
@@ -659,6 +695,7 @@ impl SeedPlan {
             lost_answers,
             concurrent,
             outages,
+            slow_commands,
         }
     }
 }
@@ -666,7 +703,7 @@ impl SeedPlan {
 /// Runs `count` seeds from `first` on `backend`; a failure names its seed.
 async fn seeded_runs(backend: Backend, first: u64, count: u64) {
     let (mut crashes, mut raced, mut faulty) = (0, 0, 0);
-    let (mut lossy, mut concurrent, mut outages) = (0, 0, 0);
+    let (mut lossy, mut concurrent, mut outages, mut slow, mut cancels) = (0, 0, 0, 0, 0);
     let mut scenarios: std::collections::BTreeMap<&str, u64> = Default::default();
     for seed in first..first + count {
         let plan = SeedPlan::of(seed);
@@ -678,8 +715,10 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         lossy += u64::from(plan.lost_answers > 0);
         concurrent += u64::from(plan.concurrent);
         outages += plan.outages.len();
+        slow += u64::from(plan.slow_commands.is_some());
         *scenarios.entry(plan.scenario.name()).or_default() += 1;
-        let (outcome, _, crashed) = run_on(backend, seed, plan).await;
+        let (outcome, _, crashed, cancelled) = run_counting_cancels(backend, seed, plan).await;
+        cancels += cancelled;
         if let Err(e) = outcome {
             panic!(
                 "{backend:?} seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=1"
@@ -688,7 +727,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         crashes += crashed;
     }
     println!(
-        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls, {outages} store outages planned under steps; scenarios {scenarios:?}"
+        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls, {outages} store outages planned under steps, {slow} with commands outliving their deadline ({cancels} cancel requests answered); scenarios {scenarios:?}"
     );
 }
 

@@ -147,6 +147,9 @@ pub struct World {
     pub seed: u64,
     /// `drive` calls `advance` from two tasks at once on each engine.
     pub concurrent_advance: std::sync::atomic::AtomicBool,
+    /// How long the world's engines wait for a command's answer, in seconds
+    /// (0: two minutes).
+    pub command_deadline_secs: AtomicU64,
     sim: SimulatedWorld,
     engines: AtomicU64,
 }
@@ -211,6 +214,7 @@ impl World {
             agents: sim.agents.clone(),
             seed,
             concurrent_advance: Default::default(),
+            command_deadline_secs: AtomicU64::new(0),
             sim,
             engines: AtomicU64::new(0),
         }
@@ -260,7 +264,10 @@ impl World {
             ))
             .with_deadlines(
                 Duration::from_secs(600),
-                Duration::from_secs(120),
+                match self.command_deadline_secs.load(Ordering::SeqCst) {
+                    0 => Duration::from_secs(120),
+                    secs => Duration::from_secs(secs),
+                },
                 Duration::from_secs(120),
             )
     }
