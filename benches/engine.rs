@@ -134,12 +134,7 @@ async fn raw_target(store: &dyn WorkspaceStore, name: &str) -> (WorkspaceId, Lea
         .await
         .unwrap();
     let lease = store
-        .acquire(
-            &id,
-            &"bench".parse().unwrap(),
-            Duration::from_secs(3600),
-            Timestamp::EPOCH,
-        )
+        .acquire(&id, &"bench".parse().unwrap(), Duration::from_secs(3600))
         .await
         .unwrap();
     (id, lease)

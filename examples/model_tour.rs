@@ -103,7 +103,8 @@ async fn stack_change(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
-    let store = InMemoryStore::new();
+    // The store judges leases by the same (manual) clock the tour moves.
+    let store = InMemoryStore::with_clock(std::sync::Arc::new(clock.clone()));
 
     println!("1. A spec with three mistakes is refused with all three:");
     let bad = SPEC
@@ -135,12 +136,7 @@ async fn main() -> Result<()> {
         )
         .await?;
     let lease = store
-        .acquire(
-            &id,
-            &"control-plane-0".parse()?,
-            Duration::from_secs(30),
-            now,
-        )
+        .acquire(&id, &"control-plane-0".parse()?, Duration::from_secs(30))
         .await?;
     println!(
         "   created; lease held by {} with fencing token {}",
@@ -151,9 +147,7 @@ async fn main() -> Result<()> {
         "3. Provisioning fails at the cluster step, is retried, and the agent's first poll makes it Active:"
     );
     clock.advance(Duration::from_secs(40));
-    let lease = store
-        .renew(&lease, Duration::from_secs(30), clock.now())
-        .await?;
+    let lease = store.renew(&lease, Duration::from_secs(30)).await?;
     let failure = WorkspaceEvent::OperationFailed {
         step: "cluster".into(),
         error: "quota exceeded".into(),

@@ -301,7 +301,6 @@ async fn raw_same_rows(
                     workspace: id.clone(),
                     holder: lease.holder.clone(),
                     ttl: Duration::from_secs(3600),
-                    now: Timestamp::EPOCH,
                 });
             }
         }

@@ -126,6 +126,12 @@ impl ManualClock {
         self.millis.fetch_add(ms, Ordering::SeqCst);
     }
 
+    /// Sets the clock to `t`, earlier or later than what it shows: a test
+    /// putting a store's clock where its next check needs it.
+    pub fn set(&self, t: Timestamp) {
+        self.millis.store(t.as_millis(), Ordering::SeqCst);
+    }
+
     /// Sets the clock to `t` if that is later than what it shows (it never goes back).
     pub fn advance_to(&self, t: Timestamp) {
         self.millis.fetch_max(t.as_millis(), Ordering::SeqCst);

@@ -118,13 +118,11 @@ macro_rules! delegate_store {
                 workspace: &$crate::WorkspaceId,
                 holder: &$crate::HolderId,
                 ttl: ::std::time::Duration,
-                now: $crate::Timestamp,
             ) -> $crate::Result<$crate::Lease> {
                 self.write($crate::BatchWrite::Acquire {
                     workspace: workspace.clone(),
                     holder: holder.clone(),
                     ttl,
-                    now,
                 })
                 .await?
                 .into_lease()
@@ -133,9 +131,8 @@ macro_rules! delegate_store {
                 &self,
                 lease: &$crate::Lease,
                 ttl: ::std::time::Duration,
-                now: $crate::Timestamp,
             ) -> $crate::Result<$crate::Lease> {
-                self.$inner.renew(lease, ttl, now).await
+                self.$inner.renew(lease, ttl).await
             }
             async fn release(&self, lease: &$crate::Lease) -> $crate::Result<()> {
                 self.write($crate::BatchWrite::Release(lease.clone()))
@@ -146,11 +143,10 @@ macro_rules! delegate_store {
                 &self,
                 holder: &$crate::HolderId,
                 ttl: ::std::time::Duration,
-                now: $crate::Timestamp,
                 until: $crate::Timestamp,
                 limit: usize,
             ) -> $crate::Result<::std::vec::Vec<$crate::Lease>> {
-                self.$inner.claim_due(holder, ttl, now, until, limit).await
+                self.$inner.claim_due(holder, ttl, until, limit).await
             }
             async fn release_all(&self, holder: &$crate::HolderId) -> $crate::Result<u64> {
                 self.$inner.release_all(holder).await

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cogrion_agent_proto::{CommandId, CommandResult};
 
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, Resource, Result, TokenRefusal};
 use crate::ids::{HolderId, WorkspaceId};
 use crate::state::StateName;
@@ -38,9 +38,11 @@ const DEFAULT_PAGE: usize = 1000;
 /// assert!(matches!(missing, Err(Error::NotFound(_))));
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InMemoryStore {
     inner: Arc<Mutex<Inner>>,
+    /// The store's clock: leases expire by it.
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
@@ -132,10 +134,25 @@ impl Workspace {
     }
 }
 
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(crate::clock::SystemClock))
+    }
+}
+
 impl InMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose leases expire by `clock` (a test's manual clock,
+    /// say) instead of the system's.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::default(),
+            clock,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -378,16 +395,17 @@ impl LeaseStore for InMemoryStore {
         workspace: &WorkspaceId,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
     ) -> Result<Lease> {
         check_lease_ttl(ttl)?;
+        let now = self.clock.now();
         self.lock()
             .workspace_mut(workspace)?
             .grant(holder, ttl, now)
     }
 
-    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         check_lease_ttl(ttl)?;
+        let now = self.clock.now();
         let mut inner = self.lock();
         let ws = inner.workspace_mut(&lease.workspace)?;
         ws.check_fence(lease.fence)?;
@@ -414,11 +432,11 @@ impl LeaseStore for InMemoryStore {
         &self,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<Lease>> {
         check_lease_ttl(ttl)?;
+        let now = self.clock.now();
         let mut inner = self.lock();
         let mut due: Vec<(Timestamp, WorkspaceId)> = inner
             .workspaces

@@ -1160,7 +1160,7 @@ pub struct Lease {
     pub holder: HolderId,
     /// The token that fences the holder's writes.
     pub fence: FencingToken,
-    /// When it expires unless renewed.
+    /// When it expires unless renewed, by the store's clock.
     pub expires_at: Timestamp,
 }
 
@@ -1190,10 +1190,8 @@ pub enum BatchWrite {
         workspace: WorkspaceId,
         /// Who takes the lease.
         holder: HolderId,
-        /// For how long.
+        /// For how long (from the store's now).
         ttl: Duration,
-        /// From when.
-        now: Timestamp,
     },
     /// [`LeaseStore::release`].
     Release(Lease),
@@ -1238,9 +1236,8 @@ impl BatchWrite {
                 workspace,
                 holder,
                 ttl,
-                now,
             } => store
-                .acquire(&workspace, &holder, ttl, now)
+                .acquire(&workspace, &holder, ttl)
                 .await
                 .map(BatchOutcome::Lease),
             Self::Release(lease) => store.release(&lease).await.map(|()| BatchOutcome::Done),
@@ -1287,6 +1284,14 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 /// Leases: at most one replica drives a workspace at a time.
 ///
 /// # Contract
+/// - **Time is the store's.** Whether a lease has expired, and when a lease
+///   granted or renewed now expires, is judged by the store's own clock — the
+///   database's (PostgreSQL's `now()`, SQLite's time inside the writing
+///   transaction) or the one the in-memory store was given — never by the
+///   caller's, so replicas whose clocks disagree still agree on who holds a
+///   lease. [`Lease::expires_at`] is in the store's time: a holder judges how
+///   long its lease holds by its own clock, from when it asked (at most the
+///   TTL), not by comparing `expires_at` with its own clock.
 /// - [`acquire`](Self::acquire) succeeds when nobody holds an unexpired lease, or
 ///   when the caller already does (then it renews it, keeping the fencing token).
 ///   A fresh acquisition gets a fencing token greater than every earlier one.
@@ -1314,28 +1319,29 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 ///   [`InvalidValue`](crate::Error::InvalidValue).
 #[async_trait]
 pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
-    /// Takes (or renews) the lease on `workspace` for `ttl` from `now`.
+    /// Takes (or renews) the lease on `workspace` for `ttl` from the store's
+    /// now.
     async fn acquire(
         &self,
         workspace: &WorkspaceId,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
     ) -> Result<Lease>;
 
-    /// Extends `lease` to `now + ttl`.
-    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease>;
+    /// Extends `lease` to the store's now plus `ttl`.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease>;
 
     /// Gives `lease` up.
     async fn release(&self, lease: &Lease) -> Result<()>;
 
     /// Takes the leases of up to `limit` due workspaces nobody holds (see the
     /// contract above); an empty answer means there is nothing to claim now.
+    /// (`until` is the caller's time, compared with the workspaces' wake
+    /// times, which their writers set; leases are judged by the store's time.)
     async fn claim_due(
         &self,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<Lease>>;

@@ -5,10 +5,11 @@
 #![cfg(feature = "postgres")]
 
 use cogrion_core::conformance::{
-    poll_reads_are_exact, random_workspace_id, sample_workspace_spec, store_suite,
+    leases_run_on_the_stores_clock, poll_reads_are_exact, random_workspace_id,
+    sample_workspace_spec, store_suite,
 };
 use cogrion_core::{
-    Error, EventSeq, RecordStore, Resource, Timestamp, WorkspaceRecord, WorkspaceWrite,
+    Error, EventSeq, ManualClock, RecordStore, Resource, Timestamp, WorkspaceRecord, WorkspaceWrite,
 };
 use cogrion_providers::postgres::{PostgresOptions, PostgresStore};
 use sqlx::Connection;
@@ -54,6 +55,16 @@ async fn fresh_database(server: &str, name: &str) -> String {
 
 const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
+/// Without a test clock, leases are judged by the server's `now()` (the
+/// server runs on this machine, so its clock is this machine's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_run_on_the_servers_clock() {
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server, "ownclock").await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    leases_run_on_the_stores_clock(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_passes_the_store_suite() {
     let Some(server) = server() else { return };
@@ -62,13 +73,15 @@ async fn postgres_store_passes_the_store_suite() {
         PostgresStore::connect_with(&url, PostgresOptions::default().with_max_connections(16))
             .await
             .unwrap();
-    store_suite(&store).await;
+    let clock = ManualClock::new(T0);
+    let store = store.with_clock(std::sync::Arc::new(clock.clone()));
+    store_suite(&store, &clock).await;
     // Twice on one database, as replicas sharing it would see.
-    store_suite(&store).await;
+    store_suite(&store, &clock).await;
     poll_reads_are_exact(&store).await;
     // And through group commit with four transactions in flight at once.
     let grouped = cogrion_core::GroupCommit::with_lanes(std::sync::Arc::new(store), 64, 4);
-    store_suite(&grouped).await;
+    store_suite(&grouped, &clock).await;
     let (batches, writes) = grouped.stats();
     assert!(batches > 0 && writes >= batches);
 }

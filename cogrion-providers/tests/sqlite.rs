@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use cogrion_core::conformance::{
-    poll_reads_are_exact, random_workspace_id, sample_workspace_spec, store_suite,
+    leases_run_on_the_stores_clock, poll_reads_are_exact, random_workspace_id,
+    sample_workspace_spec, store_suite,
 };
 use cogrion_core::{
-    Error, EventSeq, NewEvent, RecordStore, Resource, Timestamp, WorkspaceId, WorkspaceRecord,
-    WorkspaceWrite,
+    Error, EventSeq, ManualClock, NewEvent, RecordStore, Resource, Timestamp, WorkspaceId,
+    WorkspaceRecord, WorkspaceWrite,
 };
 use cogrion_providers::sqlite::{Durability, SqliteOptions, SqliteStore};
 use sqlx::Connection;
@@ -78,9 +79,20 @@ async fn sqlite_store_passes_the_store_suite_in_both_durabilities() {
         )
         .await
         .unwrap();
-        store_suite(&store).await;
+        let clock = ManualClock::new(T0);
+        let store = store.with_clock(std::sync::Arc::new(clock.clone()));
+        store_suite(&store, &clock).await;
         poll_reads_are_exact(&store).await;
     }
+}
+
+/// Without a test clock, leases are judged by SQLite's own time, read inside
+/// the writing transaction.
+#[tokio::test]
+async fn sqlite_leases_run_on_sqlites_clock() {
+    let dir = TempDir::new("ownclock");
+    let store = SqliteStore::open(dir.db()).await.unwrap();
+    leases_run_on_the_stores_clock(&store).await;
 }
 
 #[tokio::test]
@@ -209,8 +221,10 @@ async fn group_commit_on_sqlite_keeps_the_guarantees_and_shares_transactions() {
     )
     .await
     .unwrap();
+    let clock = ManualClock::new(T0);
+    let inner = inner.with_clock(std::sync::Arc::new(clock.clone()));
     let store = cogrion_core::GroupCommit::new(std::sync::Arc::new(inner), 256);
-    store_suite(&store).await;
+    store_suite(&store, &clock).await;
     let before = store.stats();
     let writes = (0..200).map(|_| {
         let id = random_workspace_id("grp");

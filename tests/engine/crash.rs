@@ -483,24 +483,30 @@ async fn run_counting_cancels(
     seed: u64,
     plan: SeedPlan,
 ) -> (Outcome, usize, u64, u64) {
+    let clock = crate::world::new_clock();
+    let store_clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(clock.clone());
     let (store, _dir): (
         std::sync::Arc<dyn WorkspaceStore>,
         Option<crate::world::TempDir>,
     ) = match backend {
-        Backend::Memory => (std::sync::Arc::new(InMemoryStore::new()), None),
+        Backend::Memory => (
+            std::sync::Arc::new(InMemoryStore::with_clock(store_clock)),
+            None,
+        ),
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let dir = crate::world::TempDir::new("crash");
             let store = cogrion::providers::sqlite::SqliteStore::open(dir.db())
                 .await
-                .expect("open sqlite");
+                .expect("open sqlite")
+                .with_clock(store_clock);
             (std::sync::Arc::new(store), Some(dir))
         }
     };
     let faults = plan
         .faults
         .map_or_else(FaultPlan::none, |p| FaultPlan::transient(seed, p));
-    let world = World::with_store(seed, faults, plan.latency, store);
+    let world = World::with_store(seed, faults, plan.latency, store, clock);
     world.store.crash_at(plan.crashes);
     world.store.fail_checkpoint_writes(plan.outages);
     world.agents.lose_bootstrap_answers(plan.lost_answers);

@@ -81,12 +81,14 @@ async fn an_undelivered_renewal_is_not_a_live_agent() {
 async fn a_renewal_racing_a_revocation_leaves_nothing_live() {
     use std::sync::Arc;
     let dir = crate::world::TempDir::new("renew-race");
+    let clock = crate::world::new_clock();
     let store: Arc<dyn WorkspaceStore> = Arc::new(
         cogrion::providers::sqlite::SqliteStore::open(&dir.db())
             .await
-            .unwrap(),
+            .unwrap()
+            .with_clock(Arc::new(clock.clone())),
     );
-    let w = World::with_store(3, FaultPlan::none(), Duration::ZERO, store);
+    let w = World::with_store(3, FaultPlan::none(), Duration::ZERO, store, clock);
     let mut engines = vec![w.engine("cp")];
     let gateway = w.gateway(&engines[0]);
     for round in 0..20u8 {

@@ -30,7 +30,8 @@ fn fixture_clock(store: &str) -> Timestamp {
 /// Checks what the upgrade derived for each fixture workspace, then drives
 /// every one of them on: each in-flight operation finishes, each failure is
 /// corrected, retried or reverted, then everything is destroyed and purged.
-async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, now: Timestamp) {
+/// `store` judges leases by `clock`, which starts when the fixture was written.
+async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, clock: ManualClock) {
     let all = store.list_workspaces(&ListQuery::new()).await.unwrap();
     let records: BTreeMap<String, WorkspaceRecord> = all
         .into_iter()
@@ -85,7 +86,7 @@ async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, now: Ti
     // Drive everything on, on today's engine. The agents kept running in their
     // clusters while the control plane was replaced: they resume with the
     // certificates they hold.
-    let w = World::resumed(store.clone(), cloud, Duration::from_secs(5), now);
+    let w = World::resumed(store.clone(), cloud, Duration::from_secs(5), clock);
     for name in records.keys() {
         let id = ws(name);
         if let Some(c) = store
@@ -226,7 +227,9 @@ async fn a_sqlite_database_of_the_previous_main_migrates_with_operations_in_flig
         after,
         "a migrated database is not migrated twice"
     );
-    drive_the_fixture(Arc::new(store), &cloud, fixture_clock("sqlite")).await;
+    let clock = ManualClock::new(fixture_clock("sqlite"));
+    let store = store.with_clock(Arc::new(clock.clone()));
+    drive_the_fixture(Arc::new(store), &cloud, clock).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +283,9 @@ async fn a_postgres_database_of_the_previous_main_migrates_with_operations_in_fl
         .unwrap();
     assert_eq!(version, 2);
     conn.close().await.unwrap();
-    drive_the_fixture(Arc::new(store), &cloud, fixture_clock("postgres")).await;
+    let clock = ManualClock::new(fixture_clock("postgres"));
+    let store = store.with_clock(Arc::new(clock.clone()));
+    drive_the_fixture(Arc::new(store), &cloud, clock).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {db} WITH (FORCE)"
     )))

@@ -248,8 +248,9 @@ fn replicas(
     cloud: std::sync::Arc<SlowCloud>,
     configure: impl Fn(EngineConfig) -> EngineConfig,
 ) -> (Engine, Engine) {
-    let store: std::sync::Arc<dyn WorkspaceStore> = std::sync::Arc::new(InMemoryStore::new());
     let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(TokioClock::new());
+    let store: std::sync::Arc<dyn WorkspaceStore> =
+        std::sync::Arc::new(InMemoryStore::with_clock(clock.clone()));
     let engine = |name: &str| {
         Engine::builder(store.clone())
             .clock(clock.clone())
@@ -260,6 +261,69 @@ fn replicas(
             .unwrap()
     };
     (engine("a"), engine("b"))
+}
+
+/// A clock `by` ahead of another.
+#[derive(Debug)]
+struct Ahead(std::sync::Arc<dyn Clock>, Duration);
+
+impl Clock for Ahead {
+    fn now(&self) -> Timestamp {
+        self.0.now() + self.1
+    }
+}
+
+/// Item 5: replica b's clock runs half a lease (and a second) ahead of
+/// replica a's and the store's. Replica a holds the lease (claimed at 0,
+/// 30 s) and, 14 s later, starts a five-minute call under it; a second after
+/// that, b — whose clock says the lease ran out — asks for the workspace and
+/// is kept out, because the store judges expiry by its own clock. The call
+/// runs once. (Before: each replica's own clock judged the lease; b took it
+/// over and ran the same call next to a's.)
+#[tokio::test(start_paused = true)]
+async fn a_replica_whose_clock_runs_ahead_does_not_take_a_held_lease() {
+    use std::sync::Arc;
+    let w = World::new(13, FaultPlan::none());
+    let cloud = Arc::new(SlowCloud::new(
+        w.cloud.clone(),
+        Some(Duration::from_secs(300)),
+        0,
+    ));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let ttl = EngineConfig::new("x".parse().unwrap()).lease_ttl;
+    let ahead: Arc<dyn Clock> = Arc::new(Ahead(clock.clone(), ttl / 2 + Duration::from_secs(1)));
+    let store: Arc<dyn WorkspaceStore> = Arc::new(InMemoryStore::with_clock(clock.clone()));
+    let engine = |name: &str, clock: &Arc<dyn Clock>| {
+        Engine::builder(store.clone())
+            .clock(clock.clone())
+            .cloud(CloudKind::Simulated, cloud.clone())
+            .agent_installer(Arc::new(w.agents.clone()))
+            .config(EngineConfig::new(name.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (engine("a", &clock), engine("b", &ahead));
+    let id = ws("skewed");
+    a.create(id.clone(), spec(), api()).await.unwrap();
+    assert_eq!(a.claim_due(clock.now(), 10).await.unwrap(), [id.clone()]);
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let running = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.advance(&id).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cloud.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let answer = b.advance(&id).await.unwrap();
+    assert!(
+        matches!(answer, Action::WakeAt(_)),
+        "the replica whose clock runs ahead is kept out: {answer:?}"
+    );
+    assert!(matches!(running.await.unwrap(), Ok(Action::RunAgain)));
+    assert_eq!(
+        cloud.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the network layer's call ran once"
+    );
 }
 
 /// Two replicas over a cloud whose network layer takes five minutes, a new

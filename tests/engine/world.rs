@@ -161,17 +161,20 @@ impl World {
 
     /// A world whose cloud takes `latency` for every create and delete.
     pub fn with_latency(seed: u64, faults: FaultPlan, latency: Duration) -> Self {
-        Self::with_store(seed, faults, latency, Arc::new(InMemoryStore::new()))
+        let clock = ManualClock::new(T0);
+        let store = Arc::new(InMemoryStore::with_clock(Arc::new(clock.clone())));
+        Self::with_store(seed, faults, latency, store, clock)
     }
 
-    /// A world on `store`.
+    /// A world on `store`, whose leases run on `clock` (the world's clock,
+    /// which [`World::clock`] then is; make it with [`new_clock`]).
     pub fn with_store(
         seed: u64,
         faults: FaultPlan,
         latency: Duration,
         store: Arc<dyn WorkspaceStore>,
+        clock: ManualClock,
     ) -> Self {
-        let clock = ManualClock::new(T0);
         let cloud = SimulatedCloud::builder()
             .clock(Arc::new(clock.clone()))
             .latency_all(latency)
@@ -181,15 +184,15 @@ impl World {
     }
 
     /// A world on `store` whose cloud keeps its resources in the file `cloud`
-    /// (as an earlier process left it), its clock starting at `now`.
+    /// (as an earlier process left it), on `clock` (the store's leases run on
+    /// it too).
     pub fn resumed(
         store: Arc<dyn WorkspaceStore>,
         cloud: &std::path::Path,
         latency: Duration,
-        now: Timestamp,
+        clock: ManualClock,
     ) -> Self {
         let faults = FaultPlan::none();
-        let clock = ManualClock::new(now);
         let cloud = SimulatedCloud::builder()
             .clock(Arc::new(clock.clone()))
             .latency_all(latency)
@@ -287,6 +290,12 @@ impl World {
         self.sim.attach(&engine);
         engine
     }
+}
+
+/// A clock for a world, at the worlds' start: hand it to the world's store
+/// (`with_clock`) and then to [`World::with_store`].
+pub fn new_clock() -> ManualClock {
+    ManualClock::new(T0)
 }
 
 /// A workspace id from a literal.

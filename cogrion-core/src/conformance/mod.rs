@@ -14,8 +14,12 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let store = cogrion_core::InMemoryStore::new();
-//! cogrion_core::conformance::store_suite(&store).await;
+//! use std::sync::Arc;
+//! use cogrion_core::{InMemoryStore, ManualClock, Timestamp};
+//! // The suite moves the clock the store judges leases by.
+//! let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
+//! let store = InMemoryStore::with_clock(Arc::new(clock.clone()));
+//! cogrion_core::conformance::store_suite(&store, &clock).await;
 //! # }
 //! ```
 //!
@@ -58,7 +62,7 @@ mod store;
 pub use executor::executor_suite;
 pub use options::{AgentStandIn, SleepFn, SuiteOptions};
 pub use provisioner::provisioner_suite;
-pub use store::{poll_reads_are_exact, store_suite};
+pub use store::{leases_run_on_the_stores_clock, poll_reads_are_exact, store_suite};
 
 /// A valid workspace spec on the simulated cloud, for suites and tests.
 pub fn sample_workspace_spec() -> crate::WorkspaceSpec {

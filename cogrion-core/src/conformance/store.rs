@@ -10,8 +10,8 @@ use super::{random_workspace_id, sample_workspace_spec};
 use crate::{
     Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial,
     CheckpointKey, CommandStatus, Error, EventKind, EventSeq, FencingToken, HolderId, ListQuery,
-    MAX_LEASE_TTL, NewCommand, NewEvent, Resource, Result, Retry, Revision, StateName, TenantId,
-    Timestamp, TokenHash, TokenRefusal, WorkspaceId, WorkspaceRecord, WorkspaceState,
+    MAX_LEASE_TTL, ManualClock, NewCommand, NewEvent, Resource, Result, Retry, Revision, StateName,
+    TenantId, Timestamp, TokenHash, TokenRefusal, WorkspaceId, WorkspaceRecord, WorkspaceState,
     WorkspaceStore, WorkspaceWrite,
 };
 
@@ -52,16 +52,20 @@ const TTL: Duration = Duration::from_secs(30);
 ///   deleted (then the id can be created again), other workspaces untouched.
 ///
 /// Panics on the first violation, naming it.
-pub async fn store_suite(store: &dyn WorkspaceStore) {
+///
+/// `clock` is the clock the store judges leases by (the store was built with
+/// it: [`InMemoryStore::with_clock`](crate::InMemoryStore::with_clock), or a
+/// SQL store's test clock): the suite sets it where each check needs it.
+pub async fn store_suite(store: &dyn WorkspaceStore, clock: &ManualClock) {
     records(store).await;
     concurrent_writers(store).await;
     atomic_commits(store).await;
-    batch_commits(store).await;
+    batch_commits(store, clock).await;
     history(store).await;
-    leases(store).await;
-    claims(store).await;
-    fencing(store).await;
-    checkpoints(store).await;
+    leases(store, clock).await;
+    claims(store, clock).await;
+    fencing(store, clock).await;
+    checkpoints(store, clock).await;
     command_queue(store).await;
     withdrawals(store).await;
     tokens(store).await;
@@ -70,7 +74,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore) {
     exchanges_at_once(store).await;
     polls_at_once(store).await;
     listing(store).await;
-    purges(store).await;
+    purges(store, clock).await;
     super::identity::replays(store).await;
     super::identity::renewals(store).await;
     super::identity::renewal_races(store).await;
@@ -133,6 +137,32 @@ pub async fn poll_reads_are_exact(store: &dyn WorkspaceStore) {
     );
 }
 
+/// For a store on its own clock (not a test clock): a lease it grants
+/// expires a TTL after the store's now, which — for a database on this
+/// machine — is this machine's time while the call ran (within a second for
+/// clock reading granularity).
+pub async fn leases_run_on_the_stores_clock(store: &dyn WorkspaceStore) {
+    use crate::Clock;
+    let id = create(store, "ownclock").await;
+    let before = crate::SystemClock.now();
+    let lease = store
+        .acquire(&id, &holder("own-clock"), TTL)
+        .await
+        .expect("acquire");
+    let after = crate::SystemClock.now();
+    let slack = Duration::from_secs(1);
+    assert!(
+        lease.expires_at + slack >= before + TTL && lease.expires_at <= after + TTL + slack,
+        "a lease granted between {before} and {after} expires at {}, not a TTL ({TTL:?}) after the store's now",
+        lease.expires_at
+    );
+    let renewed = store.renew(&lease, TTL * 2).await.expect("renew");
+    assert!(
+        renewed.expires_at > lease.expires_at,
+        "renewed for twice as long"
+    );
+}
+
 /// Whether a poll's read of `serial` says something may be pending.
 async fn poll_pending(store: &dyn WorkspaceStore, serial: &CertSerial) -> bool {
     store
@@ -140,6 +170,49 @@ async fn poll_pending(store: &dyn WorkspaceStore, serial: &CertSerial) -> bool {
         .await
         .expect("poll read")
         .1
+}
+
+/// A store's leases asked at a given time: the store's clock is set to it
+/// first (leases are judged by the store's clock, never the caller's).
+#[derive(Clone, Copy)]
+struct At<'a> {
+    store: &'a dyn WorkspaceStore,
+    clock: &'a ManualClock,
+}
+
+impl At<'_> {
+    async fn acquire(
+        &self,
+        workspace: &WorkspaceId,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<crate::Lease> {
+        self.clock.set(now);
+        self.store.acquire(workspace, holder, ttl).await
+    }
+
+    async fn renew(
+        &self,
+        lease: &crate::Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<crate::Lease> {
+        self.clock.set(now);
+        self.store.renew(lease, ttl).await
+    }
+
+    async fn claim_due(
+        &self,
+        holder: &HolderId,
+        ttl: Duration,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::Lease>> {
+        self.clock.set(now);
+        self.store.claim_due(holder, ttl, until, limit).await
+    }
 }
 
 fn record(id: &WorkspaceId) -> WorkspaceRecord {
@@ -482,7 +555,7 @@ async fn atomic_commits(store: &dyn WorkspaceStore) {
     assert_eq!(ids, ["c1"], "refused commits queued commands");
 }
 
-async fn batch_commits(store: &dyn WorkspaceStore) {
+async fn batch_commits(store: &dyn WorkspaceStore, clock: &ManualClock) {
     let a = create(store, "batch").await;
     let b = create(store, "batch").await;
     let c = create(store, "batch").await;
@@ -543,38 +616,36 @@ async fn batch_commits(store: &dyn WorkspaceStore) {
         results[2]
     );
     assert!(store.commit_batch(Vec::new()).await.is_empty());
-    mixed_batches(store).await;
+    mixed_batches(store, clock).await;
 }
 
 /// `write_batch` with every kind of write, of several workspaces, each failing
 /// or succeeding as it would alone, in order.
-async fn mixed_batches(store: &dyn WorkspaceStore) {
+async fn mixed_batches(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    let at = At { store, clock };
     let a = create(store, "mixed").await;
     let b = create(store, "mixed").await;
     let (r1, r2) = (holder("mixed-1"), holder("mixed-2"));
     let key = CheckpointKey::new("op1/network").expect("key");
-    let held = store.acquire(&b, &r2, TTL, T0).await.expect("acquire");
+    let held = at.acquire(&b, &r2, TTL, T0).await.expect("acquire");
     let results = store
         .write_batch(vec![
             BatchWrite::Acquire {
                 workspace: a.clone(),
                 holder: r1.clone(),
                 ttl: TTL,
-                now: T0,
             },
             // Refused alone: b is held by another holder.
             BatchWrite::Acquire {
                 workspace: b.clone(),
                 holder: r1.clone(),
                 ttl: TTL,
-                now: T0,
             },
             // Refused alone: a zero TTL.
             BatchWrite::Acquire {
                 workspace: a.clone(),
                 holder: r1.clone(),
                 ttl: Duration::ZERO,
-                now: T0,
             },
         ])
         .await;
@@ -653,13 +724,12 @@ async fn mixed_batches(store: &dyn WorkspaceStore) {
         Revision(ra.revision.0 + 1)
     );
     // Both leases were released: another holder takes them, with greater tokens.
-    let again = store
+    let again = at
         .acquire(&a, &r2, TTL, T0)
         .await
         .expect("released by the batch");
     assert!(again.fence > lease.fence);
-    store
-        .acquire(&b, &r1, TTL, T0)
+    at.acquire(&b, &r1, TTL, T0)
         .await
         .expect("released by the batch");
     assert!(store.write_batch(Vec::new()).await.is_empty());
@@ -744,7 +814,8 @@ async fn history(store: &dyn WorkspaceStore) {
     );
 }
 
-async fn leases(store: &dyn WorkspaceStore) {
+async fn leases(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    let at = At { store, clock };
     let id = create(store, "lease").await;
     let (r1, r2, r3) = (
         holder("replica-1"),
@@ -753,31 +824,26 @@ async fn leases(store: &dyn WorkspaceStore) {
     );
 
     expect_err!(
-        store.acquire(&id, &r1, Duration::ZERO, T0).await,
+        at.acquire(&id, &r1, Duration::ZERO, T0).await,
         Error::InvalidValue(_),
         "a zero TTL"
     );
     expect_err!(
-        store
-            .acquire(&id, &r1, MAX_LEASE_TTL + Duration::from_secs(1), T0)
+        at.acquire(&id, &r1, MAX_LEASE_TTL + Duration::from_secs(1), T0)
             .await,
         Error::InvalidValue(_),
         "a TTL above MAX_LEASE_TTL"
     );
     expect_err!(
-        store
-            .acquire(&random_workspace_id("lease"), &r1, TTL, T0)
+        at.acquire(&random_workspace_id("lease"), &r1, TTL, T0)
             .await,
         Error::NotFound(_),
         "a lease on an unknown workspace"
     );
 
-    let l1 = store
-        .acquire(&id, &r1, TTL, T0)
-        .await
-        .expect("first acquire");
+    let l1 = at.acquire(&id, &r1, TTL, T0).await.expect("first acquire");
     assert_eq!(l1.expires_at, T0 + TTL);
-    match store
+    match at
         .acquire(&id, &r2, TTL, T0 + Duration::from_secs(10))
         .await
     {
@@ -803,7 +869,7 @@ async fn leases(store: &dyn WorkspaceStore) {
         }
         other => panic!("a held lease must refuse another holder, got {other:?}"),
     }
-    let again = store
+    let again = at
         .acquire(&id, &r1, TTL, T0 + Duration::from_secs(10))
         .await
         .expect("re-acquire by holder");
@@ -811,7 +877,7 @@ async fn leases(store: &dyn WorkspaceStore) {
         again.fence, l1.fence,
         "re-acquiring a held lease keeps its fencing token"
     );
-    let renewed = store
+    let renewed = at
         .renew(&again, TTL, T0 + Duration::from_secs(20))
         .await
         .expect("renew");
@@ -820,15 +886,14 @@ async fn leases(store: &dyn WorkspaceStore) {
         (l1.fence, T0 + Duration::from_secs(50))
     );
     expect_err!(
-        store
-            .acquire(&id, &r2, TTL, T0 + Duration::from_secs(49))
+        at.acquire(&id, &r2, TTL, T0 + Duration::from_secs(49))
             .await,
         Error::LeaseHeld { .. },
         "a renewed lease holds until its new expiry"
     );
 
     // Expired: another replica takes over with a greater token.
-    let l2 = store
+    let l2 = at
         .acquire(&id, &r2, TTL, T0 + Duration::from_secs(50))
         .await
         .expect("take over at expiry");
@@ -837,9 +902,7 @@ async fn leases(store: &dyn WorkspaceStore) {
         "a new acquisition must get a greater fencing token"
     );
     expect_err!(
-        store
-            .renew(&renewed, TTL, T0 + Duration::from_secs(51))
-            .await,
+        at.renew(&renewed, TTL, T0 + Duration::from_secs(51)).await,
         Error::LeaseLost { .. },
         "renewing a lease that was taken over"
     );
@@ -848,27 +911,26 @@ async fn leases(store: &dyn WorkspaceStore) {
         .await
         .expect("releasing a stale lease is a no-op");
     expect_err!(
-        store
-            .acquire(&id, &r3, TTL, T0 + Duration::from_secs(52))
+        at.acquire(&id, &r3, TTL, T0 + Duration::from_secs(52))
             .await,
         Error::LeaseHeld { .. },
         "releasing a stale lease must not release the current one"
     );
 
     store.release(&l2).await.expect("release");
-    let l3 = store
+    let l3 = at
         .acquire(&id, &r3, TTL, T0 + Duration::from_secs(53))
         .await
         .expect("acquire after release");
     assert!(l3.fence > l2.fence, "fencing tokens keep increasing");
     expect_err!(
-        store.renew(&l2, TTL, T0 + Duration::from_secs(54)).await,
+        at.renew(&l2, TTL, T0 + Duration::from_secs(54)).await,
         Error::LeaseLost { .. },
         "renewing a released lease"
     );
 
     // An expired lease nobody took over can still be renewed: its token is current.
-    let late = store
+    let late = at
         .renew(&l3, TTL, T0 + Duration::from_secs(500))
         .await
         .expect("renew after expiry, not taken over");
@@ -877,7 +939,7 @@ async fn leases(store: &dyn WorkspaceStore) {
     // Concurrent acquisition of a free lease: exactly one winner.
     let id = create(store, "lease").await;
     let holders: Vec<HolderId> = (0..12).map(|i| holder(&format!("replica-{i}"))).collect();
-    let results = join_all(holders.iter().map(|h| store.acquire(&id, h, TTL, T0))).await;
+    let results = join_all(holders.iter().map(|h| at.acquire(&id, h, TTL, T0))).await;
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
         1,
@@ -922,7 +984,8 @@ async fn undue(store: &dyn WorkspaceStore, ids: &[WorkspaceId]) {
     }
 }
 
-async fn claims(store: &dyn WorkspaceStore) {
+async fn claims(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    let at = At { store, clock };
     let secs = Duration::from_secs;
     let (r1, r2) = (holder("claimer-1"), holder("claimer-2"));
     let a = create_due(store, "claim", Some(secs(1))).await;
@@ -943,16 +1006,11 @@ async fn claims(store: &dyn WorkspaceStore) {
     first_two.sort();
 
     expect_err!(
-        store.claim_due(&r1, Duration::ZERO, now, until, 10).await,
+        at.claim_due(&r1, Duration::ZERO, now, until, 10).await,
         Error::InvalidValue(_),
         "a claim with a zero TTL"
     );
-    let mine = sorted(
-        store
-            .claim_due(&r1, TTL, now, until, 2)
-            .await
-            .expect("claim"),
-    );
+    let mine = sorted(at.claim_due(&r1, TTL, now, until, 2).await.expect("claim"));
     assert_eq!(
         names(&mine),
         first_two,
@@ -963,16 +1021,11 @@ async fn claims(store: &dyn WorkspaceStore) {
         assert_eq!(l.expires_at, now + TTL, "a claimed lease lasts the TTL");
     }
     expect_err!(
-        store.acquire(&a, &r2, TTL, now).await,
+        at.acquire(&a, &r2, TTL, now).await,
         Error::LeaseHeld { .. },
         "acquiring a workspace another holder claimed"
     );
-    let theirs = sorted(
-        store
-            .claim_due(&r2, TTL, now, until, 10)
-            .await
-            .expect("claim"),
-    );
+    let theirs = sorted(at.claim_due(&r2, TTL, now, until, 10).await.expect("claim"));
     assert_eq!(
         names(&theirs),
         vec![c.clone()],
@@ -980,8 +1033,7 @@ async fn claims(store: &dyn WorkspaceStore) {
     );
     // A holder already has what it holds: claiming again takes nothing new.
     assert!(
-        store
-            .claim_due(&r1, TTL, now + secs(5), until, 10)
+        at.claim_due(&r1, TTL, now + secs(5), until, 10)
             .await
             .expect("claim")
             .is_empty(),
@@ -989,7 +1041,7 @@ async fn claims(store: &dyn WorkspaceStore) {
     );
     // A restart under the same name releases the previous run's leases; they are
     // then claimable at once, under greater tokens.
-    let other = store.acquire(&later, &r2, TTL, now).await.expect("acquire");
+    let other = at.acquire(&later, &r2, TTL, now).await.expect("acquire");
     // (At least these two: a run before this one on the same store may have left
     // more under this name.)
     assert!(store.release_all(&r1).await.expect("release_all") >= 2);
@@ -999,14 +1051,13 @@ async fn claims(store: &dyn WorkspaceStore) {
         "releasing twice releases nothing more"
     );
     expect_err!(
-        store.acquire(&later, &r1, TTL, now).await,
+        at.acquire(&later, &r1, TTL, now).await,
         Error::LeaseHeld { .. },
         "release_all leaves other holders' leases alone"
     );
     store.release(&other).await.expect("release");
     let again = sorted(
-        store
-            .claim_due(&r1, TTL, now + secs(5), until, 10)
+        at.claim_due(&r1, TTL, now + secs(5), until, 10)
             .await
             .expect("claim"),
     );
@@ -1026,8 +1077,7 @@ async fn claims(store: &dyn WorkspaceStore) {
     // the first holder's fenced writes are refused.
     let late = now + secs(5) + TTL + secs(1);
     let taken = sorted(
-        store
-            .claim_due(&r2, TTL, late, until, 10)
+        at.claim_due(&r2, TTL, late, until, 10)
             .await
             .expect("claim"),
     );
@@ -1055,7 +1105,7 @@ async fn claims(store: &dyn WorkspaceStore) {
     // A released lease is claimable at once.
     let (_, lc) = taken.iter().find(|(t, _)| t == &c).expect("c");
     store.release(lc).await.expect("release");
-    let after_release = store
+    let after_release = at
         .claim_due(&r1, TTL, late, until, 10)
         .await
         .expect("claim");
@@ -1080,8 +1130,7 @@ async fn claims(store: &dyn WorkspaceStore) {
     let claimers: Vec<HolderId> = (0..4).map(|i| holder(&format!("claimer-c{i}"))).collect();
     let n = due.len();
     let results = join_all(claimers.iter().map(|h| async move {
-        store
-            .claim_due(h, TTL, now, EARLY + secs(60), n)
+        at.claim_due(h, TTL, now, EARLY + secs(60), n)
             .await
             .expect("claim")
             .into_iter()
@@ -1104,8 +1153,7 @@ async fn claims(store: &dyn WorkspaceStore) {
     );
     undue(store, &due).await;
     assert!(
-        store
-            .claim_due(&r1, TTL, late + TTL * 4, EARLY + secs(1000), 100)
+        at.claim_due(&r1, TTL, late + TTL * 4, EARLY + secs(1000), 100)
             .await
             .expect("claim")
             .is_empty(),
@@ -1113,9 +1161,10 @@ async fn claims(store: &dyn WorkspaceStore) {
     );
 }
 
-async fn fencing(store: &dyn WorkspaceStore) {
+async fn fencing(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    let at = At { store, clock };
     let id = create(store, "fence").await;
-    let l1 = store
+    let l1 = at
         .acquire(&id, &holder("replica-1"), TTL, T0)
         .await
         .expect("acquire");
@@ -1147,7 +1196,7 @@ async fn fencing(store: &dyn WorkspaceStore) {
         .await
         .expect("an expired lease nobody took over still fences");
 
-    let l2 = store
+    let l2 = at
         .acquire(&id, &holder("replica-2"), TTL, T0 + Duration::from_secs(60))
         .await
         .expect("take over");
@@ -1196,7 +1245,8 @@ async fn fencing(store: &dyn WorkspaceStore) {
     );
 }
 
-async fn checkpoints(store: &dyn WorkspaceStore) {
+async fn checkpoints(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    let at = At { store, clock };
     let id = create(store, "ckpt").await;
     let key = CheckpointKey::for_step(1, "cluster").expect("valid key");
     assert_eq!(
@@ -1211,7 +1261,7 @@ async fn checkpoints(store: &dyn WorkspaceStore) {
         Error::LeaseLost { .. },
         "a checkpoint written without a lease"
     );
-    let l1 = store
+    let l1 = at
         .acquire(&id, &holder("replica-1"), TTL, T0)
         .await
         .expect("acquire");
@@ -1234,7 +1284,7 @@ async fn checkpoints(store: &dyn WorkspaceStore) {
         "checkpoints are per key"
     );
 
-    let _l2 = store
+    let _l2 = at
         .acquire(&id, &holder("replica-2"), TTL, T0 + TTL)
         .await
         .expect("take over");
@@ -2239,9 +2289,13 @@ async fn listing(store: &dyn WorkspaceStore) {
 /// A destroyed workspace with something of every kind a purge deletes: two
 /// commands (one answered), a checkpoint, a token, a credential, two events.
 /// Returns it with its lease.
-async fn destroyed_with_leftovers(store: &dyn WorkspaceStore) -> (WorkspaceId, crate::Lease) {
+async fn destroyed_with_leftovers(
+    store: &dyn WorkspaceStore,
+    clock: &ManualClock,
+) -> (WorkspaceId, crate::Lease) {
+    let at = At { store, clock };
     let id = create(store, "purge").await;
-    let lease = store
+    let lease = at
         .acquire(&id, &holder("purger"), TTL, T0)
         .await
         .expect("lease");
@@ -2296,7 +2350,8 @@ async fn purge_write(
         .event(event("purged"))
 }
 
-async fn purges(store: &dyn WorkspaceStore) {
+async fn purges(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    let at = At { store, clock };
     use crate::{HistoryRetention, Purged};
     // What `destroyed_with_leftovers` leaves, and `events` of history.
     let leftovers = |events| Purged {
@@ -2308,7 +2363,7 @@ async fn purges(store: &dyn WorkspaceStore) {
     };
     // A live workspace is never purged.
     let live = create(store, "purge").await;
-    let live_lease = store
+    let live_lease = at
         .acquire(&live, &holder("purger"), TTL, T0)
         .await
         .expect("lease");
@@ -2329,7 +2384,7 @@ async fn purges(store: &dyn WorkspaceStore) {
         Revision(1)
     );
 
-    let (id, lease) = destroyed_with_leftovers(store).await;
+    let (id, lease) = destroyed_with_leftovers(store, clock).await;
     let before = store.get_workspace(&id).await.expect("read");
     let events_before = store
         .read_events(&id, EventSeq(0), 0)
@@ -2456,7 +2511,7 @@ async fn purges(store: &dyn WorkspaceStore) {
     );
 
     // Delete: nothing of the workspace is left, and its id is free again.
-    let (gone, lease) = destroyed_with_leftovers(store).await;
+    let (gone, lease) = destroyed_with_leftovers(store, clock).await;
     let events = store
         .read_events(&gone, EventSeq(0), 0)
         .await
@@ -2483,8 +2538,7 @@ async fn purges(store: &dyn WorkspaceStore) {
         .commit(WorkspaceWrite::create(record(&gone), T0))
         .await
         .expect("the id of a workspace purged with its history can be created again");
-    store
-        .acquire(&gone, &holder("purger"), TTL, T0)
+    at.acquire(&gone, &holder("purger"), TTL, T0)
         .await
         .expect("a lease on the new workspace");
     assert!(

@@ -98,8 +98,8 @@ use crate::spec::{CloudTarget, StackSpec, WorkspaceSpec};
 use crate::stack::StackEvent;
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
-    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, Lease, OperationKind,
-    OperationRecord, StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, OperationKind, OperationRecord,
+    StepStatus, WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
 };
 use crate::transport::{AgentEvent, AgentEventSink, AgentTransport};
 
@@ -397,7 +397,7 @@ struct Inner {
     installer: Arc<dyn AgentInstaller>,
     transport: Option<Arc<dyn AgentTransport>>,
     rng: Mutex<StdRng>,
-    leases: Mutex<HashMap<WorkspaceId, Lease>>,
+    leases: Mutex<HashMap<WorkspaceId, run::Held>>,
     /// Bootstrap tokens between the step that issues them and the step that
     /// installs them, by workspace, with the operation and the issuing attempt.
     /// Never stored: a process that dies in between issues a new one (the old

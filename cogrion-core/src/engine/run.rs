@@ -34,6 +34,25 @@ pub(crate) fn mid_step(op: &OperationRecord) -> bool {
         .any(|s| s.status == StepStatus::Running && s.name != plan::AWAIT_AGENT)
 }
 
+/// A lease this replica holds, and until when it surely holds by this
+/// replica's own clock: the time it was asked for plus its time to live (the
+/// store granted it later than that, by the store's clock — whatever that
+/// clock reads).
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) lease: Lease,
+    good_until: Timestamp,
+}
+
+impl Held {
+    fn new(lease: Lease, asked: Timestamp, ttl: Duration) -> Self {
+        Self {
+            lease,
+            good_until: asked + ttl,
+        }
+    }
+}
+
 /// How one attempt of a step ended.
 enum Outcome {
     Done,
@@ -131,7 +150,11 @@ impl Engine {
         let now = self.0.clock.now();
         let lease = match self.lease(id, now).await {
             Ok(lease) => lease,
-            Err(Error::LeaseHeld { expires_at, .. }) => return Ok(Action::WakeAt(expires_at)),
+            // When it expires is the store's time; how long until then is
+            // what this replica can use.
+            Err(Error::LeaseHeld { retry_after, .. }) => {
+                return Ok(Action::WakeAt(now + retry_after));
+            }
             Err(e) => return Err(e),
         };
         let current = self.0.store.get_workspace(id).await?;
@@ -240,23 +263,19 @@ impl Engine {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let ttl = self.0.config.lease_ttl;
+        let asked = self.0.clock.now();
         let leases = self
             .0
             .store
-            .claim_due(
-                &self.0.config.holder,
-                self.0.config.lease_ttl,
-                self.0.clock.now(),
-                until,
-                limit,
-            )
+            .claim_due(&self.0.config.holder, ttl, until, limit)
             .await?;
         let mut cache = lock(&self.0.leases);
         Ok(leases
             .into_iter()
-            .map(|l| {
-                let id = l.workspace.clone();
-                cache.insert(id.clone(), l);
+            .map(|lease| {
+                let id = lease.workspace.clone();
+                cache.insert(id.clone(), Held::new(lease, asked, ttl));
                 id
             })
             .collect())
@@ -279,7 +298,10 @@ impl Engine {
     /// [`Driver`](crate::Driver) does on shutdown); a lease that cannot be
     /// released expires by itself.
     pub async fn release_leases(&self) {
-        let leases: Vec<Lease> = lock(&self.0.leases).drain().map(|(_, l)| l).collect();
+        let leases: Vec<Lease> = lock(&self.0.leases)
+            .drain()
+            .map(|(_, held)| held.lease)
+            .collect();
         for lease in leases {
             if let Err(e) = self.0.store.release(&lease).await {
                 tracing::warn!(workspace = %lease.workspace, error = %e, "could not release the lease; it expires by itself");
@@ -287,21 +309,18 @@ impl Engine {
         }
     }
 
-    /// The workspace's lease: reused while comfortably valid, else acquired (or
-    /// renewed) in the store.
+    /// The workspace's lease: reused while comfortably valid by this
+    /// replica's own clock (more than half its time to live left since it was
+    /// asked for), else acquired (or renewed) in the store.
     async fn lease(&self, id: &WorkspaceId, now: Timestamp) -> Result<Lease> {
         let ttl = self.0.config.lease_ttl;
-        if let Some(l) = lock(&self.0.leases).get(id)
-            && l.expires_at.since(now) > ttl / 2
+        if let Some(held) = lock(&self.0.leases).get(id)
+            && held.good_until.since(now) > ttl / 2
         {
-            return Ok(l.clone());
+            return Ok(held.lease.clone());
         }
-        let lease = self
-            .0
-            .store
-            .acquire(id, &self.0.config.holder, ttl, now)
-            .await?;
-        lock(&self.0.leases).insert(id.clone(), lease.clone());
+        let lease = self.0.store.acquire(id, &self.0.config.holder, ttl).await?;
+        lock(&self.0.leases).insert(id.clone(), Held::new(lease.clone(), now, ttl));
         Ok(lease)
     }
 
@@ -564,9 +583,13 @@ impl Engine {
                 }
                 () = tokio::time::sleep(ttl / 3) => {
                     let asked = tokio::time::Instant::now();
-                    match self.0.store.renew(&current, ttl, self.0.clock.now()).await {
+                    let asked_at = self.0.clock.now();
+                    match self.0.store.renew(&current, ttl).await {
                         Ok(renewed) => {
-                            lock(&self.0.leases).insert(renewed.workspace.clone(), renewed.clone());
+                            lock(&self.0.leases).insert(
+                                renewed.workspace.clone(),
+                                Held::new(renewed.clone(), asked_at, ttl),
+                            );
                             current = renewed;
                             holds_until = asked + ttl;
                         }

@@ -83,6 +83,39 @@ impl PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Where lease time comes from.
+    clock: StoreClock,
+}
+
+/// Where a store's lease time comes from: PostgreSQL's `now()` (the writing transaction's time), or — in tests — a given clock.
+#[derive(Debug, Clone, Default)]
+struct StoreClock(Option<std::sync::Arc<dyn cogrion_core::Clock>>);
+
+impl StoreClock {
+    /// The store's now, inside the open transaction on `conn`.
+    async fn now(&self, conn: &mut PgConnection) -> Result<Timestamp> {
+        match &self.0 {
+            Some(clock) => Ok(clock.now()),
+            None => {
+                sqlx::query_scalar::<_, i64>("SELECT (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map(timestamp)
+                    .map_err(unavailable)
+            }
+        }
+    }
+}
+
+impl PostgresStore {
+    /// This store with leases judged by `clock` instead of the database's
+    /// time: for tests, which move a manual clock rather than sleep.
+    /// Production stores keep the database's time, which every replica
+    /// shares whatever its own clock says.
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn cogrion_core::Clock>) -> Self {
+        self.clock = StoreClock(Some(clock));
+        self
+    }
 }
 
 fn unavailable(e: sqlx::Error) -> Error {
@@ -142,7 +175,10 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         migrate(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            clock: StoreClock::default(),
+        })
     }
 
     /// Runs `f` in one transaction, committing if it succeeds and rolling back
@@ -435,9 +471,10 @@ async fn acquire_in(
     ws: WorkspaceId,
     holder: HolderId,
     ttl: Duration,
-    now: Timestamp,
+    clock: &StoreClock,
 ) -> Result<Lease> {
     check_lease_ttl(ttl)?;
+    let now = clock.now(conn).await?;
     let row = Current::found(current(conn, &ws, false).await?, &ws)?.lease;
     let live = row
         .as_ref()
@@ -513,7 +550,11 @@ async fn put_checkpoint_in(
 }
 
 /// One write of a batch inside an open transaction.
-async fn write_in(conn: &mut PgConnection, write: BatchWrite) -> Result<BatchOutcome> {
+async fn write_in(
+    conn: &mut PgConnection,
+    write: BatchWrite,
+    clock: &StoreClock,
+) -> Result<BatchOutcome> {
     match write {
         BatchWrite::Commit(w) => apply(conn, w).await.map(BatchOutcome::Committed),
         BatchWrite::PutCheckpoint {
@@ -531,8 +572,7 @@ async fn write_in(conn: &mut PgConnection, write: BatchWrite) -> Result<BatchOut
             workspace,
             holder,
             ttl,
-            now,
-        } => acquire_in(conn, workspace, holder, ttl, now)
+        } => acquire_in(conn, workspace, holder, ttl, clock)
             .await
             .map(BatchOutcome::Lease),
         BatchWrite::Release(lease) => release_in(conn, &lease).await.map(|()| BatchOutcome::Done),
@@ -872,6 +912,7 @@ impl RecordStore for PostgresStore {
             return Vec::new();
         }
         let n = writes.len();
+        let clock = self.clock.clone();
         let outcome = self
             .write_tx(move |conn| {
                 Box::pin(async move {
@@ -881,14 +922,14 @@ impl RecordStore for PostgresStore {
                         // other writes check everything first (and an SQL error
                         // fails the whole transaction, so every result with it).
                         if !matches!(write, BatchWrite::Commit(_)) {
-                            results.push(write_in(conn, write).await);
+                            results.push(write_in(conn, write, &clock).await);
                             continue;
                         }
                         sqlx::query("SAVEPOINT w")
                             .execute(&mut *conn)
                             .await
                             .map_err(unavailable)?;
-                        let result = write_in(conn, write).await;
+                        let result = write_in(conn, write, &clock).await;
                         if result.is_err() {
                             sqlx::query("ROLLBACK TO w")
                                 .execute(&mut *conn)
@@ -1001,23 +1042,24 @@ impl LeaseStore for PostgresStore {
         workspace: &WorkspaceId,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
     ) -> Result<Lease> {
         let (ws, holder) = (workspace.clone(), holder.clone());
+        let clock = self.clock.clone();
         self.write_tx(move |conn| {
-            Box::pin(async move { acquire_in(conn, ws, holder, ttl, now).await })
+            Box::pin(async move { acquire_in(conn, ws, holder, ttl, &clock).await })
         })
         .await
     }
 
-    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         check_lease_ttl(ttl)?;
         let lease = lease.clone();
+        let clock = self.clock.clone();
         self.write_tx(move |conn| {
             Box::pin(async move {
                 require_workspace(conn, &lease.workspace).await?;
                 check_fence(conn, &lease.workspace, lease.fence).await?;
-                let expires_at = now + ttl;
+                let expires_at = clock.now(conn).await? + ttl;
                 sqlx::query("UPDATE leases SET expires_at = $1 WHERE workspace = $2")
                     .bind(millis(expires_at))
                     .bind(lease.workspace.as_str())
@@ -1043,18 +1085,19 @@ impl LeaseStore for PostgresStore {
         &self,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<Lease>> {
         check_lease_ttl(ttl)?;
         let owner = holder.clone();
         let holder = holder.clone();
-        let expires_at = now + ttl;
+        let clock = self.clock.clone();
         let rows = self
             .write_tx(move |conn| {
-                let holder = holder.clone();
+                let (holder, clock) = (holder.clone(), clock.clone());
                 Box::pin(async move {
+                    let now = clock.now(conn).await?;
+                    let expires_at = now + ttl;
                     // First lock the due rows nobody holds, skipping those
                     // another replica is locking right now (every lease change
                     // locks its workspace row first). The filter on leases here
@@ -1075,7 +1118,7 @@ impl LeaseStore for PostgresStore {
                     .await
                     .map_err(unavailable)?;
                     if ids.is_empty() {
-                        return Ok(Vec::new());
+                        return Ok((Vec::new(), expires_at));
                     }
                     // ...then, with the rows locked, a new statement (a fresh
                     // snapshot) grants the leases that are still free.
@@ -1095,9 +1138,11 @@ impl LeaseStore for PostgresStore {
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(unavailable)
+                    .map(|rows| (rows, expires_at))
                 })
             })
             .await?;
+        let (rows, expires_at) = rows;
         rows.into_iter()
             .map(|r| {
                 let ws: String = r.get("workspace");

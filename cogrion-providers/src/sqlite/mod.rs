@@ -125,6 +125,39 @@ pub struct SqliteStore {
     exchanges: std::sync::Arc<exchange::Exchanges>,
     /// Polls' reads and first-poll marks waiting to share a statement.
     polls: std::sync::Arc<polls::Polls>,
+    /// Where lease time comes from.
+    clock: StoreClock,
+}
+
+/// Where a store's lease time comes from: SQLite's own time, read inside the writing transaction, or — in tests — a given clock.
+#[derive(Debug, Clone, Default)]
+struct StoreClock(Option<std::sync::Arc<dyn cogrion_core::Clock>>);
+
+impl StoreClock {
+    /// The store's now, inside the open transaction on `conn`.
+    async fn now(&self, conn: &mut SqliteConnection) -> Result<Timestamp> {
+        match &self.0 {
+            Some(clock) => Ok(clock.now()),
+            None => sqlx::query_scalar::<_, i64>(
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .map(timestamp)
+            .map_err(unavailable),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// This store with leases judged by `clock` instead of the database's
+    /// time: for tests, which move a manual clock rather than sleep.
+    /// Production stores keep the database's time, which every replica
+    /// shares whatever its own clock says.
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn cogrion_core::Clock>) -> Self {
+        self.clock = StoreClock(Some(clock));
+        self
+    }
 }
 
 fn unavailable(e: sqlx::Error) -> Error {
@@ -211,6 +244,7 @@ impl SqliteStore {
             path,
             exchanges: std::sync::Arc::new(exchange::exchanges()),
             polls: Default::default(),
+            clock: StoreClock::default(),
         })
     }
 
@@ -474,9 +508,10 @@ async fn acquire_in(
     ws: WorkspaceId,
     holder: HolderId,
     ttl: Duration,
-    now: Timestamp,
+    clock: &StoreClock,
 ) -> Result<Lease> {
     check_lease_ttl(ttl)?;
+    let now = clock.now(conn).await?;
     let row = Current::found(current(conn, &ws, false).await?, &ws)?.lease;
     let live = row
         .as_ref()
@@ -555,7 +590,11 @@ async fn put_checkpoint_in(
 }
 
 /// One write of a batch inside an open transaction.
-async fn write_in(conn: &mut SqliteConnection, write: BatchWrite) -> Result<BatchOutcome> {
+async fn write_in(
+    conn: &mut SqliteConnection,
+    write: BatchWrite,
+    clock: &StoreClock,
+) -> Result<BatchOutcome> {
     match write {
         BatchWrite::Commit(w) => apply(conn, w).await.map(BatchOutcome::Committed),
         BatchWrite::PutCheckpoint {
@@ -573,8 +612,7 @@ async fn write_in(conn: &mut SqliteConnection, write: BatchWrite) -> Result<Batc
             workspace,
             holder,
             ttl,
-            now,
-        } => acquire_in(conn, workspace, holder, ttl, now)
+        } => acquire_in(conn, workspace, holder, ttl, clock)
             .await
             .map(BatchOutcome::Lease),
         BatchWrite::Release(lease) => release_in(conn, &lease).await.map(|()| BatchOutcome::Done),
@@ -930,6 +968,7 @@ impl RecordStore for SqliteStore {
             return Vec::new();
         }
         let n = writes.len();
+        let clock = self.clock.clone();
         let outcome = self
             .write_tx(move |conn| {
                 Box::pin(async move {
@@ -938,14 +977,14 @@ impl RecordStore for SqliteStore {
                         // Only a commit can fail after it started writing; the
                         // other writes check everything first.
                         if !matches!(write, BatchWrite::Commit(_)) {
-                            results.push(write_in(conn, write).await);
+                            results.push(write_in(conn, write, &clock).await);
                             continue;
                         }
                         sqlx::query("SAVEPOINT w")
                             .execute(&mut *conn)
                             .await
                             .map_err(unavailable)?;
-                        let result = write_in(conn, write).await;
+                        let result = write_in(conn, write, &clock).await;
                         if result.is_err() {
                             sqlx::query("ROLLBACK TO w")
                                 .execute(&mut *conn)
@@ -1058,23 +1097,24 @@ impl LeaseStore for SqliteStore {
         workspace: &WorkspaceId,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
     ) -> Result<Lease> {
         let (ws, holder) = (workspace.clone(), holder.clone());
+        let clock = self.clock.clone();
         self.write_tx(move |conn| {
-            Box::pin(async move { acquire_in(conn, ws, holder, ttl, now).await })
+            Box::pin(async move { acquire_in(conn, ws, holder, ttl, &clock).await })
         })
         .await
     }
 
-    async fn renew(&self, lease: &Lease, ttl: Duration, now: Timestamp) -> Result<Lease> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         check_lease_ttl(ttl)?;
         let lease = lease.clone();
+        let clock = self.clock.clone();
         self.write_tx(move |conn| {
             Box::pin(async move {
                 require_workspace(conn, &lease.workspace).await?;
                 check_fence(conn, &lease.workspace, lease.fence).await?;
-                let expires_at = now + ttl;
+                let expires_at = clock.now(conn).await? + ttl;
                 sqlx::query("UPDATE leases SET expires_at = ? WHERE workspace = ?")
                     .bind(millis(expires_at))
                     .bind(lease.workspace.as_str())
@@ -1100,20 +1140,21 @@ impl LeaseStore for SqliteStore {
         &self,
         holder: &HolderId,
         ttl: Duration,
-        now: Timestamp,
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<Lease>> {
         check_lease_ttl(ttl)?;
         let owner = holder.clone();
         let holder = holder.clone();
-        let expires_at = now + ttl;
+        let clock = self.clock.clone();
         // One writer: the statement that picks the due workspaces also grants
         // their leases, inside the writer's transaction.
         let rows = self
             .write_tx(move |conn| {
-                let holder = holder.clone();
+                let (holder, clock) = (holder.clone(), clock.clone());
                 Box::pin(async move {
+                    let now = clock.now(conn).await?;
+                    let expires_at = now + ttl;
                     sqlx::query(
                         "INSERT INTO leases (workspace, holder, fence, expires_at, released) \
                          SELECT w.id, ?1, COALESCE(l.fence + 1, 1), ?3, 0 \
@@ -1133,9 +1174,11 @@ impl LeaseStore for SqliteStore {
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(unavailable)
+                    .map(|rows| (rows, expires_at))
                 })
             })
             .await?;
+        let (rows, expires_at) = rows;
         rows.into_iter()
             .map(|r| {
                 let ws: String = r.get("workspace");
