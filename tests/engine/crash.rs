@@ -473,16 +473,25 @@ enum Backend {
 /// One run of `plan` on `backend`; its outcome, the engine's commits and the
 /// crashes that happened.
 async fn run_on(backend: Backend, seed: u64, plan: SeedPlan) -> (Outcome, usize, u64) {
-    let (outcome, commits, crashes, _) = run_counting_cancels(backend, seed, plan).await;
+    let (outcome, commits, crashes, _) = run_counting(backend, seed, plan).await;
     (outcome, commits, crashes)
 }
 
-/// [`run_on`], and how many cancel requests the agents answered.
-async fn run_counting_cancels(
+/// What a run did besides its outcome, commits and crashes.
+#[derive(Default)]
+struct Counts {
+    /// Cancel requests the agents answered.
+    cancels: u64,
+    /// Cloud calls that outlasted the lease.
+    long_calls: u64,
+}
+
+/// [`run_on`], and what the run did.
+async fn run_counting(
     backend: Backend,
     seed: u64,
     plan: SeedPlan,
-) -> (Outcome, usize, u64, u64) {
+) -> (Outcome, usize, u64, Counts) {
     let clock = crate::world::new_clock();
     let store_clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(clock.clone());
     let (store, _dir): (
@@ -524,11 +533,30 @@ async fn run_counting_cancels(
             .concurrent_advance
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+    let long = plan.long_calls.map(|n| {
+        let long = world.long_calls(n);
+        long.intruder(world.engine(crate::world::INTRUDER));
+        long
+    });
+    if plan.skew_ms != 0 {
+        world
+            .skews
+            .lock()
+            .unwrap()
+            .insert("replica-b".into(), plan.skew_ms);
+    }
     let mut engines = vec![world.engine("replica-a")];
     if plan.racing {
         engines.push(world.engine("replica-b"));
     }
     let mut outcome = plan.scenario.play(&world, &mut engines).await;
+    let intrusions = long
+        .as_ref()
+        .map(|l| l.intrusions.lock().unwrap().clone())
+        .unwrap_or_default();
+    if outcome.is_ok() && !intrusions.is_empty() {
+        outcome = Err(intrusions.join("; "));
+    }
     let overlaps = world.agents.overlaps();
     if outcome.is_ok() && !overlaps.is_empty() {
         outcome = Err(format!(
@@ -539,7 +567,10 @@ async fn run_counting_cancels(
         outcome,
         world.store.commits(),
         world.store.crashes(),
-        world.agents.cancel_requests_answered(),
+        Counts {
+            cancels: world.agents.cancel_requests_answered(),
+            long_calls: long.map_or(0, |l| l.done.load(std::sync::atomic::Ordering::SeqCst)),
+        },
     )
 }
 
@@ -629,6 +660,12 @@ struct SeedPlan {
     /// Slow commands: each agent runs its first `.1` commands for `.0` of its
     /// rounds, past a command deadline of 5 s (ten rounds).
     slow_commands: Option<(u32, u32)>,
+    /// How far the racing replica's clock is off the store's, in
+    /// milliseconds either way (up to half a lease).
+    skew_ms: i64,
+    /// Long steps: the first `n` cloud calls last longer than the (100 ms)
+    /// lease, kept by heartbeats (see `World::long_calls`).
+    long_calls: Option<u32>,
 }
 
 impl SeedPlan {
@@ -644,6 +681,8 @@ impl SeedPlan {
             concurrent: false,
             outages: Vec::new(),
             slow_commands: None,
+            skew_ms: 0,
+            long_calls: None,
         }
     }
 
@@ -692,6 +731,12 @@ impl SeedPlan {
         let slow_commands = rng
             .random_bool(0.3)
             .then(|| (rng.random_range(12..40), rng.random_range(1..4)));
+        let skew_ms = if racing && rng.random_bool(0.6) {
+            rng.random_range(-15_000..=15_000)
+        } else {
+            0
+        };
+        let long_calls = rng.random_bool(0.15).then(|| rng.random_range(1..4));
         Self {
             faults,
             latency,
@@ -702,6 +747,8 @@ impl SeedPlan {
             concurrent,
             outages,
             slow_commands,
+            skew_ms,
+            long_calls,
         }
     }
 }
@@ -710,6 +757,7 @@ impl SeedPlan {
 async fn seeded_runs(backend: Backend, first: u64, count: u64) {
     let (mut crashes, mut raced, mut faulty) = (0, 0, 0);
     let (mut lossy, mut concurrent, mut outages, mut slow, mut cancels) = (0, 0, 0, 0, 0);
+    let (mut skewed, mut long_calls) = (0, 0);
     let mut scenarios: std::collections::BTreeMap<&str, u64> = Default::default();
     for seed in first..first + count {
         let plan = SeedPlan::of(seed);
@@ -722,9 +770,11 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         concurrent += u64::from(plan.concurrent);
         outages += plan.outages.len();
         slow += u64::from(plan.slow_commands.is_some());
+        skewed += u64::from(plan.skew_ms != 0);
         *scenarios.entry(plan.scenario.name()).or_default() += 1;
-        let (outcome, _, crashed, cancelled) = run_counting_cancels(backend, seed, plan).await;
-        cancels += cancelled;
+        let (outcome, _, crashed, counts) = run_counting(backend, seed, plan).await;
+        cancels += counts.cancels;
+        long_calls += counts.long_calls;
         if let Err(e) = outcome {
             panic!(
                 "{backend:?} seed {seed} failed: {e}\nreplay it with COGRION_SIM_SEED={seed} COGRION_SIM_RUNS=1"
@@ -733,7 +783,7 @@ async fn seeded_runs(backend: Backend, first: u64, count: u64) {
         crashes += crashed;
     }
     println!(
-        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced, {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls, {outages} store outages planned under steps, {slow} with commands outliving their deadline ({cancels} cancel requests answered); scenarios {scenarios:?}"
+        "{backend:?}: {count} seeds from {first}: {crashes} crashes, {raced} raced ({skewed} with the racing replica's clock off by up to half a lease), {faulty} with faults, {lossy} losing bootstrap answers, {concurrent} with concurrent advance calls, {outages} store outages planned under steps, {slow} with commands outliving their deadline ({cancels} cancel requests answered), {long_calls} steps outlasting their lease on heartbeats; scenarios {scenarios:?}"
     );
 }
 

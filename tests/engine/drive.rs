@@ -30,8 +30,11 @@ fn handle(
     seen.push_back(format!("{} {name}: {result:?}", world.clock.now()));
     Ok(match result {
         Ok(Action::RunAgain) => Next::Again,
-        Ok(Action::WakeAt(t)) => Next::Wait(Some(t)),
-        Ok(Action::AwaitAgent { until }) => Next::AwaitAgent(until),
+        // An engine's times are by its own clock, which may be off the world's.
+        Ok(Action::WakeAt(t)) => Next::Wait(Some(world.world_time(name, t))),
+        Ok(Action::AwaitAgent { until }) => {
+            Next::AwaitAgent(until.map(|t| world.world_time(name, t)))
+        }
         Ok(Action::Done) => Next::Rest,
         // The process died: throw the engine away and start a new one on the store.
         Err(Error::Unavailable { detail, .. }) if detail == CRASH => {

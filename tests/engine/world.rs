@@ -150,6 +150,12 @@ pub struct World {
     /// How long the world's engines wait for a command's answer, in seconds
     /// (0: two minutes).
     pub command_deadline_secs: AtomicU64,
+    /// Engines whose clocks are off the world's (and the store's), by name
+    /// (`replica-b`), in milliseconds either way.
+    pub skews: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// When set (by [`World::long_calls`]): the cloud every engine of the
+    /// world uses, whose first calls last long.
+    long_calls: std::sync::OnceLock<Arc<LongCalls>>,
     sim: SimulatedWorld,
     engines: AtomicU64,
 }
@@ -218,6 +224,8 @@ impl World {
             seed,
             concurrent_advance: Default::default(),
             command_deadline_secs: AtomicU64::new(0),
+            skews: Default::default(),
+            long_calls: Default::default(),
             sim,
             engines: AtomicU64::new(0),
         }
@@ -246,19 +254,65 @@ impl World {
         name: &str,
         configure: impl FnOnce(EngineConfig) -> EngineConfig,
     ) -> Engine {
-        self.sim
-            .engine(
-                Arc::new(self.store.clone()),
-                Arc::new(self.clock.clone()),
-                configure(self.config(name)),
-            )
-            .unwrap()
+        let mut builder = self
+            .sim
+            .engine_builder(Arc::new(self.store.clone()), self.clock_of(name));
+        if let Some(cloud) = self.long_calls.get() {
+            builder = builder.cloud(CloudKind::Simulated, cloud.clone());
+        }
+        let engine = builder
+            .config(configure(self.config(name)))
+            .build()
+            .unwrap();
+        if name != INTRUDER {
+            self.sim.attach(&engine);
+        }
+        engine
+    }
+
+    /// Makes the first `count` cloud calls of the world's engines from now on
+    /// last 300 ms of real time each, the world's clock moving along, with
+    /// leases of 100 ms: a step holds its lease only by its heartbeats, as a
+    /// step of minutes does against a 30 s lease. Returns how many calls
+    /// lasted long so far (read it after the run).
+    pub fn long_calls(&self, count: u32) -> Arc<LongCalls> {
+        self.long_calls
+            .get_or_init(|| {
+                Arc::new(LongCalls {
+                    inner: self.cloud.clone(),
+                    clock: self.clock.clone(),
+                    left: std::sync::atomic::AtomicU32::new(count),
+                    done: AtomicU64::new(0),
+                    intruder: Default::default(),
+                    intrusions: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// `t`, an instant by the clock of the engine named `name`, on the
+    /// world's clock.
+    pub fn world_time(&self, name: &str, t: Timestamp) -> Timestamp {
+        let skew = self.skews.lock().unwrap().get(name).copied().unwrap_or(0);
+        Timestamp::from_millis((t.as_millis() as i64 - skew).max(0) as u64)
+    }
+
+    /// The clock of an engine named `name`: the world's, off by its skew.
+    fn clock_of(&self, name: &str) -> Arc<dyn Clock> {
+        let skew = self.skews.lock().unwrap().get(name).copied().unwrap_or(0);
+        Arc::new(Skewed(self.clock.clone(), skew))
     }
 
     /// The settings of the world's engines, for a new one named after `name`.
     fn config(&self, name: &str) -> EngineConfig {
         let n = self.engines.fetch_add(1, Ordering::SeqCst);
+        let ttl = if self.long_calls.get().is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(30)
+        };
         EngineConfig::new(format!("{name}-{n}").parse().unwrap())
+            .with_lease_ttl(ttl)
             .with_seed(self.seed.wrapping_add(n))
             .with_retry(RetryPolicy::new(
                 10,
@@ -285,10 +339,102 @@ impl World {
         let config = self.config(name);
         let builder = self
             .sim
-            .engine_builder(Arc::new(self.store.clone()), Arc::new(self.clock.clone()));
+            .engine_builder(Arc::new(self.store.clone()), self.clock_of(name));
         let engine = change(builder).config(config).build().unwrap();
         self.sim.attach(&engine);
         engine
+    }
+}
+
+/// The world's simulated cloud, whose first `left` provisioning, update and
+/// destroy calls last 300 ms of real time each, moving the world's clock
+/// along in 10 ms steps (see [`World::long_calls`]).
+#[derive(Debug)]
+pub struct LongCalls {
+    inner: SimulatedCloud,
+    clock: ManualClock,
+    left: std::sync::atomic::AtomicU32,
+    /// Calls that lasted their whole time.
+    pub done: AtomicU64,
+    /// A replica that asks for the workspace halfway through each long call.
+    intruder: std::sync::OnceLock<Engine>,
+    /// What it got that it should not have: answers other than "held".
+    pub intrusions: Mutex<Vec<String>>,
+}
+
+impl LongCalls {
+    /// Sets the replica that asks for the workspace halfway through each
+    /// long call (built with [`INTRUDER`] as its name, not attached to the
+    /// agents).
+    pub fn intruder(&self, engine: Engine) {
+        let _ = self.intruder.set(engine);
+    }
+
+    async fn linger(&self, workspace: &WorkspaceId) {
+        let long = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !long {
+            return;
+        }
+        for i in 0..30 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.clock.advance(Duration::from_millis(10));
+            // Two leases (200 ms) into the call: only heartbeats kept it.
+            if i == 20
+                && let Some(intruder) = self.intruder.get()
+            {
+                match intruder.advance(workspace).await {
+                    Ok(Action::WakeAt(_)) => {}
+                    other => lock(&self.intrusions).push(format!(
+                        "{workspace}: another replica, asking during a step kept by heartbeats, got {other:?}"
+                    )),
+                }
+            }
+        }
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl CloudProvisioner for LongCalls {
+    async fn provision(&self, request: LayerRequest) -> Result<Progress<LayerState>> {
+        self.linger(&request.workspace).await;
+        self.inner.provision(request).await
+    }
+    async fn update(&self, request: LayerRequest) -> Result<Progress<LayerState>> {
+        self.linger(&request.workspace).await;
+        self.inner.update(request).await
+    }
+    async fn destroy(&self, request: LayerRequest) -> Result<Progress<()>> {
+        self.linger(&request.workspace).await;
+        self.inner.destroy(request).await
+    }
+    async fn describe(
+        &self,
+        workspace: &WorkspaceId,
+        spec: &WorkspaceSpec,
+    ) -> Result<InfraDescription> {
+        self.inner.describe(workspace, spec).await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The name of the replica [`LongCalls`] sends in halfway through a call.
+pub const INTRUDER: &str = "intruder";
+
+/// A clock `.1` milliseconds off another (either way).
+#[derive(Debug)]
+struct Skewed(ManualClock, i64);
+
+impl Clock for Skewed {
+    fn now(&self) -> Timestamp {
+        let ms = self.0.now().as_millis() as i64 + self.1;
+        Timestamp::from_millis(ms.max(0) as u64)
     }
 }
 
