@@ -29,6 +29,12 @@
 //!   does it for every `Active` workspace whose certificates all expired; until
 //!   then the agent waits, retrying with backoff. A spent or refused token is
 //!   not tried twice.
+//! - **Cancel requests.** A poll may ask the agent to cancel commands the
+//!   control plane gave up waiting for: each is answered with its stored
+//!   result if it ran, otherwise as failed ("cancelled before it ran") and is
+//!   never run afterwards. Handlers run one at a time between polls, so none
+//!   is running when a cancel arrives; stopping a running handler comes with
+//!   asynchronous handlers.
 //! - **Back-pressure.** Failures back off exponentially with full jitter;
 //!   `Retry-After` from an overloaded or rate-limiting control plane is obeyed.
 //!

@@ -1,10 +1,17 @@
-//! Stored data outlives code: databases written by the previous main (record
-//! format 1, schema version 1 — `tests/fixtures/v1`, made by
-//! `tests/fixtures/v1/generate.sh` from commit b06a333) with operations in
-//! flight, opened by today's stores: the schema migrates, every record is
-//! rewritten in format 2 with what format 1 implied, and every workspace —
-//! mid-provision, mid-update, mid-destroy, failed, waiting for its agent,
-//! deploying a stack, destroyed — is driven on to the end of its life.
+//! Stored data outlives code: databases written by earlier mains with
+//! operations in flight, opened by today's stores and driven on to the end of
+//! every workspace's life — mid-provision, mid-update, mid-destroy, failed,
+//! waiting for its agent, deploying a stack, destroyed.
+//!
+//! - Version 1 (record format 1, schema version 1 — `tests/fixtures/v1`, made
+//!   by `tests/fixtures/generate.sh 1 b06a333`): the schema migrates and every
+//!   record is rewritten in format 2 with what format 1 implied.
+//! - Version 2 (`tests/fixtures/v2`, `generate.sh 2 31373a6`: the main before
+//!   issue 14, whose commands were never withdrawn and whose stores judged
+//!   leases by the caller's clock): nothing to rewrite; its stored operations,
+//!   commands, tokens and credentials — without the fields issue 14 added —
+//!   are carried on, among them a deploy whose command an agent received
+//!   and then held silently, which today's engine cancels before its retry.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +24,14 @@ use sqlx::Connection;
 use crate::drive::{check_destroyed, check_history, check_no_duplicates, drive};
 use crate::world::{World, api, ws};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+fn fixtures(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}"))
 }
 
 /// The fixture's clock, when the database was written.
-fn fixture_clock(store: &str) -> Timestamp {
-    let text = std::fs::read_to_string(fixtures().join(format!("{store}.clock.txt"))).unwrap();
+fn fixture_clock(version: u32, store: &str) -> Timestamp {
+    let text =
+        std::fs::read_to_string(fixtures(version).join(format!("{store}.clock.txt"))).unwrap();
     Timestamp::from_millis(text.trim().parse().unwrap())
 }
 
@@ -31,15 +39,29 @@ fn fixture_clock(store: &str) -> Timestamp {
 /// every one of them on: each in-flight operation finishes, each failure is
 /// corrected, retried or reverted, then everything is destroyed and purged.
 /// `store` judges leases by `clock`, which starts when the fixture was written.
-async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, clock: ManualClock) {
+async fn drive_the_fixture(
+    version: u32,
+    store: Arc<dyn WorkspaceStore>,
+    cloud: &Path,
+    clock: ManualClock,
+) {
     let all = store.list_workspaces(&ListQuery::new()).await.unwrap();
     let records: BTreeMap<String, WorkspaceRecord> = all
         .into_iter()
         .map(|v| (v.value.id.to_string(), v.value))
         .collect();
+    match version {
+        1 => derived_from_format_1(&records),
+        _ => assert_eq!(records.len(), 10, "{:?}", records.keys()),
+    }
+    drive_every_workspace(store, cloud, clock, &records).await;
+}
+
+/// What the upgrade derived from format 1's nine workspaces.
+fn derived_from_format_1(records: &BTreeMap<String, WorkspaceRecord>) {
     assert_eq!(records.len(), 9, "{:?}", records.keys());
     let layers = |name: &str| records[name].layers.keys().copied().collect::<Vec<_>>();
-    for (name, rec) in &records {
+    for (name, rec) in records {
         assert_eq!(rec.format, RECORD_FORMAT, "{name}");
     }
     // What format 1 implied, made explicit.
@@ -82,7 +104,19 @@ async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, clock: 
         [OperationKind::Purge],
         "a purge is planned for what was destroyed before purges existed"
     );
+}
 
+/// Drives every workspace of `records` on to its end on today's engine.
+async fn drive_every_workspace(
+    store: Arc<dyn WorkspaceStore>,
+    cloud: &Path,
+    clock: ManualClock,
+    records: &BTreeMap<String, WorkspaceRecord>,
+) {
+    let before_update = records["w-update-failed"]
+        .applied
+        .clone()
+        .expect("the failed update's previous spec");
     // Drive everything on, on today's engine. The agents kept running in their
     // clusters while the control plane was replaced: they resume with the
     // certificates they hold.
@@ -96,13 +130,55 @@ async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, clock: 
             .into_iter()
             .find(|c| c.revoked.is_none())
         {
-            w.agents.resume(id, c.serial);
+            w.agents.resume(id.clone(), c.serial);
+        }
+        if name == "w-delivered" {
+            w.agents.set_unreachable(&id, true);
         }
     }
     let mut engines = vec![w.engine("upgraded")];
     let e = engines[0].clone();
     for name in records.keys() {
         let id = ws(name);
+        if name == "w-delivered" {
+            // The agent that took the command stays silent (from the start,
+            // above): today's engine gives up on the command at its deadline
+            // and asks for its cancel.
+            let cancelling = async || {
+                e.history(&id).await.unwrap().iter().any(|ev| {
+                    matches!(
+                        ev.event.kind,
+                        EventKind::CommandWithdrawn {
+                            delivered: true,
+                            ..
+                        }
+                    )
+                })
+            };
+            for _ in 0..1_000 {
+                if cancelling().await {
+                    break;
+                }
+                e.advance(&id).await.unwrap();
+                w.clock.advance(Duration::from_secs(1));
+            }
+            assert!(cancelling().await, "{name}: the held command was cancelled");
+            w.agents.set_unreachable(&id, false);
+            // Its certificate expired meanwhile (the clock went on for weeks
+            // through the workspaces before it): as the driver's periodic
+            // check would, the operator re-bootstraps it; the new agent's
+            // connection (or its answer to the cancel) lets the retry go.
+            let now = w.clock.now();
+            if !store
+                .list_credentials(&id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|c| c.is_current(now))
+            {
+                e.rebootstrap_agent(&id, api()).await.unwrap();
+            }
+        }
         drive(&w, &mut engines, &id).await.unwrap();
         let rec = e.workspace(&id).await.unwrap();
         match name.as_str() {
@@ -150,6 +226,26 @@ async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, clock: 
                 "{name}: the update finished"
             ),
             "w-update-failed" => assert_eq!(rec.spec, before_update, "{name}: reverted"),
+            "w-delivered" => {
+                assert_eq!(
+                    rec.stacks
+                        .get(&"api".parse().unwrap())
+                        .map(|s| s.state.clone()),
+                    Some(StackState::Deployed),
+                    "{name}: the deploy finished on its retry"
+                );
+                assert!(
+                    e.history(&id).await.unwrap().iter().any(|ev| matches!(
+                        ev.event.kind,
+                        EventKind::CommandSuperseded {
+                            succeeded: None | Some(false),
+                            ..
+                        }
+                    )),
+                    "{name}: the cancelled command was let go before the retry"
+                );
+                assert!(w.agents.overlaps().is_empty());
+            }
             "w-deploying" => assert_eq!(
                 rec.stacks
                     .get(&"api".parse().unwrap())
@@ -176,10 +272,10 @@ async fn drive_the_fixture(store: Arc<dyn WorkspaceStore>, cloud: &Path, clock: 
     check_no_duplicates(&w).unwrap();
 }
 
-/// A copy of a fixture file in `dir`.
-fn copy(name: &str, dir: &Path) -> PathBuf {
+/// A copy of a fixture file of `version` in `dir`.
+fn copy(version: u32, name: &str, dir: &Path) -> PathBuf {
     let to = dir.join(name);
-    std::fs::copy(fixtures().join(name), &to).unwrap();
+    std::fs::copy(fixtures(version).join(name), &to).unwrap();
     to
 }
 
@@ -199,8 +295,8 @@ async fn rows_sqlite(path: &Path) -> Vec<(String, i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_database_of_the_previous_main_migrates_with_operations_in_flight() {
     let dir = crate::world::TempDir::new("migrate-sqlite");
-    let db = copy("v1.db", dir.path());
-    let cloud = copy("sqlite.cloud.json", dir.path());
+    let db = copy(1, "v1.db", dir.path());
+    let cloud = copy(1, "sqlite.cloud.json", dir.path());
     let before = rows_sqlite(&db).await;
     assert!(
         before.iter().all(|(_, _, r)| !r.contains("\"format\"")),
@@ -227,9 +323,25 @@ async fn a_sqlite_database_of_the_previous_main_migrates_with_operations_in_flig
         after,
         "a migrated database is not migrated twice"
     );
-    let clock = ManualClock::new(fixture_clock("sqlite"));
+    let clock = ManualClock::new(fixture_clock(1, "sqlite"));
     let store = store.with_clock(Arc::new(clock.clone()));
-    drive_the_fixture(Arc::new(store), &cloud, clock).await;
+    drive_the_fixture(1, Arc::new(store), &cloud, clock).await;
+}
+
+/// Version 2 on SQLite: opened unchanged, then driven on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_of_the_main_before_issue_14_carries_on_with_operations_in_flight() {
+    let dir = crate::world::TempDir::new("v2-sqlite");
+    let db = copy(2, "v2.db", dir.path());
+    let cloud = copy(2, "sqlite.cloud.json", dir.path());
+    let before = rows_sqlite(&db).await;
+    let store = cogrion::providers::sqlite::SqliteStore::open(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows_sqlite(&db).await, before, "nothing to rewrite");
+    let clock = ManualClock::new(fixture_clock(2, "sqlite"));
+    let store = store.with_clock(Arc::new(clock.clone()));
+    drive_the_fixture(2, Arc::new(store), &cloud, clock).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,28 +351,9 @@ async fn a_postgres_database_of_the_previous_main_migrates_with_operations_in_fl
     };
     let _turn = crate::replicas::SERVER.lock().await;
     let dir = crate::world::TempDir::new("migrate-pg");
-    let cloud = copy("postgres.cloud.json", dir.path());
-    // A database of its own, loaded from the dump of the previous main's.
-    let db = format!("cogrion_migrate_{:x}", rand::random::<u64>());
-    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-    let url = format!("{base}/{db}");
-    let dump = std::fs::read_to_string(fixtures().join("v1.postgres.sql")).unwrap();
-    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let rows = async |conn: &mut sqlx::PgConnection| -> Vec<(String, i64, String)> {
-        sqlx::query_as("SELECT id, revision, record FROM workspaces ORDER BY id")
-            .fetch_all(conn)
-            .await
-            .unwrap()
-    };
+    let cloud = copy(1, "postgres.cloud.json", dir.path());
+    let fixture = PostgresFixture::load(&server, 1).await;
+    let (url, mut conn) = (fixture.url.clone(), fixture.connect().await);
     let before = rows(&mut conn).await;
     assert_eq!(before.len(), 9);
     let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM cogrion_schema")
@@ -283,13 +376,83 @@ async fn a_postgres_database_of_the_previous_main_migrates_with_operations_in_fl
         .unwrap();
     assert_eq!(version, 2);
     conn.close().await.unwrap();
-    let clock = ManualClock::new(fixture_clock("postgres"));
+    let clock = ManualClock::new(fixture_clock(1, "postgres"));
     let store = store.with_clock(Arc::new(clock.clone()));
-    drive_the_fixture(Arc::new(store), &cloud, clock).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    drive_the_fixture(1, Arc::new(store), &cloud, clock).await;
+    fixture.drop().await;
+}
+
+/// Version 2 on PostgreSQL: opened unchanged, then driven on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_of_the_main_before_issue_14_carries_on_with_operations_in_flight() {
+    let Some(server) = crate::replicas::server() else {
+        return;
+    };
+    let _turn = crate::replicas::SERVER.lock().await;
+    let dir = crate::world::TempDir::new("v2-pg");
+    let cloud = copy(2, "postgres.cloud.json", dir.path());
+    let fixture = PostgresFixture::load(&server, 2).await;
+    let mut conn = fixture.connect().await;
+    let before = rows(&mut conn).await;
+    let store = cogrion::providers::postgres::PostgresStore::connect(&fixture.url)
+        .await
+        .unwrap();
+    assert_eq!(rows(&mut conn).await, before, "nothing to rewrite");
+    conn.close().await.unwrap();
+    let clock = ManualClock::new(fixture_clock(2, "postgres"));
+    let store = store.with_clock(Arc::new(clock.clone()));
+    drive_the_fixture(2, Arc::new(store), &cloud, clock).await;
+    fixture.drop().await;
+}
+
+/// (id, revision, record) of every workspace row.
+async fn rows(conn: &mut sqlx::PgConnection) -> Vec<(String, i64, String)> {
+    sqlx::query_as("SELECT id, revision, record FROM workspaces ORDER BY id")
+        .fetch_all(conn)
+        .await
+        .unwrap()
+}
+
+/// A database of its own on the test server, loaded from a fixture's dump.
+struct PostgresFixture {
+    admin: sqlx::PgConnection,
+    db: String,
+    url: String,
+}
+
+impl PostgresFixture {
+    async fn load(server: &str, version: u32) -> Self {
+        let db = format!("cogrion_migrate_{:x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+        let url = format!("{base}/{db}");
+        let dump =
+            std::fs::read_to_string(fixtures(version).join(format!("v{version}.postgres.sql")))
+                .unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        Self { admin, db, url }
+    }
+
+    async fn connect(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    async fn drop(mut self) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.db
+        )))
+        .execute(&mut self.admin)
+        .await
+        .unwrap();
+    }
 }

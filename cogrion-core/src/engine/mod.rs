@@ -23,6 +23,14 @@
 //!   a newer revision, stops and changes nothing. Within one engine, calls of
 //!   [`advance`](Engine::advance) for one workspace from several tasks run one
 //!   after the other.
+//! - **Clocks may disagree.** Whether a lease has expired is the store's
+//!   judgement, by its own clock; a replica trusts a lease for at most its time
+//!   to live from when it asked, by its own clock. A replica whose clock runs
+//!   ahead never takes a lease another still holds.
+//! - **No command runs twice at once.** A command its step gave up on is
+//!   withdrawn before the retry is queued if no agent had it; if one did, the
+//!   agent is asked to cancel it on every poll and the retry waits for its
+//!   answer (recorded, then ignored) or for a new agent's connection.
 //! - **Agent identities hold.** A bootstrap whose answer was lost is replayed
 //!   (same token, same key: the certificate already issued); a renewal is
 //!   checked and stored in one store operation; a re-bootstrap revokes every
