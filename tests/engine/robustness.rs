@@ -305,7 +305,10 @@ async fn a_replica_whose_clock_runs_ahead_does_not_take_a_held_lease() {
     let (a, b) = (engine("a", &clock), engine("b", &ahead));
     let id = ws("skewed");
     a.create(id.clone(), spec(), api()).await.unwrap();
-    assert_eq!(a.claim_due(clock.now(), 10).await.unwrap(), vec![id.clone()]);
+    assert_eq!(
+        a.claim_due(clock.now(), 10).await.unwrap(),
+        vec![id.clone()]
+    );
     tokio::time::sleep(Duration::from_secs(14)).await;
     let running = tokio::spawn({
         let (a, id) = (a.clone(), id.clone());
