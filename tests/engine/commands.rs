@@ -7,14 +7,21 @@
 
 use std::time::Duration;
 
+use cogrion::proto::CommandId;
 use cogrion::sim::FaultPlan;
 use cogrion::*;
 
 use crate::drive::{active, drive};
 use crate::world::{World, api, name, stack, ws};
 
-/// A world whose engine waits 10 s for a command's answer.
-fn short_deadline(seed: u64) -> (World, Vec<Engine>) {
+/// A world whose engine waits 10 s for a command's answer, with its agents
+/// prepared by `agents` before any is installed; a workspace `name` driven
+/// to `Active`, and a Helm stack `web` requested for it.
+async fn deploying(
+    seed: u64,
+    name: &str,
+    agents: impl FnOnce(&SimulatedAgents),
+) -> (World, Vec<Engine>, Engine, WorkspaceId) {
     let w = World::new(seed, FaultPlan::none());
     let engine = w.engine_with("cp", |c| {
         c.with_deadlines(
@@ -23,7 +30,24 @@ fn short_deadline(seed: u64) -> (World, Vec<Engine>) {
             Duration::from_secs(120),
         )
     });
-    (w, vec![engine])
+    agents(&w.agents);
+    let mut engines = vec![engine.clone()];
+    let id = ws(name);
+    active(&w, &mut engines, &id).await;
+    engine
+        .deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
+        .await
+        .unwrap();
+    (w, engines, engine, id)
+}
+
+/// The command a step of `id` waits for, if one does.
+async fn awaited(engine: &Engine, id: &WorkspaceId) -> Option<CommandId> {
+    let rec = engine.workspace(id).await.unwrap();
+    rec.operations
+        .iter()
+        .flat_map(|o| &o.steps)
+        .find_map(|s| s.command.clone())
 }
 
 /// The command events of `id`'s history, in order, as text.
@@ -59,25 +83,12 @@ fn deployed(rec: &WorkspaceRecord) -> bool {
 /// both.)
 #[tokio::test]
 async fn a_command_no_agent_received_is_withdrawn_before_its_retry() {
-    let (w, mut engines) = short_deadline(31);
-    let id = ws("withdrawn");
-    active(&w, &mut engines, &id).await;
-    let engine = engines[0].clone();
+    let (w, mut engines, engine, id) = deploying(31, "withdrawn", |_| {}).await;
     let before = w.agents.executed(&id);
     w.agents.set_unreachable(&id, true);
-    engine
-        .deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
-        .await
-        .unwrap();
     let first = loop {
         engine.advance(&id).await.unwrap();
-        let rec = engine.workspace(&id).await.unwrap();
-        if let Some(c) = rec
-            .operations
-            .iter()
-            .flat_map(|o| &o.steps)
-            .find_map(|s| s.command.clone())
-        {
+        if let Some(c) = awaited(&engine, &id).await {
             break c;
         }
     };
@@ -118,17 +129,10 @@ async fn a_command_no_agent_received_is_withdrawn_before_its_retry() {
 /// command.)
 #[tokio::test]
 async fn a_command_running_past_its_deadline_is_cancelled_and_its_retry_waits() {
-    let (w, mut engines) = short_deadline(32);
     // The first command the agent gets runs for 40 rounds (20 s of the
     // driver's half-second rounds), twice the deadline.
-    w.agents.hold_commands(40, 1);
-    let id = ws("cancelled");
-    active(&w, &mut engines, &id).await;
-    let engine = engines[0].clone();
-    engine
-        .deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
-        .await
-        .unwrap();
+    let (w, mut engines, engine, id) =
+        deploying(32, "cancelled", |agents| agents.hold_commands(40, 1)).await;
     drive(&w, &mut engines, &id).await.unwrap();
     assert!(deployed(&engine.workspace(&id).await.unwrap()));
     assert!(
@@ -159,25 +163,13 @@ async fn a_command_running_past_its_deadline_is_cancelled_and_its_retry_waits() 
 /// answer, on the new connection alone.
 #[tokio::test]
 async fn a_new_agent_lets_a_cancelled_command_go() {
-    let (w, mut engines) = short_deadline(33);
-    w.agents.hold_commands(1_000, 1);
-    let id = ws("reconnected");
-    active(&w, &mut engines, &id).await;
-    let engine = engines[0].clone();
-    engine
-        .deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
-        .await
-        .unwrap();
+    let (w, mut engines, engine, id) =
+        deploying(33, "reconnected", |agents| agents.hold_commands(1_000, 1)).await;
     // Until the agent has the command; then it is cut off.
     let first = loop {
         engine.advance(&id).await.unwrap();
         w.agents.step_all().await;
-        let rec = engine.workspace(&id).await.unwrap();
-        if let Some(c) = rec
-            .operations
-            .iter()
-            .flat_map(|o| &o.steps)
-            .find_map(|s| s.command.clone())
+        if let Some(c) = awaited(&engine, &id).await
             && w.store.get_command(&id, &c).await.unwrap().deliveries > 0
         {
             break c;

@@ -1180,6 +1180,42 @@ fn read_queued(body: &str, ws: &WorkspaceId) -> Result<QueuedCommand> {
     from_json(body, || Resource::Workspace(ws.clone()))
 }
 
+/// A command's queue position and what is stored of it, in the open
+/// transaction on `conn`; an unknown id is not found.
+async fn command_row(
+    conn: &mut PgConnection,
+    ws: &WorkspaceId,
+    id: &CommandId,
+) -> Result<(i64, QueuedCommand)> {
+    let row = sqlx::query("SELECT seq, body FROM commands WHERE workspace = $1 AND id = $2")
+        .bind(ws.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), id.clone())))?;
+    Ok((row.get("seq"), read_queued(row.get("body"), ws)?))
+}
+
+/// Stores `q` at queue position `seq`; `answered` marks the commands no poll
+/// hands out any more (answered or withdrawn).
+async fn write_command(
+    conn: &mut PgConnection,
+    ws: &WorkspaceId,
+    seq: i64,
+    q: &QueuedCommand,
+) -> Result<()> {
+    sqlx::query("UPDATE commands SET answered = $1, body = $2 WHERE workspace = $3 AND seq = $4")
+        .bind(!q.status.is_open())
+        .bind(to_json(q)?)
+        .bind(ws.as_str())
+        .bind(seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 #[async_trait]
 impl CommandQueue for PostgresStore {
     async fn deliver(
@@ -1230,13 +1266,7 @@ impl CommandQueue for PostgresStore {
                         continue;
                     }
                     q.deliveries += 1;
-                    sqlx::query("UPDATE commands SET body = $1 WHERE workspace = $2 AND seq = $3")
-                        .bind(to_json(&q)?)
-                        .bind(ws.as_str())
-                        .bind(r.get::<i64, _>("seq"))
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
+                    write_command(conn, &ws, r.get("seq"), &q).await?;
                     out.push(q);
                 }
                 Ok(out)
@@ -1256,29 +1286,12 @@ impl CommandQueue for PostgresStore {
         self.write_tx(move |conn| {
             Box::pin(async move {
                 require_workspace(conn, &ws).await?;
-                let row = sqlx::query(
-                    "SELECT seq, answered, body FROM commands WHERE workspace = $1 AND id = $2",
-                )
-                .bind(ws.as_str())
-                .bind(result.id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), result.id.clone())))?;
-                if row.get::<bool, _>("answered") {
+                let (seq, mut q) = command_row(conn, &ws, &result.id).await?;
+                if !q.status.is_open() {
                     return Ok(false);
                 }
-                let mut q = read_queued(row.get("body"), &ws)?;
                 q.status = CommandStatus::Answered { result, at: now };
-                sqlx::query(
-                    "UPDATE commands SET answered = TRUE, body = $1 WHERE workspace = $2 AND seq = $3",
-                )
-                .bind(to_json(&q)?)
-                .bind(ws.as_str())
-                .bind(row.get::<i64, _>("seq"))
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+                write_command(conn, &ws, seq, &q).await?;
                 Ok(true)
             })
         })
@@ -1309,29 +1322,12 @@ impl CommandQueue for PostgresStore {
         self.write_tx(move |conn| {
             Box::pin(async move {
                 require_workspace(conn, &ws).await?;
-                let row = sqlx::query("SELECT seq, body FROM commands WHERE workspace = $1 AND id = $2")
-                    .bind(ws.as_str())
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), id.clone())))?;
-                let mut q = read_queued(row.get("body"), &ws)?;
-                let Some(status) = q.withdrawal(now) else {
-                    return Ok(q.status);
-                };
-                q.status = status.clone();
-                // `answered` marks the commands no poll hands out any more.
-                let closed: bool = !status.is_open();
-                sqlx::query("UPDATE commands SET answered = $1, body = $2 WHERE workspace = $3 AND seq = $4")
-                    .bind(closed)
-                    .bind(to_json(&q)?)
-                    .bind(ws.as_str())
-                    .bind(row.get::<i64, _>("seq"))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(status)
+                let (seq, mut q) = command_row(conn, &ws, &id).await?;
+                if let Some(status) = q.withdrawal(now) {
+                    q.status = status;
+                    write_command(conn, &ws, seq, &q).await?;
+                }
+                Ok(q.status)
             })
         })
         .await

@@ -1215,6 +1215,42 @@ fn read_queued(body: &str, ws: &WorkspaceId) -> Result<QueuedCommand> {
     from_json(body, || Resource::Workspace(ws.clone()))
 }
 
+/// A command's queue position and what is stored of it, in the open
+/// transaction on `conn`; an unknown id is not found.
+async fn command_row(
+    conn: &mut SqliteConnection,
+    ws: &WorkspaceId,
+    id: &CommandId,
+) -> Result<(i64, QueuedCommand)> {
+    let row = sqlx::query("SELECT seq, body FROM commands WHERE workspace = ? AND id = ?")
+        .bind(ws.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), id.clone())))?;
+    Ok((row.get("seq"), read_queued(row.get("body"), ws)?))
+}
+
+/// Stores `q` at queue position `seq`; `answered` marks the commands no poll
+/// hands out any more (answered or withdrawn).
+async fn write_command(
+    conn: &mut SqliteConnection,
+    ws: &WorkspaceId,
+    seq: i64,
+    q: &QueuedCommand,
+) -> Result<()> {
+    sqlx::query("UPDATE commands SET answered = ?, body = ? WHERE workspace = ? AND seq = ?")
+        .bind(i64::from(!q.status.is_open()))
+        .bind(to_json(q)?)
+        .bind(ws.as_str())
+        .bind(seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 #[async_trait]
 impl CommandQueue for SqliteStore {
     async fn deliver(
@@ -1262,13 +1298,7 @@ impl CommandQueue for SqliteStore {
                         continue;
                     }
                     q.deliveries += 1;
-                    sqlx::query("UPDATE commands SET body = ? WHERE workspace = ? AND seq = ?")
-                        .bind(to_json(&q)?)
-                        .bind(ws.as_str())
-                        .bind(r.get::<i64, _>("seq"))
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
+                    write_command(conn, &ws, r.get("seq"), &q).await?;
                     out.push(q);
                 }
                 Ok(out)
@@ -1288,29 +1318,12 @@ impl CommandQueue for SqliteStore {
         self.write_tx(move |conn| {
             Box::pin(async move {
                 require_workspace(conn, &ws).await?;
-                let row = sqlx::query(
-                    "SELECT seq, answered, body FROM commands WHERE workspace = ? AND id = ?",
-                )
-                .bind(ws.as_str())
-                .bind(result.id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), result.id.clone())))?;
-                if row.get::<i64, _>("answered") != 0 {
+                let (seq, mut q) = command_row(conn, &ws, &result.id).await?;
+                if !q.status.is_open() {
                     return Ok(false);
                 }
-                let mut q = read_queued(row.get("body"), &ws)?;
                 q.status = CommandStatus::Answered { result, at: now };
-                sqlx::query(
-                    "UPDATE commands SET answered = 1, body = ? WHERE workspace = ? AND seq = ?",
-                )
-                .bind(to_json(&q)?)
-                .bind(ws.as_str())
-                .bind(row.get::<i64, _>("seq"))
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+                write_command(conn, &ws, seq, &q).await?;
                 Ok(true)
             })
         })
@@ -1341,34 +1354,12 @@ impl CommandQueue for SqliteStore {
         self.write_tx(move |conn| {
             Box::pin(async move {
                 require_workspace(conn, &ws).await?;
-                let row =
-                    sqlx::query("SELECT seq, body FROM commands WHERE workspace = ? AND id = ?")
-                        .bind(ws.as_str())
-                        .bind(id.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?
-                        .ok_or_else(|| {
-                            Error::NotFound(Resource::Command(ws.clone(), id.clone()))
-                        })?;
-                let mut q = read_queued(row.get("body"), &ws)?;
-                let Some(status) = q.withdrawal(now) else {
-                    return Ok(q.status);
-                };
-                q.status = status.clone();
-                // `answered` marks the commands no poll hands out any more.
-                let closed: i64 = i64::from(!status.is_open());
-                sqlx::query(
-                    "UPDATE commands SET answered = ?, body = ? WHERE workspace = ? AND seq = ?",
-                )
-                .bind(closed)
-                .bind(to_json(&q)?)
-                .bind(ws.as_str())
-                .bind(row.get::<i64, _>("seq"))
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                Ok(status)
+                let (seq, mut q) = command_row(conn, &ws, &id).await?;
+                if let Some(status) = q.withdrawal(now) {
+                    q.status = status;
+                    write_command(conn, &ws, seq, &q).await?;
+                }
+                Ok(q.status)
             })
         })
         .await
