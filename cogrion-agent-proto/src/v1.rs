@@ -445,6 +445,17 @@ message!(PollRequest, "poll request", 64 * 1024, |m| {
     check_range("poll wait", m.wait_secs, 0, MAX_POLL_WAIT_SECS)
 });
 
+/// The HTTP header in which an agent names the protocol features it
+/// understands, comma-separated. Features live in a header, not in the JSON
+/// messages, so that agents and control planes of different releases still
+/// read each other's messages (which refuse unknown fields).
+pub const FEATURES_HEADER: &str = "cogrion-features";
+
+/// The feature of an agent that understands [`PollResponse::cancel`]: a
+/// control plane sends cancel requests only to agents whose polls name it
+/// (an agent that predates them would refuse the whole response).
+pub const FEATURE_CANCEL: &str = "cancel";
+
 /// The commands to run, in queue order (empty when the wait ran out), and the
 /// commands to cancel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
 use cogrion_core::conformance::sample_workspace_spec;
-use cogrion_core::proto::v1::{ErrorCode, MAX_CSR_PEM_LEN};
+use cogrion_core::proto::v1::{ErrorCode, MAX_CSR_PEM_LEN, PollRequest};
 use cogrion_core::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion_core::{
     AgentEvent, AgentEventSink, AgentGateway, AgentTransport, BootstrapToken, Clock, CommandQueue,
@@ -280,6 +280,49 @@ async fn an_agent_bootstraps_polls_and_answers_over_mutual_tls() {
         events
             .iter()
             .any(|e| matches!(e, AgentEvent::CommandAnswered { .. }))
+    );
+}
+
+/// A command the control plane gave up on after handing it out reaches the
+/// agent as a cancel request on every poll until it is answered — but only an
+/// agent whose polls say it understands cancel requests
+/// (`cogrion-features: cancel`, as `AgentClient` sends) gets them; a poll
+/// without the header gets the message agents knew before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_go_only_to_agents_that_understand_them() {
+    let plane = Plane::start().await;
+    let ws = plane.workspace("acme-cancel").await;
+    let token = plane.token(&ws).await;
+    let agent = plane.client();
+    agent.bootstrap(&ws, token.expose(), "0.1.0").await.unwrap();
+    plane.queue(&ws, "c1").await;
+    assert_eq!(agent.poll(Vec::new(), 0).await.unwrap().commands.len(), 1);
+    let c1 = CommandId::new("c1").unwrap();
+    plane
+        .store
+        .withdraw(&ws, &c1, plane.clock.now())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let polled = agent.poll(Vec::new(), 0).await.unwrap();
+        assert!(polled.commands.is_empty());
+        assert_eq!(polled.cancel, [c1.clone()], "asked on every poll");
+    }
+    // A poll without the features header: no cancel field at all.
+    let raw = PollRequest::new(Vec::new(), 0).unwrap();
+    let (status, body) = agent
+        .send_raw("/v1/poll", cogrion_core::proto::v1::encode(&raw))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"version":1,"commands":[]}"#
+    );
+    agent.post_result(ok_result("c1")).await.unwrap();
+    assert!(
+        agent.poll(Vec::new(), 0).await.unwrap().cancel.is_empty(),
+        "answered: no longer asked"
     );
 }
 

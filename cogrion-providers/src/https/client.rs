@@ -224,7 +224,7 @@ impl AgentClient {
         body: Vec<u8>,
         last: bool,
     ) -> Result<M, ClientError> {
-        let (status, bytes) = self.send(path, body, last).await?;
+        let (status, bytes) = self.send(path, body, last, true).await?;
         if status == 200 {
             v1::decode::<M>(&bytes).map_err(|e: DecodeError| ClientError::Protocol(e.to_string()))
         } else {
@@ -243,22 +243,28 @@ impl AgentClient {
     /// connection the server closed in the meantime is replaced before the
     /// request is sent; a request is never sent twice.
     pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
-        self.send(path, body, false).await
+        self.send(path, body, false, false).await
     }
 
     /// [`send_raw`](Self::send_raw); with `last`, the request asks the server
     /// to close the connection after answering, and it is not kept.
+    /// With `features`, it says what this client understands
+    /// ([`v1::FEATURES_HEADER`]); a raw request says nothing.
     async fn send(
         &self,
         path: &str,
         body: Vec<u8>,
         last: bool,
+        features: bool,
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut request = hyper::Request::post(path)
             .header("host", self.server_name.to_str().as_ref())
             .header("content-type", "application/json");
         if last {
             request = request.header("connection", "close");
+        }
+        if features {
+            request = request.header(v1::FEATURES_HEADER, v1::FEATURE_CANCEL);
         }
         let request = request
             .body(Full::new(Bytes::from(body)))

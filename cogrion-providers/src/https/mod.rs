@@ -5,7 +5,7 @@
 //! | path | TLS | body |
 //! |---|---|---|
 //! | `POST /v1/bootstrap` | server-authenticated; no client certificate needed | [`BootstrapRequest`](cogrion_core::proto::v1::BootstrapRequest) → [`BootstrapResponse`](cogrion_core::proto::v1::BootstrapResponse) |
-//! | `POST /v1/poll` | mutual: a certificate from the control plane's CA | [`PollRequest`](cogrion_core::proto::v1::PollRequest) → [`PollResponse`](cogrion_core::proto::v1::PollResponse), held up to `wait_secs` |
+//! | `POST /v1/poll` | mutual: a certificate from the control plane's CA | [`PollRequest`](cogrion_core::proto::v1::PollRequest) → [`PollResponse`](cogrion_core::proto::v1::PollResponse), held up to `wait_secs`; cancel requests only when the request carries `cogrion-features: cancel` ([`FEATURES_HEADER`](cogrion_core::proto::v1::FEATURES_HEADER)), which [`AgentClient`] sends |
 //! | `POST /v1/result` | mutual | [`ResultRequest`](cogrion_core::proto::v1::ResultRequest) → [`ResultAck`](cogrion_core::proto::v1::ResultAck), after the result is stored |
 //! | `POST /v1/renew` | mutual, with a certificate still good | [`RenewalRequest`](cogrion_core::proto::v1::RenewalRequest) → [`RenewalResponse`](cogrion_core::proto::v1::RenewalResponse) |
 //!

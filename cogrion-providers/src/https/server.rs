@@ -441,6 +441,9 @@ impl Route {
 struct Head {
     route: Route,
     declared: Option<usize>,
+    /// Whether the agent understands cancel requests
+    /// ([`v1::FEATURES_HEADER`]).
+    cancel: bool,
 }
 
 impl Head {
@@ -458,7 +461,18 @@ impl Head {
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        Self { route, declared }
+        let cancel = req
+            .headers()
+            .get_all(v1::FEATURES_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|f| f.trim() == v1::FEATURE_CANCEL);
+        Self {
+            route,
+            declared,
+            cancel,
+        }
     }
 }
 
@@ -789,11 +803,12 @@ impl Shared {
                 // Not boxed: a held poll is what a connection's future spends its
                 // life on, so the poll's state is the one it is sized for.
                 Route::Poll => {
+                    let cancel = head.cancel;
                     // The body is read even for a refusal, so the connection
                     // stays usable.
                     let m = body(req, declared).await;
                     match authenticated(peer.as_ref(), m) {
-                        Ok((peer, m)) => self.poll(peer, m).await,
+                        Ok((peer, m)) => self.poll(peer, m, cancel).await,
                         Err(refusal) => Err(refusal),
                     }
                 }
@@ -969,6 +984,7 @@ impl Shared {
         &'a self,
         peer: &'a Arc<Peer>,
         m: PollRequest,
+        accepts_cancel: bool,
     ) -> impl std::future::Future<Output = std::result::Result<Response<Full<Bytes>>, Refusal>> + 'a
     {
         async move {
@@ -992,6 +1008,12 @@ impl Shared {
                     // cancelled again, even while its result is still on the way.
                     commands.retain(|c| !m.finished.contains(&c.id));
                     cancel.retain(|id| !m.finished.contains(id));
+                    if !accepts_cancel {
+                        // An agent that predates cancel requests would refuse
+                        // the whole answer: it gets none (its late result
+                        // still settles the command).
+                        cancel.clear();
+                    }
                     let something = !commands.is_empty() || !cancel.is_empty();
                     if something || tokio::time::Instant::now() >= deadline {
                         commands.truncate(v1::MAX_COMMANDS_PER_POLL);
