@@ -306,7 +306,7 @@ async fn cancel_requests_go_only_to_agents_that_understand_them() {
     for _ in 0..2 {
         let polled = agent.poll(Vec::new(), 0).await.unwrap();
         assert!(polled.commands.is_empty());
-        assert_eq!(polled.cancel, [c1.clone()], "asked on every poll");
+        assert_eq!(polled.cancel, vec![c1.clone()], "asked on every poll");
     }
     // A poll without the features header: no cancel field at all.
     let raw = PollRequest::new(Vec::new(), 0).unwrap();
