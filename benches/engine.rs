@@ -38,7 +38,9 @@ fn setup(concurrent_driver: bool) -> Bench {
 fn setup_on(store: Arc<dyn WorkspaceStore>, concurrent_driver: bool) -> Bench {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let cloud = SimulatedCloud::builder().clock(clock.clone()).build();
-    let mut config = EngineConfig::new("bench".parse().unwrap());
+    // No purge: a destroyed workspace would wait its retention (7 days by
+    // default) for it, and the lifecycles measured end at `Destroyed`.
+    let mut config = EngineConfig::new("bench".parse().unwrap()).with_purge(None);
     if concurrent_driver {
         config = config.with_lease_ttl(Duration::from_secs(60));
     }

@@ -378,8 +378,10 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
         .latency(InfraLayer::Cluster, Duration::from_millis(1500))
         .build();
     let world = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
-    let config =
-        EngineConfig::new("replica-a".parse().unwrap()).with_lease_ttl(Duration::from_secs(60));
+    let config = EngineConfig::new("replica-a".parse().unwrap())
+        .with_lease_ttl(Duration::from_secs(60))
+        // The lifecycles measured end at `Destroyed`, not a retention later.
+        .with_purge(None);
     let prefix = unique("r");
     let ids: Vec<WorkspaceId> = (0..n)
         .map(|i| format!("{prefix}-{i}").parse().unwrap())
