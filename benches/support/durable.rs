@@ -18,8 +18,8 @@ use super::{actor, lifecycles, raw_target, raw_writes, setup_on, spec};
 pub(crate) enum Target {
     /// A fresh SQLite file (in the temporary folder, on disk) per measurement.
     Sqlite(Durability),
-    /// The PostgreSQL server at this URL (shared database; every measurement
-    /// uses workspace ids of its own).
+    /// The PostgreSQL server at this URL; every measurement gets a database
+    /// of its own on it.
     #[cfg(feature = "postgres")]
     Postgres(String),
 }
@@ -28,8 +28,9 @@ pub(crate) enum Target {
 #[derive(Clone)]
 enum Location {
     Sqlite(std::path::PathBuf, Durability),
+    /// The server's URL and the measurement's database on it.
     #[cfg(feature = "postgres")]
-    Postgres(String),
+    Postgres(String, String),
 }
 
 impl Location {
@@ -41,11 +42,31 @@ impl Location {
                     .unwrap(),
             ),
             #[cfg(feature = "postgres")]
-            Self::Postgres(url) => {
+            Self::Postgres(server, db) => {
                 use cogrion::providers::postgres::{PostgresOptions, PostgresStore};
+                use sqlx::Connection;
+                // A database of its own, made at the first opening: a shared
+                // one fills up with earlier runs' workspaces, which the
+                // driver's first sweep (everything pending, whenever due)
+                // then claims along with this run's.
+                let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
+                let exists: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                        .bind(db)
+                        .fetch_optional(&mut admin)
+                        .await
+                        .unwrap();
+                if exists.is_none() {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                        .execute(&mut admin)
+                        .await
+                        .unwrap();
+                }
+                admin.close().await.unwrap();
+                let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
                 Arc::new(
                     PostgresStore::connect_with(
-                        url,
+                        &format!("{base}/{db}"),
                         PostgresOptions::default().with_max_connections(32),
                     )
                     .await
@@ -95,12 +116,12 @@ impl Target {
                 Location::Sqlite(dir.join(format!("{}.db", unique("db"))), *durability)
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(url) => Location::Postgres(url.clone()),
+            Self::Postgres(url) => Location::Postgres(url.clone(), unique("cogrion_bench_")),
         }
     }
 }
 
-/// A name no earlier run used (the PostgreSQL database is shared between runs).
+/// A name no earlier run used.
 fn unique(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
 }
