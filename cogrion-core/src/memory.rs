@@ -77,6 +77,17 @@ struct LeaseState {
 }
 
 impl Workspace {
+    /// Its command `id`, or not found.
+    fn command_mut(&mut self, id: &CommandId) -> Result<&mut QueuedCommand> {
+        match self.command_index.get(id) {
+            Some(&i) => Ok(&mut self.commands[i]),
+            None => Err(Error::NotFound(Resource::Command(
+                self.record.id.clone(),
+                id.clone(),
+            ))),
+        }
+    }
+
     fn check_fence(&self, fence: FencingToken) -> Result<()> {
         match &self.lease {
             Some(l) if l.fence == fence && !l.released => Ok(()),
@@ -502,14 +513,7 @@ impl CommandQueue for InMemoryStore {
     ) -> Result<bool> {
         result.check()?;
         let mut inner = self.lock();
-        let ws = inner.workspace_mut(workspace)?;
-        let Some(&i) = ws.command_index.get(&result.id) else {
-            return Err(Error::NotFound(Resource::Command(
-                workspace.clone(),
-                result.id,
-            )));
-        };
-        let command = &mut ws.commands[i];
+        let command = inner.workspace_mut(workspace)?.command_mut(&result.id)?;
         if !command.status.is_open() {
             return Ok(false);
         }
@@ -533,14 +537,7 @@ impl CommandQueue for InMemoryStore {
         now: Timestamp,
     ) -> Result<CommandStatus> {
         let mut inner = self.lock();
-        let ws = inner.workspace_mut(workspace)?;
-        let Some(&i) = ws.command_index.get(id) else {
-            return Err(Error::NotFound(Resource::Command(
-                workspace.clone(),
-                id.clone(),
-            )));
-        };
-        let command = &mut ws.commands[i];
+        let command = inner.workspace_mut(workspace)?.command_mut(id)?;
         if let Some(status) = command.withdrawal(now) {
             command.status = status;
         }

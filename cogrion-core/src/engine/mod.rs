@@ -568,12 +568,7 @@ impl Engine {
     ) -> Result<WorkspaceRecord> {
         for spec in &specs {
             spec.validate()?;
-            let kind = ExecutorKind::of(&spec.executor);
-            if !self.0.executors.contains_key(&kind) {
-                return Err(Error::NotConfigured {
-                    what: format!("no executor registered for {kind:?} stacks"),
-                });
-            }
+            self.executor(ExecutorKind::of(&spec.executor))?;
         }
         self.mutate(id, &actor, |rec, j| {
             let mut names = std::collections::BTreeSet::new();
@@ -687,14 +682,30 @@ impl Engine {
     }
 
     fn check_cloud(&self, spec: &WorkspaceSpec) -> Result<()> {
+        self.provisioner(spec).map(|_| ())
+    }
+
+    /// The provisioner registered for `spec`'s cloud, or
+    /// [`Error::NotConfigured`] (at a request and at a step alike).
+    fn provisioner(&self, spec: &WorkspaceSpec) -> Result<&Arc<dyn CloudProvisioner>> {
         let cloud = CloudKind::of(&spec.cloud);
-        if self.0.clouds.contains_key(&cloud) {
-            Ok(())
-        } else {
-            Err(Error::NotConfigured {
+        self.0
+            .clouds
+            .get(&cloud)
+            .ok_or_else(|| Error::NotConfigured {
                 what: format!("no provisioner registered for {cloud:?}"),
             })
-        }
+    }
+
+    /// The executor registered for `kind` stacks, or
+    /// [`Error::NotConfigured`] (at a request and at a step alike).
+    fn executor(&self, kind: ExecutorKind) -> Result<&Arc<dyn Executor>> {
+        self.0
+            .executors
+            .get(&kind)
+            .ok_or_else(|| Error::NotConfigured {
+                what: format!("no executor registered for {kind:?} stacks"),
+            })
     }
 
     /// Applies an API request to a workspace: load, change a copy, write it back

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::journal::Journal;
 use super::leftovers::{self, Leftovers};
 use super::plan::{self, StepKind};
-use super::{Action, CloudKind, Engine, EngineEventKind, lock};
+use super::{Action, Engine, EngineEventKind, lock};
 use crate::agent::{AgentInstall, issue_bootstrap_token};
 use crate::checkpoint::{Progress, StoreCheckpoint};
 use crate::clock::Timestamp;
@@ -415,8 +415,7 @@ impl Engine {
         let teardown = op.kind == OperationKind::Destroy
             && StepKind::of(op.kind, op.stack.as_ref(), &step.name)
                 .is_some_and(|k| k.agent_run(&tx.rec.stacks));
-        let teardown_over =
-            teardown && now >= step.started_at.unwrap_or(now) + self.0.config.teardown_deadline;
+        let teardown_over = teardown && self.teardown_over(step, now);
         let settled = match self.0.store.get_command(&id, &old).await {
             Ok(q) => match q.status {
                 CommandStatus::Answered { result, .. } => {
@@ -464,6 +463,12 @@ impl Engine {
             format!("{name}: command {old} {how}"),
         );
         Ok(true)
+    }
+
+    /// Whether `step`'s current run of attempts started longer than the
+    /// teardown deadline ago (what in-cluster teardown keeps trying for).
+    fn teardown_over(&self, step: &crate::store::StepRecord, now: Timestamp) -> bool {
+        now >= step.started_at.unwrap_or(now) + self.0.config.teardown_deadline
     }
 
     /// Runs one attempt of step `j` of operation `i`; returns whether the step
@@ -659,16 +664,7 @@ impl Engine {
         let checkpoint_for = || -> Arc<dyn crate::checkpoint::Checkpoint> { checkpoint.clone() };
         Ok(match kind {
             StepKind::Layer(layer) => {
-                let provisioner = self
-                    .0
-                    .clouds
-                    .get(&CloudKind::of(&tx.rec.spec.cloud))
-                    .ok_or_else(|| Error::NotConfigured {
-                        what: format!(
-                            "no provisioner registered for {:?}",
-                            CloudKind::of(&tx.rec.spec.cloud)
-                        ),
-                    })?;
+                let provisioner = self.provisioner(&tx.rec.spec)?;
                 let request = LayerRequest::new(
                     id.clone(),
                     tx.rec.spec.clone(),
@@ -817,14 +813,7 @@ impl Engine {
                 let Some(entry) = tx.rec.stacks.get(name) else {
                     return Ok(Outcome::Skipped(format!("stack {name} is gone")));
                 };
-                let executor_kind = ExecutorKind::of(&entry.spec.executor);
-                let executor =
-                    self.0
-                        .executors
-                        .get(&executor_kind)
-                        .ok_or_else(|| Error::NotConfigured {
-                            what: format!("no executor registered for {executor_kind:?} stacks"),
-                        })?;
+                let executor = self.executor(ExecutorKind::of(&entry.spec.executor))?;
                 let mut request = StackRequest::new(
                     ExecutionTarget::new(id.clone(), tx.rec.cluster.clone()),
                     entry.spec.clone(),
@@ -979,7 +968,7 @@ impl Engine {
         let window = self.0.config.teardown_deadline;
         let started = tx.rec.operations[i].steps[j].started_at.unwrap_or(now);
         // In-cluster teardown keeps trying for the teardown deadline.
-        let teardown_over = now >= started + window;
+        let teardown_over = self.teardown_over(&tx.rec.operations[i].steps[j], now);
         let outcome = match outcome {
             // In-cluster teardown whose agent (or cluster) has been out of reach
             // for the teardown deadline is skipped: deleting the cluster removes
