@@ -202,11 +202,14 @@ async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
             }
             ["STATS"] => {
                 let stats = server.stats();
-                let (batches, exchanges) = store.exchange_stats();
-                let (statements, reads) = store.poll_read_stats();
+                let sqlite = store.stats();
                 say(format!(
-                    "STATS {} {} {batches} {exchanges} {statements} {reads}",
-                    stats.handshakes, stats.open_connections
+                    "STATS {} {} {} {} {}",
+                    stats.handshakes,
+                    stats.open_connections,
+                    sqlite.transactions,
+                    sqlite.writes,
+                    sqlite.reads
                 ));
             }
             _ => {}
@@ -715,10 +718,11 @@ struct Fleet {
     rss_after_kib: u64,
     fds: usize,
     open_connections: Option<u64>,
-    /// SQLite token exchanges per transaction, over the whole fleet.
-    exchanges_per_batch: f64,
-    /// Polls' credential reads per SQLite statement (the endpoint only).
-    reads_per_statement: Option<f64>,
+    /// SQLite write calls (exchanges, first polls, deliveries) per
+    /// transaction, over the whole fleet.
+    writes_per_transaction: f64,
+    /// SQLite read calls (the endpoint only).
+    sqlite_reads: Option<u64>,
     latencies_ms: Vec<f64>,
 }
 
@@ -873,16 +877,12 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
         server.order("STATS");
         if let Some((_, words)) = inbox.next("STATS", Duration::from_secs(30)) {
             report.open_connections = words[2].parse().ok();
-            let (batches, exchanges): (f64, f64) = (
+            let (transactions, writes): (f64, f64) = (
                 words[3].parse().unwrap_or(0.0),
                 words[4].parse().unwrap_or(0.0),
             );
-            report.exchanges_per_batch = exchanges / batches.max(1.0);
-            let (statements, reads): (f64, f64) = (
-                words[5].parse().unwrap_or(0.0),
-                words[6].parse().unwrap_or(0.0),
-            );
-            report.reads_per_statement = Some(reads / statements.max(1.0));
+            report.writes_per_transaction = writes / transactions.max(1.0);
+            report.sqlite_reads = words[5].parse().ok();
         }
         let mut rng = rand::rng();
         for round in 0..rounds {
@@ -1024,7 +1024,7 @@ fn main() {
             "REPORT agents round {round} bootstrap: endpoint {:.0} exchanges/s vs raw TLS handshake + CSR signing {:.0}/s \
              (the second wave: {} agents over {generators} generator processes, {CONCURRENCY} at a time each; SQLite default mode) -> ratio {boot:.3}; \
              CPU per exchange: endpoint server {:.0} µs + generators {:.0} µs, raw server {:.0} µs + generators {:.0} µs; \
-             {:.1} exchanges per SQLite transaction",
+             {:.1} write calls per SQLite transaction",
             endpoint.bootstraps_per_sec,
             bare.bootstraps_per_sec,
             endpoint.agents - endpoint.warm,
@@ -1032,7 +1032,7 @@ fn main() {
             endpoint.cpu_us_per_bootstrap.1,
             bare.cpu_us_per_bootstrap.0,
             bare.cpu_us_per_bootstrap.1,
-            endpoint.exchanges_per_batch,
+            endpoint.writes_per_transaction,
         );
         println!(
             "REPORT agents round {round} memory: per agent of the second wave (after a warm-up wave of {}): endpoint {:.1} KiB vs bare hyper + rustls {:.1} KiB -> ratio {memory:.3}",
@@ -1043,7 +1043,7 @@ fn main() {
         for (name, fleet) in [("endpoint", &endpoint), ("bare", &bare)] {
             println!(
                 "REPORT agents round {round} memory {name}: {} of {} polling; RSS {} KiB before, {} after the warm-up wave, {} bootstrapped, {} polling; \
-                 {:.1} KiB per agent over everything; {} fds, {:?} open connections, {:.1?} poll reads per SQLite statement",
+                 {:.1} KiB per agent over everything; {} fds, {:?} open connections, {:?} SQLite reads",
                 fleet.polling,
                 fleet.agents,
                 fleet.rss_before_kib,
@@ -1053,7 +1053,7 @@ fn main() {
                 fleet.kib_per_agent(),
                 fleet.fds,
                 fleet.open_connections,
-                fleet.reads_per_statement,
+                fleet.sqlite_reads,
             );
         }
     }

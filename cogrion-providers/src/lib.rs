@@ -17,6 +17,9 @@
 
 pub use cogrion_core as core;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
+
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

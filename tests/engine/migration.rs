@@ -281,15 +281,15 @@ fn copy(version: u32, name: &str, dir: &Path) -> PathBuf {
 
 /// (id, revision, record) of every workspace row.
 async fn rows_sqlite(path: &Path) -> Vec<(String, i64, String)> {
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut query = conn
+        .prepare("SELECT id, revision, record FROM workspaces ORDER BY id")
         .unwrap();
-    let rows = sqlx::query_as("SELECT id, revision, record FROM workspaces ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    rows
+    query
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,23 +7,26 @@
 //! unless it was among the last few commits before it (SQLite's
 //! `synchronous=NORMAL` syncs the WAL at checkpoints, not on every commit); with
 //! [`Durability::Full`] every commit is synced before it returns
-//! (`synchronous=FULL`), at the cost of one fsync per transaction — which is why
-//! [`RecordStore::write_batch`] shares one transaction among many writes
-//! (commits, checkpoints, lease acquisitions and releases of any workspaces, each
-//! commit under its own savepoint). Wrap the store in
+//! (`synchronous=FULL`), at the cost of one fsync per transaction — which is
+//! why writes share transactions (below), and why
+//! [`RecordStore::write_batch`](cogrion_core::RecordStore::write_batch) puts
+//! many writes in one (commits, checkpoints, lease acquisitions and releases of
+//! any workspaces, each commit under its own savepoint). Wrap the store in
 //! [`GroupCommit`](cogrion_core::GroupCommit) to have the engine's concurrent
 //! writes batched that way.
 //!
-//! # Concurrency
-//! One writer connection serialises writes (`BEGIN IMMEDIATE`, so another process
-//! on the same file waits on the lock instead of failing mid-transaction); reads
-//! use a separate pool and never wait for the writer (WAL). A bulk
-//! [`claim_due`](cogrion_core::LeaseStore::claim_due) is one `INSERT … SELECT`
-//! in the writer's transaction. What a fleet of agents does all at once after
-//! a restart is batched: concurrent token exchanges share a transaction, and
-//! concurrent polls share one credential read and one first-poll `UPDATE`
-//! ([`SqliteStore::exchange_stats`], [`SqliteStore::poll_read_stats`]); every
-//! call still gets its own answer.
+//! # Execution
+//! One connection, on a thread of its own, does every write; a few more, each
+//! on its own thread, do the reads (WAL: a read never waits for the writer).
+//! A call crosses to a connection's thread once, and runs there whole: all its
+//! statements (prepared once per connection) without another hand-off. The
+//! writer runs every call that queued while it was busy in one transaction
+//! (`BEGIN IMMEDIATE`, so another process on the same file waits on the lock
+//! instead of failing mid-transaction), each under its own savepoint: one
+//! call's refusal undoes only its own writes, and every answer waits for the
+//! commit. What a fleet of agents does all at once after a restart — token
+//! exchanges, first polls — therefore shares transactions by itself
+//! ([`SqliteStore::stats`]).
 //!
 //! # Schema
 //! Versioned migrations are applied when the store is opened. A database written
@@ -31,37 +34,34 @@
 //! Rows that cannot be read back (unknown states, invalid JSON, a record under the
 //! wrong id, gaps in a history) are [`Error::Corrupt`] naming the workspace —
 //! never repaired silently.
+//!
+//! The statements and everything they decide are shared with the PostgreSQL
+//! store ([`crate::sql`]); this module is only how they reach SQLite.
 
-mod batch;
-mod exchange;
-mod polls;
 mod schema;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cogrion_core::proto::{CommandId, CommandResult};
-use cogrion_core::{
-    AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
-    CommandQueue, CommandStatus, Committed, CredentialStore, Error, EventRecord, EventSeq,
-    FencingToken, HistoryRetention, HolderId, Lease, LeaseStore, ListQuery, NewEvent, Purged,
-    PutMode, QueuedCommand, RecordStore, Resource, Result, Revision, Revocation, StateName,
-    Timestamp, TokenHash, TokenRefusal, TokenStore, Versioned, WorkspaceId, WorkspaceRecord,
-    WorkspaceWrite, check_lease_ttl, check_preconditions, check_purge, check_write,
-};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
-use sqlx::{Connection, Row};
+use cogrion_core::{Error, Result, Timestamp};
+use futures::FutureExt;
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
 
-use schema::{MIGRATIONS, RECORDS_REWRITTEN_AT, SCHEMA_VERSION};
+use crate::sql::{Arg, Backend, Call, Conn, Dialect, Row, Sql, SqlStore, Val, migrate, timestamp};
+use schema::{MIGRATIONS, RECORDS_REWRITTEN_AT};
 
-const DEFAULT_PAGE: i64 = 1000;
+/// Most calls in one write transaction.
+const MAX_CALLS: usize = 256;
+
+/// Prepared statements kept per connection (the layer has about sixty).
+const STATEMENT_CACHE: usize = 128;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub enum Durability {
 pub struct SqliteOptions {
     /// How hard commits wait for the disk.
     pub durability: Durability,
-    /// Read connections (default 4).
+    /// Read connections, each on its own thread (default 2).
     pub readers: u32,
     /// How long to wait for another process's write lock (default 5 s).
     pub busy_timeout: Duration,
@@ -90,7 +90,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             durability: Durability::Normal,
-            readers: 4,
+            readers: 2,
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -116,91 +116,44 @@ impl SqliteOptions {
 /// assert!(store.get_workspace(&"acme-prod".parse()?).await.is_err());
 /// # std::fs::remove_dir_all(&dir).ok(); Ok(()) }
 /// ```
+pub type SqliteStore = SqlStore<SqliteBackend>;
+
+/// How a [`SqliteStore`] reaches its file: a writer thread and reader threads,
+/// each with its own connection (see the [module](self)).
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    read: SqlitePool,
-    write: SqlitePool,
+pub struct SqliteBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     path: PathBuf,
-    /// Token exchanges waiting to share a transaction.
-    exchanges: std::sync::Arc<exchange::Exchanges>,
-    /// Polls' reads and first-poll marks waiting to share a statement.
-    polls: std::sync::Arc<polls::Polls>,
-    /// Where lease time comes from.
-    clock: StoreClock,
+    writes: Sender<Box<dyn WriteCall>>,
+    reads: Sender<ReadCall>,
+    stats: Arc<Counters>,
 }
 
-/// Where a store's lease time comes from: SQLite's own time, read inside the writing transaction, or — in tests — a given clock.
-#[derive(Debug, Clone, Default)]
-struct StoreClock(Option<std::sync::Arc<dyn cogrion_core::Clock>>);
-
-impl StoreClock {
-    /// The store's now, inside the open transaction on `conn`.
-    async fn now(&self, conn: &mut SqliteConnection) -> Result<Timestamp> {
-        match &self.0 {
-            Some(clock) => Ok(clock.now()),
-            None => sqlx::query_scalar::<_, i64>(
-                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .map(timestamp)
-            .map_err(unavailable),
-        }
-    }
+#[derive(Debug, Default)]
+struct Counters {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+    reads: AtomicU64,
 }
 
-impl SqliteStore {
-    /// This store with leases judged by `clock` instead of the database's
-    /// time: for tests, which move a manual clock rather than sleep.
-    /// Production stores keep the database's time, which every replica
-    /// shares whatever its own clock says.
-    pub fn with_clock(mut self, clock: std::sync::Arc<dyn cogrion_core::Clock>) -> Self {
-        self.clock = StoreClock(Some(clock));
-        self
-    }
+/// What a [`SqliteStore`] has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteStats {
+    /// Write transactions committed or rolled back.
+    pub transactions: u64,
+    /// Write calls run in them: `writes / transactions` is how many calls
+    /// shared a transaction on average.
+    pub writes: u64,
+    /// Read calls.
+    pub reads: u64,
 }
 
-fn unavailable(e: sqlx::Error) -> Error {
-    Error::Unavailable {
-        service: "sqlite".into(),
-        detail: e.to_string(),
-    }
-}
-
-fn corrupt(what: Resource, detail: impl std::fmt::Display) -> Error {
-    Error::Corrupt {
-        what,
-        detail: detail.to_string(),
-    }
-}
-
-fn ws_resource(id: &str) -> Resource {
-    match WorkspaceId::new(id) {
-        Ok(id) => Resource::Workspace(id),
-        Err(_) => Resource::Provider(format!("workspace row {id:?}")),
-    }
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Rejected {
-        service: "sqlite".into(),
-        detail: e.to_string(),
-    })
-}
-
-fn from_json<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> Resource) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| corrupt(what(), format!("unreadable JSON: {e}")))
-}
-
-fn millis(t: Timestamp) -> i64 {
-    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn timestamp(ms: i64) -> Timestamp {
-    Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-impl SqliteStore {
+impl SqlStore<SqliteBackend> {
     /// Opens (creating if needed) the database at `path` with the default options.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, SqliteOptions::default()).await
@@ -210,1326 +163,406 @@ impl SqliteStore {
     /// migrations. A database from a newer schema is refused and not modified.
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let connect = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match options.durability {
-                Durability::Normal => SqliteSynchronous::Normal,
-                Durability::Full => SqliteSynchronous::Full,
-            })
-            .busy_timeout(options.busy_timeout)
-            .foreign_keys(true);
-        // A connection to a local file does not go stale: no ping before each
-        // use (it would cost a round trip to the connection's thread).
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(connect.clone())
-            .await
-            .map_err(unavailable)?;
-        {
-            let mut conn = write.acquire().await.map_err(unavailable)?;
-            migrate(&mut conn, &path).await?;
+        let stats = Arc::new(Counters::default());
+        let writes = {
+            let (path, options, stats) = (path.clone(), options.clone(), stats.clone());
+            tokio::task::spawn_blocking(move || start_writer(&path, &options, stats))
+                .await
+                .map_err(|e| lost(e.to_string()))??
+        };
+        let (reads, queue) = std::sync::mpsc::channel();
+        let backend = SqliteBackend {
+            shared: Arc::new(Shared {
+                path: path.clone(),
+                writes,
+                reads,
+                stats: stats.clone(),
+            }),
+        };
+        let described = path.display().to_string();
+        backend
+            .write(Box::new(move |c| {
+                Box::pin(
+                    async move { migrate(c, MIGRATIONS, RECORDS_REWRITTEN_AT, &described).await },
+                )
+            }))
+            .await?;
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..options.readers.max(1) {
+            let conn = connect(
+                &path,
+                &options,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            let (queue, stats) = (queue.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name(format!("cogrion-sqlite-read-{i}"))
+                .spawn(move || read_loop(conn, &queue, &stats))
+                .map_err(|e| lost(e.to_string()))?;
         }
-        let read = SqlitePoolOptions::new()
-            .max_connections(options.readers.max(1))
-            .test_before_acquire(false)
-            .connect_with(connect.read_only(true))
-            .await
-            .map_err(unavailable)?;
-        Ok(Self {
-            read,
-            write,
-            path,
-            exchanges: std::sync::Arc::new(exchange::exchanges()),
-            polls: Default::default(),
-            clock: StoreClock::default(),
-        })
+        Ok(SqlStore::new(backend))
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.backend.shared.path
     }
 
-    /// Token exchanges so far: (transactions, exchanges in them). Exchanges
-    /// arriving together share a transaction; the ratio is the batching a
-    /// reconnect storm gets.
-    pub fn exchange_stats(&self) -> (u64, u64) {
-        self.exchanges.stats()
-    }
-
-    /// Polls' credential reads so far: (statements, reads in them). Polls
-    /// arriving together share a statement.
-    pub fn poll_read_stats(&self) -> (u64, u64) {
-        self.polls.read_stats()
-    }
-
-    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`), committing if it
-    /// succeeds and rolling back if it fails.
-    async fn write_tx<T, F>(&self, f: F) -> Result<T>
-    where
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> futures::future::BoxFuture<'c, Result<T>>,
-    {
-        let mut conn = self.write.acquire().await.map_err(unavailable)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        match f(&mut conn).await {
-            Ok(value) => {
-                if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    return Err(unavailable(e));
-                }
-                Ok(value)
-            }
-            Err(e) => {
-                sqlx::query("ROLLBACK")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-                Err(e)
-            }
+    /// What the store has done so far: write transactions, the write calls
+    /// in them, and reads. Calls arriving together share a transaction; the
+    /// ratio is the batching a reconnect storm (or any burst) gets.
+    pub fn stats(&self) -> SqliteStats {
+        let c = &self.backend.shared.stats;
+        SqliteStats {
+            transactions: c.transactions.load(Relaxed),
+            writes: c.writes.load(Relaxed),
+            reads: c.reads.load(Relaxed),
         }
     }
 }
 
-/// Brings the schema up to [`SCHEMA_VERSION`], or refuses a newer one untouched.
-async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
-    let has_table: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cogrion_schema'",
-    )
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    let current: i64 = match has_table {
-        None => 0,
-        Some(_) => sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM cogrion_schema")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?,
-    };
-    if current > SCHEMA_VERSION {
-        return Err(Error::Rejected {
-            service: "sqlite".into(),
-            detail: format!(
-                "{} was written by a newer Cogrion (schema version {current}; this build knows up to {SCHEMA_VERSION}); it was not modified",
+fn lost(detail: impl std::fmt::Display) -> Error {
+    crate::sql::unavailable(Dialect::Sqlite, detail)
+}
+
+fn sqlite_error(e: rusqlite::Error) -> Error {
+    lost(e)
+}
+
+/// Opens a connection to `path` with the store's settings.
+fn connect(path: &Path, options: &SqliteOptions, flags: OpenFlags) -> Result<SqliteConn> {
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite_error)?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(sqlite_error)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sqlite_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(lost(format!(
+                "{} cannot use a write-ahead log (journal mode {mode})",
                 path.display()
-            ),
-        });
-    }
-    if current == SCHEMA_VERSION {
-        return Ok(());
-    }
-    let mut tx = conn.begin().await.map_err(unavailable)?;
-    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS cogrion_schema (version INTEGER NOT NULL)")
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    for (i, migration) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(current).unwrap_or(0))
-    {
-        sqlx::raw_sql(*migration)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        sqlx::query("INSERT INTO cogrion_schema (version) VALUES (?)")
-            .bind(i as i64 + 1)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        if i as i64 + 1 == RECORDS_REWRITTEN_AT {
-            rewrite_records(&mut tx).await?;
+            )));
         }
     }
-    tx.commit().await.map_err(unavailable)?;
-    Ok(())
-}
-
-/// Rewrites every workspace record in the current format (see
-/// [`cogrion_core::upgrade`]), with its derived columns, one revision later
-/// (so that a writer still holding the old revision meets a conflict). A row
-/// that cannot be read is left as it was: it stays [`Error::Corrupt`] on read.
-async fn rewrite_records(conn: &mut SqliteConnection) -> Result<()> {
-    let rows = sqlx::query("SELECT id, record FROM workspaces")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    for row in rows {
-        let id: String = row.get("id");
-        let record: WorkspaceRecord = match serde_json::from_str(row.get("record")) {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(workspace = %id, error = %e, "a record that cannot be read was not migrated");
-                continue;
-            }
-        };
-        sqlx::query(
-            "UPDATE workspaces SET revision = revision + 1, state = ?, wake_at = ?, record = ? WHERE id = ?",
-        )
-        .bind(record.state.name().as_str())
-        .bind(record.wake_at.map(millis))
-        .bind(to_json(&record)?)
-        .bind(&id)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    }
-    Ok(())
-}
-
-async fn revision_of(conn: &mut SqliteConnection, id: &WorkspaceId) -> Result<Option<i64>> {
-    sqlx::query_scalar("SELECT revision FROM workspaces WHERE id = ?")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)
-}
-
-async fn require_workspace(conn: &mut SqliteConnection, id: &WorkspaceId) -> Result<()> {
-    match revision_of(conn, id).await? {
-        Some(_) => Ok(()),
-        None => Err(Error::NotFound(Resource::Workspace(id.clone()))),
-    }
-}
-
-/// What a write needs to know about a workspace, read in one statement: its
-/// revision, its lease row (holder, fence, expires_at, released), and — for
-/// commits — the last event and command sequence numbers. `None`: no such
-/// workspace.
-struct Current {
-    revision: i64,
-    lease: Option<(String, i64, i64, bool)>,
-    last_event: i64,
-    last_command: i64,
-}
-
-async fn current(
-    conn: &mut SqliteConnection,
-    id: &WorkspaceId,
-    seqs: bool,
-) -> Result<Option<Current>> {
-    let sql = if seqs {
-        "SELECT w.revision, l.holder, l.fence, l.expires_at, l.released, \
-           (SELECT COALESCE(MAX(seq), 0) FROM events WHERE workspace = w.id) AS last_event, \
-           (SELECT COALESCE(MAX(seq), 0) FROM commands WHERE workspace = w.id) AS last_command \
-         FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id WHERE w.id = ?"
-    } else {
-        "SELECT w.revision, l.holder, l.fence, l.expires_at, l.released, 0 AS last_event, 0 AS last_command \
-         FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id WHERE w.id = ?"
+    let synchronous = match options.durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
     };
-    let row = sqlx::query(sql)
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(row.map(|r| Current {
-        revision: r.get("revision"),
-        lease: r.get::<Option<String>, _>("holder").map(|holder| {
-            (
-                holder,
-                r.get("fence"),
-                r.get("expires_at"),
-                r.get::<bool, _>("released"),
-            )
-        }),
-        last_event: r.get("last_event"),
-        last_command: r.get("last_command"),
-    }))
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+    ))
+    .map_err(sqlite_error)?;
+    Ok(SqliteConn { conn, now: None })
 }
 
-impl Current {
-    fn found(value: Option<Self>, id: &WorkspaceId) -> Result<Self> {
-        value.ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))
-    }
-
-    /// The fencing token of the live (unreleased) lease, if any.
-    fn live_fence(&self) -> Option<FencingToken> {
-        self.lease
-            .as_ref()
-            .filter(|(_, _, _, released)| !released)
-            .map(|(_, fence, _, _)| FencingToken(*fence as u64))
-    }
-
-    fn check_fence(&self, id: &WorkspaceId, fence: FencingToken) -> Result<()> {
-        if self.live_fence() == Some(fence) {
-            Ok(())
-        } else {
-            Err(Error::LeaseLost {
-                workspace: id.clone(),
-                fence: fence.0,
-            })
-        }
-    }
-}
-
-/// The workspace's lease row: (holder, fence, expires_at, released).
-async fn lease_row(
-    conn: &mut SqliteConnection,
-    id: &WorkspaceId,
-) -> Result<Option<(String, i64, i64, bool)>> {
-    let row =
-        sqlx::query("SELECT holder, fence, expires_at, released FROM leases WHERE workspace = ?")
-            .bind(id.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-    Ok(row.map(|r| {
-        (
-            r.get("holder"),
-            r.get("fence"),
-            r.get("expires_at"),
-            r.get::<i64, _>("released") != 0,
-        )
-    }))
-}
-
-async fn check_fence(
-    conn: &mut SqliteConnection,
-    id: &WorkspaceId,
-    fence: FencingToken,
-) -> Result<()> {
-    match lease_row(conn, id).await? {
-        Some((_, f, _, released)) if f as u64 == fence.0 && !released => Ok(()),
-        _ => Err(Error::LeaseLost {
-            workspace: id.clone(),
-            fence: fence.0,
-        }),
-    }
-}
-
-/// [`LeaseStore::acquire`] inside an open transaction.
-async fn acquire_in(
-    conn: &mut SqliteConnection,
-    ws: WorkspaceId,
-    holder: HolderId,
-    ttl: Duration,
-    clock: &StoreClock,
-) -> Result<Lease> {
-    check_lease_ttl(ttl)?;
-    let now = clock.now(conn).await?;
-    let row = Current::found(current(conn, &ws, false).await?, &ws)?.lease;
-    let live = row
-        .as_ref()
-        .filter(|(_, _, expires, released)| !released && *expires > millis(now));
-    let fence = match (live, &row) {
-        (Some((h, _, expires, _)), _) if h != holder.as_str() => {
-            let expires_at = timestamp(*expires);
-            return Err(Error::LeaseHeld {
-                workspace: ws.clone(),
-                holder: HolderId::new(h.clone())
-                    .map_err(|e| corrupt(Resource::Lease(ws.clone()), e))?,
-                expires_at,
-                retry_after: expires_at.since(now),
-            });
-        }
-        (Some((_, f, _, _)), _) => *f,
-        (None, Some((_, f, _, _))) => f + 1,
-        (None, None) => 1,
-    };
-    let expires_at = now + ttl;
-    sqlx::query(
-            "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES (?, ?, ?, ?, 0) \
-             ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
-             expires_at = excluded.expires_at, released = 0",
-        )
-        .bind(ws.as_str())
-        .bind(holder.as_str())
-        .bind(fence)
-        .bind(millis(expires_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(Lease {
-        workspace: ws,
-        holder,
-        fence: FencingToken(fence as u64),
-        expires_at,
-    })
-}
-
-/// [`LeaseStore::release`] inside an open transaction.
-async fn release_in(conn: &mut SqliteConnection, lease: &Lease) -> Result<()> {
-    let done = sqlx::query("UPDATE leases SET released = 1 WHERE workspace = ? AND fence = ?")
-        .bind(lease.workspace.as_str())
-        .bind(lease.fence.0 as i64)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    if done.rows_affected() == 0 {
-        // A stale lease is no error; an unknown workspace is.
-        require_workspace(conn, &lease.workspace).await?;
-    }
-    Ok(())
-}
-
-/// [`RecordStore::put_checkpoint`] inside an open transaction.
-async fn put_checkpoint_in(
-    conn: &mut SqliteConnection,
-    id: &WorkspaceId,
-    key: &CheckpointKey,
-    value: String,
-    fence: FencingToken,
-) -> Result<()> {
-    Current::found(current(conn, id, false).await?, id)?.check_fence(id, fence)?;
-    sqlx::query(
-        "INSERT INTO checkpoints (workspace, key, value) VALUES (?, ?, ?) \
-             ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(id.as_str())
-    .bind(key.as_str())
-    .bind(value)
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    Ok(())
-}
-
-/// One write of a batch inside an open transaction.
-async fn write_in(
-    conn: &mut SqliteConnection,
-    write: BatchWrite,
-    clock: &StoreClock,
-) -> Result<BatchOutcome> {
-    match write {
-        BatchWrite::Commit(w) => apply(conn, w).await.map(BatchOutcome::Committed),
-        BatchWrite::PutCheckpoint {
-            workspace,
-            key,
-            value,
-            fence,
-        } => {
-            let value = to_json(&value)?;
-            put_checkpoint_in(conn, &workspace, &key, value, fence)
-                .await
-                .map(|()| BatchOutcome::Done)
-        }
-        BatchWrite::Acquire {
-            workspace,
-            holder,
-            ttl,
-        } => acquire_in(conn, workspace, holder, ttl, clock)
-            .await
-            .map(BatchOutcome::Lease),
-        BatchWrite::Release(lease) => release_in(conn, &lease).await.map(|()| BatchOutcome::Done),
-        other => Err(Error::Rejected {
-            service: "sqlite".into(),
-            detail: format!("this store cannot batch {other:?}"),
-        }),
-    }
-}
-
-/// Refuses a bootstrap into a workspace being destroyed (or destroyed); an
-/// unknown workspace is `NotFound`.
-/// Refuses a workspace that does not exist (`state` is `None`) or is being
-/// destroyed.
-fn retired(ws: &WorkspaceId, state: Option<String>) -> Result<()> {
-    let state = state.ok_or_else(|| Error::NotFound(Resource::Workspace(ws.clone())))?;
-    for retired in [StateName::Destroying, StateName::Destroyed] {
-        if state == retired.as_str() {
-            return Err(Error::TokenRefused(TokenRefusal::WorkspaceRetired {
-                state: retired,
-            }));
-        }
-    }
-    Ok(())
-}
-
-/// [`TokenStore::consume`] inside an open transaction.
-async fn consume_in(
-    conn: &mut SqliteConnection,
-    hash: TokenHash,
-    ws: &WorkspaceId,
-    now: Timestamp,
-) -> Result<BootstrapTokenRecord> {
-    let body: String = sqlx::query_scalar("SELECT body FROM tokens WHERE hash = ?")
-        .bind(hash.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?
-        .ok_or(Error::TokenRefused(TokenRefusal::Unknown))?;
-    let mut token: BootstrapTokenRecord = from_json(&body, || Resource::BootstrapToken)?;
-    token.consume(ws, now)?;
-    sqlx::query("UPDATE tokens SET consumed = 1, body = ? WHERE hash = ?")
-        .bind(to_json(&token)?)
-        .bind(hash.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(token)
-}
-
-/// [`CredentialStore::put_credential`] inside an open transaction.
-async fn put_credential_in(conn: &mut SqliteConnection, credential: AgentCredential) -> Result<()> {
-    require_workspace(conn, &credential.workspace).await?;
-    insert_credential(conn, credential).await
-}
-
-/// Stores a credential for a workspace known to exist (its serial must be new).
-async fn insert_credential(conn: &mut SqliteConnection, credential: AgentCredential) -> Result<()> {
-    let body = to_json(&credential)?;
-    let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM credentials WHERE serial = ?")
-        .bind(credential.serial.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    if taken.is_some() {
-        return Err(Error::AlreadyExists(Resource::Credential(
-            credential.serial,
-        )));
-    }
-    sqlx::query("INSERT INTO credentials (serial, workspace, body) VALUES (?, ?, ?)")
-        .bind(credential.serial.as_str())
-        .bind(credential.workspace.as_str())
-        .bind(body)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-/// [`CredentialStore::revoke_all`] inside an open transaction.
-async fn revoke_in(
-    conn: &mut SqliteConnection,
-    ws: &WorkspaceId,
-    reason: &str,
-    now: Timestamp,
-) -> Result<Vec<CertSerial>> {
-    require_workspace(conn, ws).await?;
-    revoke_credentials(conn, ws, reason, now).await
-}
-
-/// Revokes the live credentials of a workspace known to exist.
-async fn revoke_credentials(
-    conn: &mut SqliteConnection,
-    ws: &WorkspaceId,
-    reason: &str,
-    now: Timestamp,
-) -> Result<Vec<CertSerial>> {
-    revoke_credentials_but(conn, ws, None, reason, now).await
-}
-
-/// Revokes the live credentials of a workspace known to exist, except `keep`.
-async fn revoke_credentials_but(
-    conn: &mut SqliteConnection,
-    ws: &WorkspaceId,
-    keep: Option<&CertSerial>,
-    reason: &str,
-    now: Timestamp,
-) -> Result<Vec<CertSerial>> {
-    let rows =
-        sqlx::query("SELECT serial, body FROM credentials WHERE workspace = ? ORDER BY serial")
-            .bind(ws.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-    let mut revoked = Vec::new();
-    for r in rows {
-        let mut c = read_credential(r.get("body"), r.get("serial"))?;
-        if c.revoked.is_some() || Some(&c.serial) == keep {
-            continue;
-        }
-        c.revoked = Some(Revocation {
-            at: now,
-            reason: reason.to_owned(),
-        });
-        sqlx::query("UPDATE credentials SET body = ? WHERE serial = ?")
-            .bind(to_json(&c)?)
-            .bind(c.serial.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        revoked.push(c.serial);
-    }
-    Ok(revoked)
-}
-
-/// One write inside an open transaction; see [`RecordStore::commit`].
-async fn apply(conn: &mut SqliteConnection, write: WorkspaceWrite) -> Result<Committed> {
-    let id = write.workspace.clone();
-    let now = current(conn, &id, true).await?;
-    let existing = now.as_ref().map(|c| c.revision);
-    let last_command = now.as_ref().map_or(0, |c| c.last_command);
-    let last_event = now.as_ref().map_or(0, |c| c.last_event);
-    let commands = check_write(&write, last_command as u64 + 1)?;
-    let live_fence = now.as_ref().and_then(Current::live_fence);
-    check_preconditions(&write, existing.map(|r| Revision(r as u64)), live_fence)?;
-    if existing.is_some() {
-        for c in &commands {
-            let taken: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM commands WHERE workspace = ? AND id = ?")
-                    .bind(id.as_str())
-                    .bind(c.id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-            if taken.is_some() {
-                return Err(Error::AlreadyExists(Resource::Command(id, c.id.clone())));
-            }
-        }
-    }
-
-    let mut committed = Committed {
-        revision: None,
-        events: Vec::new(),
-        commands: Vec::new(),
-    };
-    if let Some((record, mode)) = &write.record {
-        let revision = match mode {
-            PutMode::Create => 1,
-            PutMode::Update(r) => r.0 as i64 + 1,
-        };
-        let body = to_json(record)?;
-        let wake_at = record.wake_at.map(millis);
-        let sql = match mode {
-            PutMode::Create => {
-                "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id) VALUES (?, ?, ?, ?, ?, ?)"
-            }
-            PutMode::Update(_) => {
-                "UPDATE workspaces SET revision = ?, tenant = ?, state = ?, wake_at = ?, record = ? WHERE id = ?"
-            }
-        };
-        sqlx::query(sql)
-            .bind(revision)
-            .bind(record.spec.tenant.as_str())
-            .bind(record.state.name().as_str())
-            .bind(wake_at)
-            .bind(body)
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        committed.revision = Some(Revision(revision as u64));
-    }
-    if !write.events.is_empty() {
-        for (i, event) in write.events.iter().enumerate() {
-            let seq = last_event + 1 + i as i64;
-            sqlx::query("INSERT INTO events (workspace, seq, body) VALUES (?, ?, ?)")
-                .bind(id.as_str())
-                .bind(seq)
-                .bind(to_json(event)?)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-            committed.events.push(EventSeq(seq as u64));
-        }
-    }
-    for command in commands {
-        let seq = command.seq;
-        let queued = QueuedCommand {
-            command,
-            enqueued_at: write.now,
-            deliveries: 0,
-            status: CommandStatus::Pending,
-        };
-        sqlx::query(
-            "INSERT INTO commands (workspace, seq, id, answered, body) VALUES (?, ?, ?, 0, ?)",
-        )
-        .bind(id.as_str())
-        .bind(seq.0 as i64)
-        .bind(queued.command.id.as_str())
-        .bind(to_json(&queued)?)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        committed.commands.push(seq);
-    }
-    Ok(committed)
-}
-
-/// [`RecordStore::purge`] inside an open transaction.
-async fn purge_in(
-    conn: &mut SqliteConnection,
-    write: WorkspaceWrite,
-    history: HistoryRetention,
-) -> Result<Purged> {
-    let id = write.workspace.clone();
-    let now = current(conn, &id, false).await?;
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM workspaces WHERE id = ?")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    check_purge(
-        &write,
-        history,
-        state.as_deref(),
-        now.as_ref().map(|c| Revision(c.revision as u64)),
-        now.as_ref().and_then(Current::live_fence),
+/// Opens the writer's connection (creating the file) and starts its thread.
+fn start_writer(
+    path: &Path,
+    options: &SqliteOptions,
+    stats: Arc<Counters>,
+) -> Result<Sender<Box<dyn WriteCall>>> {
+    let conn = connect(
+        path,
+        options,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    let mut purged = Purged {
-        commands: delete_rows(conn, "DELETE FROM commands WHERE workspace = ?", &id).await?,
-        checkpoints: delete_rows(conn, "DELETE FROM checkpoints WHERE workspace = ?", &id).await?,
-        tokens: delete_rows(conn, "DELETE FROM tokens WHERE workspace = ?", &id).await?,
-        credentials: delete_rows(conn, "DELETE FROM credentials WHERE workspace = ?", &id).await?,
-        events: 0,
-    };
-    match history {
-        HistoryRetention::Keep => {
-            apply(conn, write).await?;
-        }
-        HistoryRetention::Delete => {
-            purged.events =
-                delete_rows(conn, "DELETE FROM events WHERE workspace = ?", &id).await?;
-            delete_rows(conn, "DELETE FROM leases WHERE workspace = ?", &id).await?;
-            delete_rows(conn, "DELETE FROM workspaces WHERE id = ?", &id).await?;
-        }
-    }
-    Ok(purged)
+    let (writes, queue) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("cogrion-sqlite-write".into())
+        .spawn(move || write_loop(conn, &queue, &stats))
+        .map_err(|e| lost(e.to_string()))?;
+    Ok(writes)
 }
 
-/// Runs a `DELETE` bound to the workspace's id; returns how many rows went.
-async fn delete_rows(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    id: &WorkspaceId,
-) -> Result<u64> {
-    sqlx::query(sql)
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await
-        .map(|r| r.rows_affected())
-        .map_err(unavailable)
+/// A connection on its own thread. Its calls do their work before they are
+/// polled: the futures they return are ready at once.
+#[derive(Debug)]
+pub struct SqliteConn {
+    conn: Connection,
+    /// SQLite's time, read once in the open transaction.
+    now: Option<Timestamp>,
 }
 
-fn read_record(id: &str, revision: i64, body: &str) -> Result<Versioned<WorkspaceRecord>> {
-    let record: WorkspaceRecord = from_json(body, || ws_resource(id))?;
-    if record.id.as_str() != id {
-        return Err(corrupt(
-            ws_resource(id),
-            format!("the row holds the record of workspace {}", record.id),
-        ));
-    }
-    if revision < 1 {
-        return Err(corrupt(ws_resource(id), format!("revision {revision}")));
-    }
-    Ok(Versioned {
-        value: record,
-        revision: Revision(revision as u64),
-    })
-}
-
-#[async_trait]
-impl RecordStore for SqliteStore {
-    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
-        let row = sqlx::query("SELECT revision, record FROM workspaces WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))?;
-        read_record(id.as_str(), row.get("revision"), row.get("record"))
-    }
-
-    async fn list_workspaces(&self, query: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
-        let limit = if query.limit == 0 {
-            DEFAULT_PAGE
-        } else {
-            i64::try_from(query.limit).unwrap_or(i64::MAX)
-        };
-        let rows = sqlx::query(
-            "SELECT id, revision, record FROM workspaces \
-             WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
-               AND (?3 IS NULL OR (wake_at IS NOT NULL AND wake_at <= ?3)) AND (?4 IS NULL OR id > ?4) \
-             ORDER BY id LIMIT ?5",
-        )
-        .bind(query.tenant.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(query.state.map(|s| s.as_str()))
-        .bind(query.due_at.map(millis))
-        .bind(query.after.as_ref().map(|a| a.as_str().to_owned()))
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| read_record(r.get("id"), r.get("revision"), r.get("record")))
-            .collect()
-    }
-
-    async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
-        self.write_tx(move |conn| Box::pin(apply(conn, write)))
-            .await
-    }
-
-    async fn purge(&self, write: WorkspaceWrite, history: HistoryRetention) -> Result<Purged> {
-        self.write_tx(move |conn| Box::pin(purge_in(conn, write, history)))
-            .await
-    }
-
-    /// Group commit: all writes in one transaction (one fsync with
-    /// [`Durability::Full`]), each under its own savepoint so that one write's
-    /// refusal undoes only that write.
-    async fn write_batch(&self, writes: Vec<BatchWrite>) -> Vec<Result<BatchOutcome>> {
-        if writes.is_empty() {
-            return Vec::new();
-        }
-        let n = writes.len();
-        let clock = self.clock.clone();
-        let outcome = self
-            .write_tx(move |conn| {
-                Box::pin(async move {
-                    let mut results = Vec::with_capacity(writes.len());
-                    for write in writes {
-                        // Only a commit can fail after it started writing; the
-                        // other writes check everything first.
-                        if !matches!(write, BatchWrite::Commit(_)) {
-                            results.push(write_in(conn, write, &clock).await);
-                            continue;
-                        }
-                        sqlx::query("SAVEPOINT w")
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(unavailable)?;
-                        let result = write_in(conn, write, &clock).await;
-                        if result.is_err() {
-                            sqlx::query("ROLLBACK TO w")
-                                .execute(&mut *conn)
-                                .await
-                                .map_err(unavailable)?;
-                        }
-                        sqlx::query("RELEASE w")
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(unavailable)?;
-                        results.push(result);
-                    }
-                    Ok(results)
-                })
-            })
-            .await;
-        match outcome {
-            Ok(results) => results,
-            // The transaction itself failed: nothing was written.
-            Err(e) => (0..n)
-                .map(|_| {
-                    Err(Error::Unavailable {
-                        service: "sqlite".into(),
-                        detail: e.to_string(),
-                    })
-                })
-                .collect(),
-        }
-    }
-
-    async fn read_events(
-        &self,
-        id: &WorkspaceId,
-        after: EventSeq,
-        limit: usize,
-    ) -> Result<Vec<EventRecord>> {
-        let mut conn = self.read.acquire().await.map_err(unavailable)?;
-        require_workspace(&mut conn, id).await?;
-        let limit = if limit == 0 {
-            DEFAULT_PAGE
-        } else {
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        };
-        let rows = sqlx::query(
-            "SELECT seq, body FROM events WHERE workspace = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(id.as_str())
-        .bind(after.0 as i64)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (expected, r) in (after.0 + 1..).zip(rows) {
-            let seq: i64 = r.get("seq");
-            if seq as u64 != expected {
-                return Err(corrupt(
-                    Resource::Workspace(id.clone()),
-                    format!("the history jumps from event {} to {seq}", expected - 1),
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Arg::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(v)),
+            Arg::Bool(v) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(v))),
+            Arg::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Arg::OptInt(v) => v.map_or(ToSqlOutput::Borrowed(ValueRef::Null), |v| {
+                ToSqlOutput::Borrowed(ValueRef::Integer(v))
+            }),
+            Arg::OptText(v) => v.map_or(ToSqlOutput::Borrowed(ValueRef::Null), |v| {
+                ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes()))
+            }),
+            Arg::Texts(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "SQLite has no list values".into(),
                 ));
             }
-            let event: NewEvent = from_json(r.get("body"), || Resource::Workspace(id.clone()))?;
-            out.push(EventRecord {
-                seq: EventSeq(seq as u64),
-                event,
-            });
+        })
+    }
+}
+
+fn value(v: ValueRef<'_>) -> Val {
+    match v {
+        ValueRef::Null => Val::Null,
+        ValueRef::Integer(i) => Val::Int(i),
+        // The schema stores no floating-point numbers: a real is a wrong
+        // value, reported as text so that its reader names it.
+        ValueRef::Real(f) => Val::Text(f.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+impl SqliteConn {
+    fn exec_now(&mut self, sql: &'static Sql, args: &[Arg<'_>]) -> Result<u64> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql.text(Dialect::Sqlite))
+            .map_err(sqlite_error)?;
+        stmt.execute(rusqlite::params_from_iter(args))
+            .map(|n| n as u64)
+            .map_err(sqlite_error)
+    }
+
+    fn rows_now(&mut self, sql: &'static Sql, args: &[Arg<'_>]) -> Result<Vec<Row>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql.text(Dialect::Sqlite))
+            .map_err(sqlite_error)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(sqlite_error)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sqlite_error)? {
+            let mut row = Vec::with_capacity(columns);
+            for i in 0..columns {
+                row.push(value(r.get_ref(i).map_err(sqlite_error)?));
+            }
+            out.push(Row(row));
         }
         Ok(out)
     }
 
-    async fn get_checkpoint(
-        &self,
-        id: &WorkspaceId,
-        key: &CheckpointKey,
-    ) -> Result<Option<serde_json::Value>> {
-        let mut conn = self.read.acquire().await.map_err(unavailable)?;
-        require_workspace(&mut conn, id).await?;
-        let value: Option<String> =
-            sqlx::query_scalar("SELECT value FROM checkpoints WHERE workspace = ? AND key = ?")
-                .bind(id.as_str())
-                .bind(key.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-        value
-            .map(|v| from_json(&v, || Resource::Checkpoint(id.clone(), key.to_string())))
-            .transpose()
-    }
-
-    async fn put_checkpoint(
-        &self,
-        id: &WorkspaceId,
-        key: &CheckpointKey,
-        value: serde_json::Value,
-        fence: FencingToken,
-    ) -> Result<()> {
-        let (id, key) = (id.clone(), key.clone());
-        let value = to_json(&value)?;
-        self.write_tx(move |conn| {
-            Box::pin(async move { put_checkpoint_in(conn, &id, &key, value, fence).await })
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl LeaseStore for SqliteStore {
-    async fn acquire(
-        &self,
-        workspace: &WorkspaceId,
-        holder: &HolderId,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        let (ws, holder) = (workspace.clone(), holder.clone());
-        let clock = self.clock.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move { acquire_in(conn, ws, holder, ttl, &clock).await })
-        })
-        .await
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
-        check_lease_ttl(ttl)?;
-        let lease = lease.clone();
-        let clock = self.clock.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &lease.workspace).await?;
-                check_fence(conn, &lease.workspace, lease.fence).await?;
-                let expires_at = clock.now(conn).await? + ttl;
-                sqlx::query("UPDATE leases SET expires_at = ? WHERE workspace = ?")
-                    .bind(millis(expires_at))
-                    .bind(lease.workspace.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(Lease {
-                    expires_at,
-                    ..lease
-                })
-            })
-        })
-        .await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        let lease = lease.clone();
-        self.write_tx(move |conn| Box::pin(async move { release_in(conn, &lease).await }))
-            .await
-    }
-
-    async fn claim_due(
-        &self,
-        holder: &HolderId,
-        ttl: Duration,
-        until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<Lease>> {
-        check_lease_ttl(ttl)?;
-        let owner = holder.clone();
-        let holder = holder.clone();
-        let clock = self.clock.clone();
-        // One writer: the statement that picks the due workspaces also grants
-        // their leases, inside the writer's transaction.
-        let rows = self
-            .write_tx(move |conn| {
-                let (holder, clock) = (holder.clone(), clock.clone());
-                Box::pin(async move {
-                    let now = clock.now(conn).await?;
-                    let expires_at = now + ttl;
-                    sqlx::query(
-                        "INSERT INTO leases (workspace, holder, fence, expires_at, released) \
-                         SELECT w.id, ?1, COALESCE(l.fence + 1, 1), ?3, 0 \
-                         FROM workspaces w LEFT JOIN leases l ON l.workspace = w.id \
-                         WHERE w.wake_at IS NOT NULL AND w.wake_at <= ?4 \
-                           AND (l.workspace IS NULL OR l.released <> 0 OR l.expires_at <= ?2) \
-                         ORDER BY w.wake_at, w.id LIMIT ?5 \
-                         ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
-                         expires_at = excluded.expires_at, released = 0 \
-                         RETURNING workspace, fence",
-                    )
-                    .bind(holder.as_str())
-                    .bind(millis(now))
-                    .bind(millis(expires_at))
-                    .bind(millis(until))
-                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(unavailable)
-                    .map(|rows| (rows, expires_at))
-                })
-            })
-            .await?;
-        let (rows, expires_at) = rows;
-        rows.into_iter()
-            .map(|r| {
-                let ws: String = r.get("workspace");
-                let workspace =
-                    WorkspaceId::new(ws.clone()).map_err(|e| corrupt(ws_resource(&ws), e))?;
-                Ok(Lease {
-                    workspace,
-                    holder: owner.clone(),
-                    fence: FencingToken(r.get::<i64, _>("fence") as u64),
-                    expires_at,
-                })
-            })
-            .collect()
-    }
-
-    async fn release_all(&self, holder: &HolderId) -> Result<u64> {
-        let holder = holder.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                let done =
-                    sqlx::query("UPDATE leases SET released = 1 WHERE holder = ? AND released = 0")
-                        .bind(holder.as_str())
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
-                Ok(done.rows_affected())
-            })
-        })
-        .await
-    }
-}
-
-fn read_queued(body: &str, ws: &WorkspaceId) -> Result<QueuedCommand> {
-    from_json(body, || Resource::Workspace(ws.clone()))
-}
-
-/// A command's queue position and what is stored of it, in the open
-/// transaction on `conn`; an unknown id is not found.
-async fn command_row(
-    conn: &mut SqliteConnection,
-    ws: &WorkspaceId,
-    id: &CommandId,
-) -> Result<(i64, QueuedCommand)> {
-    let row = sqlx::query("SELECT seq, body FROM commands WHERE workspace = ? AND id = ?")
-        .bind(ws.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| Error::NotFound(Resource::Command(ws.clone(), id.clone())))?;
-    Ok((row.get("seq"), read_queued(row.get("body"), ws)?))
-}
-
-/// Stores `q` at queue position `seq`; `answered` marks the commands no poll
-/// hands out any more (answered or withdrawn).
-async fn write_command(
-    conn: &mut SqliteConnection,
-    ws: &WorkspaceId,
-    seq: i64,
-    q: &QueuedCommand,
-) -> Result<()> {
-    sqlx::query("UPDATE commands SET answered = ?, body = ? WHERE workspace = ? AND seq = ?")
-        .bind(i64::from(!q.status.is_open()))
-        .bind(to_json(q)?)
-        .bind(ws.as_str())
-        .bind(seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-#[async_trait]
-impl CommandQueue for SqliteStore {
-    async fn deliver(
-        &self,
-        workspace: &WorkspaceId,
-        limit: usize,
-        _now: Timestamp,
-    ) -> Result<Vec<QueuedCommand>> {
-        // An idle poll reads and writes nothing else.
-        let mut conn = self.read.acquire().await.map_err(unavailable)?;
-        require_workspace(&mut conn, workspace).await?;
-        let pending: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM commands WHERE workspace = ? AND answered = 0 LIMIT 1",
-        )
-        .bind(workspace.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        drop(conn);
-        if pending.is_none() {
-            return Ok(Vec::new());
+    fn now_now(&mut self) -> Result<Timestamp> {
+        if let Some(now) = self.now {
+            return Ok(now);
         }
-        let ws = workspace.clone();
-        let limit = if limit == 0 {
-            i64::MAX
+        let ms: i64 = self
+            .conn
+            .prepare_cached("SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sqlite_error)?;
+        let now = timestamp(ms);
+        self.now = Some(now);
+        Ok(now)
+    }
+
+    /// A statement of the transaction's own (BEGIN, SAVEPOINT, …).
+    fn control(&mut self, sql: &str) -> std::result::Result<(), String> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs `calls` in one transaction. One call alone runs bare, its failure
+    /// rolling the transaction back; several each run under a savepoint, so
+    /// that a failed one's writes are undone and the others commit. `Err`:
+    /// the transaction itself failed, and nothing was written.
+    fn transaction(&mut self, calls: &mut [Box<dyn WriteCall>]) -> std::result::Result<(), String> {
+        self.now = None;
+        self.control("BEGIN IMMEDIATE")?;
+        let outcome = if let [call] = calls {
+            if call.run(self) {
+                self.control("COMMIT")
+            } else {
+                self.control("ROLLBACK")
+            }
         } else {
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        };
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                let rows = sqlx::query(
-                    "SELECT seq, body FROM commands WHERE workspace = ? AND answered = 0 ORDER BY seq LIMIT ?",
-                )
-                .bind(ws.as_str())
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let mut q = read_queued(r.get("body"), &ws)?;
-                    if q.status != CommandStatus::Pending {
-                        // Cancelling: handed out as a cancel request, not counted.
-                        out.push(q);
-                        continue;
+            (|| {
+                for call in calls.iter_mut() {
+                    self.control("SAVEPOINT c")?;
+                    if !call.run(self) {
+                        self.control("ROLLBACK TO SAVEPOINT c")?;
                     }
-                    q.deliveries += 1;
-                    write_command(conn, &ws, r.get("seq"), &q).await?;
-                    out.push(q);
+                    self.control("RELEASE SAVEPOINT c")?;
                 }
-                Ok(out)
-            })
-        })
-        .await
-    }
-
-    async fn answer(
-        &self,
-        workspace: &WorkspaceId,
-        result: CommandResult,
-        now: Timestamp,
-    ) -> Result<bool> {
-        result.check()?;
-        let ws = workspace.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &ws).await?;
-                let (seq, mut q) = command_row(conn, &ws, &result.id).await?;
-                if !q.status.is_open() {
-                    return Ok(false);
-                }
-                q.status = CommandStatus::Answered { result, at: now };
-                write_command(conn, &ws, seq, &q).await?;
-                Ok(true)
-            })
-        })
-        .await
-    }
-
-    async fn get_command(&self, workspace: &WorkspaceId, id: &CommandId) -> Result<QueuedCommand> {
-        let mut conn = self.read.acquire().await.map_err(unavailable)?;
-        require_workspace(&mut conn, workspace).await?;
-        let body: String =
-            sqlx::query_scalar("SELECT body FROM commands WHERE workspace = ? AND id = ?")
-                .bind(workspace.as_str())
-                .bind(id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| Error::NotFound(Resource::Command(workspace.clone(), id.clone())))?;
-        read_queued(&body, workspace)
-    }
-
-    async fn withdraw(
-        &self,
-        workspace: &WorkspaceId,
-        id: &CommandId,
-        now: Timestamp,
-    ) -> Result<CommandStatus> {
-        let (ws, id) = (workspace.clone(), id.clone());
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &ws).await?;
-                let (seq, mut q) = command_row(conn, &ws, &id).await?;
-                if let Some(status) = q.withdrawal(now) {
-                    q.status = status;
-                    write_command(conn, &ws, seq, &q).await?;
-                }
-                Ok(q.status)
-            })
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl TokenStore for SqliteStore {
-    async fn put_token(&self, token: BootstrapTokenRecord) -> Result<()> {
-        let body = to_json(&token)?;
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                require_workspace(conn, &token.workspace).await?;
-                let hash = token.hash.to_string();
-                let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tokens WHERE hash = ?")
-                    .bind(&hash)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-                if taken.is_some() {
-                    return Err(Error::AlreadyExists(Resource::BootstrapToken));
-                }
-                sqlx::query("DELETE FROM tokens WHERE workspace = ? AND consumed = 0")
-                    .bind(token.workspace.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?;
-                sqlx::query(
-                    "INSERT INTO tokens (hash, workspace, consumed, body) VALUES (?, ?, 0, ?)",
-                )
-                .bind(&hash)
-                .bind(token.workspace.as_str())
-                .bind(body)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn consume(
-        &self,
-        hash: &TokenHash,
-        workspace: &WorkspaceId,
-        now: Timestamp,
-    ) -> Result<BootstrapTokenRecord> {
-        let (hash, ws) = (*hash, workspace.clone());
-        self.write_tx(move |conn| Box::pin(async move { consume_in(conn, hash, &ws, now).await }))
-            .await
-    }
-
-    async fn exchange(
-        &self,
-        hash: &TokenHash,
-        credential: AgentCredential,
-        now: Timestamp,
-    ) -> Result<AgentCredential> {
-        // Batched with the exchanges arriving at the same time (see `exchange`).
-        exchange::exchange(
-            &self.exchanges,
-            &self.write,
-            hash.to_string(),
-            credential,
-            now,
-        )
-        .await
-    }
-}
-
-fn read_credential(body: &str, serial: &str) -> Result<AgentCredential> {
-    from_json(body, || match CertSerial::from_str(serial) {
-        Ok(s) => Resource::Credential(s),
-        Err(_) => Resource::Provider(format!("credential row {serial:?}")),
-    })
-}
-
-#[async_trait]
-impl CredentialStore for SqliteStore {
-    async fn put_credential(&self, credential: AgentCredential) -> Result<()> {
-        self.write_tx(move |conn| {
-            Box::pin(async move { put_credential_in(conn, credential).await })
-        })
-        .await
-    }
-
-    async fn get_credential(&self, serial: &CertSerial) -> Result<AgentCredential> {
-        let body: String = sqlx::query_scalar("SELECT body FROM credentials WHERE serial = ?")
-            .bind(serial.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| Error::NotFound(Resource::Credential(serial.clone())))?;
-        read_credential(&body, serial.as_str())
-    }
-
-    async fn get_credential_for_poll(
-        &self,
-        serial: &CertSerial,
-    ) -> Result<(AgentCredential, bool)> {
-        // Batched with the polls arriving at the same time (see `polls`).
-        self.polls.read(&self.read, serial).await
-    }
-
-    async fn list_credentials(&self, workspace: &WorkspaceId) -> Result<Vec<AgentCredential>> {
-        let mut conn = self.read.acquire().await.map_err(unavailable)?;
-        require_workspace(&mut conn, workspace).await?;
-        let rows =
-            sqlx::query("SELECT serial, body FROM credentials WHERE workspace = ? ORDER BY serial")
-                .bind(workspace.as_str())
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| read_credential(r.get("body"), r.get("serial")))
-            .collect()
-    }
-
-    async fn mark_polled(&self, serial: &CertSerial, now: Timestamp) -> Result<bool> {
-        // Batched: a fleet's first polls come together (see `polls`).
-        if self.polls.mark(&self.write, serial, now).await? {
-            return Ok(true);
+                self.control("COMMIT")
+            })()
+        };
+        if outcome.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        // Marked before, no such credential, or a corrupt row (refused as
-        // such by the read).
-        self.get_credential(serial).await.map(|_| false)
+        outcome
+    }
+}
+
+impl Conn for SqliteConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
     }
 
-    async fn renew_credential(
-        &self,
-        old: &CertSerial,
-        renewed: AgentCredential,
-        now: Timestamp,
-    ) -> Result<AgentCredential> {
-        let old = old.clone();
-        self.write_tx(move |conn| {
-            Box::pin(async move {
-                let body: String =
-                    sqlx::query_scalar("SELECT body FROM credentials WHERE serial = ?")
-                        .bind(old.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?
-                        .ok_or_else(|| Error::NotFound(Resource::Credential(old.clone())))?;
-                let current = read_credential(&body, old.as_str())?;
-                let renewed = cogrion_core::check_renewal(&current, renewed, now)?;
-                revoke_credentials_but(
-                    conn,
-                    &current.workspace,
-                    Some(&old),
-                    cogrion_core::SUPERSEDED_BY_RENEWAL,
-                    now,
-                )
-                .await?;
-                insert_credential(conn, renewed.clone()).await?;
-                Ok(renewed)
-            })
-        })
-        .await
+    fn exec(
+        &mut self,
+        sql: &'static Sql,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<u64>> + Send {
+        std::future::ready(self.exec_now(sql, args))
     }
 
-    async fn revoke_all(
+    fn rows(
+        &mut self,
+        sql: &'static Sql,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<Vec<Row>>> + Send {
+        std::future::ready(self.rows_now(sql, args))
+    }
+
+    fn script(&mut self, sql: &'static str) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(self.conn.execute_batch(sql).map_err(sqlite_error))
+    }
+
+    fn db_now(&mut self) -> impl Future<Output = Result<Timestamp>> + Send {
+        std::future::ready(self.now_now())
+    }
+}
+
+/// Runs a call on this thread's connection: its future is ready at once (a
+/// panic in it is that call's error, not the thread's end).
+fn run_here<T>(call: Call<SqliteConn, T>, conn: &mut SqliteConn) -> Result<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| call(conn).now_or_never())) {
+        Ok(Some(result)) => result,
+        Ok(None) => Err(lost("a call waited on the connection's thread")),
+        Err(_) => Err(lost("a call panicked on the connection's thread")),
+    }
+}
+
+/// A write call queued for the writer thread.
+trait WriteCall: Send {
+    /// Runs the call in the open transaction; `false` if it failed (its
+    /// writes are to be undone).
+    fn run(&mut self, conn: &mut SqliteConn) -> bool;
+    /// Answers the caller: with the call's own result, or — when the
+    /// transaction failed — with that failure.
+    fn answer(self: Box<Self>, failed: Option<&str>);
+}
+
+impl std::fmt::Debug for dyn WriteCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteCall")
+    }
+}
+
+struct Queued<T> {
+    call: Option<Call<SqliteConn, T>>,
+    result: Option<Result<T>>,
+    answer: oneshot::Sender<Result<T>>,
+}
+
+impl<T: Send> WriteCall for Queued<T> {
+    fn run(&mut self, conn: &mut SqliteConn) -> bool {
+        let Some(call) = self.call.take() else {
+            return false;
+        };
+        let result = run_here(call, conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&str>) {
+        let result = match (failed, self.result) {
+            (Some(detail), _) => Err(lost(format!("the transaction failed: {detail}"))),
+            (None, Some(result)) => result,
+            (None, None) => Err(lost("the call did not run")),
+        };
+        // A caller that went away is not waiting any more.
+        let _ = self.answer.send(result);
+    }
+}
+
+/// The writer thread: every call queued while it was busy goes into the next
+/// transaction. Ends when the store is dropped.
+fn write_loop(mut conn: SqliteConn, queue: &Receiver<Box<dyn WriteCall>>, stats: &Counters) {
+    while let Ok(first) = queue.recv() {
+        let mut calls = vec![first];
+        while calls.len() < MAX_CALLS {
+            match queue.try_recv() {
+                Ok(call) => calls.push(call),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let failed = conn.transaction(&mut calls).err();
+        stats.transactions.fetch_add(1, Relaxed);
+        stats.writes.fetch_add(calls.len() as u64, Relaxed);
+        for call in calls {
+            call.answer(failed.as_deref());
+        }
+    }
+}
+
+type ReadCall = Box<dyn FnOnce(&mut SqliteConn) + Send>;
+
+/// A reader thread: takes the next read from the shared queue. Ends when the
+/// store is dropped.
+fn read_loop(mut conn: SqliteConn, queue: &Mutex<Receiver<ReadCall>>, stats: &Counters) {
+    loop {
+        let call = match crate::lock_or_recover(queue).recv() {
+            Ok(call) => call,
+            Err(_) => return,
+        };
+        call(&mut conn);
+        stats.reads.fetch_add(1, Relaxed);
+    }
+}
+
+fn gone() -> Error {
+    lost("the store's connection thread has stopped")
+}
+
+impl Backend for SqliteBackend {
+    type Conn = SqliteConn;
+
+    #[allow(private_interfaces)]
+    fn write<T: Send + 'static>(
         &self,
-        workspace: &WorkspaceId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Vec<CertSerial>> {
-        let (ws, reason) = (workspace.clone(), reason.to_owned());
-        self.write_tx(move |conn| Box::pin(async move { revoke_in(conn, &ws, &reason, now).await }))
-            .await
+        call: Call<SqliteConn, T>,
+    ) -> impl Future<Output = Result<T>> + Send {
+        let (answer, answered) = oneshot::channel();
+        let sent = self.shared.writes.send(Box::new(Queued {
+            call: Some(call),
+            result: None,
+            answer,
+        }));
+        async move {
+            sent.map_err(|_| gone())?;
+            answered.await.unwrap_or_else(|_| Err(gone()))
+        }
+    }
+
+    #[allow(private_interfaces)]
+    fn read<T: Send + 'static>(
+        &self,
+        call: Call<SqliteConn, T>,
+    ) -> impl Future<Output = Result<T>> + Send {
+        let (answer, answered) = oneshot::channel();
+        let sent = self
+            .shared
+            .reads
+            .send(Box::new(move |conn: &mut SqliteConn| {
+                let _ = answer.send(run_here(call, conn));
+            }));
+        async move {
+            sent.map_err(|_| gone())?;
+            answered.await.unwrap_or_else(|_| Err(gone()))
+        }
     }
 }

@@ -1,9 +1,7 @@
 //! The schema and its versioned migrations.
 
-/// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
-
-/// Migration `n` (from 1) takes the schema from version `n - 1` to `n`.
+/// Migration `n` (from 1) takes the schema from version `n - 1` to `n`; the
+/// schema version this build writes is their number.
 pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version from which workspace records are stored in
