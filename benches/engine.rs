@@ -297,6 +297,22 @@ fn postgres_targets() -> Vec<durable::Target> {
     Vec::new()
 }
 
+/// Workspaces and driver concurrency of the group-commit measurements
+/// (`COGRION_BENCH_WORKSPACES`, `COGRION_BENCH_CONCURRENCY`; default 1,000
+/// and 256).
+fn batched_size() -> (usize, usize) {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        var("COGRION_BENCH_WORKSPACES", 1000),
+        var("COGRION_BENCH_CONCURRENCY", 256),
+    )
+}
+
 fn main() {
     use cogrion::providers::sqlite::Durability;
     use durable::Target;
@@ -321,13 +337,18 @@ fn main() {
     if wanted("sqlite") {
         durable::report_single(&rt, &Target::Sqlite(Durability::Normal), 5_000, 100);
         durable::report_single(&rt, &Target::Sqlite(Durability::Full), 1_000, 20);
-        durable::report_batched(&rt, &Target::Sqlite(Durability::Normal), 300);
-        durable::report_batched(&rt, &Target::Sqlite(Durability::Full), 300);
+        let (n, concurrency) = batched_size();
+        if wanted("memory") {
+            durable::report_batched(&rt, &Target::Memory, n, concurrency);
+        }
+        durable::report_batched(&rt, &Target::Sqlite(Durability::Normal), n, concurrency);
+        durable::report_batched(&rt, &Target::Sqlite(Durability::Full), n, concurrency);
     }
     if wanted("postgres") {
         for target in postgres_targets() {
             durable::report_single(&rt, &target, 1_000, 20);
-            durable::report_batched(&rt, &target, 300);
+            let (n, concurrency) = batched_size();
+            durable::report_batched(&rt, &target, n, concurrency);
         }
     }
     if wanted("resume") {

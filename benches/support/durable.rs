@@ -16,6 +16,8 @@ use super::{actor, lifecycles, raw_target, raw_writes, setup_on, spec};
 
 /// A store to measure on.
 pub(crate) enum Target {
+    /// The in-memory store: the engine's own ceiling in the same harness.
+    Memory,
     /// A fresh SQLite file (in the temporary folder, on disk) per measurement.
     Sqlite(Durability),
     /// The PostgreSQL server at this URL; every measurement gets a database
@@ -27,20 +29,86 @@ pub(crate) enum Target {
 /// Where one measurement's data lives, so it can be opened again after a crash.
 #[derive(Clone)]
 enum Location {
+    Memory,
     Sqlite(std::path::PathBuf, Durability),
     /// The server's URL and the measurement's database on it.
     #[cfg(feature = "postgres")]
     Postgres(String, String),
 }
 
-impl Location {
-    async fn open(&self) -> Arc<dyn WorkspaceStore> {
+/// A store opened for a measurement, as its own type (for its counters).
+enum Opened {
+    Memory(Arc<InMemoryStore>),
+    Sqlite(Arc<SqliteStore>),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<cogrion::providers::postgres::PostgresStore>),
+}
+
+impl Opened {
+    fn engine_store(&self) -> EngineStore {
         match self {
-            Self::Sqlite(path, durability) => Arc::new(
+            Self::Memory(s) => EngineStore::Plain(s.clone()),
+            Self::Sqlite(s) => EngineStore::Plain(s.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => {
+                EngineStore::Grouped(Arc::new(GroupCommit::with_lanes(s.clone(), 256, lanes())))
+            }
+        }
+    }
+
+    /// The workspace writes the engine made, by kind.
+    fn write_counts(&self, engine: &EngineStore) -> WriteCounts {
+        match (self, engine) {
+            (_, EngineStore::Grouped(g)) => g.write_counts(),
+            (Self::Sqlite(s), _) => s.write_counts(),
+            #[cfg(feature = "postgres")]
+            (Self::Postgres(s), _) => s.write_counts(),
+            (Self::Memory(_), _) => WriteCounts::default(),
+        }
+    }
+
+    /// (write transactions, store calls in them) so far.
+    fn transactions(&self, engine: &EngineStore) -> (u64, u64) {
+        match (self, engine) {
+            (_, EngineStore::Grouped(g)) => g.stats(),
+            (Self::Sqlite(s), _) => {
+                let stats = s.stats();
+                (stats.transactions, stats.writes)
+            }
+            _ => (0, 0),
+        }
+    }
+}
+
+impl Location {
+    #[cfg(feature = "postgres")]
+    fn url(&self) -> String {
+        match self {
+            Self::Postgres(server, db) => {
+                let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+                format!("{base}/{db}")
+            }
+            _ => unreachable!("not a PostgreSQL location"),
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn WorkspaceStore> {
+        match self.open_concrete().await {
+            Opened::Memory(s) => s,
+            Opened::Sqlite(s) => s,
+            #[cfg(feature = "postgres")]
+            Opened::Postgres(s) => s,
+        }
+    }
+
+    async fn open_concrete(&self) -> Opened {
+        match self {
+            Self::Memory => Opened::Memory(Arc::new(InMemoryStore::new())),
+            Self::Sqlite(path, durability) => Opened::Sqlite(Arc::new(
                 SqliteStore::open_with(path, SqliteOptions::default().with_durability(*durability))
                     .await
                     .unwrap(),
-            ),
+            )),
             #[cfg(feature = "postgres")]
             Self::Postgres(server, db) => {
                 use cogrion::providers::postgres::{PostgresOptions, PostgresStore};
@@ -63,15 +131,14 @@ impl Location {
                         .unwrap();
                 }
                 admin.close().await.unwrap();
-                let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-                Arc::new(
+                Opened::Postgres(Arc::new(
                     PostgresStore::connect_with(
-                        &format!("{base}/{db}"),
+                        &self.url(),
                         PostgresOptions::default().with_max_connections(32),
                     )
                     .await
                     .unwrap(),
-                )
+                ))
             }
         }
     }
@@ -80,6 +147,7 @@ impl Location {
 impl Target {
     pub(crate) fn name(&self) -> &'static str {
         match self {
+            Self::Memory => "memory",
             Self::Sqlite(Durability::Normal) => "sqlite NORMAL",
             Self::Sqlite(_) => "sqlite FULL",
             #[cfg(feature = "postgres")]
@@ -87,21 +155,11 @@ impl Target {
         }
     }
 
-    /// The group-commit wrapper for this store: one transaction at a time on
-    /// SQLite (one writer), four at once on PostgreSQL.
-    fn group(&self, store: Arc<dyn WorkspaceStore>) -> GroupCommit {
-        match self {
-            Self::Sqlite(_) => GroupCommit::new(store, 256),
-            #[cfg(feature = "postgres")]
-            Self::Postgres(_) => GroupCommit::with_lanes(store, 256, 4),
-        }
-    }
-
     /// The driver's concurrency after the restart: PostgreSQL serves many
     /// transactions at once and gains from more in flight.
     fn concurrency(&self) -> usize {
         match self {
-            Self::Sqlite(_) => 64,
+            Self::Memory | Self::Sqlite(_) => 64,
             #[cfg(feature = "postgres")]
             Self::Postgres(_) => 128,
         }
@@ -109,6 +167,7 @@ impl Target {
 
     fn fresh(&self) -> Location {
         match self {
+            Self::Memory => Location::Memory,
             Self::Sqlite(durability) => {
                 let dir =
                     std::env::temp_dir().join(format!("cogrion-bench-{}", std::process::id()));
@@ -164,39 +223,38 @@ pub(crate) fn report_single(rt: &Runtime, target: &Target, writes: u64, workspac
     );
 }
 
-/// Raw step-sized writes for 100 workspaces per transaction, against engine
-/// steps through the driver (concurrency 64) on the group-commit wrapper, which
-/// turns concurrent commits into one transaction.
-pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize) {
-    let raw_store = rt.block_on(target.fresh().open());
-    let prefix = unique("raw");
-    let targets: Vec<(WorkspaceId, Lease)> = (0..100)
-        .map(|i| rt.block_on(raw_target(raw_store.as_ref(), &format!("{prefix}-{i}"))))
-        .collect();
-    let rounds = 20;
-    let start = Instant::now();
-    rt.block_on(async {
-        for _ in 0..rounds {
-            let mut writes = Vec::new();
-            for (id, lease) in &targets {
-                let current = raw_store.get_workspace(id).await.unwrap();
-                let mut rec = current.value;
-                rec.next_operation += 1;
-                writes.push(super::step_write(rec, current.revision, lease));
-            }
-            for r in raw_store.commit_batch(writes).await {
-                r.unwrap();
-            }
-        }
-    });
-    let raw = (rounds * targets.len()) as f64 / start.elapsed().as_secs_f64();
+/// The store the engine runs on, for a measurement: SQLite's store batches
+/// concurrent writes into its transactions by itself (its one writer takes
+/// every call queued while it was busy); PostgreSQL's goes through
+/// `GroupCommit` with four transactions in flight; the in-memory store needs
+/// neither.
+enum EngineStore {
+    Plain(Arc<dyn WorkspaceStore>),
+    Grouped(Arc<GroupCommit>),
+}
 
-    let inner = rt.block_on(target.fresh().open());
-    let grouped = {
-        let _runtime = rt.enter(); // the wrapper starts its writing task here
-        Arc::new(target.group(inner.clone()))
+impl EngineStore {
+    fn store(&self) -> Arc<dyn WorkspaceStore> {
+        match self {
+            Self::Plain(s) => s.clone(),
+            Self::Grouped(g) => g.clone(),
+        }
+    }
+}
+
+/// Engine steps through the built-in driver against the raw rate of writing
+/// the same rows with the same database: `n` workspaces created at once and
+/// taken create -> `Active` -> `Destroyed` (driver concurrency
+/// `concurrency`), then — on a database of its own — the rows those steps
+/// wrote, written the fastest plain way (see [`raw_same_rows`]).
+pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize, concurrency: usize) {
+    let location = target.fresh();
+    let opened = rt.block_on(location.open_concrete());
+    let engine_store = {
+        let _runtime = rt.enter(); // a wrapper starts its writing task here
+        opened.engine_store()
     };
-    let b = setup_on(grouped.clone(), true);
+    let b = setup_on(engine_store.store(), true);
     let prefix = unique("g");
     let ids: Vec<WorkspaceId> = (0..n)
         .map(|i| format!("{prefix}-{i}").parse().unwrap())
@@ -205,47 +263,67 @@ pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize) {
     let agents = b.agents.clone();
     let agent_task = rt.spawn(async move {
         agents
-            .run(Duration::from_millis(5), async {
+            .run_renewing(Duration::from_millis(5), Duration::from_secs(30), async {
                 let _ = stopped.await;
             })
             .await
     });
+    let before = opened.transactions(&engine_store);
     let start = Instant::now();
-    let stats = rt.block_on(async {
+    let (stats, samples, active_at) = rt.block_on(async {
         let driver = Driver::spawn(
             b.engine.clone(),
-            DriverConfig::default().with_concurrency(64),
+            DriverConfig::default().with_concurrency(concurrency),
         );
-        for id in &ids {
-            b.engine.create(id.clone(), spec(), actor()).await.unwrap();
+        // Requests come in together, as to an API: the creates (and below
+        // the destroys) 256 at a time, not one after another's commit.
+        for chunk in ids.chunks(256) {
+            for r in futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|id| b.engine.create(id.clone(), spec(), actor())),
+            )
+            .await
+            {
+                r.unwrap();
+            }
         }
         wait_all(b.store.as_ref(), &ids, |r| {
             r.state == WorkspaceState::Active
         })
         .await;
-        for id in &ids {
-            b.engine.destroy(id, actor()).await.unwrap();
+        let active_at = start.elapsed();
+        // The records as they stand mid-lifecycle: what the raw side writes.
+        let mut samples = Vec::new();
+        for id in ids.iter().take(100) {
+            samples.push(b.store.get_workspace(id).await.unwrap().value);
+        }
+        for chunk in ids.chunks(256) {
+            for r in futures::future::join_all(chunk.iter().map(|id| b.engine.destroy(id, actor())))
+                .await
+            {
+                r.unwrap();
+            }
         }
         wait_all(b.store.as_ref(), &ids, |r| {
             r.state == WorkspaceState::Destroyed
         })
         .await;
-        driver.shutdown().await
+        (driver.shutdown().await, samples, active_at)
     });
     let elapsed = start.elapsed().as_secs_f64();
     let _ = stop.send(());
     let _ = rt.block_on(agent_task);
-    let steps = rt.block_on(engine_steps(inner.as_ref(), &ids));
-    let (batches, writes) = grouped.stats();
-    let mix = grouped.write_counts();
+    let steps = rt.block_on(engine_steps(b.store.as_ref(), &ids));
+    let mix = opened.write_counts(&engine_store);
+    let after = opened.transactions(&engine_store);
+    let (transactions, writes) = (after.0 - before.0, after.1 - before.1);
     let engine = steps as f64 / elapsed;
-    // The same rows the engine wrote, per step, written raw in the same run.
-    let rows_store = rt.block_on(target.fresh().open());
-    let same_rows = rt.block_on(raw_same_rows(rows_store.as_ref(), mix, steps, 20));
+    let same_rows = raw_same_rows(rt, target, mix, steps, &samples, 20);
     println!(
-        "REPORT {} batched: engine steps/s {engine:>8.0} ({steps} steps, {} advances, {:.0} advances/s, {writes} writes \
-         ({} commits, {} checkpoints, {} acquires, {} releases) in {batches} transactions, {n} workspaces \
-         create -> Active -> Destroyed in {elapsed:.2}s)",
+        "REPORT {} batched: engine steps/s {engine:>8.0} ({steps} steps, {} advances, {:.0} advances/s, {} commits, {} checkpoints, \
+         {} acquires, {} releases; {writes} store calls in {transactions} transactions; {n} workspaces create -> Active -> Destroyed \
+         in {elapsed:.2}s, Active after {:.2}s, driver concurrency {concurrency})",
         target.name(),
         stats.advances,
         stats.advances as f64 / elapsed,
@@ -253,89 +331,240 @@ pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize) {
         mix.checkpoints,
         mix.acquires,
         mix.releases,
+        active_at.as_secs_f64(),
     );
     println!(
-        "REPORT {} batched: raw, the same rows per step (100 steps per transaction): {same_rows:>8.0} steps/s -> ratio {:.3}; \
-         raw, one commit per step (100 per transaction): {raw:>8.0} steps/s -> ratio {:.3}",
+        "REPORT {} batched: raw, the same rows written the plain way (100 steps per transaction, prepared statements): \
+         {same_rows:>8.0} steps/s -> ratio {:.3}",
         target.name(),
         engine / same_rows,
-        engine / raw
     );
 }
 
-/// Raw writes of the rows the engine wrote in its run, in the same proportions
-/// per step — commits (record and event), checkpoints, lease releases and
-/// acquisitions — 100 steps' worth per `write_batch` (one transaction), for 100
-/// workspaces; returns steps' worth per second.
-async fn raw_same_rows(
-    store: &dyn WorkspaceStore,
+/// One step's worth of the rows the engine wrote, in its proportions: per
+/// 100 steps, this many of each.
+struct PerHundred {
+    commits: usize,
+    checkpoints: usize,
+    releases: usize,
+    acquires: usize,
+}
+
+impl PerHundred {
+    fn of(mix: WriteCounts, steps: u64) -> Self {
+        let per_100 = |n: u64| ((n as f64) * 100.0 / steps as f64).round() as usize;
+        let releases = per_100(mix.releases);
+        Self {
+            commits: per_100(mix.commits),
+            checkpoints: per_100(mix.checkpoints),
+            releases,
+            // Every released lease is taken again before its next fenced
+            // write (the counts differ by a few: leases held at the end).
+            acquires: per_100(mix.acquires).max(releases),
+        }
+    }
+
+    /// Commits of target `i` in a round of 100: the first ones write twice.
+    fn commits_of(&self, i: usize) -> usize {
+        if i < self.commits.saturating_sub(100) {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// The rows the engine's steps wrote — per step, in the engine's proportions:
+/// the record (compare-and-swap's new revision; serialised from a record as
+/// it stood mid-lifecycle) with one history event per commit, provider
+/// checkpoints, lease releases and acquisitions — written with no engine, no
+/// reads and no checks: plain prepared statements, 100 steps' worth per
+/// transaction, for 100 workspaces, on a database of its own. Returns steps'
+/// worth per second.
+fn raw_same_rows(
+    rt: &Runtime,
+    target: &Target,
     mix: WriteCounts,
     steps: u64,
+    samples: &[WorkspaceRecord],
     rounds: usize,
 ) -> f64 {
-    let per_100 = |n: u64| ((n as f64) * 100.0 / steps as f64).round() as usize;
-    let (commits, checkpoints, acquires, releases) = (
-        per_100(mix.commits),
-        per_100(mix.checkpoints),
-        per_100(mix.acquires),
-        per_100(mix.releases),
-    );
-    // Every released lease is taken again before its next fenced write (the
-    // engine's counts differ by a few: leases still held at the end).
-    let acquires = acquires.max(releases);
+    let per = PerHundred::of(mix, steps);
+    let location = target.fresh();
+    // The schema and the 100 workspaces, each with a lease, made by the store.
     let prefix = unique("rows");
-    let mut targets: Vec<(WorkspaceId, Lease)> = Vec::new();
-    for i in 0..100 {
-        targets.push(raw_target(store, &format!("{prefix}-{i}")).await);
-    }
-    let key = CheckpointKey::new("op1/network").unwrap();
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let mut writes = Vec::new();
-        for (i, (id, lease)) in targets.iter().enumerate() {
-            let current = store.get_workspace(id).await.unwrap();
-            if i < checkpoints {
-                writes.push(BatchWrite::PutCheckpoint {
-                    workspace: id.clone(),
-                    key: key.clone(),
-                    value: serde_json::json!({ "vpc": format!("vpc-{i}"), "subnets": ["subnet-a", "subnet-b"] }),
-                    fence: lease.fence,
-                });
-            }
-            // The first commits chain on each other's revisions.
-            let n = if i < commits.saturating_sub(100) {
-                2
-            } else {
-                1
-            };
-            for k in 0..n {
-                let mut rec = current.value.clone();
-                rec.next_operation += 1 + k;
-                let revision = Revision(current.revision.0 + k);
-                writes.push(BatchWrite::Commit(super::step_write(rec, revision, lease)));
-            }
-            if i < releases {
-                writes.push(BatchWrite::Release(lease.clone()));
-            }
-            if i < acquires {
-                writes.push(BatchWrite::Acquire {
-                    workspace: id.clone(),
-                    holder: lease.holder.clone(),
-                    ttl: Duration::from_secs(3600),
-                });
-            }
+    let targets: Vec<(WorkspaceId, Lease)> = rt.block_on(async {
+        let store = location.open().await;
+        let mut targets = Vec::new();
+        for i in 0..100 {
+            targets.push(super::raw_target(store.as_ref(), &format!("{prefix}-{i}")).await);
         }
-        for r in store.write_batch(writes).await {
-            if let BatchOutcome::Lease(l) = r.unwrap() {
-                let t = targets
-                    .iter_mut()
-                    .find(|(id, _)| *id == l.workspace)
-                    .unwrap();
-                t.1 = l;
+        targets
+    });
+    let event = serde_json::to_string(&NewEvent {
+        at: Timestamp::EPOCH,
+        actor: Actor::Engine {
+            holder: "bench".parse().unwrap(),
+        },
+        kind: EventKind::StepDone {
+            operation: 1,
+            step: "network".into(),
+        },
+        message: "network done".into(),
+    })
+    .unwrap();
+    let checkpoint =
+        serde_json::json!({ "vpc": "vpc-0", "subnets": ["subnet-a", "subnet-b"] }).to_string();
+    let mut records: Vec<WorkspaceRecord> = samples.to_vec();
+    match &location {
+        Location::Memory => f64::NAN,
+        Location::Sqlite(path, durability) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            conn.execute_batch(match durability {
+                Durability::Normal => "PRAGMA synchronous = NORMAL",
+                Durability::Full => "PRAGMA synchronous = FULL",
+            })
+            .unwrap();
+            let mut seq = vec![1i64; targets.len()];
+            let mut fence: Vec<i64> = targets.iter().map(|(_, l)| l.fence.0 as i64).collect();
+            let start = Instant::now();
+            for _ in 0..rounds {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                for (i, (id, _)) in targets.iter().enumerate() {
+                    if i < per.checkpoints {
+                        conn.prepare_cached(
+                            "INSERT INTO checkpoints (workspace, key, value) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
+                        )
+                        .unwrap()
+                        .execute(rusqlite::params![id.as_str(), "op1/network", checkpoint])
+                        .unwrap();
+                    }
+                    for _ in 0..per.commits_of(i) {
+                        let rec = &mut records[i % samples.len()];
+                        rec.next_operation += 1;
+                        let body = serde_json::to_string(rec).unwrap();
+                        seq[i] += 1;
+                        conn.prepare_cached(
+                            "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6",
+                        )
+                        .unwrap()
+                        .execute(rusqlite::params![
+                            seq[i],
+                            rec.spec.tenant.as_str(),
+                            rec.state.name().as_str(),
+                            rec.wake_at.map(|t| t.as_millis() as i64),
+                            body,
+                            id.as_str()
+                        ])
+                        .unwrap();
+                        conn.prepare_cached("INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)")
+                            .unwrap()
+                            .execute(rusqlite::params![id.as_str(), seq[i], event])
+                            .unwrap();
+                    }
+                    if i < per.releases {
+                        conn.prepare_cached("UPDATE leases SET released = 1 WHERE workspace = ?1 AND fence = ?2")
+                            .unwrap()
+                            .execute(rusqlite::params![id.as_str(), fence[i]])
+                            .unwrap();
+                    }
+                    if i < per.acquires {
+                        fence[i] += 1;
+                        conn.prepare_cached(
+                            "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES (?1, ?2, ?3, ?4, 0) \
+                             ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+                             expires_at = excluded.expires_at, released = 0",
+                        )
+                        .unwrap()
+                        .execute(rusqlite::params![id.as_str(), "bench", fence[i], i64::MAX])
+                        .unwrap();
+                    }
+                }
+                conn.execute_batch("COMMIT").unwrap();
             }
+            (100 * rounds) as f64 / start.elapsed().as_secs_f64()
         }
+        #[cfg(feature = "postgres")]
+        Location::Postgres(..) => rt.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&location.url()).await.unwrap();
+            let mut seq = vec![1i64; targets.len()];
+            let mut fence: Vec<i64> = targets.iter().map(|(_, l)| l.fence.0 as i64).collect();
+            let start = Instant::now();
+            for _ in 0..rounds {
+                let mut tx = conn.begin().await.unwrap();
+                for (i, (id, _)) in targets.iter().enumerate() {
+                    if i < per.checkpoints {
+                        sqlx::query(
+                            "INSERT INTO checkpoints (workspace, key, value) VALUES ($1, $2, $3) \
+                             ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
+                        )
+                        .bind(id.as_str())
+                        .bind("op1/network")
+                        .bind(&checkpoint)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    }
+                    for _ in 0..per.commits_of(i) {
+                        let rec = &mut records[i % samples.len()];
+                        rec.next_operation += 1;
+                        let body = serde_json::to_string(rec).unwrap();
+                        seq[i] += 1;
+                        sqlx::query(
+                            "UPDATE workspaces SET revision = $1, tenant = $2, state = $3, wake_at = $4, record = $5 WHERE id = $6",
+                        )
+                        .bind(seq[i])
+                        .bind(rec.spec.tenant.as_str())
+                        .bind(rec.state.name().as_str())
+                        .bind(rec.wake_at.map(|t| t.as_millis() as i64))
+                        .bind(body)
+                        .bind(id.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                        sqlx::query("INSERT INTO events (workspace, seq, body) VALUES ($1, $2, $3)")
+                            .bind(id.as_str())
+                            .bind(seq[i])
+                            .bind(&event)
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                    if i < per.releases {
+                        sqlx::query("UPDATE leases SET released = TRUE WHERE workspace = $1 AND fence = $2")
+                            .bind(id.as_str())
+                            .bind(fence[i])
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                    if i < per.acquires {
+                        fence[i] += 1;
+                        sqlx::query(
+                            "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES ($1, $2, $3, $4, FALSE) \
+                             ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+                             expires_at = excluded.expires_at, released = FALSE",
+                        )
+                        .bind(id.as_str())
+                        .bind("bench")
+                        .bind(fence[i])
+                        .bind(i64::MAX)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    }
+                }
+                tx.commit().await.unwrap();
+            }
+            (100 * rounds) as f64 / start.elapsed().as_secs_f64()
+        }),
     }
-    (100 * rounds) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Waits until every workspace of `ids` satisfies `done`.
@@ -417,13 +646,10 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
         .unwrap();
     let started = Instant::now();
     before.block_on(async {
-        let store = location.open().await;
+        let opened = location.open_concrete().await;
+        let store = opened.engine_store().store();
         let engine = world
-            .engine(
-                Arc::new(target.group(store.clone())),
-                clock.clone(),
-                config.clone(),
-            )
+            .engine(store.clone(), clock.clone(), config.clone())
             .unwrap();
         let driver = Driver::spawn(engine.clone(), DriverConfig::default().with_concurrency(64));
         for chunk in ids.chunks(256) {
@@ -452,7 +678,9 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = location.open().await;
+        let opened = location.open_concrete().await;
+        let engine_store = opened.engine_store();
+        let store = engine_store.store();
         let at_crash: HashMap<WorkspaceId, usize> =
             list_all(store.as_ref()).await.into_iter().filter(|r| r.id.as_str().starts_with(&prefix)).map(|r| (r.id.clone(), progress(&r))).collect();
         assert_eq!(at_crash.len(), n);
@@ -468,14 +696,13 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
 
         // The restart: a new engine (same replica name) on a new connection.
         let restarted = Instant::now();
-        let grouped = Arc::new(target.group(store.clone()));
-        let engine = world.engine(grouped.clone(), clock.clone(), config.clone()).unwrap();
+        let engine = world.engine(store.clone(), clock.clone(), config.clone()).unwrap();
         let driver = Driver::spawn(engine.clone(), DriverConfig::default().with_concurrency(target.concurrency()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let agents = world.agents.clone();
         let agent_task = tokio::spawn(async move {
             agents
-                .run(Duration::from_millis(20), async {
+                .run_renewing(Duration::from_millis(20), Duration::from_secs(30), async {
                     let _ = stopped.await;
                 })
                 .await
@@ -552,7 +779,7 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
         assert_eq!(twice, 0, "steps finished twice");
         let clusters = cloud.api_calls().creates_of("cluster");
         assert_eq!(clusters as usize, n, "one cluster created per workspace");
-        let (batches, writes) = grouped.stats();
+        let (batches, writes) = opened.transactions(&engine_store);
         println!(
             "REPORT {} resume: {n} in-flight workspaces (finished provisioning steps at the crash -> workspaces: {spread:?}; \
              {before_secs:.1}s to get there); after the restart every one made durable progress in {:.2}s and all were Active \
@@ -566,4 +793,12 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
             if lagged > 0 { format!(" ({lagged} events missed; the store was scanned instead)") } else { String::new() },
         );
     });
+}
+
+/// Group-commit lanes on PostgreSQL (`COGRION_BENCH_LANES`, default 4).
+fn lanes() -> usize {
+    std::env::var("COGRION_BENCH_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
 }

@@ -241,6 +241,11 @@ impl Conn for PgConn {
 impl Backend for PgBackend {
     type Conn = PgConn;
 
+    #[allow(private_interfaces)]
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
     /// One transaction per call: committed if the call succeeds, rolled back
     /// if it fails (or if the connection is lost: nothing is half-written).
     #[allow(private_interfaces)]

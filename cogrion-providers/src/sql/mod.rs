@@ -19,11 +19,12 @@ mod ops;
 mod stores;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use cogrion_core::{
-    AgentCredential, CertSerial, Clock, Error, FencingToken, QueuedCommand, Resource, Result,
-    Revision, Timestamp, Versioned, WorkspaceId, WorkspaceRecord,
+    AgentCredential, BatchWrite, CertSerial, Clock, Error, FencingToken, QueuedCommand, Resource,
+    Result, Revision, Timestamp, Versioned, WorkspaceId, WorkspaceRecord, WriteCounts,
 };
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -179,6 +180,14 @@ impl Row {
         }
     }
 
+    /// A text column, moved out of the row.
+    pub(crate) fn take_text(&mut self, i: usize) -> Result<String> {
+        match self.0.get_mut(i) {
+            Some(Val::Text(v)) => Ok(std::mem::take(v)),
+            other => Err(bad_column(i, "text", other.map_or(&Val::Null, |v| &*v))),
+        }
+    }
+
     pub(crate) fn opt_text(&self, i: usize) -> Result<Option<&str>> {
         match self.col(i) {
             Val::Null => Ok(None),
@@ -247,6 +256,11 @@ pub trait Backend: std::fmt::Debug + Clone + Send + Sync + 'static {
         call: Call<Self::Conn, T>,
     ) -> impl Future<Output = Result<T>> + Send;
 
+    /// The database the backend speaks to.
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn dialect(&self) -> Dialect;
+
     /// Runs `call` as a read, outside any write transaction.
     #[doc(hidden)]
     #[allow(private_interfaces)]
@@ -264,6 +278,29 @@ pub struct SqlStore<B> {
     /// Where lease time comes from: the database's own (`None`), or — in
     /// tests — a given clock.
     pub(crate) clock: Option<Arc<dyn Clock>>,
+    /// Writes made so far, by kind.
+    counts: Arc<[AtomicU64; 4]>,
+}
+
+/// The kinds of write [`SqlStore::write_counts`] counts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Commit,
+    Checkpoint,
+    Acquire,
+    Release,
+}
+
+impl Kind {
+    fn of(write: &BatchWrite) -> Option<Self> {
+        match write {
+            BatchWrite::Commit(_) => Some(Self::Commit),
+            BatchWrite::PutCheckpoint { .. } => Some(Self::Checkpoint),
+            BatchWrite::Acquire { .. } => Some(Self::Acquire),
+            BatchWrite::Release(_) => Some(Self::Release),
+            _ => None,
+        }
+    }
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -271,6 +308,24 @@ impl<B: Backend> SqlStore<B> {
         Self {
             backend,
             clock: None,
+            counts: Arc::default(),
+        }
+    }
+
+    fn count(&self, kind: Kind, n: u64) {
+        self.counts[kind as usize].fetch_add(n, Relaxed);
+    }
+
+    /// The workspace writes this store made so far, by kind — alone or in
+    /// batches: commits, provider checkpoints, lease acquisitions and
+    /// releases.
+    pub fn write_counts(&self) -> WriteCounts {
+        let [c, k, a, r] = &*self.counts;
+        WriteCounts {
+            commits: c.load(Relaxed),
+            checkpoints: k.load(Relaxed),
+            acquires: a.load(Relaxed),
+            releases: r.load(Relaxed),
         }
     }
 
@@ -358,7 +413,11 @@ fn page(limit: usize, default: i64) -> i64 {
     }
 }
 
-fn read_record(id: &str, revision: i64, body: &str) -> Result<Versioned<WorkspaceRecord>> {
+pub(crate) fn read_record(
+    id: &str,
+    revision: i64,
+    body: &str,
+) -> Result<Versioned<WorkspaceRecord>> {
     let record: WorkspaceRecord = from_json(body, || ws_resource(id))?;
     if record.id.as_str() != id {
         return Err(corrupt(

@@ -10,14 +10,14 @@ use cogrion_core::{
     AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
     Clock, CommandStatus, Committed, Error, EventRecord, EventSeq, FencingToken, HistoryRetention,
     HolderId, Lease, ListQuery, NewEvent, Purged, PutMode, QueuedCommand, Resource, Result,
-    Revision, Revocation, StateName, Timestamp, TokenHash, TokenRefusal, Versioned, WorkspaceId,
+    Revision, Revocation, StateName, Timestamp, TokenHash, TokenRefusal, WorkspaceId,
     WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_preconditions, check_purge,
     check_write,
 };
 
 use super::{
     Arg, Conn, Current, Dialect, Row, corrupt, from_json, millis, now_of, page, read_credential,
-    read_queued, read_record, sql, timestamp, to_json, ws_resource,
+    read_queued, sql, timestamp, to_json, ws_resource,
 };
 
 const DEFAULT_PAGE: i64 = 1000;
@@ -139,6 +139,23 @@ async fn lock_workspace<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<Optio
     .transpose()
 }
 
+/// Refuses an unknown workspace, for a read: no lock (a read must not wait
+/// for, or hold up, the writers of the workspace).
+async fn workspace_exists<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<()> {
+    match conn
+        .row(
+            sql!("SELECT 1 FROM workspaces WHERE id = ?1"),
+            &[Arg::Text(id.as_str())],
+        )
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(Error::NotFound(Resource::Workspace(id.clone()))),
+    }
+}
+
+/// Refuses an unknown workspace, for a write: locks its row where rows are
+/// locked, so the write is ordered with every other on the workspace.
 async fn require_workspace<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<()> {
     match lock_workspace(conn, id).await? {
         Some(_) => Ok(()),
@@ -183,9 +200,77 @@ async fn current<C: Conn>(conn: &mut C, id: &WorkspaceId, seqs: bool) -> Result<
     }))
 }
 
+/// A commit with its record and events already in JSON: made by the caller,
+/// so that the connection's own thread (SQLite's one writer) spends its time
+/// on the database, not on serialising.
+pub(crate) struct Prepared {
+    write: WorkspaceWrite,
+    record: Option<String>,
+    events: Vec<String>,
+}
+
+impl Prepared {
+    pub(crate) fn new(dialect: Dialect, write: WorkspaceWrite) -> Result<Self> {
+        let record = match &write.record {
+            Some((record, _)) => Some(to_json(dialect, record)?),
+            None => None,
+        };
+        let events = write
+            .events
+            .iter()
+            .map(|e| to_json(dialect, e))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            write,
+            record,
+            events,
+        })
+    }
+}
+
+/// A write of a batch, its JSON made by the caller (see [`Prepared`]).
+pub(crate) enum Item {
+    Commit(Prepared),
+    Checkpoint {
+        workspace: WorkspaceId,
+        key: CheckpointKey,
+        value: String,
+        fence: FencingToken,
+    },
+    Other(BatchWrite),
+    /// Refused before it reached the database.
+    Refused(Error),
+}
+
+impl Item {
+    pub(crate) fn new(dialect: Dialect, write: BatchWrite) -> Self {
+        let made = match write {
+            BatchWrite::Commit(w) => Prepared::new(dialect, w).map(Self::Commit),
+            BatchWrite::PutCheckpoint {
+                workspace,
+                key,
+                value,
+                fence,
+            } => to_json(dialect, &value).map(|value| Self::Checkpoint {
+                workspace,
+                key,
+                value,
+                fence,
+            }),
+            other => Ok(Self::Other(other)),
+        };
+        made.unwrap_or_else(Self::Refused)
+    }
+}
+
 /// One write; see [`RecordStore::commit`](cogrion_core::RecordStore::commit).
-pub(crate) async fn apply<C: Conn>(conn: &mut C, write: WorkspaceWrite) -> Result<Committed> {
+pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<Committed> {
     let dialect = conn.dialect();
+    let Prepared {
+        write,
+        record: record_json,
+        events: event_json,
+    } = prepared;
     let id = write.workspace.clone();
     let now = current(conn, &id, true).await?;
     let existing = now.as_ref().map(|c| c.revision);
@@ -218,7 +303,10 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, write: WorkspaceWrite) -> Resul
             PutMode::Create => 1,
             PutMode::Update(r) => r.0 as i64 + 1,
         };
-        let body = to_json(dialect, record)?;
+        let body = match record_json {
+            Some(body) => body,
+            None => to_json(dialect, record)?,
+        };
         let sql = match mode {
             PutMode::Create => sql!(
                 "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -228,40 +316,104 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, write: WorkspaceWrite) -> Resul
                 "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6"
             ),
         };
-        let written = conn
-            .exec(
-                sql,
+        let row = [
+            Arg::Int(revision),
+            Arg::Text(record.spec.tenant.as_str()),
+            Arg::Text(record.state.name().as_str()),
+            Arg::OptInt(record.wake_at.map(millis)),
+            Arg::Text(&body),
+            Arg::Text(id.as_str()),
+        ];
+        if dialect == Dialect::Postgres
+            && matches!(mode, PutMode::Update(_))
+            && !event_json.is_empty()
+        {
+            // The record and its events in one round trip (the row is
+            // locked and exists: the update cannot miss it).
+            let [a1, a2, a3, a4, a5, a6] = row;
+            conn.exec(
+                sql!(
+                    "WITH u AS (UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 \
+                       WHERE id = ?6 RETURNING id) \
+                     INSERT INTO events (workspace, seq, body) \
+                     SELECT u.id, ?7 + e.n, e.body FROM u, unnest(?8::text[]) WITH ORDINALITY AS e(body, n)"
+                ),
                 &[
-                    Arg::Int(revision),
-                    Arg::Text(record.spec.tenant.as_str()),
-                    Arg::Text(record.state.name().as_str()),
-                    Arg::OptInt(record.wake_at.map(millis)),
-                    Arg::Text(&body),
-                    Arg::Text(id.as_str()),
+                    a1,
+                    a2,
+                    a3,
+                    a4,
+                    a5,
+                    a6,
+                    Arg::Int(last_event),
+                    Arg::Texts(&event_json),
                 ],
             )
             .await?;
+            committed.revision = Some(Revision(revision as u64));
+            committed.events = (1..=event_json.len() as u64)
+                .map(|i| EventSeq(last_event as u64 + i))
+                .collect();
+            return insert_commands(conn, &id, commands, write.now, committed).await;
+        }
+        let written = conn.exec(sql, &row).await?;
         if written == 0 {
             // Another replica created it between our check and our insert.
             return Err(Error::AlreadyExists(Resource::Workspace(id)));
         }
         committed.revision = Some(Revision(revision as u64));
     }
-    for (i, event) in write.events.iter().enumerate() {
-        let seq = last_event + 1 + i as i64;
-        let body = to_json(dialect, event)?;
-        conn.exec(
-            sql!("INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)"),
-            &[Arg::Text(id.as_str()), Arg::Int(seq), Arg::Text(&body)],
-        )
-        .await?;
-        committed.events.push(EventSeq(seq as u64));
+    match dialect {
+        // One round trip for all of them.
+        Dialect::Postgres if !event_json.is_empty() => {
+            conn.exec(
+                sql!(
+                    "INSERT INTO events (workspace, seq, body) \
+                     SELECT ?1, ?2 + e.n, e.body FROM unnest(?3::text[]) WITH ORDINALITY AS e(body, n)"
+                ),
+                &[
+                    Arg::Text(id.as_str()),
+                    Arg::Int(last_event),
+                    Arg::Texts(&event_json),
+                ],
+            )
+            .await?;
+        }
+        // In the connection's own thread: a statement costs no round trip.
+        _ => {
+            for (i, body) in event_json.iter().enumerate() {
+                conn.exec(
+                    sql!("INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)"),
+                    &[
+                        Arg::Text(id.as_str()),
+                        Arg::Int(last_event + 1 + i as i64),
+                        Arg::Text(body),
+                    ],
+                )
+                .await?;
+            }
+        }
     }
+    committed.events = (1..=event_json.len() as u64)
+        .map(|i| EventSeq(last_event as u64 + i))
+        .collect();
+    insert_commands(conn, &id, commands, write.now, committed).await
+}
+
+/// Queues a commit's commands, and returns what it committed.
+async fn insert_commands<C: Conn>(
+    conn: &mut C,
+    id: &WorkspaceId,
+    commands: Vec<cogrion_core::proto::Command>,
+    now: Timestamp,
+    mut committed: Committed,
+) -> Result<Committed> {
+    let dialect = conn.dialect();
     for command in commands {
         let seq = command.seq;
         let queued = QueuedCommand {
             command,
-            enqueued_at: write.now,
+            enqueued_at: now,
             deliveries: 0,
             status: CommandStatus::Pending,
         };
@@ -322,7 +474,7 @@ pub(crate) async fn purge<C: Conn>(
     };
     match history {
         HistoryRetention::Keep => {
-            apply(conn, write).await?;
+            apply(conn, Prepared::new(conn.dialect(), write)?).await?;
         }
         HistoryRetention::Delete => {
             purged.events = conn
@@ -342,10 +494,9 @@ pub(crate) async fn put_checkpoint<C: Conn>(
     conn: &mut C,
     id: &WorkspaceId,
     key: &CheckpointKey,
-    value: &serde_json::Value,
+    value: &str,
     fence: FencingToken,
 ) -> Result<()> {
-    let value = to_json(conn.dialect(), value)?;
     Current::found(current(conn, id, false).await?, id)?.check_fence(id, fence)?;
     conn.exec(
         sql!(
@@ -355,34 +506,28 @@ pub(crate) async fn put_checkpoint<C: Conn>(
         &[
             Arg::Text(id.as_str()),
             Arg::Text(key.as_str()),
-            Arg::Text(&value),
+            Arg::Text(value),
         ],
     )
     .await?;
     Ok(())
 }
 
-/// Group commit: all writes in the call's one transaction, each commit under
-/// its own savepoint so that one write's refusal undoes only that write. The
-/// other writes check everything before they write.
+/// Group commit: all writes in the call's one transaction. A write that is
+/// refused is refused before it writes anything — every write makes all its
+/// checks first (and a create that loses a race inserts nothing) — so one
+/// write's refusal leaves the others alone without a savepoint; an error of
+/// the database itself fails the whole transaction.
 pub(crate) async fn write_batch<C: Conn>(
     conn: &mut C,
-    writes: Vec<BatchWrite>,
+    items: Vec<Item>,
     clock: &TestClock,
 ) -> Result<Vec<Result<BatchOutcome>>> {
-    let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
-        let result = match write {
-            BatchWrite::Commit(w) => {
-                conn.exec(sql!("SAVEPOINT w"), &[]).await?;
-                let result = apply(conn, w).await.map(BatchOutcome::Committed);
-                if result.is_err() {
-                    conn.exec(sql!("ROLLBACK TO SAVEPOINT w"), &[]).await?;
-                }
-                conn.exec(sql!("RELEASE SAVEPOINT w"), &[]).await?;
-                result
-            }
-            BatchWrite::PutCheckpoint {
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let result = match item {
+            Item::Commit(w) => apply(conn, w).await.map(BatchOutcome::Committed),
+            Item::Checkpoint {
                 workspace,
                 key,
                 value,
@@ -390,18 +535,21 @@ pub(crate) async fn write_batch<C: Conn>(
             } => put_checkpoint(conn, &workspace, &key, &value, fence)
                 .await
                 .map(|()| BatchOutcome::Done),
-            BatchWrite::Acquire {
+            Item::Other(BatchWrite::Acquire {
                 workspace,
                 holder,
                 ttl,
-            } => acquire(conn, workspace, holder, ttl, clock)
+            }) => acquire(conn, workspace, holder, ttl, clock)
                 .await
                 .map(BatchOutcome::Lease),
-            BatchWrite::Release(lease) => release(conn, &lease).await.map(|()| BatchOutcome::Done),
-            other => Err(Error::Rejected {
+            Item::Other(BatchWrite::Release(lease)) => {
+                release(conn, &lease).await.map(|()| BatchOutcome::Done)
+            }
+            Item::Other(other) => Err(Error::Rejected {
                 service: conn.dialect().service().into(),
                 detail: format!("this store cannot batch {other:?}"),
             }),
+            Item::Refused(e) => Err(e),
         };
         // An unavailable database fails the whole transaction, so every
         // result with it.
@@ -413,24 +561,27 @@ pub(crate) async fn write_batch<C: Conn>(
     Ok(results)
 }
 
+/// A workspace's row: its revision and record, still in JSON (read on the
+/// connection's thread, decoded by the caller with [`read_record`]).
 pub(crate) async fn get_workspace<C: Conn>(
     conn: &mut C,
     id: &WorkspaceId,
-) -> Result<Versioned<WorkspaceRecord>> {
-    let row = conn
+) -> Result<(i64, String)> {
+    let mut row = conn
         .row(
             sql!("SELECT revision, record FROM workspaces WHERE id = ?1"),
             &[Arg::Text(id.as_str())],
         )
         .await?
         .ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))?;
-    read_record(id.as_str(), row.int(0)?, row.text(1)?)
+    Ok((row.int(0)?, row.take_text(1)?))
 }
 
+/// A page of workspace rows: (id, revision, record in JSON).
 pub(crate) async fn list_workspaces<C: Conn>(
     conn: &mut C,
     query: &ListQuery,
-) -> Result<Vec<Versioned<WorkspaceRecord>>> {
+) -> Result<Vec<(String, i64, String)>> {
     let rows = conn
         .rows(
             sql!(
@@ -448,8 +599,8 @@ pub(crate) async fn list_workspaces<C: Conn>(
             ],
         )
         .await?;
-    rows.iter()
-        .map(|r| read_record(r.text(0)?, r.int(1)?, r.text(2)?))
+    rows.into_iter()
+        .map(|mut r| Ok((r.take_text(0)?, r.int(1)?, r.take_text(2)?)))
         .collect()
 }
 
@@ -459,7 +610,7 @@ pub(crate) async fn read_events<C: Conn>(
     after: EventSeq,
     limit: usize,
 ) -> Result<Vec<EventRecord>> {
-    require_workspace(conn, id).await?;
+    workspace_exists(conn, id).await?;
     let rows = conn
         .rows(
             sql!("SELECT seq, body FROM events WHERE workspace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
@@ -493,19 +644,23 @@ pub(crate) async fn get_checkpoint<C: Conn>(
     id: &WorkspaceId,
     key: &CheckpointKey,
 ) -> Result<Option<serde_json::Value>> {
-    require_workspace(conn, id).await?;
+    // One statement: whether the workspace exists, and the value.
     let row = conn
         .row(
-            sql!("SELECT value FROM checkpoints WHERE workspace = ?1 AND key = ?2"),
+            sql!(
+                "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = ?1), \
+                   (SELECT value FROM checkpoints WHERE workspace = ?1 AND key = ?2)"
+            ),
             &[Arg::Text(id.as_str()), Arg::Text(key.as_str())],
         )
-        .await?;
-    row.map(|r| {
-        from_json(r.text(0)?, || {
-            Resource::Checkpoint(id.clone(), key.to_string())
-        })
-    })
-    .transpose()
+        .await?
+        .ok_or_else(|| Error::NotFound(Resource::Workspace(id.clone())))?;
+    if !row.bool(0)? {
+        return Err(Error::NotFound(Resource::Workspace(id.clone())));
+    }
+    row.opt_text(1)?
+        .map(|value| from_json(value, || Resource::Checkpoint(id.clone(), key.to_string())))
+        .transpose()
 }
 
 // ---- leases --------------------------------------------------------------------
@@ -769,14 +924,21 @@ async fn write_command<C: Conn>(
 /// Whether the workspace has commands a poll would hand out (a read: an idle
 /// poll writes nothing).
 pub(crate) async fn has_open_commands<C: Conn>(conn: &mut C, ws: &WorkspaceId) -> Result<bool> {
-    require_workspace(conn, ws).await?;
-    Ok(conn
+    // One statement: whether the workspace exists, and whether it has any.
+    let row = conn
         .row(
-            sql!("SELECT 1 FROM commands WHERE workspace = ?1 AND answered = FALSE LIMIT 1"),
+            sql!(
+                "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = ?1), \
+                   EXISTS (SELECT 1 FROM commands WHERE workspace = ?1 AND answered = FALSE)"
+            ),
             &[Arg::Text(ws.as_str())],
         )
         .await?
-        .is_some())
+        .ok_or_else(|| Error::NotFound(Resource::Workspace(ws.clone())))?;
+    if !row.bool(0)? {
+        return Err(Error::NotFound(Resource::Workspace(ws.clone())));
+    }
+    row.bool(1)
 }
 
 /// [`CommandQueue::deliver`](cogrion_core::CommandQueue::deliver), once a
@@ -847,7 +1009,7 @@ pub(crate) async fn get_command<C: Conn>(
     ws: &WorkspaceId,
     id: &CommandId,
 ) -> Result<QueuedCommand> {
-    require_workspace(conn, ws).await?;
+    workspace_exists(conn, ws).await?;
     command_row(conn, ws, id).await.map(|(_, q)| q)
 }
 
@@ -1007,7 +1169,7 @@ pub(crate) async fn list_credentials<C: Conn>(
     conn: &mut C,
     ws: &WorkspaceId,
 ) -> Result<Vec<AgentCredential>> {
-    require_workspace(conn, ws).await?;
+    workspace_exists(conn, ws).await?;
     credential_rows(conn, ws)
         .await?
         .iter()

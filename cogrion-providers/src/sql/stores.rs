@@ -13,7 +13,7 @@ use cogrion_core::{
 };
 use cogrion_core::{Timestamp, check_lease_ttl};
 
-use super::{Backend, SqlStore, ops};
+use super::{Backend, Kind, SqlStore, ops, read_record, to_json};
 
 /// `self.write` or `self.read` of one operation: `$op(conn, args…)`, the
 /// arguments moved into the call.
@@ -27,18 +27,25 @@ macro_rules! on_conn {
 
 #[async_trait]
 impl<B: Backend> RecordStore for SqlStore<B> {
+    // Records are decoded here, not on the connection's thread.
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Versioned<WorkspaceRecord>> {
-        let id = id.clone();
-        on_conn!(self, read, |c| ops::get_workspace(c, &id))
+        let wanted = id.clone();
+        let (revision, body) = on_conn!(self, read, |c| ops::get_workspace(c, &wanted))?;
+        read_record(id.as_str(), revision, &body)
     }
 
     async fn list_workspaces(&self, query: &ListQuery) -> Result<Vec<Versioned<WorkspaceRecord>>> {
         let query = query.clone();
-        on_conn!(self, read, |c| ops::list_workspaces(c, &query))
+        on_conn!(self, read, |c| ops::list_workspaces(c, &query))?
+            .iter()
+            .map(|(id, revision, body)| read_record(id, *revision, body))
+            .collect()
     }
 
     async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
-        on_conn!(self, write, |c| ops::apply(c, write))
+        self.count(Kind::Commit, 1);
+        let prepared = ops::Prepared::new(self.backend.dialect(), write)?;
+        on_conn!(self, write, |c| ops::apply(c, prepared))
     }
 
     async fn purge(&self, write: WorkspaceWrite, history: HistoryRetention) -> Result<Purged> {
@@ -54,7 +61,17 @@ impl<B: Backend> RecordStore for SqlStore<B> {
         }
         let n = writes.len();
         let clock = self.clock.clone();
-        match on_conn!(self, write, |c| ops::write_batch(c, writes, &clock)) {
+        let dialect = self.backend.dialect();
+        let items: Vec<ops::Item> = writes
+            .into_iter()
+            .map(|w| {
+                if let Some(kind) = Kind::of(&w) {
+                    self.count(kind, 1);
+                }
+                ops::Item::new(dialect, w)
+            })
+            .collect();
+        match on_conn!(self, write, |c| ops::write_batch(c, items, &clock)) {
             Ok(results) => results,
             // The transaction itself failed: nothing was written.
             Err(e) => (0..n).map(|_| Err(again(&e))).collect(),
@@ -87,7 +104,9 @@ impl<B: Backend> RecordStore for SqlStore<B> {
         value: serde_json::Value,
         fence: FencingToken,
     ) -> Result<()> {
+        self.count(Kind::Checkpoint, 1);
         let (id, key) = (id.clone(), key.clone());
+        let value = to_json(self.backend.dialect(), &value)?;
         on_conn!(self, write, |c| ops::put_checkpoint(
             c, &id, &key, &value, fence
         ))
@@ -102,6 +121,7 @@ impl<B: Backend> LeaseStore for SqlStore<B> {
         holder: &HolderId,
         ttl: Duration,
     ) -> Result<Lease> {
+        self.count(Kind::Acquire, 1);
         let (ws, holder, clock) = (workspace.clone(), holder.clone(), self.clock.clone());
         on_conn!(self, write, |c| ops::acquire(c, ws, holder, ttl, &clock))
     }
@@ -113,6 +133,7 @@ impl<B: Backend> LeaseStore for SqlStore<B> {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
+        self.count(Kind::Release, 1);
         let lease = lease.clone();
         on_conn!(self, write, |c| ops::release(c, &lease))
     }

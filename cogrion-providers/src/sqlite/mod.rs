@@ -90,7 +90,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             durability: Durability::Normal,
-            readers: 2,
+            readers: 1,
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -235,6 +235,14 @@ fn connect(path: &Path, options: &SqliteOptions, flags: OpenFlags) -> Result<Sql
     conn.busy_timeout(options.busy_timeout)
         .map_err(sqlite_error)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Plans that do not depend on bound values: otherwise SQLite prepares a
+    // statement again whenever a value it planned with (a `LIMIT ?`, a
+    // `? IS NULL`) changes, and a prepared statement saves nothing.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(sqlite_error)?;
     if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -270,12 +278,56 @@ fn start_writer(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // The writer never copies the log into the database itself (a commit
+    // that does stalls every call queued behind it): a thread of its own
+    // does, beside it (below).
+    conn.conn
+        .execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
+        .map_err(sqlite_error)?;
+    let checkpoints = connect(
+        path,
+        options,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     let (writes, queue) = std::sync::mpsc::channel();
+    let (alive, gone) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("cogrion-sqlite-write".into())
-        .spawn(move || write_loop(conn, &queue, &stats))
+        .spawn(move || {
+            write_loop(conn, &queue, &stats);
+            drop(alive);
+        })
+        .map_err(|e| lost(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("cogrion-sqlite-checkpoint".into())
+        .spawn(move || checkpoint_loop(checkpoints, &gone))
         .map_err(|e| lost(e.to_string()))?;
     Ok(writes)
+}
+
+/// How often the log is copied into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The checkpointer: every [`CHECKPOINT_EVERY`], copies what the log holds
+/// into the database without waiting for (or blocking) the writer or any
+/// reader (`PASSIVE`); what a reader still needs is copied on a later turn.
+/// Ends, with a last checkpoint, when the writer does.
+fn checkpoint_loop(conn: SqliteConn, writer_gone: &Receiver<()>) {
+    loop {
+        let done = !matches!(
+            writer_gone.recv_timeout(CHECKPOINT_EVERY),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(e) = conn
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "a checkpoint of the SQLite log failed");
+        }
+        if done {
+            return;
+        }
+    }
 }
 
 /// A connection on its own thread. Its calls do their work before they are
@@ -315,7 +367,11 @@ fn value(v: ValueRef<'_>) -> Val {
         // The schema stores no floating-point numbers: a real is a wrong
         // value, reported as text so that its reader names it.
         ValueRef::Real(f) => Val::Text(f.to_string()),
-        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(match std::str::from_utf8(t) {
+            Ok(text) => text.to_owned(),
+            // Not UTF-8: kept readable, and refused as JSON by its reader.
+            Err(_) => String::from_utf8_lossy(t).into_owned(),
+        }),
     }
 }
 
@@ -500,9 +556,11 @@ fn write_loop(mut conn: SqliteConn, queue: &Receiver<Box<dyn WriteCall>>, stats:
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let failed = conn.transaction(&mut calls).err();
+        // Counted before the answers go: a caller that has its answer sees
+        // its call counted.
         stats.transactions.fetch_add(1, Relaxed);
         stats.writes.fetch_add(calls.len() as u64, Relaxed);
+        let failed = conn.transaction(&mut calls).err();
         for call in calls {
             call.answer(failed.as_deref());
         }
@@ -519,8 +577,8 @@ fn read_loop(mut conn: SqliteConn, queue: &Mutex<Receiver<ReadCall>>, stats: &Co
             Ok(call) => call,
             Err(_) => return,
         };
-        call(&mut conn);
         stats.reads.fetch_add(1, Relaxed);
+        call(&mut conn);
     }
 }
 
@@ -530,6 +588,11 @@ fn gone() -> Error {
 
 impl Backend for SqliteBackend {
     type Conn = SqliteConn;
+
+    #[allow(private_interfaces)]
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
 
     #[allow(private_interfaces)]
     fn write<T: Send + 'static>(
