@@ -7,6 +7,10 @@
 //! | `helm`, `manifest`, `terraform` | `Executor` | not implemented yet |
 //! | `sqlite` | `WorkspaceStore` | [`sqlite::SqliteStore`] — passes the store conformance suite |
 //! | `postgres` | `WorkspaceStore` | [`postgres::PostgresStore`] — passes the store conformance suite against a real server |
+//!
+//! Both stores are [`sql::SqlStore`] on a backend of their own: what they do is
+//! written once in [`sql`], and each module keeps only how its statements reach
+//! its database.
 //! | `https` | `AgentTransport` | [`https::AgentServer`] and [`https::AgentClient`] — bootstrap, long-poll and results over real mTLS (renewal, admission control and the agent runtime still to come) |
 //!
 //! The features exist so that the facade's feature names are stable; a feature

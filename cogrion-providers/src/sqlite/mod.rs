@@ -11,9 +11,9 @@
 //! why writes share transactions (below), and why
 //! [`RecordStore::write_batch`](cogrion_core::RecordStore::write_batch) puts
 //! many writes in one (commits, checkpoints, lease acquisitions and releases of
-//! any workspaces, each commit under its own savepoint). Wrap the store in
-//! [`GroupCommit`](cogrion_core::GroupCommit) to have the engine's concurrent
-//! writes batched that way.
+//! any workspaces). The engine needs no
+//! [`GroupCommit`](cogrion_core::GroupCommit) in front of this store: its
+//! concurrent writes share transactions anyway, with one hand-off fewer.
 //!
 //! # Execution
 //! One connection, on a thread of its own, does every write; a few more, each
