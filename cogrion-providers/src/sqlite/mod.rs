@@ -631,3 +631,59 @@ impl Backend for SqliteBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cogrion_core::RecordStore;
+
+    /// A call that panics on the writer's thread is that call's error: a call
+    /// made beside it (in its transaction or the next) commits, and the
+    /// thread goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_panics_fails_alone_and_the_writer_goes_on() {
+        let dir = std::env::temp_dir().join(format!(
+            "cogrion-sqlite-panic-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(dir.join("cogrion.db")).await.unwrap();
+        let backend = store.backend.clone();
+        let panicking = backend.write::<()>(Box::new(|_c| {
+            Box::pin(async { panic!("a bug in one call") })
+        }));
+        let id: cogrion_core::WorkspaceId = "panic-neighbour".parse().unwrap();
+        let beside = store.commit(cogrion_core::WorkspaceWrite::create(
+            cogrion_core::WorkspaceRecord::new(
+                id.clone(),
+                cogrion_core::conformance::sample_workspace_spec(),
+                Timestamp::EPOCH,
+            ),
+            Timestamp::EPOCH,
+        ));
+        let (panicked, committed) = futures::join!(panicking, beside);
+        match panicked {
+            Err(Error::Unavailable { detail, .. }) => {
+                assert!(detail.contains("panicked"), "{detail}")
+            }
+            other => panic!("a panicking call must be its own error, got {other:?}"),
+        }
+        committed.unwrap();
+        assert_eq!(store.get_workspace(&id).await.unwrap().value.id, id);
+        // The writer still runs calls.
+        backend
+            .write(Box::new(|c: &mut SqliteConn| {
+                Box::pin(async move { c.db_now().await.map(|_| ()) })
+            }))
+            .await
+            .unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    }
+}
