@@ -71,9 +71,11 @@ impl fmt::Debug for GroupCommit {
 
 impl GroupCommit {
     /// Wraps `inner`, writing at most `max_batch` writes per transaction, one
-    /// transaction at a time — right for SQLite, whose single writer allows no
-    /// more. Starts the writing task on the current tokio runtime; it ends when
-    /// every clone of the wrapper is dropped.
+    /// transaction at a time — for a store with a single writer that does not
+    /// batch concurrent calls by itself (cogrion's SQLite store does, since
+    /// issue 15, and is faster without this wrapper). Starts the writing task
+    /// on the current tokio runtime; it ends when every clone of the wrapper
+    /// is dropped.
     pub fn new(inner: Arc<dyn WorkspaceStore>, max_batch: usize) -> Self {
         Self::with_lanes(inner, max_batch, 1)
     }
