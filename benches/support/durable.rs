@@ -413,9 +413,16 @@ fn raw_same_rows(
         message: "network done".into(),
     })
     .unwrap();
-    let checkpoint =
-        serde_json::json!({ "vpc": "vpc-0", "subnets": ["subnet-a", "subnet-b"] }).to_string();
-    let mut records: Vec<WorkspaceRecord> = samples.to_vec();
+    let mut plan = RawPlan {
+        per,
+        ids: targets.iter().map(|(id, _)| id.clone()).collect(),
+        records: samples.to_vec(),
+        seq: vec![1; targets.len()],
+        fence: targets.iter().map(|(_, l)| l.fence.0 as i64).collect(),
+        checkpoint: serde_json::json!({ "vpc": "vpc-0", "subnets": ["subnet-a", "subnet-b"] })
+            .to_string(),
+        event,
+    };
     match &location {
         Location::Memory => f64::NAN,
         Location::Sqlite(path, durability) => {
@@ -429,60 +436,31 @@ fn raw_same_rows(
                 Durability::Full => "PRAGMA synchronous = FULL",
             })
             .unwrap();
-            let mut seq = vec![1i64; targets.len()];
-            let mut fence: Vec<i64> = targets.iter().map(|(_, l)| l.fence.0 as i64).collect();
+            let run = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+                conn.prepare_cached(sql).unwrap().execute(params).unwrap();
+            };
             let start = Instant::now();
             for _ in 0..rounds {
                 conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-                for (i, (id, _)) in targets.iter().enumerate() {
-                    if i < per.checkpoints {
-                        conn.prepare_cached(
-                            "INSERT INTO checkpoints (workspace, key, value) VALUES (?1, ?2, ?3) \
-                             ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .unwrap()
-                        .execute(rusqlite::params![id.as_str(), "op1/network", checkpoint])
-                        .unwrap();
-                    }
-                    for _ in 0..per.commits_of(i) {
-                        let rec = &mut records[i % samples.len()];
-                        rec.next_operation += 1;
-                        let body = serde_json::to_string(rec).unwrap();
-                        seq[i] += 1;
-                        conn.prepare_cached(
-                            "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6",
-                        )
-                        .unwrap()
-                        .execute(rusqlite::params![
-                            seq[i],
-                            rec.spec.tenant.as_str(),
-                            rec.state.name().as_str(),
-                            rec.wake_at.map(|t| t.as_millis() as i64),
+                for row in plan.round() {
+                    match &row {
+                        RawRow::Checkpoint { ws, value } => run(RAW_CHECKPOINT, &[ws, value]),
+                        RawRow::Record {
+                            ws,
+                            seq,
+                            tenant,
+                            state,
+                            wake_at,
                             body,
-                            id.as_str()
-                        ])
-                        .unwrap();
-                        conn.prepare_cached("INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)")
-                            .unwrap()
-                            .execute(rusqlite::params![id.as_str(), seq[i], event])
-                            .unwrap();
-                    }
-                    if i < per.releases {
-                        conn.prepare_cached("UPDATE leases SET released = 1 WHERE workspace = ?1 AND fence = ?2")
-                            .unwrap()
-                            .execute(rusqlite::params![id.as_str(), fence[i]])
-                            .unwrap();
-                    }
-                    if i < per.acquires {
-                        fence[i] += 1;
-                        conn.prepare_cached(
-                            "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES (?1, ?2, ?3, ?4, 0) \
-                             ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
-                             expires_at = excluded.expires_at, released = 0",
-                        )
-                        .unwrap()
-                        .execute(rusqlite::params![id.as_str(), "bench", fence[i], i64::MAX])
-                        .unwrap();
+                            event,
+                        } => {
+                            run(RAW_RECORD, &[seq, tenant, state, wake_at, body, ws]);
+                            run(RAW_EVENT, &[ws, seq, event]);
+                        }
+                        RawRow::Release { ws, fence } => run(RAW_RELEASE, &[ws, fence, &true]),
+                        RawRow::Acquire { ws, fence } => {
+                            run(RAW_ACQUIRE, &[ws, &"bench", fence, &i64::MAX, &false])
+                        }
                     }
                 }
                 conn.execute_batch("COMMIT").unwrap();
@@ -493,77 +471,164 @@ fn raw_same_rows(
         Location::Postgres(..) => rt.block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&location.url()).await.unwrap();
-            let mut seq = vec![1i64; targets.len()];
-            let mut fence: Vec<i64> = targets.iter().map(|(_, l)| l.fence.0 as i64).collect();
+            // The same statements, with PostgreSQL's placeholders (made once;
+            // the connection prepares each once).
+            let pg =
+                |sql: &str| -> &'static str { Box::leak(sql.replace('?', "$").into_boxed_str()) };
+            let [
+                checkpoint_sql,
+                record_sql,
+                event_sql,
+                release_sql,
+                acquire_sql,
+            ] = [
+                RAW_CHECKPOINT,
+                RAW_RECORD,
+                RAW_EVENT,
+                RAW_RELEASE,
+                RAW_ACQUIRE,
+            ]
+            .map(pg);
             let start = Instant::now();
             for _ in 0..rounds {
                 let mut tx = conn.begin().await.unwrap();
-                for (i, (id, _)) in targets.iter().enumerate() {
-                    if i < per.checkpoints {
-                        sqlx::query(
-                            "INSERT INTO checkpoints (workspace, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value",
-                        )
-                        .bind(id.as_str())
-                        .bind("op1/network")
-                        .bind(&checkpoint)
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
-                    }
-                    for _ in 0..per.commits_of(i) {
-                        let rec = &mut records[i % samples.len()];
-                        rec.next_operation += 1;
-                        let body = serde_json::to_string(rec).unwrap();
-                        seq[i] += 1;
-                        sqlx::query(
-                            "UPDATE workspaces SET revision = $1, tenant = $2, state = $3, wake_at = $4, record = $5 WHERE id = $6",
-                        )
-                        .bind(seq[i])
-                        .bind(rec.spec.tenant.as_str())
-                        .bind(rec.state.name().as_str())
-                        .bind(rec.wake_at.map(|t| t.as_millis() as i64))
-                        .bind(body)
-                        .bind(id.as_str())
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
-                        sqlx::query("INSERT INTO events (workspace, seq, body) VALUES ($1, $2, $3)")
-                            .bind(id.as_str())
-                            .bind(seq[i])
-                            .bind(&event)
-                            .execute(&mut *tx)
-                            .await
-                            .unwrap();
-                    }
-                    if i < per.releases {
-                        sqlx::query("UPDATE leases SET released = TRUE WHERE workspace = $1 AND fence = $2")
-                            .bind(id.as_str())
-                            .bind(fence[i])
-                            .execute(&mut *tx)
-                            .await
-                            .unwrap();
-                    }
-                    if i < per.acquires {
-                        fence[i] += 1;
-                        sqlx::query(
-                            "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES ($1, $2, $3, $4, FALSE) \
-                             ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
-                             expires_at = excluded.expires_at, released = FALSE",
-                        )
-                        .bind(id.as_str())
-                        .bind("bench")
-                        .bind(fence[i])
-                        .bind(i64::MAX)
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
-                    }
+                for row in plan.round() {
+                    let q = match row {
+                        RawRow::Checkpoint { ws, value } => {
+                            sqlx::query(checkpoint_sql).bind(ws).bind(value)
+                        }
+                        RawRow::Record {
+                            ws,
+                            seq,
+                            tenant,
+                            state,
+                            wake_at,
+                            body,
+                            event,
+                        } => {
+                            sqlx::query(record_sql)
+                                .bind(seq)
+                                .bind(tenant)
+                                .bind(state)
+                                .bind(wake_at)
+                                .bind(body)
+                                .bind(ws.clone())
+                                .execute(&mut *tx)
+                                .await
+                                .unwrap();
+                            sqlx::query(event_sql).bind(ws).bind(seq).bind(event)
+                        }
+                        RawRow::Release { ws, fence } => {
+                            sqlx::query(release_sql).bind(ws).bind(fence).bind(true)
+                        }
+                        RawRow::Acquire { ws, fence } => sqlx::query(acquire_sql)
+                            .bind(ws)
+                            .bind("bench")
+                            .bind(fence)
+                            .bind(i64::MAX)
+                            .bind(false),
+                    };
+                    q.execute(&mut *tx).await.unwrap();
                 }
                 tx.commit().await.unwrap();
             }
             (100 * rounds) as f64 / start.elapsed().as_secs_f64()
         }),
+    }
+}
+
+// The raw side's statements: plain SQL both databases take (booleans bound,
+// not written), `?N` placeholders (PostgreSQL's `$N` made from them).
+const RAW_CHECKPOINT: &str = "INSERT INTO checkpoints (workspace, key, value) VALUES (?1, 'op1/network', ?2) \
+     ON CONFLICT (workspace, key) DO UPDATE SET value = excluded.value";
+const RAW_RECORD: &str = "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6";
+const RAW_EVENT: &str = "INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)";
+const RAW_RELEASE: &str = "UPDATE leases SET released = ?3 WHERE workspace = ?1 AND fence = ?2";
+const RAW_ACQUIRE: &str = "INSERT INTO leases (workspace, holder, fence, expires_at, released) VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (workspace) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, \
+     expires_at = excluded.expires_at, released = excluded.released";
+
+/// One write of the raw side.
+enum RawRow {
+    Checkpoint {
+        ws: String,
+        value: String,
+    },
+    /// A record (compare-and-swap's next revision) and its history event.
+    Record {
+        ws: String,
+        seq: i64,
+        tenant: String,
+        state: String,
+        wake_at: Option<i64>,
+        body: String,
+        event: String,
+    },
+    Release {
+        ws: String,
+        fence: i64,
+    },
+    Acquire {
+        ws: String,
+        fence: i64,
+    },
+}
+
+/// What the raw side writes, round after round: what each database then
+/// executes in its own way.
+struct RawPlan {
+    per: PerHundred,
+    ids: Vec<WorkspaceId>,
+    /// Records as they stood mid-lifecycle, serialised again for each write.
+    records: Vec<WorkspaceRecord>,
+    seq: Vec<i64>,
+    fence: Vec<i64>,
+    checkpoint: String,
+    event: String,
+}
+
+impl RawPlan {
+    /// One round: 100 steps' worth of rows, for the 100 workspaces.
+    fn round(&mut self) -> Vec<RawRow> {
+        let mut rows = Vec::new();
+        for i in 0..self.ids.len() {
+            let ws = self.ids[i].as_str().to_owned();
+            if i < self.per.checkpoints {
+                rows.push(RawRow::Checkpoint {
+                    ws: ws.clone(),
+                    value: self.checkpoint.clone(),
+                });
+            }
+            for _ in 0..self.per.commits_of(i) {
+                let n = self.records.len();
+                let rec = &mut self.records[i % n];
+                rec.next_operation += 1;
+                self.seq[i] += 1;
+                rows.push(RawRow::Record {
+                    ws: ws.clone(),
+                    seq: self.seq[i],
+                    tenant: rec.spec.tenant.as_str().to_owned(),
+                    state: rec.state.name().as_str().to_owned(),
+                    wake_at: rec.wake_at.map(|t| t.as_millis() as i64),
+                    body: serde_json::to_string(rec).unwrap(),
+                    event: self.event.clone(),
+                });
+            }
+            if i < self.per.releases {
+                rows.push(RawRow::Release {
+                    ws: ws.clone(),
+                    fence: self.fence[i],
+                });
+            }
+            if i < self.per.acquires {
+                self.fence[i] += 1;
+                rows.push(RawRow::Acquire {
+                    ws,
+                    fence: self.fence[i],
+                });
+            }
+        }
+        rows
     }
 }
 

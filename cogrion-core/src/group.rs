@@ -42,11 +42,12 @@ pub struct GroupCommit {
     lanes: Arc<[mpsc::UnboundedSender<Pending>]>,
     batches: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
-    /// Writes by kind: commits, checkpoints, acquisitions, releases.
-    kinds: Arc<[AtomicU64; 4]>,
+    /// Writes by kind.
+    kinds: Arc<WriteCounter>,
 }
 
-/// How many writes of each kind went through a [`GroupCommit`].
+/// How many writes of each kind went through a [`GroupCommit`] (or a store
+/// that counts them, [`WriteCounter`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteCounts {
     /// Commits.
@@ -57,6 +58,61 @@ pub struct WriteCounts {
     pub acquires: u64,
     /// Leases released.
     pub releases: u64,
+}
+
+/// The kinds of workspace write [`WriteCounts`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteKind {
+    /// A commit.
+    Commit,
+    /// A provider checkpoint.
+    Checkpoint,
+    /// A lease acquisition.
+    Acquire,
+    /// A lease release.
+    Release,
+}
+
+impl WriteKind {
+    /// The kind of a batched write.
+    pub fn of(write: &BatchWrite) -> Self {
+        match write {
+            BatchWrite::Commit(_) => Self::Commit,
+            BatchWrite::PutCheckpoint { .. } => Self::Checkpoint,
+            BatchWrite::Acquire { .. } => Self::Acquire,
+            BatchWrite::Release(_) => Self::Release,
+        }
+    }
+}
+
+/// Counts workspace writes by kind, from any number of tasks: what a
+/// [`GroupCommit`] — or a store that reports its write mix — keeps.
+#[derive(Debug, Default)]
+pub struct WriteCounter([AtomicU64; 4]);
+
+impl WriteCounter {
+    /// Counts one write of `kind`.
+    pub fn add(&self, kind: WriteKind) {
+        let i = match kind {
+            WriteKind::Commit => 0,
+            WriteKind::Checkpoint => 1,
+            WriteKind::Acquire => 2,
+            WriteKind::Release => 3,
+        };
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writes counted so far.
+    pub fn counts(&self) -> WriteCounts {
+        let [c, k, a, r] = &self.0;
+        WriteCounts {
+            commits: c.load(Ordering::Relaxed),
+            checkpoints: k.load(Ordering::Relaxed),
+            acquires: a.load(Ordering::Relaxed),
+            releases: r.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl fmt::Debug for GroupCommit {
@@ -117,7 +173,7 @@ impl GroupCommit {
             lanes: senders.into(),
             batches,
             writes,
-            kinds: Arc::new(Default::default()),
+            kinds: Arc::default(),
         }
     }
 
@@ -140,24 +196,12 @@ fn gone() -> Error {
 impl GroupCommit {
     /// How many writes of each kind went through the wrapper.
     pub fn write_counts(&self) -> WriteCounts {
-        let [c, k, a, r] = &*self.kinds;
-        WriteCounts {
-            commits: c.load(Ordering::Relaxed),
-            checkpoints: k.load(Ordering::Relaxed),
-            acquires: a.load(Ordering::Relaxed),
-            releases: r.load(Ordering::Relaxed),
-        }
+        self.kinds.counts()
     }
 
     /// Queues `write` for the next batch and waits for its outcome.
     async fn write(&self, write: BatchWrite) -> Result<BatchOutcome> {
-        let kind = match &write {
-            BatchWrite::Commit(_) => 0,
-            BatchWrite::PutCheckpoint { .. } => 1,
-            BatchWrite::Acquire { .. } => 2,
-            BatchWrite::Release(_) => 3,
-        };
-        self.kinds[kind].fetch_add(1, Ordering::Relaxed);
+        self.kinds.add(WriteKind::of(&write));
         let lane = if self.lanes.len() == 1 {
             0
         } else {

@@ -300,19 +300,20 @@ impl SimulatedAgents {
     /// bootstrap and those whose workspace was notified of new commands — as long
     /// polls would: an idle agent costs nothing.
     pub async fn step_due(&self) -> usize {
-        let mut due = self.transport.take_notified();
-        due.extend(self.busy());
-        self.step(Some(due), 1).await
+        self.step(Some(self.due()), 1).await
     }
 
-    /// The agents with something to do whether or not they were notified:
-    /// those still to bootstrap and those running commands.
-    fn busy(&self) -> Vec<WorkspaceId> {
-        lock(&self.agents)
-            .iter()
-            .filter(|(_, a)| (a.serial.is_none() && a.token.is_some()) || !a.running.is_empty())
-            .map(|(w, _)| w.clone())
-            .collect()
+    /// The agents with something to do: those whose workspace was notified
+    /// of new commands, those still to bootstrap and those running commands.
+    fn due(&self) -> std::collections::HashSet<WorkspaceId> {
+        let mut due = self.transport.take_notified();
+        due.extend(
+            lock(&self.agents)
+                .iter()
+                .filter(|(_, a)| (a.serial.is_none() && a.token.is_some()) || !a.running.is_empty())
+                .map(|(w, _)| w.clone()),
+        );
+        due
     }
 
     /// One round (every agent, or only the `due` ones), `parallel` agents at
@@ -541,9 +542,7 @@ impl SimulatedAgents {
                 last_full = std::time::Instant::now();
                 self.step(None, PARALLEL).await;
             } else {
-                let mut due = self.transport.take_notified();
-                due.extend(self.busy());
-                self.step(Some(due), PARALLEL).await;
+                self.step(Some(self.due()), PARALLEL).await;
             }
             tokio::select! {
                 _ = &mut shutdown => return,

@@ -53,7 +53,7 @@ pub use error::{Error, Resource, Result, Retry, TokenRefusal};
 pub use executor::{
     ExecutionTarget, Executor, ExecutorKind, StackRequest, StackStatus, check_kind,
 };
-pub use group::{GroupCommit, WriteCounts};
+pub use group::{GroupCommit, WriteCounter, WriteCounts, WriteKind};
 pub use ids::{
     HolderId, IdempotencyKey, InstanceType, InvalidValue, KubernetesVersion, NetworkCidr,
     NodePoolName, NodePoolSize, Region, StackName, TenantId, WorkspaceId,

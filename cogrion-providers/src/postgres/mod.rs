@@ -158,8 +158,8 @@ fn decode(row: &PgRow) -> Result<Row> {
             out.push(Val::Null);
             continue;
         }
-        let kind = raw.type_info().name().to_owned();
-        out.push(match kind.as_str() {
+        let info = raw.type_info();
+        out.push(match info.name() {
             "INT8" => Val::Int(row.try_get::<i64, _>(i).map_err(pg_error)?),
             "INT4" => Val::Int(row.try_get::<i32, _>(i).map_err(pg_error)?.into()),
             "INT2" => Val::Int(row.try_get::<i16, _>(i).map_err(pg_error)?.into()),

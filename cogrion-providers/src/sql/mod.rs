@@ -19,12 +19,11 @@ mod ops;
 mod stores;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use cogrion_core::{
-    AgentCredential, BatchWrite, CertSerial, Clock, Error, FencingToken, QueuedCommand, Resource,
-    Result, Revision, Timestamp, Versioned, WorkspaceId, WorkspaceRecord, WriteCounts,
+    AgentCredential, CertSerial, Clock, Error, FencingToken, QueuedCommand, Resource, Result,
+    Revision, Timestamp, Versioned, WorkspaceId, WorkspaceRecord, WriteCounter, WriteCounts,
 };
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -64,17 +63,23 @@ impl Dialect {
         match self {
             Self::Postgres => text.replace('?', "$"),
             Self::Sqlite => {
+                // Whole words only, wherever they stand (`FALSE)`, `(TRUE`).
                 let mut out = String::with_capacity(text.len());
-                for (i, word) in text.split(' ').enumerate() {
-                    if i > 0 {
-                        out.push(' ');
-                    }
-                    out.push_str(match word {
+                let mut rest = text;
+                while let Some(start) = rest.find(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    out.push_str(&rest[..start]);
+                    rest = &rest[start..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    out.push_str(match &rest[..end] {
                         "TRUE" => "1",
                         "FALSE" => "0",
-                        w => w,
+                        word => word,
                     });
+                    rest = &rest[end..];
                 }
+                out.push_str(rest);
                 out.replace(" FOR UPDATE", "")
             }
         }
@@ -279,28 +284,7 @@ pub struct SqlStore<B> {
     /// tests — a given clock.
     pub(crate) clock: Option<Arc<dyn Clock>>,
     /// Writes made so far, by kind.
-    counts: Arc<[AtomicU64; 4]>,
-}
-
-/// The kinds of write [`SqlStore::write_counts`] counts.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Commit,
-    Checkpoint,
-    Acquire,
-    Release,
-}
-
-impl Kind {
-    fn of(write: &BatchWrite) -> Option<Self> {
-        match write {
-            BatchWrite::Commit(_) => Some(Self::Commit),
-            BatchWrite::PutCheckpoint { .. } => Some(Self::Checkpoint),
-            BatchWrite::Acquire { .. } => Some(Self::Acquire),
-            BatchWrite::Release(_) => Some(Self::Release),
-            _ => None,
-        }
-    }
+    pub(crate) counts: Arc<WriteCounter>,
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -312,21 +296,11 @@ impl<B: Backend> SqlStore<B> {
         }
     }
 
-    fn count(&self, kind: Kind, n: u64) {
-        self.counts[kind as usize].fetch_add(n, Relaxed);
-    }
-
     /// The workspace writes this store made so far, by kind — alone or in
     /// batches: commits, provider checkpoints, lease acquisitions and
     /// releases.
     pub fn write_counts(&self) -> WriteCounts {
-        let [c, k, a, r] = &*self.counts;
-        WriteCounts {
-            commits: c.load(Relaxed),
-            checkpoints: k.load(Relaxed),
-            acquires: a.load(Relaxed),
-            releases: r.load(Relaxed),
-        }
+        self.counts.counts()
     }
 
     /// This store with leases judged by `clock` instead of the database's
@@ -498,6 +472,11 @@ mod tests {
         assert_eq!(
             Dialect::Sqlite.render("SELECT revision FROM workspaces WHERE id = ?1 FOR UPDATE"),
             "SELECT revision FROM workspaces WHERE id = ?1"
+        );
+        // Next to punctuation too, and never inside a name.
+        assert_eq!(
+            Dialect::Sqlite.render("VALUES (?1, FALSE) ON CONFLICT DO UPDATE SET is_TRUE = (TRUE)"),
+            "VALUES (?1, 0) ON CONFLICT DO UPDATE SET is_TRUE = (1)"
         );
     }
 }

@@ -128,38 +128,34 @@ async fn rewrite_records<C: Conn>(conn: &mut C) -> Result<()> {
 
 // ---- workspaces --------------------------------------------------------------
 
-/// The workspace's revision, locking its row where the database locks rows.
-async fn lock_workspace<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<Option<i64>> {
-    conn.row(
-        sql!("SELECT revision FROM workspaces WHERE id = ?1 FOR UPDATE"),
-        &[Arg::Text(id.as_str())],
-    )
-    .await?
-    .map(|r| r.int(0))
-    .transpose()
+/// Whether the workspace exists; with `lock`, its row is locked (where the
+/// database locks rows) so that the write is ordered with every other on
+/// the workspace. A read takes no lock: it must not wait for, or hold up,
+/// the workspace's writers.
+async fn has_workspace<C: Conn>(conn: &mut C, id: &WorkspaceId, lock: bool) -> Result<bool> {
+    let sql = if lock {
+        sql!("SELECT 1 FROM workspaces WHERE id = ?1 FOR UPDATE")
+    } else {
+        sql!("SELECT 1 FROM workspaces WHERE id = ?1")
+    };
+    Ok(conn.row(sql, &[Arg::Text(id.as_str())]).await?.is_some())
 }
 
-/// Refuses an unknown workspace, for a read: no lock (a read must not wait
-/// for, or hold up, the writers of the workspace).
+/// Refuses an unknown workspace, for a read (no lock).
 async fn workspace_exists<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<()> {
-    match conn
-        .row(
-            sql!("SELECT 1 FROM workspaces WHERE id = ?1"),
-            &[Arg::Text(id.as_str())],
-        )
-        .await?
-    {
-        Some(_) => Ok(()),
-        None => Err(Error::NotFound(Resource::Workspace(id.clone()))),
-    }
+    found(has_workspace(conn, id, false).await?, id)
 }
 
-/// Refuses an unknown workspace, for a write: locks its row where rows are
-/// locked, so the write is ordered with every other on the workspace.
+/// Refuses an unknown workspace, for a write (its row locked).
 async fn require_workspace<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<()> {
-    match lock_workspace(conn, id).await? {
-        Some(_) => Ok(()),
-        None => Err(Error::NotFound(Resource::Workspace(id.clone()))),
+    found(has_workspace(conn, id, true).await?, id)
+}
+
+fn found(exists: bool, id: &WorkspaceId) -> Result<()> {
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::NotFound(Resource::Workspace(id.clone())))
     }
 }
 
@@ -168,7 +164,7 @@ async fn require_workspace<C: Conn>(conn: &mut C, id: &WorkspaceId) -> Result<()
 /// read in a second statement: under READ COMMITTED a statement that waited
 /// for the lock would still see the lease as it was before the wait.
 async fn current<C: Conn>(conn: &mut C, id: &WorkspaceId, seqs: bool) -> Result<Option<Current>> {
-    if conn.dialect().locks_rows() && lock_workspace(conn, id).await?.is_none() {
+    if conn.dialect().locks_rows() && !has_workspace(conn, id, true).await? {
         return Ok(None);
     }
     let sql = if seqs {
@@ -205,16 +201,18 @@ async fn current<C: Conn>(conn: &mut C, id: &WorkspaceId, seqs: bool) -> Result<
 /// on the database, not on serialising.
 pub(crate) struct Prepared {
     write: WorkspaceWrite,
+    /// The record's JSON, if the write has a record.
     record: Option<String>,
     events: Vec<String>,
 }
 
 impl Prepared {
     pub(crate) fn new(dialect: Dialect, write: WorkspaceWrite) -> Result<Self> {
-        let record = match &write.record {
-            Some((record, _)) => Some(to_json(dialect, record)?),
-            None => None,
-        };
+        let record = write
+            .record
+            .as_ref()
+            .map(|(record, _)| to_json(dialect, record))
+            .transpose()?;
         let events = write
             .events
             .iter()
@@ -293,44 +291,27 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<C
         }
     }
 
-    let mut committed = Committed {
-        revision: None,
-        events: Vec::new(),
-        commands: Vec::new(),
-    };
-    if let Some((record, mode)) = &write.record {
-        let revision = match mode {
+    let mut revision = None;
+    // On PostgreSQL an update writes its events in the same statement.
+    let mut events_written = false;
+    if let (Some((record, mode)), Some(body)) = (&write.record, &record_json) {
+        let next = match mode {
             PutMode::Create => 1,
             PutMode::Update(r) => r.0 as i64 + 1,
         };
-        let body = match record_json {
-            Some(body) => body,
-            None => to_json(dialect, record)?,
-        };
-        let sql = match mode {
-            PutMode::Create => sql!(
-                "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (id) DO NOTHING"
-            ),
-            PutMode::Update(_) => sql!(
-                "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6"
-            ),
-        };
-        let row = [
-            Arg::Int(revision),
+        let mut args = vec![
+            Arg::Int(next),
             Arg::Text(record.spec.tenant.as_str()),
             Arg::Text(record.state.name().as_str()),
             Arg::OptInt(record.wake_at.map(millis)),
-            Arg::Text(&body),
+            Arg::Text(body),
             Arg::Text(id.as_str()),
         ];
-        if dialect == Dialect::Postgres
-            && matches!(mode, PutMode::Update(_))
-            && !event_json.is_empty()
-        {
-            // The record and its events in one round trip (the row is
+        let update = matches!(mode, PutMode::Update(_));
+        if dialect == Dialect::Postgres && update && !event_json.is_empty() {
+            // One round trip for the record and its events (the row is
             // locked and exists: the update cannot miss it).
-            let [a1, a2, a3, a4, a5, a6] = row;
+            args.extend([Arg::Int(last_event), Arg::Texts(&event_json)]);
             conn.exec(
                 sql!(
                     "WITH u AS (UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 \
@@ -338,82 +319,43 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<C
                      INSERT INTO events (workspace, seq, body) \
                      SELECT u.id, ?7 + e.n, e.body FROM u, unnest(?8::text[]) WITH ORDINALITY AS e(body, n)"
                 ),
-                &[
-                    a1,
-                    a2,
-                    a3,
-                    a4,
-                    a5,
-                    a6,
-                    Arg::Int(last_event),
-                    Arg::Texts(&event_json),
-                ],
+                &args,
             )
             .await?;
-            committed.revision = Some(Revision(revision as u64));
-            committed.events = (1..=event_json.len() as u64)
-                .map(|i| EventSeq(last_event as u64 + i))
-                .collect();
-            return insert_commands(conn, &id, commands, write.now, committed).await;
-        }
-        let written = conn.exec(sql, &row).await?;
-        if written == 0 {
-            // Another replica created it between our check and our insert.
-            return Err(Error::AlreadyExists(Resource::Workspace(id)));
-        }
-        committed.revision = Some(Revision(revision as u64));
-    }
-    match dialect {
-        // One round trip for all of them.
-        Dialect::Postgres if !event_json.is_empty() => {
-            conn.exec(
+            events_written = true;
+        } else {
+            let sql = if update {
                 sql!(
-                    "INSERT INTO events (workspace, seq, body) \
-                     SELECT ?1, ?2 + e.n, e.body FROM unnest(?3::text[]) WITH ORDINALITY AS e(body, n)"
-                ),
-                &[
-                    Arg::Text(id.as_str()),
-                    Arg::Int(last_event),
-                    Arg::Texts(&event_json),
-                ],
-            )
-            .await?;
-        }
-        // In the connection's own thread: a statement costs no round trip.
-        _ => {
-            for (i, body) in event_json.iter().enumerate() {
-                conn.exec(
-                    sql!("INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)"),
-                    &[
-                        Arg::Text(id.as_str()),
-                        Arg::Int(last_event + 1 + i as i64),
-                        Arg::Text(body),
-                    ],
+                    "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6"
                 )
-                .await?;
+            } else {
+                sql!(
+                    "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (id) DO NOTHING"
+                )
+            };
+            if conn.exec(sql, &args).await? == 0 {
+                // Another replica created it between our check and our insert.
+                return Err(Error::AlreadyExists(Resource::Workspace(id)));
             }
         }
+        revision = Some(Revision(next as u64));
     }
-    committed.events = (1..=event_json.len() as u64)
-        .map(|i| EventSeq(last_event as u64 + i))
-        .collect();
-    insert_commands(conn, &id, commands, write.now, committed).await
-}
-
-/// Queues a commit's commands, and returns what it committed.
-async fn insert_commands<C: Conn>(
-    conn: &mut C,
-    id: &WorkspaceId,
-    commands: Vec<cogrion_core::proto::Command>,
-    now: Timestamp,
-    mut committed: Committed,
-) -> Result<Committed> {
-    let dialect = conn.dialect();
+    if !events_written {
+        insert_events(conn, &id, last_event, &event_json).await?;
+    }
+    let mut committed = Committed {
+        revision,
+        events: (1..=event_json.len() as u64)
+            .map(|i| EventSeq(last_event as u64 + i))
+            .collect(),
+        commands: Vec::new(),
+    };
     for command in commands {
         let seq = command.seq;
         let queued = QueuedCommand {
             command,
-            enqueued_at: now,
+            enqueued_at: write.now,
             deliveries: 0,
             status: CommandStatus::Pending,
         };
@@ -431,6 +373,47 @@ async fn insert_commands<C: Conn>(
         committed.commands.push(seq);
     }
     Ok(committed)
+}
+
+/// Appends `events` (JSON) to the workspace's history after `last_event`.
+async fn insert_events<C: Conn>(
+    conn: &mut C,
+    id: &WorkspaceId,
+    last_event: i64,
+    events: &[String],
+) -> Result<()> {
+    match conn.dialect() {
+        // One round trip for all of them.
+        Dialect::Postgres if !events.is_empty() => {
+            conn.exec(
+                sql!(
+                    "INSERT INTO events (workspace, seq, body) \
+                     SELECT ?1, ?2 + e.n, e.body FROM unnest(?3::text[]) WITH ORDINALITY AS e(body, n)"
+                ),
+                &[
+                    Arg::Text(id.as_str()),
+                    Arg::Int(last_event),
+                    Arg::Texts(events),
+                ],
+            )
+            .await?;
+        }
+        // On the connection's own thread: a statement costs no round trip.
+        _ => {
+            for (i, body) in events.iter().enumerate() {
+                conn.exec(
+                    sql!("INSERT INTO events (workspace, seq, body) VALUES (?1, ?2, ?3)"),
+                    &[
+                        Arg::Text(id.as_str()),
+                        Arg::Int(last_event + 1 + i as i64),
+                        Arg::Text(body),
+                    ],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`RecordStore::purge`](cogrion_core::RecordStore::purge).
@@ -724,7 +707,6 @@ pub(crate) async fn renew<C: Conn>(
     ttl: Duration,
     clock: &TestClock,
 ) -> Result<Lease> {
-    check_lease_ttl(ttl)?;
     Current::found(
         current(conn, &lease.workspace, false).await?,
         &lease.workspace,
@@ -776,7 +758,6 @@ pub(crate) async fn claim_due<C: Conn>(
     limit: usize,
     clock: &TestClock,
 ) -> Result<Vec<Lease>> {
-    check_lease_ttl(ttl)?;
     let now = now_of(conn, clock).await?;
     let expires_at = now + ttl;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -1197,27 +1178,24 @@ pub(crate) async fn put_credential<C: Conn>(
 /// Stores a credential for a workspace known to exist (its serial must be new).
 async fn insert_credential<C: Conn>(conn: &mut C, credential: AgentCredential) -> Result<()> {
     let body = to_json(conn.dialect(), &credential)?;
-    if conn
-        .row(
-            sql!("SELECT 1 FROM credentials WHERE serial = ?1"),
-            &[Arg::Text(credential.serial.as_str())],
+    let inserted = conn
+        .exec(
+            sql!(
+                "INSERT INTO credentials (serial, workspace, body) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (serial) DO NOTHING"
+            ),
+            &[
+                Arg::Text(credential.serial.as_str()),
+                Arg::Text(credential.workspace.as_str()),
+                Arg::Text(&body),
+            ],
         )
-        .await?
-        .is_some()
-    {
+        .await?;
+    if inserted == 0 {
         return Err(Error::AlreadyExists(Resource::Credential(
             credential.serial,
         )));
     }
-    conn.exec(
-        sql!("INSERT INTO credentials (serial, workspace, body) VALUES (?1, ?2, ?3)"),
-        &[
-            Arg::Text(credential.serial.as_str()),
-            Arg::Text(credential.workspace.as_str()),
-            Arg::Text(&body),
-        ],
-    )
-    .await?;
     Ok(())
 }
 

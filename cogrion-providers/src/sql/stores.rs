@@ -11,9 +11,9 @@ use cogrion_core::{
     RecordStore, Resource, Result, TokenHash, TokenStore, Versioned, WorkspaceId, WorkspaceRecord,
     WorkspaceWrite,
 };
-use cogrion_core::{Timestamp, check_lease_ttl};
+use cogrion_core::{Timestamp, WriteKind, check_lease_ttl};
 
-use super::{Backend, Kind, SqlStore, ops, read_record, to_json};
+use super::{Backend, SqlStore, ops, read_record, to_json};
 
 /// `self.write` or `self.read` of one operation: `$op(conn, args…)`, the
 /// arguments moved into the call.
@@ -43,7 +43,7 @@ impl<B: Backend> RecordStore for SqlStore<B> {
     }
 
     async fn commit(&self, write: WorkspaceWrite) -> Result<Committed> {
-        self.count(Kind::Commit, 1);
+        self.counts.add(WriteKind::Commit);
         let prepared = ops::Prepared::new(self.backend.dialect(), write)?;
         on_conn!(self, write, |c| ops::apply(c, prepared))
     }
@@ -53,8 +53,8 @@ impl<B: Backend> RecordStore for SqlStore<B> {
     }
 
     /// Group commit: all writes in one transaction (one flush to disk where
-    /// commits are synced), each commit under its own savepoint so that one
-    /// write's refusal undoes only that write.
+    /// commits are synced); one write's refusal leaves the others alone
+    /// (every write checks before it writes).
     async fn write_batch(&self, writes: Vec<BatchWrite>) -> Vec<Result<BatchOutcome>> {
         if writes.is_empty() {
             return Vec::new();
@@ -65,9 +65,7 @@ impl<B: Backend> RecordStore for SqlStore<B> {
         let items: Vec<ops::Item> = writes
             .into_iter()
             .map(|w| {
-                if let Some(kind) = Kind::of(&w) {
-                    self.count(kind, 1);
-                }
+                self.counts.add(WriteKind::of(&w));
                 ops::Item::new(dialect, w)
             })
             .collect();
@@ -104,7 +102,7 @@ impl<B: Backend> RecordStore for SqlStore<B> {
         value: serde_json::Value,
         fence: FencingToken,
     ) -> Result<()> {
-        self.count(Kind::Checkpoint, 1);
+        self.counts.add(WriteKind::Checkpoint);
         let (id, key) = (id.clone(), key.clone());
         let value = to_json(self.backend.dialect(), &value)?;
         on_conn!(self, write, |c| ops::put_checkpoint(
@@ -121,7 +119,7 @@ impl<B: Backend> LeaseStore for SqlStore<B> {
         holder: &HolderId,
         ttl: Duration,
     ) -> Result<Lease> {
-        self.count(Kind::Acquire, 1);
+        self.counts.add(WriteKind::Acquire);
         let (ws, holder, clock) = (workspace.clone(), holder.clone(), self.clock.clone());
         on_conn!(self, write, |c| ops::acquire(c, ws, holder, ttl, &clock))
     }
@@ -133,7 +131,7 @@ impl<B: Backend> LeaseStore for SqlStore<B> {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
-        self.count(Kind::Release, 1);
+        self.counts.add(WriteKind::Release);
         let lease = lease.clone();
         on_conn!(self, write, |c| ops::release(c, &lease))
     }

@@ -292,34 +292,30 @@ fn start_writer(
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     let (writes, queue) = std::sync::mpsc::channel();
-    let (alive, gone) = std::sync::mpsc::channel::<()>();
+    // "The log grew": one pending signal at most, however many commits.
+    let (grew, growth) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("cogrion-sqlite-write".into())
-        .spawn(move || {
-            write_loop(conn, &queue, &stats);
-            drop(alive);
-        })
+        .spawn(move || write_loop(conn, &queue, &stats, &grew))
         .map_err(|e| lost(e.to_string()))?;
     std::thread::Builder::new()
         .name("cogrion-sqlite-checkpoint".into())
-        .spawn(move || checkpoint_loop(checkpoints, &gone))
+        .spawn(move || checkpoint_loop(checkpoints, &growth))
         .map_err(|e| lost(e.to_string()))?;
     Ok(writes)
 }
 
-/// How often the log is copied into the database.
+/// The shortest time between two checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
-/// The checkpointer: every [`CHECKPOINT_EVERY`], copies what the log holds
-/// into the database without waiting for (or blocking) the writer or any
-/// reader (`PASSIVE`); what a reader still needs is copied on a later turn.
-/// Ends, with a last checkpoint, when the writer does.
-fn checkpoint_loop(conn: SqliteConn, writer_gone: &Receiver<()>) {
+/// The checkpointer: when the writer has committed since its last turn,
+/// copies what the log holds into the database without waiting for (or
+/// blocking) the writer or any reader (`PASSIVE`; what a reader still needs
+/// is copied on a later turn), at most every [`CHECKPOINT_EVERY`]. An idle
+/// store costs it nothing. Ends, with a last checkpoint, when the writer does.
+fn checkpoint_loop(conn: SqliteConn, growth: &Receiver<()>) {
     loop {
-        let done = !matches!(
-            writer_gone.recv_timeout(CHECKPOINT_EVERY),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-        );
+        let done = growth.recv().is_err();
         if let Err(e) = conn
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
@@ -329,6 +325,7 @@ fn checkpoint_loop(conn: SqliteConn, writer_gone: &Receiver<()>) {
         if done {
             return;
         }
+        std::thread::sleep(CHECKPOINT_EVERY);
     }
 }
 
@@ -513,12 +510,6 @@ trait WriteCall: Send {
     fn answer(self: Box<Self>, failed: Option<&str>);
 }
 
-impl std::fmt::Debug for dyn WriteCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriteCall")
-    }
-}
-
 struct Queued<T> {
     call: Option<Call<SqliteConn, T>>,
     result: Option<Result<T>>,
@@ -549,7 +540,12 @@ impl<T: Send> WriteCall for Queued<T> {
 
 /// The writer thread: every call queued while it was busy goes into the next
 /// transaction. Ends when the store is dropped.
-fn write_loop(mut conn: SqliteConn, queue: &Receiver<Box<dyn WriteCall>>, stats: &Counters) {
+fn write_loop(
+    mut conn: SqliteConn,
+    queue: &Receiver<Box<dyn WriteCall>>,
+    stats: &Counters,
+    grew: &std::sync::mpsc::SyncSender<()>,
+) {
     while let Ok(first) = queue.recv() {
         let mut calls = vec![first];
         while calls.len() < MAX_CALLS {
@@ -563,6 +559,8 @@ fn write_loop(mut conn: SqliteConn, queue: &Receiver<Box<dyn WriteCall>>, stats:
         stats.transactions.fetch_add(1, Relaxed);
         stats.writes.fetch_add(calls.len() as u64, Relaxed);
         let failed = conn.transaction(&mut calls).err();
+        // Already signalled (full) or the checkpointer gone: nothing to do.
+        let _ = grew.try_send(());
         for call in calls {
             call.answer(failed.as_deref());
         }
