@@ -278,8 +278,8 @@ fn report_driver(rt: &Runtime) {
 }
 
 /// Which reports to run: `COGRION_BENCH` lists them, comma-separated, from
-/// `memory`, `driver`, `sqlite`, `postgres`, `resume`, `resume-postgres`
-/// (default: all). The
+/// `memory`, `driver`, `sqlite` (`sqlite-batched`: only its group-commit
+/// measurements), `postgres`, `resume`, `resume-postgres` (default: all). The
 /// PostgreSQL ones need the `postgres` feature and a server at
 /// `COGRION_TEST_POSTGRES_URL` (`scripts/peers/postgres.sh start` prints one).
 fn wanted(report: &str) -> bool {
@@ -334,9 +334,11 @@ fn main() {
     if wanted("memory") {
         report_ratio(&rt);
     }
-    if wanted("sqlite") {
-        durable::report_single(&rt, &Target::Sqlite(Durability::Normal), 5_000, 100);
-        durable::report_single(&rt, &Target::Sqlite(Durability::Full), 1_000, 20);
+    if wanted("sqlite") || wanted("sqlite-batched") {
+        if wanted("sqlite") {
+            durable::report_single(&rt, &Target::Sqlite(Durability::Normal), 5_000, 100);
+            durable::report_single(&rt, &Target::Sqlite(Durability::Full), 1_000, 20);
+        }
         let (n, concurrency) = batched_size();
         if wanted("memory") {
             durable::report_batched(&rt, &Target::Memory, n, concurrency);
