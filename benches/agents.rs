@@ -154,18 +154,22 @@ async fn role_endpoint(dir: PathBuf, n: usize, hosts: Vec<String>) {
         Arc::new(Ignore),
         Default::default(),
     );
-    // The default bound on handshakes in progress (a fleet connecting at once
-    // waits in the listen backlog, as in production); bootstrap exchanges
-    // bounded above the generators' concurrency: the bench measures
-    // throughput, not refusals.
+    // The default bound on handshakes computed at once and on unauthenticated
+    // connections in all (a fleet connecting at once waits in the listen
+    // backlog, as in production); bootstrap exchanges bounded above the
+    // generators' concurrency, and the whole fleet one source's share (it
+    // connects from loopback): the bench measures throughput, not refusals.
     let defaults = AgentServerConfig::default();
     let handshakes = defaults.max_handshakes;
+    let unauthenticated = defaults.max_unauthenticated;
     let server = AgentServer::new(
         gateway,
         ca,
         clock,
         &server_cert,
-        defaults.with_admission(handshakes, 1024),
+        defaults
+            .with_admission(handshakes, 1024)
+            .with_unauthenticated_caps(unauthenticated, unauthenticated),
     )
     .unwrap();
     let mut addrs = Vec::new();
@@ -327,7 +331,14 @@ async fn role_bare(dir: PathBuf, hosts: Vec<String>) {
                             }
                         },
                     );
+                    // The same timer, idle timeout and head buffer as the
+                    // agent server's authenticated connections.
+                    let defaults = AgentServerConfig::default();
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(defaults.authenticated_idle_timeout)
+                        .max_buf_size(8 * 1024)
+                        .max_headers(32)
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                         .await;
                 });

@@ -505,7 +505,63 @@ fn read_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, CaError> {
             found: format!("{found:?}"),
         });
     }
+    // rcgen names the key's type after the signature's algorithm: read it
+    // from the key itself, and require the signature to be the one that type
+    // makes (a P-256 key signing with SHA-384 would otherwise be certified as
+    // a P-384 key, which no TLS stack accepts).
+    check_key_matches_signature(csr_pem)?;
     Ok(csr)
+}
+
+/// The key type the CSR's public key is (from its SubjectPublicKeyInfo:
+/// algorithm, curve, length), and that its signature's algorithm is that
+/// type's.
+fn check_key_matches_signature(csr_pem: &str) -> Result<(), CaError> {
+    use x509_parser::prelude::FromDer;
+    let unreadable = |e: String| CaError::CsrUnreadable(e);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+        .map_err(|e| unreadable(e.to_string()))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| unreadable(e.to_string()))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let key_oid = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| x509_parser::der_parser::oid::Oid::try_from(p).ok())
+        .map(|oid| oid.to_id_string());
+    let key_len = spki.subject_public_key.data.len();
+    // (the key's algorithm, its curve, the length of its point or key) → the
+    // type, and the only signature algorithm accepted with it.
+    let (key, signature) = match (key_oid.as_str(), curve.as_deref(), key_len) {
+        // id-ecPublicKey, prime256v1, an uncompressed point.
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7"), 65) => {
+            (KeyAlgorithm::EcdsaP256, "1.2.840.10045.4.3.2")
+        }
+        // id-ecPublicKey, secp384r1, an uncompressed point.
+        ("1.2.840.10045.2.1", Some("1.3.132.0.34"), 97) => {
+            (KeyAlgorithm::EcdsaP384, "1.2.840.10045.4.3.3")
+        }
+        // id-Ed25519, no parameters, 32 bytes.
+        ("1.3.101.112", None, 32) => (KeyAlgorithm::Ed25519, "1.3.101.112"),
+        _ => {
+            return Err(CaError::CsrKeyType {
+                found: format!(
+                    "a key of algorithm {key_oid} (curve {}, {key_len} bytes)",
+                    curve.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+    };
+    let signed_with = csr.signature_algorithm.algorithm.to_id_string();
+    if signed_with != signature {
+        return Err(CaError::CsrKeyType {
+            found: format!("a {key:?} key whose CSR is signed with {signed_with}, not {signature}"),
+        });
+    }
+    Ok(())
 }
 
 /// A serial's hex digits as a positive DER integer's bytes.

@@ -11,6 +11,10 @@ use super::*;
 const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 /// An RSA-2048 CSR made once with `openssl req -new -newkey rsa:2048`.
 const RSA_CSR: &str = include_str!("rsa-2048.csr");
+/// A CSR for an ECDSA P-256 key signed with ECDSA-SHA384, made once with
+/// `openssl ecparam -name prime256v1 -genkey` and `openssl req -new -sha384`:
+/// its signature verifies, but rcgen takes the key for a P-384 one.
+const P256_SHA384_CSR: &str = include_str!("p256-sha384.csr");
 
 fn ca() -> CertificateAuthority {
     let key = LocalCaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
@@ -116,6 +120,24 @@ fn weak_forged_and_unreadable_csrs_are_refused_distinctly() {
     match ca.sign_agent(RSA_CSR, &ws, &serial, NOW) {
         Err(CaError::CsrKeyType { .. }) => {}
         other => panic!("an RSA key: {other:?}"),
+    }
+    // The key's type is read from the key and must match the signature's
+    // (before issue 16 this was certified as a P-384 key: unusable for mTLS,
+    // and the bootstrap token spent on it).
+    match ca.check_csr(P256_SHA384_CSR) {
+        Err(CaError::CsrKeyType { found }) => {
+            assert!(found.contains("EcdsaP256"), "{found}");
+            assert!(found.contains("1.2.840.10045.4.3.3"), "{found}");
+        }
+        other => panic!("a P-256 key signed with SHA-384: {other:?}"),
+    }
+    for alg in [
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+        &rcgen::PKCS_ED25519,
+    ] {
+        ca.check_csr(&greedy_csr(alg))
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
     }
     // A CSR whose signature was tampered with: a base64 digit in the middle of
     // the last line (the signature's final bytes; away from the padding, whose

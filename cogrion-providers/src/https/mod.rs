@@ -36,6 +36,7 @@
 //! so a long-polling agent holds one connection and pays one TLS handshake per
 //! identity, not one per poll.
 
+mod admission;
 mod client;
 mod server;
 

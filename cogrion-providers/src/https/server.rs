@@ -2,9 +2,10 @@
 //! certificate, the three endpoints, refusals.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,12 +29,50 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
+use super::admission::{LogLimit, Metered, Unauthenticated, UnauthenticatedGuard};
+
+/// hyper's smallest read buffer: a request's head must fit in it.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Headers a request may carry (the protocol's need four or five).
+const MAX_HEADERS: usize = 32;
+
 /// The server's settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AgentServerConfig {
-    /// How long a TLS handshake may take (default 10 s).
+    /// How long a new connection may take to send its TLS ClientHello
+    /// (default 5 s). Until it has, it holds no handshake slot.
+    pub client_hello_timeout: Duration,
+    /// How long a TLS handshake may take in all, from the connection's accept
+    /// (default 10 s).
     pub handshake_timeout: Duration,
+    /// A connection without a client certificate (a bootstrap's): how long it
+    /// may stay idle and then take to send a request's headers (default 10 s).
+    /// hyper's header-read timeout, which runs from when the connection waits
+    /// for a request: it bounds the idle time and the headers together.
+    pub unauthenticated_idle_timeout: Duration,
+    /// The same for an agent's connection, authenticated by its certificate
+    /// (default 120 s: a long-polling agent asks again at once; one that does
+    /// not reconnects).
+    pub authenticated_idle_timeout: Duration,
+    /// How long a request's body may take to arrive once its headers have
+    /// (default 10 s); beyond it the request is refused (`408`).
+    pub body_timeout: Duration,
+    /// Connections not yet authenticated (in their handshake, or without a
+    /// client certificate) from one source — an IPv4 address or an IPv6 /64
+    /// (default 32); a new one beyond it closes the source's oldest, so one
+    /// behind the same NAT as an attacker still gets in.
+    /// Authenticated connections are not counted by address: agents behind
+    /// one NAT are never capped by it.
+    pub max_unauthenticated_per_source: usize,
+    /// Connections not yet authenticated, in all (default: a quarter of the
+    /// process's open-files limit, between 16 and 4,096); beyond it new
+    /// connections wait in the listen backlog.
+    pub max_unauthenticated: usize,
+    /// Authenticated connections of one agent (workspace) at once (default 4);
+    /// a new one beyond it closes the agent's oldest (a reconnecting agent's
+    /// dead connections do not lock it out).
+    pub max_connections_per_agent: usize,
     /// The longest the server holds a poll, whatever the agent asks (default 30 s).
     pub max_poll_wait: Duration,
     /// What agents are told at bootstrap about polling.
@@ -44,9 +83,11 @@ pub struct AgentServerConfig {
     pub failed_bootstraps: u32,
     /// The window (default 60 s).
     pub failure_window: Duration,
-    /// TLS handshakes in progress at once (default 256): beyond it the server
-    /// stops accepting until one finishes, so a reconnect storm waits in the
-    /// listen backlog instead of starving the process.
+    /// TLS handshakes the server computes at once (default 256): a connection
+    /// takes a slot once its ClientHello has arrived and gives it back when
+    /// the server's answer is written, so a client that is slow to speak or
+    /// to answer holds none; the others wait for a slot within their
+    /// handshake timeout.
     pub max_handshakes: usize,
     /// Bootstrap and renewal exchanges (CSR checks and signatures) in progress at
     /// once (default 64); beyond it they are refused with `overloaded` and a
@@ -60,7 +101,15 @@ pub struct AgentServerConfig {
 impl Default for AgentServerConfig {
     fn default() -> Self {
         Self {
+            client_hello_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            unauthenticated_idle_timeout: Duration::from_secs(10),
+            authenticated_idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(10),
+            max_unauthenticated_per_source: 32,
+            max_unauthenticated: super::admission::open_files_limit()
+                .map_or(4096, |files| (files / 4).clamp(16, 4096) as usize),
+            max_connections_per_agent: 4,
             max_poll_wait: Duration::from_secs(30),
             poll: PollSettings {
                 wait_secs: 30,
@@ -92,6 +141,28 @@ impl AgentServerConfig {
         self.handshake_timeout = timeout;
         self
     }
+
+    /// With these deadlines: the ClientHello's, and the idle (and header)
+    /// time of connections without and with a client certificate.
+    pub fn with_deadlines(
+        mut self,
+        client_hello: Duration,
+        unauthenticated_idle: Duration,
+        authenticated_idle: Duration,
+    ) -> Self {
+        self.client_hello_timeout = client_hello;
+        self.unauthenticated_idle_timeout = unauthenticated_idle;
+        self.authenticated_idle_timeout = authenticated_idle;
+        self
+    }
+
+    /// With these caps on connections not yet authenticated: per source and
+    /// in all.
+    pub fn with_unauthenticated_caps(mut self, per_source: usize, total: usize) -> Self {
+        self.max_unauthenticated_per_source = per_source;
+        self.max_unauthenticated = total;
+        self
+    }
 }
 
 /// The agents' HTTPS endpoint; see the [module](super) documentation. It is the
@@ -121,6 +192,10 @@ struct Shared {
     /// Failed bootstraps by address: (count, window start).
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     handshakes: Arc<Semaphore>,
+    unauthenticated: Arc<Unauthenticated>,
+    /// Refusals logged at most once a second each, with the count skipped.
+    log_refused: LogLimit,
+    log_connections: LogLimit,
     exchanges: Semaphore,
     /// TLS handshakes completed since start.
     handshakes_done: AtomicU64,
@@ -159,6 +234,9 @@ pub struct AgentServerStats {
     pub handshakes: u64,
     /// Connections open now (past their handshake).
     pub open_connections: u64,
+    /// Sources (IPv4 addresses, IPv6 /64s) with unauthenticated connections
+    /// open now: what the server keeps per source, no more.
+    pub unauthenticated_sources: usize,
 }
 
 /// What the server keeps for one agent: small, as there is one per agent of
@@ -170,6 +248,9 @@ struct Agent {
     /// Its last answered poll: when, and the identity it presented (the
     /// connection's own, shared).
     seen: Option<(Timestamp, Arc<Peer>)>,
+    /// Its open connections, oldest first: each one's flag, set to close it.
+    /// A connection that ended holds its flag no more (the count is 1).
+    connections: VecDeque<Arc<AtomicBool>>,
 }
 
 /// Counts a connection as open while it lives.
@@ -204,6 +285,8 @@ pin_project_lite::pin_project! {
         notify: Arc<Notify>,
         // The connection's agent (shared with its requests).
         peer: Arc<Peer>,
+        // Set when a newer connection of the agent took its place.
+        evicted: Arc<AtomicBool>,
         // Registered with the `Notify` (then the map is looked at).
         armed: bool,
     }
@@ -231,6 +314,10 @@ where
                     *r.armed = true;
                     if !this.open.0.is_current(&r.peer.workspace, r.notify) {
                         tracing::info!(peer = %this.addr, "closing a revoked agent's connection");
+                        return Poll::Ready(());
+                    }
+                    if r.evicted.load(Ordering::Relaxed) {
+                        tracing::debug!(peer = %this.addr, "closing an agent's oldest connection");
                         return Poll::Ready(());
                     }
                 }
@@ -359,10 +446,12 @@ fn ok<M: Message>(message: &M) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-/// Reads a body of at most `M::MAX_LEN` bytes and decodes it strictly.
+/// Reads a body of at most `M::MAX_LEN` bytes within `timeout` and decodes
+/// it strictly.
 async fn body<M: Message>(
     body: Incoming,
     declared: Option<usize>,
+    timeout: Duration,
 ) -> std::result::Result<M, Refusal> {
     if let Some(len) = declared
         && len > M::MAX_LEN
@@ -373,9 +462,16 @@ async fn body<M: Message>(
             max: M::MAX_LEN,
         }));
     }
-    let bytes = Limited::new(body, M::MAX_LEN)
-        .collect()
+    let collected = tokio::time::timeout(timeout, Limited::new(body, M::MAX_LEN).collect())
         .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!("the body did not arrive within {timeout:?}"),
+            )
+        })?;
+    let bytes = collected
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -569,6 +665,12 @@ impl AgentServer {
                 agents: Mutex::default(),
                 failures: Mutex::default(),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+                unauthenticated: Arc::new(Unauthenticated::new(
+                    config.max_unauthenticated,
+                    config.max_unauthenticated_per_source,
+                )),
+                log_refused: LogLimit::new(Duration::from_secs(1)),
+                log_connections: LogLimit::new(Duration::from_secs(1)),
                 exchanges: Semaphore::new(config.max_exchanges),
                 handshakes_done: AtomicU64::new(0),
                 open: AtomicU64::new(0),
@@ -582,6 +684,7 @@ impl AgentServer {
         AgentServerStats {
             handshakes: self.shared.handshakes_done.load(Ordering::Relaxed),
             open_connections: self.shared.open.load(Ordering::Relaxed),
+            unauthenticated_sources: self.shared.unauthenticated.sources(),
         }
     }
 
@@ -615,9 +718,10 @@ impl AgentServer {
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                // Admission: no more handshakes in progress than allowed; the
-                // rest wait in the listen backlog.
-                permit = self.shared.handshakes.clone().acquire_owned() => {
+                // Admission: no more unauthenticated connections than allowed
+                // in all (the rest wait in the listen backlog), and no more
+                // than a source's share from one source.
+                permit = self.shared.unauthenticated.total().acquire_owned() => {
                     let Ok(permit) = permit else { return };
                     let accepted = tokio::select! {
                         _ = &mut shutdown => return,
@@ -625,8 +729,9 @@ impl AgentServer {
                     };
                     match accepted {
                         Ok((tcp, addr)) => {
+                            let guard = self.shared.unauthenticated.admit(addr.ip(), permit);
                             let shared = self.shared.clone();
-                            tokio::spawn(async move { shared.connection(tcp, addr, permit).await });
+                            tokio::spawn(async move { shared.connection(tcp, addr, guard).await });
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accepting a connection failed");
@@ -644,7 +749,7 @@ impl Shared {
         self: Arc<Self>,
         tcp: tokio::net::TcpStream,
         addr: SocketAddr,
-        handshake: tokio::sync::OwnedSemaphorePermit,
+        unauthenticated: UnauthenticatedGuard,
     ) {
         // Small messages both ways: no waiting on Nagle for a delayed ACK.
         if let Err(e) = tcp.set_nodelay(true) {
@@ -654,30 +759,48 @@ impl Shared {
         // the task itself is small to spawn): the connection is served by a
         // task of its own, sized for serving alone (for as long as the agent
         // stays).
-        let Some(tls) = Box::pin(self.handshake(tcp, addr)).await else {
+        let evicted = unauthenticated.evicted();
+        let tls = tokio::select! {
+            tls = Box::pin(self.handshake(tcp, addr)) => tls,
+            _ = evicted => None,
+        };
+        let Some(tls) = tls else {
             return;
         };
-        drop(handshake);
         // Shared by the connection's requests.
         let peer = match peer_of(tls.get_ref().1.peer_certificates()) {
             Ok(peer) => peer.map(Arc::new),
             Err(reason) => {
-                tracing::info!(peer = %addr, %reason, "client certificate refused");
+                if let Some(skipped) = self.log_connections.admit() {
+                    tracing::info!(peer = %addr, %reason, skipped, "client certificate refused");
+                }
                 return;
             }
         };
         // An agent's connections close when its credentials are revoked: its
         // `Notify` now, so a revocation from now on (which removes it) closes
-        // the connection.
+        // the connection. Authenticated, it no longer counts against its
+        // source; it counts among its agent's connections instead.
         let revocation = peer.as_ref().map(|p| {
-            let notify = self.slot(&p.workspace);
+            let (notify, evicted) = self.connected(&p.workspace);
             Revocation {
                 notified: notify.clone().notified_owned(),
                 notify,
                 peer: p.clone(),
+                evicted,
                 armed: false,
             }
         });
+        let (unauthenticated, idle) = match peer {
+            Some(_) => {
+                drop(unauthenticated);
+                (None, self.config.authenticated_idle_timeout)
+            }
+            None => (
+                Some(unauthenticated),
+                self.config.unauthenticated_idle_timeout,
+            ),
+        };
         let shared = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             // Routed here: the future hyper keeps (for the connection's whole
@@ -687,34 +810,78 @@ impl Shared {
                 .clone()
                 .handle(peer.clone(), addr.ip(), head, req.into_body())
         });
-        let connection =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle)
+            // The protocol's heads are a few hundred bytes: hyper's smallest
+            // buffer (8 KiB) answers `431` past it, and a body streams through.
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .serve_connection(TokioIo::new(tls), service);
         self.handshakes_done.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(Serving {
+        let serving = Serving {
             connection,
             revocation,
             addr,
             open: OpenGuard(self.clone()),
-        });
+        };
+        match unauthenticated {
+            None => {
+                tokio::spawn(serving);
+            }
+            // Until it ends or a newer connection from its source takes its
+            // place.
+            Some(guard) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serving => {}
+                        _ = guard.evicted() => {}
+                    }
+                });
+            }
+        }
     }
 
-    /// The TLS handshake, within its timeout.
+    /// The TLS handshake: its ClientHello within its own deadline (holding
+    /// no handshake slot), then a slot while the server computes its answer,
+    /// all within the handshake timeout.
     async fn handshake(
         &self,
         tcp: tokio::net::TcpStream,
         addr: SocketAddr,
-    ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-        match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(tcp)).await {
+    ) -> Option<tokio_rustls::server::TlsStream<Metered<tokio::net::TcpStream>>> {
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        let hello = tokio_rustls::LazyConfigAcceptor::new(
+            rustls::server::Acceptor::default(),
+            Metered::new(tcp),
+        );
+        let failed = |what: &str, error: Option<&dyn std::fmt::Display>| {
+            if let Some(skipped) = self.log_connections.admit() {
+                let error = error.map(ToString::to_string);
+                tracing::info!(peer = %addr, error, skipped, "TLS handshake {what}");
+            }
+            None
+        };
+        let hello_by = deadline.min(tokio::time::Instant::now() + self.config.client_hello_timeout);
+        let start = match tokio::time::timeout_at(hello_by, hello).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => return failed("refused", Some(&e)),
+            Err(_) => return failed("timed out waiting for the ClientHello", None),
+        };
+        let Ok(Ok(slot)) =
+            tokio::time::timeout_at(deadline, self.handshakes.clone().acquire_owned()).await
+        else {
+            return failed("timed out waiting for a handshake slot", None);
+        };
+        let mut accept = start.into_stream(self.tls.config().clone());
+        if let Some(io) = accept.get_mut() {
+            io.slot = Some(slot);
+        }
+        match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(tls)) => Some(tls),
-            Ok(Err(e)) => {
-                tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
-                None
-            }
-            Err(_) => {
-                tracing::info!(peer = %addr, "TLS handshake timed out");
-                None
-            }
+            Ok(Err(e)) => failed("refused", Some(&e)),
+            Err(_) => failed("timed out", None),
         }
     }
 
@@ -725,6 +892,30 @@ impl Shared {
             .or_default()
             .notify
             .clone()
+    }
+
+    /// Counts a new authenticated connection of `workspace`'s agent: its
+    /// agent's `Notify`, and its flag, set when a newer connection takes its
+    /// place (beyond `max_connections_per_agent`, the oldest goes).
+    fn connected(&self, workspace: &WorkspaceId) -> (Arc<Notify>, Arc<AtomicBool>) {
+        let mut agents = crate::lock_or_recover(&self.agents);
+        let agent = agents.entry(workspace.clone()).or_default();
+        // Connections that ended hold their flags no more.
+        agent.connections.retain(|c| Arc::strong_count(c) > 1);
+        let flag = Arc::new(AtomicBool::new(false));
+        agent.connections.push_back(flag.clone());
+        let mut evicted = false;
+        while agent.connections.len() > self.config.max_connections_per_agent.max(1) {
+            if let Some(oldest) = agent.connections.pop_front() {
+                oldest.store(true, Ordering::Relaxed);
+                evicted = true;
+            }
+        }
+        if evicted {
+            // The evicted connection's wait looks at its flag when woken.
+            agent.notify.notify_waiters();
+        }
+        (agent.notify.clone(), flag)
     }
 
     /// Records a poll of `peer` answered at `at`, unless the agent was
@@ -784,6 +975,7 @@ impl Shared {
     {
         async move {
             let declared = head.declared;
+            let timeout = self.config.body_timeout;
             // The other endpoints' work is boxed, so the future is sized for a poll.
             let outcome = match head.route {
                 Route::WrongMethod => Err(Refusal::new(
@@ -797,8 +989,11 @@ impl Shared {
                     "no such endpoint",
                 )),
                 Route::Bootstrap => {
-                    Box::pin(async { self.bootstrap(body(req, declared).await?, remote).await })
-                        .await
+                    Box::pin(async {
+                        self.bootstrap(body(req, declared, timeout).await?, remote)
+                            .await
+                    })
+                    .await
                 }
                 // Not boxed: a held poll is what a connection's future spends its
                 // life on, so the poll's state is the one it is sized for.
@@ -806,7 +1001,7 @@ impl Shared {
                     let cancel = head.cancel;
                     // The body is read even for a refusal, so the connection
                     // stays usable.
-                    let m = body(req, declared).await;
+                    let m = body(req, declared, timeout).await;
                     match authenticated(peer.as_ref(), m) {
                         Ok((peer, m)) => self.poll(peer, m, cancel).await,
                         Err(refusal) => Err(refusal),
@@ -814,14 +1009,16 @@ impl Shared {
                 }
                 Route::Result => {
                     Box::pin(async {
-                        let (peer, m) = authenticated(peer.as_ref(), body(req, declared).await)?;
+                        let (peer, m) =
+                            authenticated(peer.as_ref(), body(req, declared, timeout).await)?;
                         self.result(peer, m).await
                     })
                     .await
                 }
                 Route::Renew => {
                     Box::pin(async {
-                        let (peer, m) = authenticated(peer.as_ref(), body(req, declared).await)?;
+                        let (peer, m) =
+                            authenticated(peer.as_ref(), body(req, declared, timeout).await)?;
                         self.renew(peer, m).await
                     })
                     .await
@@ -830,14 +1027,17 @@ impl Shared {
             Ok(match outcome {
                 Ok(response) => response,
                 Err(refusal) => {
-                    tracing::info!(
-                        path = head.route.path(),
-                        %remote,
-                        workspace = peer.as_ref().map(|p| p.workspace.to_string()),
-                        code = ?refusal.code,
-                        reason = %refusal.message,
-                        "request refused"
-                    );
+                    if let Some(skipped) = self.log_refused.admit() {
+                        tracing::info!(
+                            path = head.route.path(),
+                            %remote,
+                            workspace = peer.as_ref().map(|p| p.workspace.to_string()),
+                            code = ?refusal.code,
+                            reason = %refusal.message,
+                            skipped,
+                            "request refused"
+                        );
+                    }
                     refusal.response()
                 }
             })
