@@ -563,15 +563,24 @@ pub enum ErrorCode {
     TooLarge,
     /// A protocol version the server does not speak.
     UnsupportedVersion,
-    /// No such token (wrong, or malformed).
+    /// The token does not verify for the workspace named: unknown, another
+    /// workspace's, or the workspace does not exist. One answer — status 403,
+    /// this code, one message, and no sooner than the server's refusal time —
+    /// for all of them, so it tells nothing about which workspaces exist.
     TokenInvalid,
-    /// The token expired.
+    /// The token expired (the presenter holds the genuine token).
     TokenExpired,
-    /// The token was already used.
+    /// The token was already used with another key (the presenter holds the
+    /// genuine token).
     TokenUsed,
-    /// The token belongs to another workspace.
+    /// Sent by servers before issue 16 for another workspace's token; servers
+    /// now answer [`TokenInvalid`](Self::TokenInvalid). Kept so that agents
+    /// read either.
     TokenWrongWorkspace,
-    /// Too many failed attempts; wait `retry_after_secs`.
+    /// Too many refused bootstraps from the client's address, or too many
+    /// renewals of one certificate, or a renewal before the certificate's
+    /// renewal window: wait `retry_after_secs`. A bootstrap whose token
+    /// verifies is never answered this.
     RateLimited,
     /// The CSR was refused (unreadable, bad signature, a weak or unsupported key).
     CsrRejected,

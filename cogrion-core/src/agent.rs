@@ -139,6 +139,12 @@ pub struct GatewayConfig {
     /// writes it again (default 5 min): polls stay write-free in between, and
     /// every replica can tell when an agent was last seen to within this.
     pub seen_interval: Duration,
+    /// The share of a certificate's life, in percent, that must have passed
+    /// before it may be renewed (default 50; agents are told to renew at 66,
+    /// [`RenewalSettings`](crate::proto::v1::RenewalSettings)). Earlier, a
+    /// renewal is refused ([`Error::RenewalTooEarly`]) and nothing is
+    /// written: a certificate cannot be renewed over and over.
+    pub renew_from_percent: u8,
 }
 
 impl Default for GatewayConfig {
@@ -147,6 +153,7 @@ impl Default for GatewayConfig {
             credential_ttl: Duration::from_secs(24 * 3600),
             max_commands_per_poll: 32,
             seen_interval: Duration::from_secs(300),
+            renew_from_percent: 50,
         }
     }
 }
@@ -238,7 +245,8 @@ impl AgentGateway {
     }
 
     /// Renews the credential `serial` (which must be current: not revoked, not
-    /// expired) for the key whose digest is `key`: a new credential for the
+    /// expired, and in its renewal window,
+    /// [`GatewayConfig::renew_from_percent`]) for the key whose digest is `key`: a new credential for the
     /// same workspace, valid for [`GatewayConfig::credential_ttl`] from now.
     /// The old one stays valid until it expires, so the agent switches over
     /// without a gap; any other live credential of the workspace (an earlier
@@ -250,7 +258,21 @@ impl AgentGateway {
         let now = self.clock.now();
         // The workspace is the old credential's: read it for the new record
         // (the store checks the old one again, in the transaction).
-        let old = self.store.get_credential(serial).await?;
+        let old = self.check_current(self.store.get_credential(serial).await?)?;
+        let life = old
+            .expires_at
+            .as_millis()
+            .saturating_sub(old.issued_at.as_millis());
+        let from = Timestamp::from_millis(
+            old.issued_at.as_millis()
+                + life * u64::from(self.config.renew_from_percent.min(100)) / 100,
+        );
+        if now < from {
+            return Err(Error::RenewalTooEarly {
+                serial: serial.clone(),
+                from,
+            });
+        }
         let mut renewed = AgentCredential::new(
             old.workspace.clone(),
             new_serial()?,

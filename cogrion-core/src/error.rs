@@ -182,6 +182,16 @@ pub enum Error {
         /// When it expired.
         at: Timestamp,
     },
+    /// An agent certificate was presented for renewal before its renewal
+    /// window opened ([`GatewayConfig::renew_from_percent`](crate::GatewayConfig::renew_from_percent)
+    /// of its life): nothing was issued. Renew from `from` on.
+    #[error("agent certificate {serial} may be renewed from {from} on")]
+    RenewalTooEarly {
+        /// The certificate's serial.
+        serial: CertSerial,
+        /// When its renewal window opens.
+        from: Timestamp,
+    },
     /// The provider asked to slow down. Retry after the delay.
     #[error("throttled by {service}{}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
     Throttled {
@@ -269,6 +279,7 @@ impl Error {
             | Self::TokenRefused(_)
             | Self::CredentialRevoked { .. }
             | Self::CredentialExpired { .. }
+            | Self::RenewalTooEarly { .. }
             | Self::Rejected { .. }
             | Self::NotConfigured { .. }
             | Self::NotAbandonable { .. }

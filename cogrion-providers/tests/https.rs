@@ -331,7 +331,9 @@ async fn cancel_requests_go_only_to_agents_that_understand_them() {
 /// gets its own; a new identity gets a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_keeps_one_connection_per_identity() {
-    let plane = Plane::start().await;
+    // Certificates of five minutes (within the CA's backdating, so the clock
+    // can move to their renewal window and TLS still takes them).
+    let plane = Plane::start_with(AgentServerConfig::default(), Duration::from_secs(300)).await;
     let ws = plane.workspace("acme-keep").await;
     let token = plane.token(&ws).await;
     let agent = plane.client();
@@ -371,6 +373,7 @@ async fn an_agent_keeps_one_connection_per_identity() {
     assert_eq!(plane.server.stats().handshakes, 3);
 
     // Renewal changes the identity: the next request opens a new connection.
+    plane.clock.advance(Duration::from_secs(151));
     agent.renew().await.unwrap();
     agent.poll(Vec::new(), 0).await.unwrap();
     agent.poll(Vec::new(), 0).await.unwrap();
@@ -411,12 +414,12 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
         assert!(plane.store.list_credentials(&ws).await.unwrap().is_empty());
     }
 
-    // Another workspace's token.
+    // Another workspace's token: the same answer as an unknown one (below).
     plane
         .refused_bootstrap(
             &ws,
             other_token.expose(),
-            ErrorCode::TokenWrongWorkspace,
+            ErrorCode::TokenInvalid,
             "another workspace's token",
         )
         .await;
@@ -484,12 +487,19 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
             "a fifth wrong token",
         )
         .await;
-    // …and the next attempt is rate-limited,
-    // even with a good token, and says when to come back.
+    // …and yet a good token from the same address is not held back (a
+    // limiter throttles refusals only: an attacker behind the agents' NAT
+    // cannot keep them out)…
     let fresh = plane.token(&other).await;
-    match plane
+    plane
         .client()
         .bootstrap(&other, fresh.expose(), "0.1.0")
+        .await
+        .expect("a token that verifies is never refused by the limiter");
+    // …while the next wrong token is told to wait, and when to come back.
+    match plane
+        .client()
+        .bootstrap(&other, &"2".repeat(64), "0.1.0")
         .await
     {
         Err(ClientError::Refused { status: 429, error }) => {
@@ -498,13 +508,52 @@ async fn token_misuse_is_refused_distinctly_and_changes_nothing() {
         }
         other => panic!("after repeated wrong tokens: {other:?}"),
     }
+    assert_eq!(plane.store.list_credentials(&other).await.unwrap().len(), 1);
+}
+
+/// A token that does not verify gets one answer — status, code, message —
+/// whether its workspace exists or not, in a time that does not tell them
+/// apart (every refusal takes at least `token_refusal_time`, 50 ms); no
+/// store detail reaches the client. (Before issue 16: "unknown token" for a
+/// workspace that exists, "no such token" for one that does not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_does_not_verify_gets_one_answer_whatever_the_workspace() {
+    let mut config = AgentServerConfig::default();
+    // Every attempt counted as a refusal would be rate-limited past 5.
+    config.failed_bootstraps = 1000;
+    let plane = Plane::start_with(config, Duration::from_secs(3600)).await;
+    let exists = plane.workspace("acme-exists").await;
+    let missing: WorkspaceId = "acme-missing".parse().unwrap();
+    let made_up = "3".repeat(64);
+    let mut answers = std::collections::BTreeSet::new();
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..20 {
+        for (i, ws) in [&exists, &missing].into_iter().enumerate() {
+            let started = Instant::now();
+            let answer = plane.client().bootstrap(ws, &made_up, "0.1.0").await;
+            times[i].push(started.elapsed());
+            match answer {
+                Err(ClientError::Refused { status, error }) => {
+                    answers.insert((status, format!("{:?}", error.code), error.message));
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(answers.len(), 1, "one answer for both: {answers:?}");
+    let (status, code, message) = answers.into_iter().next().unwrap();
+    assert_eq!((status, code.as_str()), (403, "TokenInvalid"));
+    assert!(!message.contains("acme"), "{message}");
+    let median = |t: &mut Vec<Duration>| {
+        t.sort();
+        t[t.len() / 2]
+    };
+    let (a, b) = (median(&mut times[0]), median(&mut times[1]));
+    assert!(a >= Duration::from_millis(50) && b >= Duration::from_millis(50));
+    let apart = a.abs_diff(b);
     assert!(
-        plane
-            .store
-            .list_credentials(&other)
-            .await
-            .unwrap()
-            .is_empty()
+        apart < Duration::from_millis(20),
+        "timing tells them apart: {a:?} and {b:?}"
     );
 }
 
@@ -1211,4 +1260,55 @@ async fn agents_behind_one_address_are_counted_per_agent_not_per_address() {
         }
     }
     assert_eq!(failed, 2, "the agent keeps its four newest connections");
+}
+
+/// A certificate is renewed only in its renewal window (from half its life)
+/// and at most three times an hour: a storm of renewals with one certificate
+/// is refused (`rate_limited`, with `Retry-After`) and writes nothing more.
+/// (Before issue 16 one certificate was renewed 200 times in 4 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_happen_in_the_window_and_a_storm_is_refused() {
+    let plane = Plane::start_with(AgentServerConfig::default(), Duration::from_secs(300)).await;
+    let ws = plane.workspace("acme-storm").await;
+    let agent = plane.client();
+    agent
+        .bootstrap(&ws, plane.token(&ws).await.expose(), "0.1.0")
+        .await
+        .unwrap();
+    let identity = agent.identity_pem().unwrap();
+    let with_identity = || {
+        let client = plane.client();
+        client.set_identity(&identity.0, &identity.1).unwrap();
+        client
+    };
+    match with_identity().renew().await {
+        Err(ClientError::Refused { status: 429, error }) => {
+            assert_eq!(error.code, ErrorCode::RateLimited);
+            let wait = error.retry_after_secs.unwrap();
+            assert!(
+                (140..=151).contains(&wait),
+                "until the window opens: {wait}"
+            );
+        }
+        other => panic!("a renewal at once: {other:?}"),
+    }
+    assert_eq!(plane.store.list_credentials(&ws).await.unwrap().len(), 1);
+
+    plane.clock.advance(Duration::from_secs(151));
+    let mut renewed = 0;
+    for _ in 0..10 {
+        match with_identity().renew().await {
+            Ok(_) => renewed += 1,
+            Err(ClientError::Refused { status: 429, error }) => {
+                assert_eq!(error.code, ErrorCode::RateLimited);
+                assert!(error.retry_after_secs.unwrap() > 3000, "{error:?}");
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(
+        renewed, 2,
+        "three renewals an hour for one certificate, the early one counted"
+    );
+    assert_eq!(plane.store.list_credentials(&ws).await.unwrap().len(), 3);
 }

@@ -232,13 +232,22 @@ impl World {
     }
 
     /// A gateway as the agents' transport has, on the world's store and clock,
-    /// reporting to `engine`.
+    /// reporting to `engine`. Its certificates may be renewed at any time (the
+    /// tests race renewals against revocations and lost answers at once; the
+    /// renewal window has its own test, with [`gateway_with`](Self::gateway_with)).
     pub fn gateway(&self, engine: &Engine) -> AgentGateway {
+        let mut config = GatewayConfig::default();
+        config.renew_from_percent = 0;
+        self.gateway_with(engine, config)
+    }
+
+    /// A gateway with these settings.
+    pub fn gateway_with(&self, engine: &Engine, config: GatewayConfig) -> AgentGateway {
         AgentGateway::new(
             Arc::new(self.store.clone()),
             Arc::new(self.clock.clone()),
             Arc::new(engine.clone()),
-            GatewayConfig::default(),
+            config,
         )
     }
 

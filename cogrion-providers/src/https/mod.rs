@@ -14,19 +14,45 @@
 //! with its reason; a refused request changes nothing stored.
 //!
 //! # Security
-//! - The agent's identity comes from its client certificate — the workspace in
-//!   its URI SAN and its serial — never from the request body. The credential
-//!   behind the serial is checked (revocation, expiry) on every request.
-//! - Bootstrap checks the CSR (readable, signature, key type) *before* consuming
-//!   the one-time token; the certificate's subject is the CA's choice.
-//! - Repeated failed bootstraps from one address are rate-limited
-//!   (`rate_limited`, with `Retry-After`).
-//! - Bodies are limited before they are read (`too_large`); decoding is strict.
-//!
-//! - Admission control: TLS handshakes in progress are bounded where
-//!   connections are accepted (the rest wait in the listen backlog); bootstrap
-//!   and renewal exchanges beyond their bound are answered `503 overloaded` with
-//!   a jittered `Retry-After`.
+//! Every byte before authentication is treated as hostile; what it may hold is
+//! bounded (the numbers are [`AgentServerConfig`]'s defaults):
+//! - **Time.** A new connection sends its ClientHello within 5 s and finishes
+//!   its handshake within 10 s; a connection without a client certificate
+//!   sends each request's head within 10 s of being idle (an agent's, 120 s);
+//!   a body arrives within 10 s (`408`).
+//! - **Memory.** A request's head fits in 8 KiB and 32 headers (`431` past
+//!   them); bodies are limited before they are read (`too_large`); decoding
+//!   is strict.
+//! - **Count.** Connections not yet authenticated (in their handshake, or
+//!   without a client certificate): at most 32 per source — an IPv4 address
+//!   or an IPv6 /64; a new one closes the source's oldest, so a client
+//!   behind an attacker's NAT still gets in — and a quarter of the process's
+//!   open-files limit in all (up to 4,096; the rest wait in the listen
+//!   backlog). Authenticated connections are counted per agent (4; a new one
+//!   closes the oldest), never per address. The TLS handshakes the server
+//!   computes at once are bounded (256): a connection takes a slot only once
+//!   its ClientHello is in and gives it back when the server's answer is
+//!   written, so silent clients hold none. Bootstrap and renewal exchanges
+//!   beyond their bound (64) are answered `503 overloaded` with a jittered
+//!   `Retry-After`.
+//! - **Identity.** The agent's identity comes from its client certificate —
+//!   the workspace in its URI SAN and its serial — never from the request
+//!   body. The credential behind the serial is checked (revocation, expiry) on
+//!   every request.
+//! - **Bootstrap** checks the CSR (readable, signature, the key's type read
+//!   from the key and matching the signature's algorithm) *before* consuming
+//!   the one-time token; the certificate's subject is the CA's choice. A
+//!   token that does not verify for the workspace named (unknown, another
+//!   workspace's, a workspace that does not exist) gets one answer —
+//!   `403 token_invalid`, one message — no sooner than 50 ms after the
+//!   request, whatever the path; no store or internal detail reaches the
+//!   client (it is logged). Refusals beyond 5 a minute from one source are
+//!   answered `rate_limited`; a token that verifies is never held back.
+//! - **Renewal** only from half the certificate's life on
+//!   ([`GatewayConfig::renew_from_percent`](cogrion_core::GatewayConfig::renew_from_percent))
+//!   and at most 3 times an hour per certificate (`rate_limited`); a storm is
+//!   logged once.
+//! - Refusals are logged at most once a second, with the count skipped.
 //! - Revoking an agent's credentials (destroy, re-bootstrap) closes its open
 //!   connections, besides the per-request check.
 //!

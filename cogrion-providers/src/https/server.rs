@@ -31,6 +31,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::admission::{LogLimit, Metered, Unauthenticated, UnauthenticatedGuard};
 
+/// Sources whose refused bootstraps are counted at once, at most.
+const MAX_TRACKED_SOURCES: usize = 4096;
+
 /// hyper's smallest read buffer: a request's head must fit in it.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Headers a request may carry (the protocol's need four or five).
@@ -69,6 +72,13 @@ pub struct AgentServerConfig {
     /// process's open-files limit, between 16 and 4,096); beyond it new
     /// connections wait in the listen backlog.
     pub max_unauthenticated: usize,
+    /// Renewals one certificate may ask for per [`renewal_limit_window`](Self::renewal_limit_window)
+    /// (default 3: a renewal whose answer was lost is asked again); beyond it
+    /// they are refused (`rate_limited`, with `Retry-After`) and the storm is
+    /// logged once.
+    pub renewals_per_certificate: u32,
+    /// The window of that count (default 1 h).
+    pub renewal_limit_window: Duration,
     /// Authenticated connections of one agent (workspace) at once (default 4);
     /// a new one beyond it closes the agent's oldest (a reconnecting agent's
     /// dead connections do not lock it out).
@@ -79,10 +89,17 @@ pub struct AgentServerConfig {
     pub poll: PollSettings,
     /// What agents are told at bootstrap about renewal.
     pub renewal: RenewalSettings,
-    /// Failed bootstraps allowed from one address per window (default 5).
+    /// Refused bootstraps from one source (IPv4 address, IPv6 /64) per window
+    /// before its further refusals are answered `rate_limited` (default 5). A
+    /// token that verifies is never held back: the limiter slows down
+    /// refusals only, in a table of at most 4,096 sources whose windows run.
     pub failed_bootstraps: u32,
     /// The window (default 60 s).
     pub failure_window: Duration,
+    /// How long a refused bootstrap takes at least (default 50 ms): every
+    /// token refusal is answered no sooner, so its timing does not tell a
+    /// workspace that exists from one that does not.
+    pub token_refusal_time: Duration,
     /// TLS handshakes the server computes at once (default 256): a connection
     /// takes a slot once its ClientHello has arrived and gives it back when
     /// the server's answer is written, so a client that is slow to speak or
@@ -110,6 +127,8 @@ impl Default for AgentServerConfig {
             max_unauthenticated: super::admission::open_files_limit()
                 .map_or(4096, |files| (files / 4).clamp(16, 4096) as usize),
             max_connections_per_agent: 4,
+            renewals_per_certificate: 3,
+            renewal_limit_window: Duration::from_secs(3600),
             max_poll_wait: Duration::from_secs(30),
             poll: PollSettings {
                 wait_secs: 30,
@@ -120,6 +139,7 @@ impl Default for AgentServerConfig {
             },
             failed_bootstraps: 5,
             failure_window: Duration::from_secs(60),
+            token_refusal_time: Duration::from_millis(50),
             max_handshakes: 256,
             max_exchanges: 64,
             max_retry_after_secs: 10,
@@ -191,6 +211,8 @@ struct Shared {
     agents: Mutex<HashMap<WorkspaceId, Agent>>,
     /// Failed bootstraps by address: (count, window start).
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Renewals asked by certificate: (count, window start, storm logged).
+    renewals: Mutex<HashMap<CertSerial, (u32, Instant, bool)>>,
     handshakes: Arc<Semaphore>,
     unauthenticated: Arc<Unauthenticated>,
     /// Refusals logged at most once a second each, with the count skipped.
@@ -357,6 +379,8 @@ struct Refusal {
     code: ErrorCode,
     message: String,
     retry_after: Option<u32>,
+    /// What the server logs and does not send (an internal error's cause).
+    detail: Option<String>,
 }
 
 impl Refusal {
@@ -366,6 +390,7 @@ impl Refusal {
             code,
             message: message.into(),
             retry_after: None,
+            detail: None,
         }
     }
 
@@ -408,16 +433,35 @@ impl Refusal {
                 ErrorCode::CertificateExpired,
                 e.to_string(),
             ),
+
             other => Self::internal(other),
         }
     }
 
+    /// An internal failure: the client is told only that; the cause (a
+    /// store's error, say) is logged.
     fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(
+        let mut refusal = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
-            e.to_string(),
-        )
+            "the control plane failed; retry later",
+        );
+        refusal.detail = Some(e.to_string());
+        refusal
+    }
+
+    /// The one answer to a bootstrap token that does not verify for the
+    /// workspace named — unknown, another workspace's, or for a workspace
+    /// that does not exist — so the answer tells nothing about which
+    /// workspaces exist.
+    fn token_invalid(why: impl std::fmt::Display) -> Self {
+        let mut refusal = Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::TokenInvalid,
+            "the bootstrap token does not verify for this workspace",
+        );
+        refusal.detail = Some(why.to_string());
+        refusal
     }
 
     fn response(&self) -> Response<Full<Bytes>> {
@@ -664,6 +708,7 @@ impl AgentServer {
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
                 agents: Mutex::default(),
                 failures: Mutex::default(),
+                renewals: Mutex::default(),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
                 unauthenticated: Arc::new(Unauthenticated::new(
                     config.max_unauthenticated,
@@ -1033,7 +1078,7 @@ impl Shared {
                             %remote,
                             workspace = peer.as_ref().map(|p| p.workspace.to_string()),
                             code = ?refusal.code,
-                            reason = %refusal.message,
+                            reason = refusal.detail.as_deref().unwrap_or(&refusal.message),
                             skipped,
                             "request refused"
                         );
@@ -1044,32 +1089,66 @@ impl Shared {
         }
     }
 
-    /// Refuses while `remote` has used up its failed bootstraps.
-    fn check_rate(&self, remote: IpAddr) -> std::result::Result<(), Refusal> {
-        let failures = crate::lock_or_recover(&self.failures);
-        if let Some((count, since)) = failures.get(&remote)
-            && *count >= self.config.failed_bootstraps
-            && since.elapsed() < self.config.failure_window
-        {
-            let left = self.config.failure_window.saturating_sub(since.elapsed());
-            let mut refusal = Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                format!("{count} failed bootstraps from this address; wait"),
-            );
-            refusal.retry_after = Some(left.as_secs().max(1) as u32);
-            return Err(refusal);
-        }
-        Ok(())
-    }
-
-    fn failed(&self, remote: IpAddr) {
+    /// Counts a refused bootstrap from `remote`'s source; `Some(time left)`
+    /// when the source has used up its refusals for the window. The table
+    /// holds sources whose window is running, at most [`MAX_TRACKED_SOURCES`]
+    /// (beyond it, with none expired, a new source is not tracked: the
+    /// limiter only slows refusals down, it never lets anything in).
+    fn refused_from(&self, remote: IpAddr) -> Option<Duration> {
+        let window = self.config.failure_window;
+        let source = super::admission::source_of(remote);
         let mut failures = crate::lock_or_recover(&self.failures);
-        let entry = failures.entry(remote).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.config.failure_window {
+        if !failures.contains_key(&source) && failures.len() >= MAX_TRACKED_SOURCES {
+            failures.retain(|_, (_, since)| since.elapsed() < window);
+            if failures.len() >= MAX_TRACKED_SOURCES {
+                return None;
+            }
+        }
+        let entry = failures.entry(source).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= window {
             *entry = (0, Instant::now());
         }
-        entry.0 += 1;
+        entry.0 = entry.0.saturating_add(1);
+        (entry.0 > self.config.failed_bootstraps).then(|| window.saturating_sub(entry.1.elapsed()))
+    }
+
+    /// Counts a renewal asked by `peer`'s certificate; refuses beyond its
+    /// share per window, and logs a storm once.
+    fn check_renewals(&self, peer: &Peer) -> std::result::Result<(), Refusal> {
+        let window = self.config.renewal_limit_window;
+        let mut renewals = crate::lock_or_recover(&self.renewals);
+        if renewals.len() >= 4096 {
+            // Only certificates still in their window are kept.
+            renewals.retain(|_, (_, since, _)| since.elapsed() < window);
+        }
+        let entry = renewals
+            .entry(peer.serial.clone())
+            .or_insert((0, Instant::now(), false));
+        if entry.1.elapsed() >= window {
+            *entry = (0, Instant::now(), false);
+        }
+        if entry.0 < self.config.renewals_per_certificate {
+            entry.0 += 1;
+            return Ok(());
+        }
+        if !entry.2 {
+            entry.2 = true;
+            tracing::warn!(
+                workspace = %peer.workspace,
+                serial = %peer.serial,
+                allowed = self.config.renewals_per_certificate,
+                ?window,
+                "renewal storm: this certificate's renewals are refused until its window ends"
+            );
+        }
+        let left = window.saturating_sub(entry.1.elapsed());
+        let mut refusal = Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "this certificate asked for too many renewals; wait",
+        );
+        refusal.retry_after = Some(left.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+        Err(refusal)
     }
 
     async fn bootstrap(
@@ -1077,8 +1156,8 @@ impl Shared {
         m: BootstrapRequest,
         remote: IpAddr,
     ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
-        self.check_rate(remote)?;
-        let _slot = self.exchange_slot()?;
+        let started = tokio::time::Instant::now();
+        let slot = self.exchange_slot()?;
         // The CSR first: a token is consumed only for a request that can succeed.
         let csr = self.check_csr(&m.csr_pem)?;
         let token = BootstrapToken::parse(m.token.expose()).map_err(|e| {
@@ -1088,37 +1167,58 @@ impl Shared {
                 e.to_string(),
             )
         })?;
-        let credential = match self
+        let refusal = match self
             .gateway
             .bootstrap(&m.workspace, &token, csr.key_digest())
             .await
         {
-            Ok(c) => c,
-            Err(Error::TokenRefused(refusal)) => {
-                self.failed(remote);
-                let code = match refusal {
-                    TokenRefusal::Unknown => ErrorCode::TokenInvalid,
-                    TokenRefusal::Reused { .. } => ErrorCode::TokenUsed,
-                    TokenRefusal::Expired { .. } => ErrorCode::TokenExpired,
-                    TokenRefusal::WrongWorkspace => ErrorCode::TokenWrongWorkspace,
-                    _ => ErrorCode::TokenInvalid,
-                };
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    code,
-                    Error::TokenRefused(refusal).to_string(),
-                ));
+            Ok(credential) => {
+                drop(slot);
+                return self.bootstrapped(&m, &csr, credential);
             }
-            Err(Error::NotFound(_)) => {
-                self.failed(remote);
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    ErrorCode::TokenInvalid,
-                    "no such token",
-                ));
+            // The presenter holds the genuine token: it may know what became
+            // of it.
+            Err(e @ Error::TokenRefused(TokenRefusal::Reused { .. })) => {
+                Refusal::new(StatusCode::FORBIDDEN, ErrorCode::TokenUsed, e.to_string())
             }
+            Err(e @ Error::TokenRefused(TokenRefusal::Expired { .. })) => Refusal::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::TokenExpired,
+                e.to_string(),
+            ),
+            Err(e @ (Error::TokenRefused(_) | Error::NotFound(_))) => Refusal::token_invalid(e),
             Err(e) => return Err(Refusal::internal(e)),
         };
+        drop(slot);
+        // A source past its refusals for the window is told to wait instead;
+        // a token that verifies was never held back above.
+        let refusal = match self.refused_from(remote) {
+            None => refusal,
+            Some(left) => {
+                let mut limited = Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    "too many refused bootstraps from this address; wait",
+                );
+                limited.retry_after = Some(left.as_secs().max(1) as u32);
+                limited.detail = refusal.detail.or(Some(refusal.message));
+                limited
+            }
+        };
+        // Every token refusal takes the same time, whichever way the token
+        // failed (a workspace that exists or not, a store that answered fast
+        // or slow), up to the floor.
+        tokio::time::sleep_until(started + self.config.token_refusal_time).await;
+        Err(refusal)
+    }
+
+    /// The answer to a bootstrap that issued `credential`.
+    fn bootstrapped(
+        &self,
+        m: &BootstrapRequest,
+        csr: &cogrion_core::ca::CheckedCsr,
+        credential: cogrion_core::AgentCredential,
+    ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
         // A re-bootstrap revoked the workspace's earlier credentials: their
         // connections close (a replay revoked nothing; its agent has none).
         self.close_connections(&m.workspace);
@@ -1126,7 +1226,7 @@ impl Shared {
         // certificate it was issued (same serial, key and validity).
         let issued = self
             .ca
-            .sign_checked(&csr, &m.workspace, &credential.serial, credential.issued_at)
+            .sign_checked(csr, &m.workspace, &credential.serial, credential.issued_at)
             .map_err(Refusal::internal)?;
         Ok(ok(&BootstrapResponse {
             version: PROTOCOL_VERSION,
@@ -1161,13 +1261,29 @@ impl Shared {
         peer: &Peer,
         m: RenewalRequest,
     ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
+        self.check_renewals(peer)?;
         let _slot = self.exchange_slot()?;
         let csr = self.check_csr(&m.csr_pem)?;
         let credential = self
             .gateway
             .renew(&peer.serial, csr.key_digest())
             .await
-            .map_err(Refusal::gateway)?;
+            .map_err(|e| match e {
+                Error::RenewalTooEarly { serial, from } => {
+                    let mut refusal = Refusal::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        ErrorCode::RateLimited,
+                        format!("certificate {serial} may be renewed from {from} on"),
+                    );
+                    let wait_ms = from
+                        .as_millis()
+                        .saturating_sub(self.clock.now().as_millis());
+                    refusal.retry_after =
+                        Some(wait_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32);
+                    refusal
+                }
+                other => Refusal::gateway(other),
+            })?;
         let issued = self
             .ca
             .sign_checked(&csr, &peer.workspace, &credential.serial, self.clock.now())
