@@ -237,7 +237,8 @@ impl AgentInstaller for ProcessInstaller {
         };
         let dir = self.agent_dir(&request.workspace);
         std::fs::create_dir_all(&dir).map_err(failed)?;
-        std::fs::write(dir.join("token"), request.token.expose()).map_err(failed)?;
+        cogrion_agent::write_token_file(&dir.join("token"), request.token.expose())
+            .map_err(failed)?;
         self.launch(&request.workspace).map_err(failed)?;
         Ok(Progress::Ready(()))
     }

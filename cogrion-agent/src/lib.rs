@@ -48,4 +48,4 @@ mod runtime;
 pub use cogrion_agent_proto as proto;
 pub use config::{AgentConfig, ConfigError};
 pub use handlers::{Handler, Handlers};
-pub use runtime::{AgentError, AgentRuntime};
+pub use runtime::{AgentError, AgentRuntime, write_token_file};

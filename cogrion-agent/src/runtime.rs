@@ -138,24 +138,65 @@ fn state_error(path: &Path, e: impl std::fmt::Display) -> AgentError {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file (mode 0600 when
-/// `private`), synced, then renamed over it.
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), AgentError> {
+/// Writes `contents` to `path` through a temporary file, synced, then
+/// renamed over it. Every file the agent keeps (its key, its state with the
+/// spent token's hash, its certificate) is its own only: the temporary file
+/// is created anew with mode 0600 (a stale one left by a crash is removed
+/// first, so no mode is inherited from it), and the rename carries the mode.
+fn write_file(path: &Path, contents: &[u8]) -> Result<(), AgentError> {
+    write_private(path, contents).map_err(|(at, e)| state_error(&at, e))
+}
+
+/// [`write_file`], with the path that failed.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), (std::path::PathBuf, std::io::Error)> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err((tmp, e)),
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let _ = private;
-    let mut file = options.open(&tmp).map_err(|e| state_error(&tmp, e))?;
+    let mut file = options.open(&tmp).map_err(|e| (tmp.clone(), e))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(|e| state_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| state_error(path, e))
+        .map_err(|e| (tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| (path.to_owned(), e))
+}
+
+/// Writes a bootstrap token where an agent will read it
+/// ([`AgentConfig::token_file`](crate::AgentConfig)), as an installer should:
+/// mode 0600, atomically (a temporary file created with that mode, renamed
+/// over the old token). The agent refuses a token file that every user of the
+/// host may read.
+pub fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
+    write_private(path, token.as_bytes()).map_err(|(_, e)| e)
+}
+
+/// Why the token file may not be used: readable by others (its mode lets
+/// any user of the host read a credential). `None` when it may be.
+#[cfg(unix)]
+fn token_file_exposed(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "mode {:o} lets every user of the host read the bootstrap token; make it 0600 or 0640 \
+             (a Kubernetes secret volume: defaultMode 0400)",
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn token_file_exposed(_path: &Path) -> Option<String> {
+    None
 }
 
 impl AgentRuntime {
@@ -236,7 +277,7 @@ impl AgentRuntime {
     fn save(&self) -> Result<(), AgentError> {
         let bytes =
             serde_json::to_vec(&self.state).map_err(|e| AgentError::Config(e.to_string()))?;
-        write_file(&self.config.state_dir.join("state.json"), &bytes, false)
+        write_file(&self.config.state_dir.join("state.json"), &bytes)
     }
 
     fn save_identity(&mut self, not_after_ms: u64, renew_percent: u32) -> Result<(), AgentError> {
@@ -244,8 +285,8 @@ impl AgentRuntime {
             return Ok(());
         };
         let dir = &self.config.state_dir;
-        write_file(&dir.join("identity.key"), key.as_bytes(), true)?;
-        write_file(&dir.join("identity.pem"), chain.as_bytes(), false)?;
+        write_file(&dir.join("identity.key"), key.as_bytes())?;
+        write_file(&dir.join("identity.pem"), chain.as_bytes())?;
         let now = now_ms();
         self.state.not_after_ms = not_after_ms;
         self.state.renew_at_ms =
@@ -406,6 +447,10 @@ impl AgentRuntime {
     }
 
     async fn bootstrap(&mut self) -> Result<Option<Pause>, AgentError> {
+        if let Some(why) = token_file_exposed(&self.config.token_file) {
+            tracing::warn!(file = %self.config.token_file.display(), %why, "the bootstrap token file is refused");
+            return Ok(Some(Pause::Backoff));
+        }
         let token = match std::fs::read_to_string(&self.config.token_file) {
             Ok(t) => t.trim().to_owned(),
             Err(e) => {
@@ -429,7 +474,7 @@ impl AgentRuntime {
             Ok(key) if self.state.pending_token_sha256 == Some(hash) => key,
             _ => {
                 let key = new_key_pem().map_err(|e| AgentError::Config(e.to_string()))?;
-                write_file(&pending, key.as_bytes(), true)?;
+                write_file(&pending, key.as_bytes())?;
                 self.state.pending_token_sha256 = Some(hash);
                 self.save()?;
                 key

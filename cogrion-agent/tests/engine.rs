@@ -37,7 +37,7 @@ impl AgentInstaller for Installer {
     async fn install(&self, request: AgentInstall) -> cogrion_core::Result<Progress<()>> {
         let dir = self.dir.join(request.workspace.as_str());
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("token"), request.token.expose()).unwrap();
+        cogrion_agent::write_token_file(&dir.join("token"), request.token.expose()).unwrap();
         let mut running = self.running.lock().unwrap();
         if !running.contains_key(&request.workspace) {
             let config = AgentConfig::new(

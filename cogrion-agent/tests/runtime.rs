@@ -129,7 +129,7 @@ impl Plane {
         )
         .await
         .unwrap();
-        std::fs::write(self.dir.join("token"), token.expose()).unwrap();
+        cogrion_agent::write_token_file(&self.dir.join("token"), token.expose()).unwrap();
     }
 
     fn config(&self) -> AgentConfig {
@@ -868,7 +868,7 @@ async fn a_control_plane_crash_loses_no_command_and_runs_none_twice() {
     )
     .await
     .unwrap();
-    std::fs::write(dir.join("token"), token.expose()).unwrap();
+    cogrion_agent::write_token_file(&dir.join("token"), token.expose()).unwrap();
     let ca_pem = std::fs::read_to_string(dir.join("ca").join("ca.pem")).unwrap();
     let config = AgentConfig::new(
         plane.addr,
@@ -935,4 +935,56 @@ async fn a_control_plane_crash_loses_no_command_and_runs_none_twice() {
     );
     drop(plane);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's files are its own — mode 0600, whatever the mode of a stale
+/// temporary file a crash left — and it refuses a token file every user of
+/// the host can read, until the file is made private. (Before issue 16 the
+/// state, with the spent token's hash, was written with the default mode, a
+/// stale temporary file's mode was kept, and the token file's never checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_files_are_its_own_and_an_exposed_token_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let plane = Plane::start(Duration::from_secs(3600)).await;
+    let token = plane.dir.join("token");
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "write_token_file writes it private"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = plane.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for stale in ["state.tmp", "identity.tmp", "pending.tmp"] {
+        std::fs::write(state.join(stale), b"stale").unwrap();
+        std::fs::set_permissions(state.join(stale), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+    }
+    let runs = Arc::new(AtomicU64::new(0));
+    let (stop, task) = spawn(&plane, runs.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        plane
+            .store
+            .list_credentials(&plane.ws)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a token every user can read is not used"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let result = plane.health("private1", Duration::from_secs(30)).await;
+    assert_eq!(result.outcome, CommandOutcome::Succeeded);
+    let _ = stop.send(());
+    task.await.unwrap();
+    let files = files_under(&state);
+    assert!(files.iter().any(|(p, _)| p.ends_with("identity.key")));
+    for (path, _) in files {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        if path.extension().is_some_and(|e| e == "tmp") {
+            continue; // stale ones the agent had no reason to write
+        }
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&plane.dir);
 }

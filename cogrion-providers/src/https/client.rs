@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cogrion_core::proto::v1::{
     self, AgentVersion, BootstrapRequest, BootstrapResponse, DecodeError, ErrorResponse, Message,
@@ -56,7 +57,16 @@ pub struct AgentClient {
     /// it was opened under. Requests take turns on it; one that finds it busy
     /// (a result posted while a poll is held) opens a connection of its own.
     kept: tokio::sync::Mutex<Option<(u64, SendRequest<Full<Bytes>>)>>,
+    /// How long a new connection (TCP and TLS) may take.
+    connect_timeout: Duration,
+    /// How long an answer may take, beyond a poll's own wait.
+    request_timeout: Duration,
 }
+
+/// How long a new connection may take by default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an answer may take by default, beyond a poll's own wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +91,21 @@ impl AgentClient {
             identity_pem: Mutex::new(None),
             generation: AtomicU64::new(0),
             kept: tokio::sync::Mutex::new(None),
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
         })
+    }
+
+    /// With these deadlines: for a new connection (TCP and TLS, default 10 s),
+    /// and for an answer beyond a poll's own wait (default 30 s). A request
+    /// past its deadline fails with [`ClientError::Connect`] and its
+    /// connection is dropped. Every connection also has TCP keepalive (probes
+    /// after 30 s idle, every 10 s), so a dead peer is found while a poll is
+    /// held.
+    pub fn with_timeouts(mut self, connect: Duration, request: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
     }
 
     /// Uses this client certificate (PEM chain) and key (PKCS#8 PEM) from now on.
@@ -203,7 +227,13 @@ impl AgentClient {
     ) -> Result<PollResponse, ClientError> {
         let request = PollRequest::new(finished, wait_secs)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.exchange("/v1/poll", v1::encode(&request), false).await
+        self.exchange_within(
+            "/v1/poll",
+            v1::encode(&request),
+            false,
+            Duration::from_secs(u64::from(wait_secs)),
+        )
+        .await
     }
 
     /// Posts one result; the acknowledgement means it is stored.
@@ -224,7 +254,22 @@ impl AgentClient {
         body: Vec<u8>,
         last: bool,
     ) -> Result<M, ClientError> {
-        let (status, bytes) = self.send(path, body, last, true).await?;
+        self.exchange_within(path, body, last, Duration::ZERO).await
+    }
+
+    /// [`exchange`](Self::exchange), the server holding the request for up to
+    /// `held` before it answers.
+    async fn exchange_within<M: Message>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        last: bool,
+        held: Duration,
+    ) -> Result<M, ClientError> {
+        let deadline = self.request_timeout + held;
+        let (status, bytes) = tokio::time::timeout(deadline, self.send(path, body, last, true))
+            .await
+            .map_err(|_| ClientError::Connect(format!("no answer within {deadline:?}")))??;
         if status == 200 {
             v1::decode::<M>(&bytes).map_err(|e: DecodeError| ClientError::Protocol(e.to_string()))
         } else {
@@ -243,7 +288,10 @@ impl AgentClient {
     /// connection the server closed in the meantime is replaced before the
     /// request is sent; a request is never sent twice.
     pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
-        self.send(path, body, false, false).await
+        let deadline = self.request_timeout;
+        tokio::time::timeout(deadline, self.send(path, body, false, false))
+            .await
+            .map_err(|_| ClientError::Connect(format!("no answer within {deadline:?}")))?
     }
 
     /// [`send_raw`](Self::send_raw); with `last`, the request asks the server
@@ -305,6 +353,13 @@ impl AgentClient {
 
     /// A new TLS connection under the current identity, speaking HTTP/1.1.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let within = self.connect_timeout;
+        tokio::time::timeout(within, self.connect_now())
+            .await
+            .map_err(|_| ClientError::Connect(format!("no connection within {within:?}")))?
+    }
+
+    async fn connect_now(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let connect = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
         let config = crate::lock_or_recover(&self.config).clone();
         let tcp = tokio::net::TcpStream::connect(self.addr)
@@ -312,6 +367,7 @@ impl AgentClient {
             .map_err(|e| connect(&e))?;
         // Small messages both ways: no waiting on Nagle for a delayed ACK.
         tcp.set_nodelay(true).map_err(|e| connect(&e))?;
+        super::keepalive(&tcp).map_err(|e| connect(&e))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(self.server_name.clone(), tcp)
             .await

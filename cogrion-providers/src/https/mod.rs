@@ -82,6 +82,16 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// TCP keepalive on `tcp`: probes after 30 s without traffic, every 10 s, so
+/// a peer that vanished (a NAT that forgot the flow, a host that died) is
+/// found while a poll is held rather than never.
+fn keepalive(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10));
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+}
+
 /// Certificates from PEM.
 fn certificates(pem: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
     use rustls_pki_types::pem::PemObject;

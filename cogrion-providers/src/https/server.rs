@@ -482,6 +482,48 @@ impl Refusal {
     }
 }
 
+/// What of `commands` and `cancel` one poll's answer carries: in order, as
+/// many as fit both the count ([`v1::MAX_COMMANDS_PER_POLL`]) and the size an
+/// agent accepts ([`PollResponse`]'s limit) — always the first command, which
+/// fits alone. The rest stay open and go with the next polls, so an answer is
+/// never one the agent must refuse (five commands of ~0.9 MiB each were, and
+/// were sent again on every poll).
+fn fit_answer(
+    commands: Vec<cogrion_core::proto::Command>,
+    cancel: Vec<cogrion_core::proto::CommandId>,
+) -> (
+    Vec<cogrion_core::proto::Command>,
+    Vec<cogrion_core::proto::CommandId>,
+) {
+    // The envelope's fields and punctuation, with room to spare.
+    const ENVELOPE: usize = 1024;
+    let mut budget = <PollResponse as Message>::MAX_LEN.saturating_sub(ENVELOPE);
+    let mut fitted = Vec::new();
+    for command in commands {
+        if fitted.len() == v1::MAX_COMMANDS_PER_POLL {
+            break;
+        }
+        // Its JSON and the comma before it.
+        let len = serde_json::to_vec(&command).map_or(usize::MAX, |json| json.len() + 1);
+        if len > budget && !fitted.is_empty() {
+            break;
+        }
+        budget = budget.saturating_sub(len);
+        fitted.push(command);
+    }
+    let mut ids = Vec::new();
+    for id in cancel {
+        // Quoted, escaped at worst six bytes a character, and a comma.
+        let len = id.as_str().len() * 6 + 3;
+        if fitted.len() + ids.len() == v1::MAX_COMMANDS_PER_POLL || len > budget {
+            break;
+        }
+        budget -= len;
+        ids.push(id);
+    }
+    (fitted, ids)
+}
+
 fn ok<M: Message>(message: &M) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::OK)
@@ -799,6 +841,10 @@ impl Shared {
         // Small messages both ways: no waiting on Nagle for a delayed ACK.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY refused");
+        }
+        // A held poll on a connection whose agent vanished is found out.
+        if let Err(e) = super::keepalive(&tcp) {
+            tracing::debug!(peer = %addr, error = %e, "TCP keepalive refused");
         }
         // This task ends with the handshake (whose large state is boxed, so
         // the task itself is small to spawn): the connection is served by a
@@ -1332,8 +1378,7 @@ impl Shared {
                     }
                     let something = !commands.is_empty() || !cancel.is_empty();
                     if something || tokio::time::Instant::now() >= deadline {
-                        commands.truncate(v1::MAX_COMMANDS_PER_POLL);
-                        cancel.truncate(v1::MAX_COMMANDS_PER_POLL - commands.len());
+                        let (commands, cancel) = fit_answer(commands, cancel);
                         return Ok(ok(&PollResponse {
                             version: PROTOCOL_VERSION,
                             commands,
