@@ -12,6 +12,13 @@
 //!   ports never run short);
 //! - `COGRION_BENCH_HOLD` — agents for the "one process holds" run (default:
 //!   the file limit minus 100; `0` skips it);
+//! - `COGRION_BENCH_HOSTILE=1` — instead of the runs below, the endpoint's
+//!   legitimate work (bootstraps/s, delivery p99, server CPU per bootstrap)
+//!   with and without an intruder's load in a process of its own: 5,000 idle
+//!   and 500 slow-header connections (`COGRION_BENCH_HOSTILE_IDLE`, `_SLOW`)
+//!   from 64 loopback addresses (`_SOURCES`; 127.0.1.1 on) that reconnect as
+//!   soon as they are closed, and the server's memory per hostile connection;
+//!   `COGRION_BENCH_HOSTILE_AGENTS` agents per fleet (default 4,000);
 //! - `COGRION_BENCH_ROUNDS` (default 3), `COGRION_BENCH_WARMUP` (default
 //!   1,000), `COGRION_BENCH_SERVER_THREADS` — tokio workers of both servers
 //!   (default 2, one per core here).
@@ -487,6 +494,94 @@ async fn role_agents(dir: PathBuf, from: usize, to: usize, addr: SocketAddr) {
     while let Ok(Some(_)) = orders.next_line().await {}
 }
 
+/// The loopback address of hostile source `i` (127.0.1.1 on): another host,
+/// as far as the server can tell.
+fn hostile_source(i: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8).into()
+}
+
+/// `--role hostile DIR ADDR IDLE SLOW SOURCES`: an intruder's load on `ADDR`,
+/// spread over `SOURCES` loopback addresses: `IDLE` connections that never
+/// send a ClientHello, and `SLOW` that complete TLS (no client certificate)
+/// and then send a request head one byte every 10 s; each reconnects as soon
+/// as the server closes it. Says `HOSTILE <open>` once every one has
+/// connected; orders: `STATS` (answer `HOSTILE_STATS <connects>`).
+async fn role_hostile(dir: PathBuf, addr: SocketAddr, idle: usize, slow: usize, sources: usize) {
+    let ca_pem = std::fs::read_to_string(ca_dir(&dir).join("ca.pem")).unwrap();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(&ca_pem))
+        .with_no_client_auth(),
+    );
+    let connected = Arc::new(AtomicUsize::new(0));
+    let connects = Arc::new(AtomicUsize::new(0));
+    for i in 0..idle + slow {
+        let source = SocketAddr::new(hostile_source(i % sources.max(1)), 0);
+        let (config, connected, connects) = (config.clone(), connected.clone(), connects.clone());
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(source).unwrap();
+                let Ok(mut tcp) = socket.connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                connects.fetch_add(1, Ordering::Relaxed);
+                if std::mem::take(&mut first) {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+                if i < idle {
+                    // Silent until the server closes it.
+                    let mut buf = [0u8; 64];
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                    continue;
+                }
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let Ok(mut tls) = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                else {
+                    continue;
+                };
+                for byte in b"POST /v1/bootstrap HTTP/1.1\r\nhost: localhost\r\n"
+                    .iter()
+                    .cycle()
+                {
+                    if tls.write_all(&[*byte]).await.is_err() || tls.flush().await.is_err() {
+                        break;
+                    }
+                    // A closed connection shows as the next write's error;
+                    // the read notices it sooner.
+                    let mut buf = [0u8; 64];
+                    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+            }
+        });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while connected.load(Ordering::Relaxed) < idle + slow && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    say(format!("HOSTILE {}", connected.load(Ordering::Relaxed)));
+    let mut orders = orders();
+    while let Ok(Some(line)) = orders.next_line().await {
+        if line.trim() == "STATS" {
+            say(format!(
+                "HOSTILE_STATS {}",
+                connects.load(Ordering::Relaxed)
+            ));
+        }
+    }
+}
+
 /// `--role bare-agents DIR COUNT RAW_ADDR LP_ADDR`: `COUNT` raw clients: a key
 /// and CSR, the raw bootstrap, then a mutual-TLS HTTP/1.1 connection to the bare
 /// long-poll port with one request answered and the next held.
@@ -735,6 +830,28 @@ struct Fleet {
     /// SQLite read calls (the endpoint only).
     sqlite_reads: Option<u64>,
     latencies_ms: Vec<f64>,
+    /// Under a hostile load: the connections it holds open at the server
+    /// (its fds), the server's RSS growth over them (KiB), and its connects.
+    hostile: Option<HostileLoad>,
+}
+
+#[derive(Debug, Default)]
+struct HostileLoad {
+    held: usize,
+    kib: u64,
+    connects: usize,
+    /// The intruder's own CPU time over its run (s) and the run's length (s):
+    /// on this machine it shares the server's two cores.
+    cpu_secs: f64,
+    secs: f64,
+}
+
+/// An intruder's load: idle connections, slow-header ones, source addresses.
+#[derive(Debug, Clone, Copy)]
+struct Hostility {
+    idle: usize,
+    slow: usize,
+    sources: usize,
 }
 
 impl Fleet {
@@ -758,6 +875,18 @@ fn warmup() -> usize {
 /// Runs a fleet of `agents` of `kind` over `generators` processes; measures
 /// latency in `rounds` rounds (endpoint only).
 fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
+    fleet_under(kind, agents, generators, rounds, None)
+}
+
+/// [`fleet`], with an intruder's load on the server from before the first
+/// agent to the end.
+fn fleet_under(
+    kind: Kind,
+    agents: usize,
+    generators: usize,
+    rounds: usize,
+    hostility: Option<Hostility>,
+) -> Fleet {
     let dir = std::env::temp_dir().join(format!(
         "cogrion-agents-bench-{}-{kind:?}-{agents}",
         std::process::id()
@@ -787,9 +916,40 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
         .map(|list| list.split(',').map(str::to_owned).collect())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    let mut hostile_role = None;
+    let mut hostile = None;
+    let hostile_started = std::time::Instant::now();
+    if let Some(h) = hostility {
+        let (rss, fds) = (server.rss_kib(), server.fds());
+        hostile_role = Some(Role::start(
+            1000,
+            &[
+                "hostile".into(),
+                d.clone(),
+                addrs[0][0].clone(),
+                h.idle.to_string(),
+                h.slow.to_string(),
+                h.sources.to_string(),
+            ],
+            &tx,
+        ));
+        inbox
+            .next("HOSTILE", Duration::from_secs(180))
+            .expect("the hostile load started");
+        std::thread::sleep(Duration::from_secs(2));
+        let held = server.fds().saturating_sub(fds);
+        hostile = Some(HostileLoad {
+            held,
+            kib: server.rss_kib().saturating_sub(rss),
+            connects: 0,
+            cpu_secs: 0.0,
+            secs: 0.0,
+        });
+    }
     let mut report = Fleet {
         agents,
         rss_before_kib: server.rss_kib(),
+        hostile,
         ..Fleet::default()
     };
     // Two waves: a warm-up wave pays the server's fixed costs (caches, pools,
@@ -924,10 +1084,90 @@ fn fleet(kind: Kind, agents: usize, generators: usize, rounds: usize) -> Fleet {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    if let Some(role) = &mut hostile_role {
+        role.order("STATS");
+        if let (Some((_, words)), Some(h)) = (
+            inbox.next("HOSTILE_STATS", Duration::from_secs(30)),
+            report.hostile.as_mut(),
+        ) {
+            h.connects = words[1].parse().unwrap_or(0);
+            h.cpu_secs = role.cpu_secs();
+            h.secs = hostile_started.elapsed().as_secs_f64();
+        }
+    }
+    drop(hostile_role);
     drop(roles);
     drop(server);
     std::fs::remove_dir_all(&dir).ok();
     report
+}
+
+/// `COGRION_BENCH_HOSTILE=1`: the endpoint's legitimate work with and
+/// without an intruder's load (5,000 idle and 500 slow-header connections
+/// from 64 addresses, reconnecting as soon as closed), alternately, in
+/// `COGRION_BENCH_ROUNDS` rounds of `COGRION_BENCH_HOSTILE_AGENTS` agents
+/// (default 4,000).
+fn hostile_runs(generators: usize) {
+    let agents = env_usize("COGRION_BENCH_HOSTILE_AGENTS").unwrap_or(4000);
+    let rounds = env_usize("COGRION_BENCH_ROUNDS").unwrap_or(3).max(1);
+    let hostility = Hostility {
+        idle: env_usize("COGRION_BENCH_HOSTILE_IDLE").unwrap_or(5000),
+        slow: env_usize("COGRION_BENCH_HOSTILE_SLOW").unwrap_or(500),
+        sources: env_usize("COGRION_BENCH_HOSTILE_SOURCES").unwrap_or(64),
+    };
+    let (mut boot, mut p99s, mut cpus, mut kib) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let clean = fleet(Kind::Endpoint, agents, generators, LATENCY_ROUNDS);
+        let attacked = fleet_under(
+            Kind::Endpoint,
+            agents,
+            generators,
+            LATENCY_ROUNDS,
+            Some(hostility),
+        );
+        let p99 = |f: &Fleet| {
+            let mut l = f.latencies_ms.clone();
+            l.sort_by(f64::total_cmp);
+            percentile(&l, 0.99)
+        };
+        let h = attacked.hostile.as_ref().expect("the hostile load ran");
+        let per_connection = h.kib as f64 / h.held.max(1) as f64;
+        boot.push(attacked.bootstraps_per_sec / clean.bootstraps_per_sec);
+        p99s.push(p99(&attacked) / p99(&clean));
+        cpus.push((
+            clean.cpu_us_per_bootstrap.0,
+            attacked.cpu_us_per_bootstrap.0,
+        ));
+        kib.push(per_connection);
+        println!(
+            "REPORT hostile round {round}: bootstraps/s {:.0} under the load vs {:.0} without -> {:.3}; delivery p99 {:.2} ms vs {:.2} ms -> {:.2}x; \
+             server CPU per bootstrap {:.0} µs vs {:.0} µs; the load: {} idle + {} slow-header connections from {} addresses, {} held open at the server \
+             ({:.1} KiB each), {} connects in all, the intruder's process using {:.0}% of a core beside the server; {} of {} agents polling under it",
+            attacked.bootstraps_per_sec,
+            clean.bootstraps_per_sec,
+            attacked.bootstraps_per_sec / clean.bootstraps_per_sec,
+            p99(&attacked),
+            p99(&clean),
+            p99(&attacked) / p99(&clean),
+            attacked.cpu_us_per_bootstrap.0,
+            clean.cpu_us_per_bootstrap.0,
+            hostility.idle,
+            hostility.slow,
+            hostility.sources,
+            h.held,
+            per_connection,
+            h.connects,
+            100.0 * h.cpu_secs / h.secs.max(1e-9),
+            attacked.polling,
+            attacked.agents,
+        );
+    }
+    println!(
+        "REPORT hostile: median over {rounds} rounds: bootstraps/s ratio {:.3} {boot:.3?} (target >= 0.8); delivery p99 ratio {:.2} {p99s:.2?} (target <= 2); \
+         server CPU per bootstrap without/with {cpus:.0?} µs; KiB per hostile connection {kib:.1?}",
+        median(&boot),
+        median(&p99s),
+    );
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -990,6 +1230,13 @@ fn role(args: &[String]) {
             arg(3).parse().unwrap(),
             arg(4).parse().unwrap(),
         )),
+        "hostile" => generator_runtime().block_on(role_hostile(
+            arg(1).into(),
+            arg(2).parse().unwrap(),
+            arg(3).parse().unwrap(),
+            arg(4).parse().unwrap(),
+            arg(5).parse().unwrap(),
+        )),
         "bare-agents" => generator_runtime().block_on(role_bare_agents(
             arg(1).into(),
             arg(2).parse().unwrap(),
@@ -1013,6 +1260,10 @@ fn main() {
     }
     let agents = env_usize("COGRION_BENCH_AGENTS").unwrap_or(10_000);
     let generators = env_usize("COGRION_BENCH_GENERATORS").unwrap_or(4).max(1);
+    if std::env::var("COGRION_BENCH_HOSTILE").is_ok_and(|v| v == "1") {
+        hostile_runs(generators);
+        return;
+    }
     let limit = file_limit();
     let hold = env_usize("COGRION_BENCH_HOLD").unwrap_or(limit.saturating_sub(100));
 

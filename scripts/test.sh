@@ -11,6 +11,8 @@
 # test applies the Dockerfile's runtime stage to a copy and runs the agent in it,
 # and scripts/check-agent-image-build.sh runs its build stage's `cargo build` in
 # a copy with gcc (~1.5 min).
+# The fuzz targets of fuzz/ (protocol decoders, the CSR check) run 5 s each with
+# cargo-fuzz 0.13.2 (installed if missing, ~30 s) on the stable toolchain.
 # Later peers (moto, Helm, Terraform, Temporal) join the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +58,9 @@ bash scripts/check-agent-image-build.sh
 
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc "${FEATURES[@]}" --no-deps
+
+step "fuzz targets (5 s each, stable toolchain, no sanitizer)"
+bash scripts/fuzz.sh 5
 
 step "all checks passed"
 # One closing line for the whole run: the sum of every cargo test result.

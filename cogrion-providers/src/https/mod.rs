@@ -24,10 +24,10 @@
 //!   them); bodies are limited before they are read (`too_large`); decoding
 //!   is strict.
 //! - **Count.** Connections not yet authenticated (in their handshake, or
-//!   without a client certificate): at most 32 per source — an IPv4 address
+//!   without a client certificate): at most 128 per source — an IPv4 address
 //!   or an IPv6 /64; a new one closes the source's oldest, so a client
-//!   behind an attacker's NAT still gets in — and a quarter of the process's
-//!   open-files limit in all (up to 4,096; the rest wait in the listen
+//!   behind an attacker's NAT still gets in — and half the process's
+//!   open-files limit in all (up to 8,192; the rest wait in the listen
 //!   backlog). Authenticated connections are counted per agent (4; a new one
 //!   closes the oldest), never per address. The TLS handshakes the server
 //!   computes at once are bounded (256): a connection takes a slot only once

@@ -63,14 +63,16 @@ pub struct AgentServerConfig {
     pub body_timeout: Duration,
     /// Connections not yet authenticated (in their handshake, or without a
     /// client certificate) from one source — an IPv4 address or an IPv6 /64
-    /// (default 32); a new one beyond it closes the source's oldest, so one
+    /// (default 128); a new one beyond it closes the source's oldest, so one
     /// behind the same NAT as an attacker still gets in.
     /// Authenticated connections are not counted by address: agents behind
     /// one NAT are never capped by it.
     pub max_unauthenticated_per_source: usize,
-    /// Connections not yet authenticated, in all (default: a quarter of the
-    /// process's open-files limit, between 16 and 4,096); beyond it new
-    /// connections wait in the listen backlog.
+    /// Connections not yet authenticated, in all (default: half the
+    /// process's open-files limit, between 16 and 8,192); beyond it new
+    /// connections wait in the listen backlog. Keep it above what the
+    /// sources an attacker may hold can take (their count times
+    /// `max_unauthenticated_per_source`), or bootstraps wait behind them.
     pub max_unauthenticated: usize,
     /// Renewals one certificate may ask for per [`renewal_limit_window`](Self::renewal_limit_window)
     /// (default 3: a renewal whose answer was lost is asked again); beyond it
@@ -123,9 +125,9 @@ impl Default for AgentServerConfig {
             unauthenticated_idle_timeout: Duration::from_secs(10),
             authenticated_idle_timeout: Duration::from_secs(120),
             body_timeout: Duration::from_secs(10),
-            max_unauthenticated_per_source: 32,
+            max_unauthenticated_per_source: 128,
             max_unauthenticated: super::admission::open_files_limit()
-                .map_or(4096, |files| (files / 4).clamp(16, 4096) as usize),
+                .map_or(4096, |files| (files / 2).clamp(16, 8192) as usize),
             max_connections_per_agent: 4,
             renewals_per_certificate: 3,
             renewal_limit_window: Duration::from_secs(3600),

@@ -1,0 +1,13 @@
+//! The result decoder on arbitrary bytes: it never panics, and what it
+//! accepts encodes to a message it accepts again, unchanged.
+#![no_main]
+
+use cogrion_agent_proto::v1::{self, ResultRequest};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(message) = v1::decode::<ResultRequest>(data) {
+        let again = v1::encode(&message);
+        assert_eq!(v1::decode::<ResultRequest>(&again).as_ref(), Ok(&message));
+    }
+});
