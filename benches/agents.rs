@@ -18,7 +18,7 @@
 //!   and 500 slow-header connections (`COGRION_BENCH_HOSTILE_IDLE`, `_SLOW`)
 //!   from 64 loopback addresses (`_SOURCES`; 127.0.1.1 on) that reconnect as
 //!   soon as they are closed, and the server's memory per hostile connection;
-//!   `COGRION_BENCH_HOSTILE_AGENTS` agents per fleet (default 4,000);
+//!   `COGRION_BENCH_HOSTILE_AGENTS` agents per fleet (default 8,000);
 //! - `COGRION_BENCH_ROUNDS` (default 3), `COGRION_BENCH_WARMUP` (default
 //!   1,000), `COGRION_BENCH_SERVER_THREADS` — tokio workers of both servers
 //!   (default 2, one per core here).
@@ -1106,9 +1106,10 @@ fn fleet_under(
 /// without an intruder's load (5,000 idle and 500 slow-header connections
 /// from 64 addresses, reconnecting as soon as closed), alternately, in
 /// `COGRION_BENCH_ROUNDS` rounds of `COGRION_BENCH_HOSTILE_AGENTS` agents
-/// (default 4,000).
+/// (default 8,000: the second wave's bootstraps take a few seconds, longer
+/// than the intruder's reconnect cycle).
 fn hostile_runs(generators: usize) {
-    let agents = env_usize("COGRION_BENCH_HOSTILE_AGENTS").unwrap_or(4000);
+    let agents = env_usize("COGRION_BENCH_HOSTILE_AGENTS").unwrap_or(8000);
     let rounds = env_usize("COGRION_BENCH_ROUNDS").unwrap_or(3).max(1);
     let hostility = Hostility {
         idle: env_usize("COGRION_BENCH_HOSTILE_IDLE").unwrap_or(5000),

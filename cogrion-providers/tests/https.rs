@@ -1028,7 +1028,8 @@ async fn connections_that_do_not_speak_are_closed_at_their_deadlines() {
         closed_within(&mut silent, Duration::from_secs(3)).await,
         "no ClientHello"
     );
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    // The deadline less up to a quarter (jittered per connection).
+    assert!(started.elapsed() >= Duration::from_millis(220));
 
     let mut quiet = tls_without_certificate(&plane).await;
     assert!(

@@ -31,6 +31,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::admission::{LogLimit, Metered, Unauthenticated, UnauthenticatedGuard};
 
+/// `limit` less up to a quarter, at random: a deadline that many connections
+/// opened at once do not all reach at once.
+fn jittered(limit: Duration) -> Duration {
+    limit.mul_f64(1.0 - rand::random::<f64>() / 4.0)
+}
+
 /// Sources whose refused bootstraps are counted at once, at most.
 const MAX_TRACKED_SOURCES: usize = 4096;
 
@@ -44,13 +50,16 @@ const MAX_HEADERS: usize = 32;
 #[non_exhaustive]
 pub struct AgentServerConfig {
     /// How long a new connection may take to send its TLS ClientHello
-    /// (default 5 s). Until it has, it holds no handshake slot.
+    /// (default 5 s, less up to a quarter at random per connection, so that
+    /// connections opened together are not closed together). Until it has,
+    /// it holds no handshake slot and no TLS state.
     pub client_hello_timeout: Duration,
     /// How long a TLS handshake may take in all, from the connection's accept
     /// (default 10 s).
     pub handshake_timeout: Duration,
     /// A connection without a client certificate (a bootstrap's): how long it
-    /// may stay idle and then take to send a request's headers (default 10 s).
+    /// may stay idle and then take to send a request's headers (default 10 s,
+    /// less up to a quarter at random per connection).
     /// hyper's header-read timeout, which runs from when the connection waits
     /// for a request: it bounds the idle time and the headers together.
     pub unauthenticated_idle_timeout: Duration,
@@ -840,14 +849,6 @@ impl Shared {
         addr: SocketAddr,
         unauthenticated: UnauthenticatedGuard,
     ) {
-        // Small messages both ways: no waiting on Nagle for a delayed ACK.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY refused");
-        }
-        // A held poll on a connection whose agent vanished is found out.
-        if let Err(e) = super::keepalive(&tcp) {
-            tracing::debug!(peer = %addr, error = %e, "TCP keepalive refused");
-        }
         // This task ends with the handshake (whose large state is boxed, so
         // the task itself is small to spawn): the connection is served by a
         // task of its own, sized for serving alone (for as long as the agent
@@ -891,7 +892,7 @@ impl Shared {
             }
             None => (
                 Some(unauthenticated),
-                self.config.unauthenticated_idle_timeout,
+                jittered(self.config.unauthenticated_idle_timeout),
             ),
         };
         let shared = self.clone();
@@ -945,6 +946,33 @@ impl Shared {
         addr: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<Metered<tokio::net::TcpStream>>> {
         let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        // Jittered: connections an intruder opened together are not all
+        // closed together, so their reconnects do not come back as one wave.
+        let hello_by =
+            deadline.min(tokio::time::Instant::now() + jittered(self.config.client_hello_timeout));
+        // Nothing is made for a connection that says nothing: no TLS state,
+        // no socket options, until its first bytes arrive.
+        match tokio::time::timeout_at(hello_by, tcp.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %addr, error = %e, "connection failed before its ClientHello");
+                return None;
+            }
+            Err(_) => {
+                if let Some(skipped) = self.log_connections.admit() {
+                    tracing::info!(peer = %addr, skipped, "TLS handshake timed out waiting for the ClientHello");
+                }
+                return None;
+            }
+        }
+        // Small messages both ways: no waiting on Nagle for a delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(peer = %addr, error = %e, "TCP_NODELAY refused");
+        }
+        // A held poll on a connection whose agent vanished is found out.
+        if let Err(e) = super::keepalive(&tcp) {
+            tracing::debug!(peer = %addr, error = %e, "TCP keepalive refused");
+        }
         let hello = tokio_rustls::LazyConfigAcceptor::new(
             rustls::server::Acceptor::default(),
             Metered::new(tcp),
@@ -956,7 +984,6 @@ impl Shared {
             }
             None
         };
-        let hello_by = deadline.min(tokio::time::Instant::now() + self.config.client_hello_timeout);
         let start = match tokio::time::timeout_at(hello_by, hello).await {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => return failed("refused", Some(&e)),
@@ -1446,5 +1473,23 @@ impl AgentTransport for AgentServer {
                 serial: Some(peer.serial.clone()),
                 connected: true,
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_jittered_by_up_to_a_quarter() {
+        let limit = Duration::from_secs(8);
+        let picks: Vec<Duration> = (0..200).map(|_| jittered(limit)).collect();
+        assert!(picks.iter().all(|d| *d <= limit && *d >= limit * 3 / 4));
+        let spread = picks
+            .iter()
+            .max()
+            .unwrap()
+            .saturating_sub(*picks.iter().min().unwrap());
+        assert!(spread > Duration::from_secs(1), "spread {spread:?}");
     }
 }
