@@ -1436,3 +1436,179 @@ async fn large_commands_are_split_over_polls_that_each_fit() {
     assert_eq!(received, ["big0", "big1", "big2", "big3", "big4"]);
     assert!(polls >= 2, "split over polls");
 }
+
+/// Not a test on its own: the intruder that `an_intruder_in_a_process_of_its_own_gets_nowhere`
+/// starts as a process of its own (this test binary, run for this test with
+/// `COGRION_TEST_INTRUDER=ADDR,CA_FILE,SECS` set). Without it, it returns at once.
+///
+/// From 127.0.0.2, at once: 200 TCP connections that never send a
+/// ClientHello, 50 that complete TLS without a certificate and send nothing,
+/// and 20 that send 64 KiB of unterminated header lines. After at most `SECS`
+/// seconds it prints how many of each the server closed (or answered) and
+/// exits: bounded in count and in time.
+#[test]
+fn intruder_process() {
+    let Ok(spec) = std::env::var("COGRION_TEST_INTRUDER") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let addr: std::net::SocketAddr = parts[0].parse().unwrap();
+    let ca_pem = std::fs::read_to_string(parts[1]).unwrap();
+    let secs: u64 = parts[2].parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::AsyncWriteExt;
+        let within = Duration::from_secs(secs);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        let tls = |tcp: tokio::net::TcpStream| {
+            let config = config.clone();
+            async move {
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(
+                        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                        tcp,
+                    )
+                    .await
+            }
+        };
+        let mut silent = Vec::new();
+        for _ in 0..200 {
+            let mut tcp = connect_from("127.0.0.2", addr).await;
+            silent.push(tokio::spawn(async move {
+                read_until_closed(&mut tcp, within).await.is_some()
+            }));
+        }
+        let mut idle = Vec::new();
+        for _ in 0..50 {
+            let Ok(mut stream) = tls(connect_from("127.0.0.2", addr).await).await else {
+                continue;
+            };
+            idle.push(tokio::spawn(async move {
+                read_until_closed(&mut stream, within).await.is_some()
+            }));
+        }
+        let mut floods = Vec::new();
+        for _ in 0..20 {
+            let Ok(stream) = tls(connect_from("127.0.0.2", addr).await).await else {
+                continue;
+            };
+            let (mut read, mut write) = tokio::io::split(stream);
+            floods.push(tokio::spawn(async move {
+                let writer = tokio::spawn(async move {
+                    let _ = write
+                        .write_all(b"POST /v1/bootstrap HTTP/1.1\r\nhost: localhost\r\n")
+                        .await;
+                    let line = format!("x-pad: {}\r\n", "a".repeat(1000));
+                    for _ in 0..64 {
+                        if write.write_all(line.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = write.flush().await;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                });
+                let answer = read_until_closed(&mut read, within).await;
+                writer.abort();
+                answer.is_some_and(|a| a.starts_with(b"HTTP/1.1 431"))
+            }));
+        }
+        let count = |tasks: Vec<tokio::task::JoinHandle<bool>>| async move {
+            let n = tasks.len();
+            let mut yes = 0;
+            for t in tasks {
+                if t.await.unwrap_or(false) {
+                    yes += 1;
+                }
+            }
+            (yes, n)
+        };
+        let (s, sn) = count(silent).await;
+        let (i, in_) = count(idle).await;
+        let (f, fn_) = count(floods).await;
+        println!("INTRUDER silent {s}/{sn} idle {i}/{in_} floods {f}/{fn_}");
+    });
+}
+
+/// Attacks 1–3 of issue 16 from a process of its own (`intruder_process`):
+/// connections that never speak and header floods from one host. Every one
+/// is closed at its deadline or answered `431`, and meanwhile an agent from
+/// another address bootstraps and polls at once, though the server computes
+/// only 4 handshakes at a time. (Before issue 16 none was ever closed, the
+/// floods went unanswered, and silent connections held the handshake slots.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intruder_in_a_process_of_its_own_gets_nowhere() {
+    let plane = Plane::start_with(
+        AgentServerConfig::default()
+            .with_admission(4, 16)
+            .with_handshake_timeout(Duration::from_secs(30))
+            .with_deadlines(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let ca_file =
+        std::env::temp_dir().join(format!("cogrion-intruder-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, plane.ca.certificate_pem()).unwrap();
+    let intruder = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "intruder_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "COGRION_TEST_INTRUDER",
+            format!("{},{},10", plane.addr, ca_file.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The intruder's connections are in before the agent comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ws = plane.workspace("acme-besieged").await;
+    let agent = plane.client();
+    let started = Instant::now();
+    let token = plane.token(&ws).await;
+    tokio::time::timeout(Duration::from_secs(3), async {
+        agent.bootstrap(&ws, token.expose(), "0.1.0").await.unwrap();
+        agent.poll(Vec::new(), 0).await.unwrap();
+    })
+    .await
+    .expect("the agent is not kept out");
+    let took = started.elapsed();
+    let output = tokio::time::timeout(Duration::from_secs(30), intruder.wait_with_output())
+        .await
+        .expect("the intruder ends by itself")
+        .unwrap();
+    std::fs::remove_file(&ca_file).ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The test harness prints the test's name on the same line.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("INTRUDER").map(|at| l[at..].trim_end()))
+        .unwrap_or_else(|| panic!("the intruder's report: {stdout}"));
+    assert_eq!(
+        line, "INTRUDER silent 200/200 idle 50/50 floods 20/20",
+        "every intruding connection closed or answered 431 (the agent got in in {took:?})"
+    );
+}
