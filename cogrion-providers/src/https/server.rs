@@ -37,6 +37,9 @@ fn jittered(limit: Duration) -> Duration {
     limit.mul_f64(1.0 - rand::random::<f64>() / 4.0)
 }
 
+/// The largest body read (and dropped) to refuse it as too large.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
 /// Sources whose refused bootstraps are counted at once, at most.
 const MAX_TRACKED_SOURCES: usize = 4096;
 
@@ -553,6 +556,13 @@ async fn body<M: Message>(
     if let Some(len) = declared
         && len > M::MAX_LEN
     {
+        // A body not much larger is read and dropped, within the body's
+        // deadline, so that the refusal reaches the client: a connection
+        // closed on unread bytes is reset, and the reset can take the answer
+        // with it. A larger one is not read at all.
+        if len <= DRAIN_LIMIT {
+            let _ = tokio::time::timeout(timeout, Limited::new(body, DRAIN_LIMIT).collect()).await;
+        }
         return Err(Refusal::decode(DecodeError::TooLarge {
             what: M::NAME,
             len,
