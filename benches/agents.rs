@@ -42,6 +42,9 @@
 //! - **agents one process holds**: a fleet as large as the file limit allows
 //!   minus a reserve, every agent on one connection, each having had a response.
 
+#[path = "support/proc.rs"]
+mod proc;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -735,13 +738,7 @@ impl Role {
 
     /// CPU time used so far (user + system), in seconds.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name (which is in parentheses): utime and
-        // stime are the 12th and 13th, in clock ticks of 1/100 s.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / 100.0
+        proc::cpu_seconds(&self.child.id().to_string())
     }
 
     /// Open file descriptors.

@@ -23,6 +23,8 @@ use tokio::runtime::Runtime;
 
 #[path = "support/durable.rs"]
 mod durable;
+#[path = "support/proc.rs"]
+mod proc;
 
 struct Bench {
     store: Arc<dyn WorkspaceStore>,

@@ -270,7 +270,7 @@ pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize, concurrenc
             .await
     });
     let before = opened.transactions(&engine_store);
-    let cpu_before = cpu_seconds();
+    let cpu_before = super::proc::cpu_seconds("self");
     let start = Instant::now();
     let (stats, samples, active_at) = rt.block_on(async {
         let driver = Driver::spawn(
@@ -310,7 +310,7 @@ pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize, concurrenc
         (driver.shutdown().await, samples, active_at)
     });
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = super::proc::cpu_seconds("self") - cpu_before;
     let _ = stop.send(());
     let _ = rt.block_on(agent_task);
     let steps = rt.block_on(engine_steps(b.store.as_ref(), &ids));
@@ -439,7 +439,7 @@ fn raw_same_rows(
             let run = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
                 conn.prepare_cached(sql).unwrap().execute(params).unwrap();
             };
-            let cpu = cpu_seconds();
+            let cpu = super::proc::cpu_seconds("self");
             let start = Instant::now();
             for _ in 0..rounds {
                 conn.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -469,7 +469,7 @@ fn raw_same_rows(
             let steps = (100 * rounds) as f64;
             (
                 steps / start.elapsed().as_secs_f64(),
-                (cpu_seconds() - cpu) * 1e6 / steps,
+                (super::proc::cpu_seconds("self") - cpu) * 1e6 / steps,
             )
         }
         #[cfg(feature = "postgres")]
@@ -639,26 +639,6 @@ impl RawPlan {
         }
         rows
     }
-}
-
-/// The CPU time this process has used so far, user and system, in seconds
-/// (Linux's `/proc/self/stat`, in clock ticks of 10 ms).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command's name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // utime and stime are the 14th and 15th fields, the 12th and 13th after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Waits until every workspace of `ids` satisfies `done`.

@@ -952,28 +952,69 @@ async fn a_stopped_server_handle_closes_its_listener() {
 async fn tls_without_certificate(
     plane: &Plane,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(plane.addr).await.unwrap();
+    tls_over(without_certificate(plane.ca.certificate_pem()), tcp)
+        .await
+        .unwrap()
+}
+
+/// A TLS client's settings that trust `ca_pem` and present no certificate.
+fn without_certificate(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        rustls_pki_types::CertificateDer::pem_slice_iter(plane.ca.certificate_pem().as_bytes())
-    {
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(plane.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// TLS with `config` over `tcp`, to the server named `localhost`.
+async fn tls_over(
+    config: Arc<rustls::ClientConfig>,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tokio_rustls::TlsConnector::from(config)
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,
         )
         .await
-        .unwrap()
+}
+
+/// Sends a request head of 64 KiB of header lines that never ends, and holds
+/// the connection open; what the server sent before it closed it, if it did
+/// within `within`.
+async fn flood_head(
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncWriteExt;
+    let (mut read, mut write) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        let _ = write
+            .write_all(b"POST /v1/bootstrap HTTP/1.1\r\nhost: localhost\r\n")
+            .await;
+        let line = format!("x-pad: {}\r\n", "a".repeat(1000));
+        for _ in 0..64 {
+            if write.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.flush().await;
+        // Held open, the head never finished.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    let answer = read_until_closed(&mut read, within).await;
+    writer.abort();
+    answer
 }
 
 /// A TCP connection to `addr` from the loopback address `from`
@@ -1125,27 +1166,13 @@ async fn an_agents_connection_outlives_the_unauthenticated_idle_timeout() {
 /// issue 16 it read on to ~600 KiB per connection, unanswered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_heads_are_bounded_before_authentication() {
-    use tokio::io::AsyncWriteExt;
     let plane = Plane::start().await;
-    let (mut read, mut write) = tokio::io::split(tls_without_certificate(&plane).await);
-    let writer = tokio::spawn(async move {
-        let _ = write
-            .write_all(b"POST /v1/bootstrap HTTP/1.1\r\nhost: localhost\r\n")
-            .await;
-        let line = format!("x-pad: {}\r\n", "a".repeat(1000));
-        for _ in 0..64 {
-            if write.write_all(line.as_bytes()).await.is_err() {
-                return;
-            }
-        }
-        let _ = write.flush().await;
-        // Held open, the head never finished.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    });
-    let answer = read_until_closed(&mut read, Duration::from_secs(5))
-        .await
-        .expect("answered and closed");
-    writer.abort();
+    let answer = flood_head(
+        tls_without_certificate(&plane).await,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answered and closed");
     assert!(
         answer.starts_with(b"HTTP/1.1 431"),
         "{}",
@@ -1460,33 +1487,8 @@ fn intruder_process() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        use rustls_pki_types::pem::PemObject;
-        use tokio::io::AsyncWriteExt;
         let within = Duration::from_secs(secs);
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-        );
-        let tls = |tcp: tokio::net::TcpStream| {
-            let config = config.clone();
-            async move {
-                tokio_rustls::TlsConnector::from(config)
-                    .connect(
-                        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-                        tcp,
-                    )
-                    .await
-            }
-        };
+        let config = without_certificate(&ca_pem);
         let mut silent = Vec::new();
         for _ in 0..200 {
             let mut tcp = connect_from("127.0.0.2", addr).await;
@@ -1496,7 +1498,8 @@ fn intruder_process() {
         }
         let mut idle = Vec::new();
         for _ in 0..50 {
-            let Ok(mut stream) = tls(connect_from("127.0.0.2", addr).await).await else {
+            let tcp = connect_from("127.0.0.2", addr).await;
+            let Ok(mut stream) = tls_over(config.clone(), tcp).await else {
                 continue;
             };
             idle.push(tokio::spawn(async move {
@@ -1505,27 +1508,14 @@ fn intruder_process() {
         }
         let mut floods = Vec::new();
         for _ in 0..20 {
-            let Ok(stream) = tls(connect_from("127.0.0.2", addr).await).await else {
+            let tcp = connect_from("127.0.0.2", addr).await;
+            let Ok(stream) = tls_over(config.clone(), tcp).await else {
                 continue;
             };
-            let (mut read, mut write) = tokio::io::split(stream);
             floods.push(tokio::spawn(async move {
-                let writer = tokio::spawn(async move {
-                    let _ = write
-                        .write_all(b"POST /v1/bootstrap HTTP/1.1\r\nhost: localhost\r\n")
-                        .await;
-                    let line = format!("x-pad: {}\r\n", "a".repeat(1000));
-                    for _ in 0..64 {
-                        if write.write_all(line.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = write.flush().await;
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                });
-                let answer = read_until_closed(&mut read, within).await;
-                writer.abort();
-                answer.is_some_and(|a| a.starts_with(b"HTTP/1.1 431"))
+                flood_head(stream, within)
+                    .await
+                    .is_some_and(|a| a.starts_with(b"HTTP/1.1 431"))
             }));
         }
         let count = |tasks: Vec<tokio::task::JoinHandle<bool>>| async move {

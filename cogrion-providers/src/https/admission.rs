@@ -167,13 +167,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let written = this.inner.poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(_))) {
-            // The server's part of the handshake is computed: the slot goes
-            // back while the client answers.
-            this.slot.take();
-        }
-        written
+        given_back(this.slot, this.inner.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -190,15 +184,83 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let written = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(_))) {
-            this.slot.take();
-        }
-        written
+        given_back(this.slot, this.inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// `written`, the handshake slot given back once anything was written: the
+/// server's part of the handshake is computed, and the client answers
+/// without holding it.
+fn given_back(
+    slot: &mut Option<OwnedSemaphorePermit>,
+    written: Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    if matches!(written, Poll::Ready(Ok(_))) {
+        slot.take();
+    }
+    written
+}
+
+/// Counts per key in windows of a fixed length — refused bootstraps per
+/// source, renewals per certificate — in a table of at most `capacity` keys
+/// whose windows run: expired ones are dropped when it fills, and a new key
+/// that finds it full of running windows is not counted (a limiter only
+/// slows down; it never lets anything in that would otherwise be refused).
+pub(super) struct WindowCounts<K> {
+    window: Duration,
+    capacity: usize,
+    /// Per key: the count, when its window began, whether it went over.
+    counts: Mutex<HashMap<K, (u32, Instant, bool)>>,
+}
+
+/// A key past its allowance in its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Over {
+    /// Until its window ends.
+    pub(super) left: Duration,
+    /// Whether this is its first time over in this window.
+    pub(super) first: bool,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> WindowCounts<K> {
+    pub(super) fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window,
+            capacity,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Counts one more for `key`; `Some` when that makes more than `allowed`
+    /// in its window.
+    pub(super) fn count(&self, key: &K, allowed: u32) -> Option<Over> {
+        let window = self.window;
+        let mut counts = crate::lock_or_recover(&self.counts);
+        if !counts.contains_key(key) && counts.len() >= self.capacity {
+            counts.retain(|_, (_, since, _)| since.elapsed() < window);
+            if counts.len() >= self.capacity {
+                return None;
+            }
+        }
+        let entry = counts
+            .entry(key.clone())
+            .or_insert((0, Instant::now(), false));
+        if entry.1.elapsed() >= window {
+            *entry = (0, Instant::now(), false);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        if entry.0 <= allowed {
+            return None;
+        }
+        let first = !std::mem::replace(&mut entry.2, true);
+        Some(Over {
+            left: window.saturating_sub(entry.1.elapsed()),
+            first,
+        })
     }
 }
 
@@ -269,6 +331,23 @@ mod tests {
         drop((two, three, other));
         assert_eq!(table.sources(), 0, "no entry left for closed sources");
         assert_eq!(table.total().available_permits(), 10);
+    }
+
+    #[test]
+    fn counts_go_over_once_per_window_in_a_bounded_table() {
+        let counts = WindowCounts::new(Duration::from_secs(3600), 2);
+        assert_eq!(counts.count(&"a", 2), None);
+        assert_eq!(counts.count(&"a", 2), None);
+        let over = counts.count(&"a", 2).expect("a third of two allowed");
+        assert!(over.first && over.left > Duration::from_secs(3500));
+        assert!(!counts.count(&"a", 2).unwrap().first, "logged once");
+        assert_eq!(counts.count(&"b", 0).map(|o| o.first), Some(true));
+        // Full of running windows: a new key is not counted.
+        assert_eq!(counts.count(&"c", 0), None);
+        // Expired windows make room, and start again.
+        let counts = WindowCounts::new(Duration::ZERO, 1);
+        assert!(counts.count(&"a", 0).is_some());
+        assert!(counts.count(&"b", 0).is_some(), "a's window expired");
     }
 
     #[test]

@@ -266,10 +266,7 @@ impl AgentClient {
         last: bool,
         held: Duration,
     ) -> Result<M, ClientError> {
-        let deadline = self.request_timeout + held;
-        let (status, bytes) = tokio::time::timeout(deadline, self.send(path, body, last, true))
-            .await
-            .map_err(|_| ClientError::Connect(format!("no answer within {deadline:?}")))??;
+        let (status, bytes) = self.send(path, body, last, true, held).await?;
         if status == 200 {
             v1::decode::<M>(&bytes).map_err(|e: DecodeError| ClientError::Protocol(e.to_string()))
         } else {
@@ -288,17 +285,29 @@ impl AgentClient {
     /// connection the server closed in the meantime is replaced before the
     /// request is sent; a request is never sent twice.
     pub async fn send_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
-        let deadline = self.request_timeout;
-        tokio::time::timeout(deadline, self.send(path, body, false, false))
-            .await
-            .map_err(|_| ClientError::Connect(format!("no answer within {deadline:?}")))?
+        self.send(path, body, false, false, Duration::ZERO).await
     }
 
     /// [`send_raw`](Self::send_raw); with `last`, the request asks the server
     /// to close the connection after answering, and it is not kept.
     /// With `features`, it says what this client understands
     /// ([`v1::FEATURES_HEADER`]); a raw request says nothing.
+    /// Within the answer deadline, beyond `held` (a poll's own wait).
     async fn send(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        last: bool,
+        features: bool,
+        held: Duration,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let deadline = self.request_timeout + held;
+        tokio::time::timeout(deadline, self.send_now(path, body, last, features))
+            .await
+            .map_err(|_| ClientError::Connect(format!("no answer within {deadline:?}")))?
+    }
+
+    async fn send_now(
         &self,
         path: &str,
         body: Vec<u8>,

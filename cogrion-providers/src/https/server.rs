@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cogrion_core::ca::{CaError, CertificateAuthority, ServerCertificate};
@@ -29,7 +29,9 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use super::admission::{LogLimit, Metered, Unauthenticated, UnauthenticatedGuard};
+use super::admission::{
+    LogLimit, Metered, Over, Unauthenticated, UnauthenticatedGuard, WindowCounts,
+};
 
 /// `limit` less up to a quarter, at random: a deadline that many connections
 /// opened at once do not all reach at once.
@@ -42,6 +44,9 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Sources whose refused bootstraps are counted at once, at most.
 const MAX_TRACKED_SOURCES: usize = 4096;
+/// Certificates whose renewals are counted at once, at most (only
+/// authenticated agents add to it).
+const MAX_TRACKED_CERTIFICATES: usize = 65_536;
 
 /// hyper's smallest read buffer: a request's head must fit in it.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -223,10 +228,10 @@ struct Shared {
     /// What the server keeps per agent that has connected, by workspace.
     /// Revoking the agent removes it (and wakes its waiters).
     agents: Mutex<HashMap<WorkspaceId, Agent>>,
-    /// Failed bootstraps by address: (count, window start).
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    /// Renewals asked by certificate: (count, window start, storm logged).
-    renewals: Mutex<HashMap<CertSerial, (u32, Instant, bool)>>,
+    /// Refused bootstraps by source.
+    failures: WindowCounts<IpAddr>,
+    /// Renewals asked by certificate.
+    renewals: WindowCounts<CertSerial>,
     handshakes: Arc<Semaphore>,
     unauthenticated: Arc<Unauthenticated>,
     /// Refusals logged at most once a second each, with the count skipped.
@@ -408,6 +413,23 @@ impl Refusal {
         }
     }
 
+    /// Telling the client to come back after `wait` (whole seconds, at
+    /// least one).
+    fn retry_after(mut self, wait: Duration) -> Self {
+        let secs = wait
+            .as_millis()
+            .div_ceil(1000)
+            .clamp(1, u128::from(u32::MAX));
+        self.retry_after = Some(secs as u32);
+        self
+    }
+
+    /// With `detail` logged, not sent.
+    fn detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
     fn decode(e: DecodeError) -> Self {
         let status = match e.code() {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -455,13 +477,12 @@ impl Refusal {
     /// An internal failure: the client is told only that; the cause (a
     /// store's error, say) is logged.
     fn internal(e: impl std::fmt::Display) -> Self {
-        let mut refusal = Self::new(
+        Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             "the control plane failed; retry later",
-        );
-        refusal.detail = Some(e.to_string());
-        refusal
+        )
+        .detail(e)
     }
 
     /// The one answer to a bootstrap token that does not verify for the
@@ -469,13 +490,12 @@ impl Refusal {
     /// that does not exist — so the answer tells nothing about which
     /// workspaces exist.
     fn token_invalid(why: impl std::fmt::Display) -> Self {
-        let mut refusal = Self::new(
+        Self::new(
             StatusCode::FORBIDDEN,
             ErrorCode::TokenInvalid,
             "the bootstrap token does not verify for this workspace",
-        );
-        refusal.detail = Some(why.to_string());
-        refusal
+        )
+        .detail(why)
     }
 
     fn response(&self) -> Response<Full<Bytes>> {
@@ -496,12 +516,37 @@ impl Refusal {
     }
 }
 
-/// What of `commands` and `cancel` one poll's answer carries: in order, as
-/// many as fit both the count ([`v1::MAX_COMMANDS_PER_POLL`]) and the size an
-/// agent accepts ([`PollResponse`]'s limit) — always the first command, which
-/// fits alone. The rest stay open and go with the next polls, so an answer is
-/// never one the agent must refuse (five commands of ~0.9 MiB each were, and
-/// were sent again on every poll).
+/// A poll's answer, encoded: `commands` and `cancel` when they fit both the
+/// count ([`v1::MAX_COMMANDS_PER_POLL`]) and the size an agent accepts
+/// ([`PollResponse`]'s limit) — encoded once, the usual case — or else, in
+/// order, as many as fit ([`fit_answer`]). The rest stay open and go with the
+/// next polls, so an answer is never one the agent must refuse (five commands
+/// of ~0.9 MiB each were, and were sent again on every poll).
+fn poll_answer(
+    commands: Vec<cogrion_core::proto::Command>,
+    cancel: Vec<cogrion_core::proto::CommandId>,
+) -> Vec<u8> {
+    let whole = PollResponse {
+        version: PROTOCOL_VERSION,
+        commands,
+        cancel,
+    };
+    if whole.commands.len() + whole.cancel.len() <= v1::MAX_COMMANDS_PER_POLL {
+        let encoded = v1::encode(&whole);
+        if encoded.len() <= <PollResponse as Message>::MAX_LEN {
+            return encoded;
+        }
+    }
+    let (commands, cancel) = fit_answer(whole.commands, whole.cancel);
+    v1::encode(&PollResponse {
+        version: PROTOCOL_VERSION,
+        commands,
+        cancel,
+    })
+}
+
+/// The first of `commands` and `cancel`, in order, that fit one answer —
+/// always the first command, which fits alone.
 fn fit_answer(
     commands: Vec<cogrion_core::proto::Command>,
     cancel: Vec<cogrion_core::proto::CommandId>,
@@ -539,10 +584,15 @@ fn fit_answer(
 }
 
 fn ok<M: Message>(message: &M) -> Response<Full<Bytes>> {
+    ok_encoded(v1::encode(message))
+}
+
+/// A `200` with a message already encoded.
+fn ok_encoded(body: Vec<u8>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v1::encode(message))))
+        .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
@@ -770,8 +820,8 @@ impl AgentServer {
                 clock,
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
                 agents: Mutex::default(),
-                failures: Mutex::default(),
-                renewals: Mutex::default(),
+                failures: WindowCounts::new(config.failure_window, MAX_TRACKED_SOURCES),
+                renewals: WindowCounts::new(config.renewal_limit_window, MAX_TRACKED_CERTIFICATES),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
                 unauthenticated: Arc::new(Unauthenticated::new(
                     config.max_unauthenticated,
@@ -1079,14 +1129,15 @@ impl Shared {
     /// jittered `Retry-After`.
     fn exchange_slot(&self) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
         self.exchanges.try_acquire().map_err(|_| {
-            let mut refusal = Refusal::new(
+            let max = self.config.max_retry_after_secs.max(1);
+            Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Overloaded,
                 "too many bootstraps and renewals in progress",
-            );
-            let max = self.config.max_retry_after_secs.max(1);
-            refusal.retry_after = Some(1 + rand::random::<u32>() % max);
-            refusal
+            )
+            .retry_after(Duration::from_secs(u64::from(
+                1 + rand::random::<u32>() % max,
+            )))
         })
     }
 
@@ -1174,66 +1225,30 @@ impl Shared {
         }
     }
 
-    /// Counts a refused bootstrap from `remote`'s source; `Some(time left)`
-    /// when the source has used up its refusals for the window. The table
-    /// holds sources whose window is running, at most [`MAX_TRACKED_SOURCES`]
-    /// (beyond it, with none expired, a new source is not tracked: the
-    /// limiter only slows refusals down, it never lets anything in).
-    fn refused_from(&self, remote: IpAddr) -> Option<Duration> {
-        let window = self.config.failure_window;
-        let source = super::admission::source_of(remote);
-        let mut failures = crate::lock_or_recover(&self.failures);
-        if !failures.contains_key(&source) && failures.len() >= MAX_TRACKED_SOURCES {
-            failures.retain(|_, (_, since)| since.elapsed() < window);
-            if failures.len() >= MAX_TRACKED_SOURCES {
-                return None;
-            }
-        }
-        let entry = failures.entry(source).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= window {
-            *entry = (0, Instant::now());
-        }
-        entry.0 = entry.0.saturating_add(1);
-        (entry.0 > self.config.failed_bootstraps).then(|| window.saturating_sub(entry.1.elapsed()))
-    }
-
     /// Counts a renewal asked by `peer`'s certificate; refuses beyond its
     /// share per window, and logs a storm once.
     fn check_renewals(&self, peer: &Peer) -> std::result::Result<(), Refusal> {
-        let window = self.config.renewal_limit_window;
-        let mut renewals = crate::lock_or_recover(&self.renewals);
-        if renewals.len() >= 4096 {
-            // Only certificates still in their window are kept.
-            renewals.retain(|_, (_, since, _)| since.elapsed() < window);
-        }
-        let entry = renewals
-            .entry(peer.serial.clone())
-            .or_insert((0, Instant::now(), false));
-        if entry.1.elapsed() >= window {
-            *entry = (0, Instant::now(), false);
-        }
-        if entry.0 < self.config.renewals_per_certificate {
-            entry.0 += 1;
+        let Some(over) = self
+            .renewals
+            .count(&peer.serial, self.config.renewals_per_certificate)
+        else {
             return Ok(());
-        }
-        if !entry.2 {
-            entry.2 = true;
+        };
+        if over.first {
             tracing::warn!(
                 workspace = %peer.workspace,
                 serial = %peer.serial,
                 allowed = self.config.renewals_per_certificate,
-                ?window,
+                window = ?self.config.renewal_limit_window,
                 "renewal storm: this certificate's renewals are refused until its window ends"
             );
         }
-        let left = window.saturating_sub(entry.1.elapsed());
-        let mut refusal = Refusal::new(
+        Err(Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             "this certificate asked for too many renewals; wait",
-        );
-        refusal.retry_after = Some(left.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
-        Err(refusal)
+        )
+        .retry_after(over.left))
     }
 
     async fn bootstrap(
@@ -1277,18 +1292,19 @@ impl Shared {
         drop(slot);
         // A source past its refusals for the window is told to wait instead;
         // a token that verifies was never held back above.
-        let refusal = match self.refused_from(remote) {
+        let counted = self.failures.count(
+            &super::admission::source_of(remote),
+            self.config.failed_bootstraps,
+        );
+        let refusal = match counted {
             None => refusal,
-            Some(left) => {
-                let mut limited = Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::RateLimited,
-                    "too many refused bootstraps from this address; wait",
-                );
-                limited.retry_after = Some(left.as_secs().max(1) as u32);
-                limited.detail = refusal.detail.or(Some(refusal.message));
-                limited
-            }
+            Some(Over { left, .. }) => Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many refused bootstraps from this address; wait",
+            )
+            .retry_after(left)
+            .detail(refusal.detail.unwrap_or(refusal.message)),
         };
         // Every token refusal takes the same time, whichever way the token
         // failed (a workspace that exists or not, a store that answered fast
@@ -1354,19 +1370,15 @@ impl Shared {
             .renew(&peer.serial, csr.key_digest())
             .await
             .map_err(|e| match e {
-                Error::RenewalTooEarly { serial, from } => {
-                    let mut refusal = Refusal::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        ErrorCode::RateLimited,
-                        format!("certificate {serial} may be renewed from {from} on"),
-                    );
-                    let wait_ms = from
-                        .as_millis()
-                        .saturating_sub(self.clock.now().as_millis());
-                    refusal.retry_after =
-                        Some(wait_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32);
-                    refusal
-                }
+                Error::RenewalTooEarly { serial, from } => Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    format!("certificate {serial} may be renewed from {from} on"),
+                )
+                .retry_after(Duration::from_millis(
+                    from.as_millis()
+                        .saturating_sub(self.clock.now().as_millis()),
+                )),
                 other => Refusal::gateway(other),
             })?;
         let issued = self
@@ -1417,12 +1429,7 @@ impl Shared {
                     }
                     let something = !commands.is_empty() || !cancel.is_empty();
                     if something || tokio::time::Instant::now() >= deadline {
-                        let (commands, cancel) = fit_answer(commands, cancel);
-                        return Ok(ok(&PollResponse {
-                            version: PROTOCOL_VERSION,
-                            commands,
-                            cancel,
-                        }));
+                        return Ok(ok_encoded(poll_answer(commands, cancel)));
                     }
                 }
                 tokio::select! {
