@@ -6,6 +6,9 @@
 # Each target starts from its seeds (fuzz/seeds/<target>) in a corpus of its own
 # under the target directory; a crash fails the run and leaves its input in
 # fuzz/artifacts/<target>. Prints each target's executions and coverage.
+# The targets are built unoptimised (`--dev`: half the cold build time of
+# `--release`, which matters for the test command's short runs); for a long run
+# set COGRION_FUZZ_RELEASE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
@@ -19,13 +22,17 @@ targets=(bootstrap poll result renewal csr)
 if [ "$#" -gt 1 ]; then
     targets=("${@:2}")
 fi
-cargo fuzz build -s none
+profile=(--dev)
+if [ "${COGRION_FUZZ_RELEASE:-0}" = 1 ]; then
+    profile=(--release)
+fi
+cargo fuzz build -s none "${profile[@]}"
 for target in "${targets[@]}"; do
     corpus="$CARGO_TARGET_DIR/fuzz-corpus/$target"
     mkdir -p "$corpus"
     cp -n fuzz/seeds/"$target"/* "$corpus"/
     log="$(mktemp)"
-    if ! cargo fuzz run -s none "$target" "$corpus" -- \
+    if ! cargo fuzz run -s none "${profile[@]}" "$target" "$corpus" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         cat "$log"
         echo "fuzz target $target FAILED (its input is in fuzz/artifacts/$target)" >&2
