@@ -61,6 +61,7 @@ use cogrion::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion::providers::https::{AgentClient, AgentServer, AgentServerConfig, new_key_and_csr};
 use cogrion::providers::sqlite::SqliteStore;
 use cogrion::*;
+use cogrion::{agent::*, provider::*, store::*};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
+use cogrion::{sim::*, store::*};
 use criterion::{Criterion, Throughput};
 use tokio::runtime::Runtime;
 

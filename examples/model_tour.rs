@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cogrion::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion::*;
+use cogrion::{lifecycle::*, provider::*, store::*};
 
 const SPEC: &str = r#"{
   "tenant": "acme",

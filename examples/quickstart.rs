@@ -28,6 +28,7 @@ use cogrion::providers::sqlite::SqliteStore;
 use cogrion::sim::SimulatedCluster;
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
+use cogrion::{agent::*, provider::*, store::*};
 use tokio::sync::broadcast::error::RecvError;
 
 const SPEC: &str = r#"{

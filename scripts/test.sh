@@ -36,6 +36,8 @@ step "each store and transport feature builds on its own"
 for feature in sqlite postgres https; do
     cargo check -q -p cogrion-providers --no-default-features --features "$feature"
 done
+# A library user's build: the core without the simulated world (`sim`).
+cargo check -q -p cogrion-core
 
 step "starting PostgreSQL"
 COGRION_TEST_POSTGRES_URL="$(bash scripts/peers/postgres.sh start)"

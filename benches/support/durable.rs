@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use cogrion::providers::sqlite::{Durability, SqliteOptions, SqliteStore};
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 use tokio::runtime::Runtime;
 
 use super::{actor, lifecycles, raw_target, raw_writes, setup_on, spec};

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cogrion_agent_proto::v1::ErrorCode;
 use cogrion_agent_proto::{Command, CommandId, CommandOutcome, CommandResult};
-use cogrion_providers::core::{BootstrapToken, TokenHash};
+use cogrion_providers::core::{agent::BootstrapToken, store::TokenHash};
 use cogrion_providers::https::{AgentClient, ClientError, new_key_pem};
 use serde::{Deserialize, Serialize};
 

@@ -15,9 +15,11 @@ use async_trait::async_trait;
 use cogrion_agent::{AgentConfig, AgentRuntime, Handlers};
 use cogrion_core::sim::SimulatedCloud;
 use cogrion_core::{
-    Actor, AgentInstall, AgentInstaller, Clock, CloudKind, ClusterAccess, CredentialStore, Driver,
-    DriverConfig, Engine, EngineConfig, InMemoryStore, LateSink, Progress, RecordStore,
-    SystemClock, WorkspaceId, WorkspaceSpec, WorkspaceState,
+    Actor, Clock, CloudKind, Driver, DriverConfig, Engine, EngineConfig, SystemClock, WorkspaceId,
+    WorkspaceSpec, WorkspaceState,
+    agent::{AgentInstall, AgentInstaller, LateSink},
+    provider::{ClusterAccess, Progress},
+    store::{CredentialStore, InMemoryStore, RecordStore},
 };
 
 mod support;

@@ -17,9 +17,15 @@ use cogrion_agent::{AgentConfig, AgentRuntime, Handlers};
 use cogrion_core::ca::{CaConfig, CertificateAuthority};
 use cogrion_core::conformance::sample_workspace_spec;
 use cogrion_core::{
-    AgentEvent, AgentEventSink, AgentGateway, AgentTransport, Clock, CommandQueue, CommandStatus,
-    CredentialStore, GatewayConfig, InMemoryStore, NewCommand, RecordStore, SystemClock,
-    WorkspaceId, WorkspaceRecord, WorkspaceStore, WorkspaceWrite, issue_bootstrap_token,
+    Clock, SystemClock, WorkspaceId,
+    agent::{
+        AgentEvent, AgentEventSink, AgentGateway, AgentTransport, GatewayConfig,
+        issue_bootstrap_token,
+    },
+    store::{
+        CommandQueue, CommandStatus, CredentialStore, InMemoryStore, NewCommand, RecordStore,
+        WorkspaceRecord, WorkspaceStore, WorkspaceWrite,
+    },
 };
 use cogrion_providers::https::{AgentServer, AgentServerConfig};
 
@@ -354,7 +360,9 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 fn pending_state(dir: &std::path::Path, token: &str, key: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("pending.key"), key).unwrap();
-    let hash = cogrion_core::BootstrapToken::parse(token).unwrap().hash();
+    let hash = cogrion_core::agent::BootstrapToken::parse(token)
+        .unwrap()
+        .hash();
     let state = serde_json::json!({
         "done": {}, "finished": [], "renew_at_ms": 0, "not_after_ms": 0, "counter": 0,
         "pending_token_sha256": hash.to_string(),
@@ -388,7 +396,7 @@ async fn an_agent_whose_bootstrap_answer_was_lost_gets_the_certificate_issued() 
         .await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let credentials = plane.store.list_credentials(&plane.ws).await.unwrap();
-    let serials = |c: &[cogrion_core::AgentCredential]| -> Vec<_> {
+    let serials = |c: &[cogrion_core::store::AgentCredential]| -> Vec<_> {
         c.iter()
             .map(|c| (c.serial.clone(), c.revoked.is_some()))
             .collect()
@@ -483,7 +491,9 @@ async fn a_spent_token_in_an_old_state_is_kept_as_its_hash() {
     AgentRuntime::new(plane.config(), handlers(&plane.ws, runs)).unwrap();
     let written = std::fs::read_to_string(state.join("state.json")).unwrap();
     assert!(!written.contains(token.trim()), "{written}");
-    let hash = cogrion_core::BootstrapToken::parse(&token).unwrap().hash();
+    let hash = cogrion_core::agent::BootstrapToken::parse(&token)
+        .unwrap()
+        .hash();
     assert!(written.contains(&hash.to_string()), "{written}");
     let _ = std::fs::remove_dir_all(&plane.dir);
 }

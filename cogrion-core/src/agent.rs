@@ -1,6 +1,8 @@
-//! The control plane's side of the agent protocol, independent of any transport:
-//! bootstrap tokens, the [`AgentInstaller`] seam, and the [`AgentGateway`] that a
-//! transport (in-process, HTTPS) calls for every agent request.
+//! The control plane's side of the Cluster Agent, independent of any
+//! transport: bootstrap tokens, the [`AgentInstaller`] seam (how phase 2 puts
+//! the agent into a cluster), the [`AgentGateway`] that a transport
+//! (in-process, HTTPS) calls for every agent request, and the
+//! [`AgentTransport`] seam through which the engine reaches agents.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +23,7 @@ use crate::store::{
     AgentCredential, BootstrapTokenRecord, CertSerial, CommandStatus, KeyDigest, TokenHash,
     WorkspaceStore,
 };
-use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
+pub use crate::transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport, LateSink};
 
 /// A one-time bootstrap token: 256 bits from a CSPRNG (rand's thread RNG, ChaCha
 /// seeded and periodically reseeded from the operating system), shown
@@ -30,7 +32,7 @@ use crate::transport::{AgentEvent, AgentEventSink, AgentPresence};
 /// Its `Debug` and `Display` never print the secret.
 ///
 /// ```
-/// use cogrion_core::BootstrapToken;
+/// use cogrion_core::agent::BootstrapToken;
 /// let token = BootstrapToken::generate();
 /// assert_eq!(token.expose().len(), 64);
 /// assert!(!format!("{token:?}").contains(token.expose()));
@@ -203,7 +205,7 @@ impl AgentGateway {
     /// issued (same serial, same validity; see [`TokenStore::exchange`]); with
     /// any other key, the token is used.
     ///
-    /// [`TokenStore::exchange`]: crate::TokenStore::exchange
+    /// [`TokenStore::exchange`]: crate::store::TokenStore::exchange
     pub async fn bootstrap(
         &self,
         workspace: &WorkspaceId,
@@ -252,7 +254,7 @@ impl AgentGateway {
     /// without a gap; any other live credential of the workspace (an earlier
     /// renewal whose answer was lost) is revoked, so at most two stay live.
     /// The check and the write are one store operation
-    /// ([`CredentialStore::renew_credential`](crate::CredentialStore::renew_credential)):
+    /// ([`CredentialStore::renew_credential`](crate::store::CredentialStore::renew_credential)):
     /// a revocation landing meanwhile either refuses the renewal or revokes it.
     pub async fn renew(&self, serial: &CertSerial, key: KeyDigest) -> Result<AgentCredential> {
         let now = self.clock.now();

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::ids::WorkspaceId;
@@ -127,9 +128,15 @@ pub enum Progress<T> {
     Ready(T),
     /// Started and still running on the provider's side: call again with the same
     /// request after the delay. The engine sleeps meanwhile, holding nothing.
+    /// Build it with [`Progress::in_progress`] or [`Progress::in_progress_with`].
     InProgress {
         /// When to ask again.
         poll_after: Duration,
+        /// What the provider sees, in a few words ("EKS cluster CREATING, 6
+        /// min elapsed"): it shows in the workspace's status at once and in its
+        /// history at intervals ([`EngineConfig::progress_flush`](crate::EngineConfig::progress_flush)),
+        /// so reporting it on every poll costs no write.
+        message: Option<ProgressMessage>,
     },
     /// The work must run inside the cluster: queue this command for the agent, then
     /// call again with the same request plus the command's result. Cloud
@@ -144,5 +151,103 @@ impl<T> Progress<T> {
             Self::Ready(t) => Some(t),
             _ => None,
         }
+    }
+
+    /// Still running, without a message: ask again after `poll_after`.
+    pub fn in_progress(poll_after: Duration) -> Self {
+        Self::InProgress {
+            poll_after,
+            message: None,
+        }
+    }
+
+    /// Still running, and what the provider sees: ask again after `poll_after`.
+    pub fn in_progress_with(poll_after: Duration, message: impl Into<ProgressMessage>) -> Self {
+        Self::InProgress {
+            poll_after,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// A short, one-line message about work in progress, as a provider or an agent
+/// command reports it. Made from any text: control characters become spaces,
+/// and text longer than [`MAX_CHARS`](Self::MAX_CHARS) is cut there and ends
+/// in `…`, so a message is always safe to show and to store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct ProgressMessage(String);
+
+impl ProgressMessage {
+    /// The longest message kept, in characters.
+    pub const MAX_CHARS: usize = 200;
+
+    /// The message for `text`, made safe as described above.
+    pub fn new(text: &str) -> Self {
+        let mut out = String::with_capacity(text.len().min(Self::MAX_CHARS * 4));
+        let mut chars = text
+            .trim()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c });
+        for c in chars.by_ref().take(Self::MAX_CHARS) {
+            out.push(c);
+        }
+        if chars.next().is_some() {
+            out.pop();
+            out.push('…');
+        }
+        Self(out)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProgressMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ProgressMessage {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for ProgressMessage {
+    fn from(text: String) -> Self {
+        Self::new(&text)
+    }
+}
+
+impl From<ProgressMessage> for String {
+    fn from(message: ProgressMessage) -> Self {
+        message.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProgressMessage;
+
+    #[test]
+    fn a_message_is_one_bounded_line() {
+        assert_eq!(
+            ProgressMessage::new("  cluster CREATING\n").as_str(),
+            "cluster CREATING"
+        );
+        assert_eq!(ProgressMessage::new("a\tb\rc").as_str(), "a b c");
+        let long = "é".repeat(ProgressMessage::MAX_CHARS + 1);
+        let cut = ProgressMessage::new(&long);
+        assert_eq!(cut.as_str().chars().count(), ProgressMessage::MAX_CHARS);
+        assert!(cut.as_str().ends_with('…'));
+        let exact = "x".repeat(ProgressMessage::MAX_CHARS);
+        assert_eq!(ProgressMessage::new(&exact).as_str(), exact);
+        // What is read back from a store is made safe the same way.
+        let read: ProgressMessage = serde_json::from_str("\"a\\u0000b\"").unwrap();
+        assert_eq!(read.as_str(), "a b");
     }
 }

@@ -183,7 +183,7 @@ pub enum Error {
         at: Timestamp,
     },
     /// An agent certificate was presented for renewal before its renewal
-    /// window opened ([`GatewayConfig::renew_from_percent`](crate::GatewayConfig::renew_from_percent)
+    /// window opened ([`GatewayConfig::renew_from_percent`](crate::agent::GatewayConfig::renew_from_percent)
     /// of its life): nothing was issued. Renew from `from` on.
     #[error("agent certificate {serial} may be renewed from {from} on")]
     RenewalTooEarly {

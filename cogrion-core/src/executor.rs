@@ -156,7 +156,7 @@ pub enum StackStatus {
 ///   [`InvalidValue`](crate::Error::InvalidValue) and nothing is done.
 ///
 /// # Errors
-/// As for [`CloudProvisioner`](crate::CloudProvisioner): transient errors are
+/// As for [`CloudProvisioner`](crate::provider::CloudProvisioner): transient errors are
 /// retried by the engine; [`Rejected`](crate::Error::Rejected) fails the stack
 /// (not the workspace).
 ///

@@ -12,9 +12,9 @@ use crate::store::{BatchOutcome, BatchWrite, WorkspaceStore};
 type Pending = (BatchWrite, oneshot::Sender<Result<BatchOutcome>>);
 
 /// A [`WorkspaceStore`] wrapper that gathers concurrent writes — the
-/// [`commit`](crate::RecordStore::commit)s, checkpoints, lease acquisitions and
+/// [`commit`](crate::store::RecordStore::commit)s, checkpoints, lease acquisitions and
 /// releases of many workspaces' steps that run together — and writes them with
-/// one [`write_batch`](crate::RecordStore::write_batch) of the inner store: one
+/// one [`write_batch`](crate::store::RecordStore::write_batch) of the inner store: one
 /// transaction, one flush to disk.
 ///
 /// # Guarantees
@@ -30,7 +30,7 @@ type Pending = (BatchWrite, oneshot::Sender<Result<BatchOutcome>>);
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::sync::Arc;
-/// use cogrion_core::{GroupCommit, InMemoryStore, WorkspaceStore};
+/// use cogrion_core::{store::{GroupCommit, InMemoryStore, WorkspaceStore}};
 /// let store: Arc<dyn WorkspaceStore> = Arc::new(GroupCommit::new(Arc::new(InMemoryStore::new()), 256));
 /// # let _ = store;
 /// # }

@@ -4,6 +4,7 @@
 //! deserialisation both go through the same check, and a refusal is an
 //! [`InvalidValue`] naming the rule that was broken.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -512,7 +513,7 @@ impl From<NodePoolSize> for RawNodePoolSize {
 /// intersection of what the clouds accept as request tokens).
 ///
 /// ```
-/// use cogrion_core::{IdempotencyKey, WorkspaceId};
+/// use cogrion_core::{WorkspaceId, provider::{IdempotencyKey}};
 /// let ws: WorkspaceId = "acme-prod".parse().unwrap();
 /// let a = IdempotencyKey::derive(&ws, 3, "cluster");
 /// assert_eq!(a, IdempotencyKey::derive(&ws, 3, "cluster"));
@@ -555,6 +556,121 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
     bytes
         .iter()
         .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+}
+
+/// A workspace's labels: up to [`Labels::MAX`] key/value pairs the host
+/// attaches to find workspaces by ([`Engine::list`](crate::Engine::list)
+/// filters on them). They are the host's metadata: changing them changes
+/// nothing in the cloud or the cluster.
+///
+/// **Rule:** a key is 1 to 63 characters: lowercase ASCII letters, digits,
+/// `-`, `_`, `.` and `/`, starting with a letter or digit; a value is 0 to 63
+/// characters: ASCII letters, digits, `-`, `_` and `.`.
+///
+/// ```
+/// use cogrion_core::Labels;
+/// let labels = Labels::new().with("team", "payments")?.with("env", "prod")?;
+/// assert_eq!(labels.get("env"), Some("prod"));
+/// assert!(Labels::new().with("Team", "x").is_err());
+/// # Ok::<(), cogrion_core::InvalidValue>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    /// The most labels a workspace has.
+    pub const MAX: usize = 32;
+
+    /// No labels.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `key` set to `value` (replacing an earlier value).
+    pub fn with(mut self, key: &str, value: &str) -> Result<Self, InvalidValue> {
+        self.insert(key, value)?;
+        Ok(self)
+    }
+
+    /// Sets `key` to `value` (replacing an earlier value).
+    pub fn insert(&mut self, key: &str, value: &str) -> Result<(), InvalidValue> {
+        check_chars(
+            "label key",
+            key,
+            63,
+            "lowercase ASCII letters, digits, '-', '_', '.' and '/', starting with a letter or digit",
+            |i, c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || (i > 0 && matches!(c, '-' | '_' | '.' | '/'))
+            },
+        )?;
+        if !value.is_empty() {
+            check_chars(
+                "label value",
+                value,
+                63,
+                "ASCII letters, digits, '-', '_' and '.'",
+                |_, c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+            )?;
+        }
+        if !self.0.contains_key(key) && self.0.len() >= Self::MAX {
+            return Err(InvalidValue::OutOfRange {
+                what: "number of labels",
+                value: (self.0.len() + 1).to_string(),
+                allowed: format!("at most {}", Self::MAX),
+            });
+        }
+        self.0.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// The labels, ordered by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether every label of `selector` is set here to the same value.
+    pub fn contains_all(&self, selector: &Labels) -> bool {
+        selector.iter().all(|(k, v)| self.get(k) == Some(v))
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for Labels {
+    type Error = InvalidValue;
+
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, InvalidValue> {
+        let mut labels = Labels::new();
+        for (k, v) in &map {
+            labels.insert(k, v)?;
+        }
+        Ok(labels)
+    }
+}
+
+impl From<Labels> for BTreeMap<String, String> {
+    fn from(labels: Labels) -> Self {
+        labels.0
+    }
 }
 
 #[cfg(test)]
@@ -640,5 +756,32 @@ mod tests {
             let k = IdempotencyKey::derive(&ws, op, &step);
             prop_assert!(IdempotencyKey::new(k.as_str()).is_ok());
         }
+    }
+
+    #[test]
+    fn labels_follow_their_rule() {
+        let l = Labels::new()
+            .with("team", "a")
+            .unwrap()
+            .with("k8s.io/x", "")
+            .unwrap();
+        assert_eq!(l.len(), 2);
+        for bad_key in ["", "-x", "Team", "a b", &"k".repeat(64)] {
+            assert!(Labels::new().with(bad_key, "v").is_err(), "{bad_key:?}");
+        }
+        for bad_value in ["a b", "x/y", &"v".repeat(64)] {
+            assert!(Labels::new().with("k", bad_value).is_err(), "{bad_value:?}");
+        }
+        let mut full = Labels::new();
+        for i in 0..Labels::MAX {
+            full.insert(&format!("k{i}"), "v").unwrap();
+        }
+        assert!(full.insert("one-more", "v").is_err());
+        full.insert("k0", "replaced").unwrap();
+        assert!(serde_json::from_str::<Labels>(r#"{"Bad":"v"}"#).is_err());
+        let read: Labels = serde_json::from_str(r#"{"team":"a","k8s.io/x":""}"#).unwrap();
+        assert_eq!(read, l);
+        assert!(read.contains_all(&Labels::new().with("team", "a").unwrap()));
+        assert!(!read.contains_all(&Labels::new().with("team", "b").unwrap()));
     }
 }

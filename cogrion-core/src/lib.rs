@@ -14,7 +14,7 @@
 //! 5. [Implementing a provider](book::implementing_a_provider).
 //! 6. [Testing with the conformance suites](book::testing).
 
-mod agent;
+pub mod agent;
 pub mod book;
 #[cfg(feature = "ca")]
 pub mod ca;
@@ -28,66 +28,40 @@ mod error;
 mod executor;
 mod group;
 mod ids;
-mod inproc;
+pub mod lifecycle;
 mod memory;
+pub mod provider;
 mod provisioner;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod spec;
 mod stack;
 mod state;
-mod store;
+pub mod store;
 mod transport;
 
-pub use agent::{
-    AgentGateway, AgentInstall, AgentInstaller, BootstrapToken, Delivery, GatewayConfig,
-    issue_bootstrap_token,
-};
-pub use checkpoint::{Checkpoint, MemoryCheckpoint, Progress, StoreCheckpoint};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{
     AbandonTarget, Action, AgentCheck, AgentConnectivity, CloudKind, DestroyPlan, Driver,
     DriverConfig, DriverHandle, DriverStats, Engine, EngineBuilder, EngineConfig, EngineEvent,
-    EngineEventKind, PlannedStep, PurgePolicy, RetryPolicy,
+    EngineEventKind, OperationStatus, PlannedStep, PurgePolicy, RetryPolicy, SpecStatus,
+    StackSummary, StepNow, WorkspacePage, WorkspaceStatus,
 };
 pub use error::{Error, Resource, Result, Retry, TokenRefusal};
-pub use executor::{
-    ExecutionTarget, Executor, ExecutorKind, StackRequest, StackStatus, check_kind,
-};
-pub use group::{GroupCommit, WriteCounter, WriteCounts, WriteKind};
 pub use ids::{
-    HolderId, IdempotencyKey, InstanceType, InvalidValue, KubernetesVersion, NetworkCidr,
-    NodePoolName, NodePoolSize, Region, StackName, TenantId, WorkspaceId,
-};
-pub use inproc::{CommandHandler, InProcessTransport, SimulatedAgents};
-pub use memory::InMemoryStore;
-pub use provisioner::{
-    CloudProvisioner, CloudResource, ClusterAccess, InfraDescription, InfraLayer, LayerRequest,
-    LayerState,
+    HolderId, InstanceType, InvalidValue, KubernetesVersion, Labels, NetworkCidr, NodePoolName,
+    NodePoolSize, Region, StackName, TenantId, WorkspaceId,
 };
 pub use spec::{
     AwsAccountId, AwsRoleArn, AzureResourceGroup, AzureSubscriptionId, CloudTarget, ExecutorSpec,
     GcpProjectId, NetworkSpec, NodePoolSpec, SpecChange, SpecChangeKind, SpecErrors, SpecProblem,
     StackKind, StackSpec, TemplateOverrides, WorkspaceSpec,
 };
-pub use stack::{
-    GraphError, StackEntry, StackEvent, StackEventName, StackFailure, StackGraph, StackInventory,
-    StackOperation, StackState, StackStateName, stack_step,
-};
-pub use state::{
-    EventName, Failure, StateName, Transition, TransitionError, WorkspaceEvent, WorkspaceOperation,
-    WorkspaceState, step,
-};
+pub use stack::{GraphError, StackFailure, StackState, StackStateName};
+pub use state::{Failure, StateName, TransitionError, WorkspaceOperation, WorkspaceState};
 pub use store::{
-    Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, BuiltLayer, CertSerial,
-    CheckpointKey, CommandQueue, CommandStatus, Committed, CredentialStore, EventKind, EventRecord,
-    EventSeq, FencingToken, HistoryRetention, KeyDigest, Lease, LeaseStore, LeftBehind, LeftReason,
-    ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent, OperationKind, OperationRecord, Purged,
-    PutMode, QueuedCommand, RECORD_FORMAT, RecordStore, Revision, Revocation,
-    SUPERSEDED_BY_RENEWAL, StepRecord, StepStatus, TokenHash, TokenStore, Versioned,
-    WorkspaceRecord, WorkspaceStore, WorkspaceWrite, check_lease_ttl, check_preconditions,
-    check_purge, check_renewal, check_write, upgrade,
+    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, LeftBehind, LeftReason,
 };
-pub use transport::{AgentEvent, AgentEventSink, AgentPresence, AgentTransport, LateSink};
 
 /// The wire types shared with the Cluster Agent.
 pub use cogrion_agent_proto as proto;

@@ -1,4 +1,4 @@
-//! [`InMemoryStore`]: a complete [`WorkspaceStore`](crate::WorkspaceStore) in
+//! [`InMemoryStore`]: a complete [`WorkspaceStore`](crate::store::WorkspaceStore) in
 //! memory.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,15 +14,15 @@ use crate::ids::{HolderId, WorkspaceId};
 use crate::state::StateName;
 use crate::store::{
     AgentCredential, BootstrapTokenRecord, CertSerial, CheckpointKey, CommandQueue, CommandStatus,
-    Committed, CredentialStore, EventRecord, EventSeq, FencingToken, HistoryRetention, Lease,
-    LeaseStore, ListQuery, Purged, PutMode, QueuedCommand, RecordStore, Revision, Revocation,
-    TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceWrite, check_lease_ttl,
-    check_preconditions, check_purge, check_write,
+    Committed, CredentialStore, EventRecord, EventSeq, FeedCursor, FeedEvent, FencingToken,
+    HistoryRetention, Lease, LeaseStore, ListQuery, Purged, PutMode, QueuedCommand, RecordStore,
+    Revision, Revocation, TokenHash, TokenStore, Versioned, WorkspaceRecord, WorkspaceWrite,
+    check_lease_ttl, check_preconditions, check_purge, check_write,
 };
 
 const DEFAULT_PAGE: usize = 1000;
 
-/// A [`WorkspaceStore`](crate::WorkspaceStore) that keeps everything in process
+/// A [`WorkspaceStore`](crate::store::WorkspaceStore) that keeps everything in process
 /// memory, behind one mutex. Clones share the same data.
 ///
 /// It implements every method with the same guarantees as the durable stores (it
@@ -31,7 +31,7 @@ const DEFAULT_PAGE: usize = 1000;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use cogrion_core::{Error, InMemoryStore, WorkspaceStore};
+/// use cogrion_core::{Error, store::{InMemoryStore, WorkspaceStore}};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let store: Arc<dyn WorkspaceStore> = Arc::new(InMemoryStore::new());
 /// let missing = store.get_workspace(&"acme-prod".parse().unwrap()).await;
@@ -50,6 +50,10 @@ struct Inner {
     workspaces: BTreeMap<WorkspaceId, Workspace>,
     tokens: HashMap<TokenHash, BootstrapTokenRecord>,
     credentials: BTreeMap<CertSerial, AgentCredential>,
+    /// The feed of every workspace's events: position → (workspace, seq).
+    feed: BTreeMap<u64, (WorkspaceId, EventSeq)>,
+    /// The last position given (never reused, even after a purge).
+    last_position: u64,
 }
 
 #[derive(Debug)]
@@ -243,6 +247,9 @@ impl Inner {
             let seq = EventSeq(ws.events.len() as u64 + 1);
             ws.events.push(EventRecord { seq, event });
             committed.events.push(seq);
+            self.last_position += 1;
+            self.feed
+                .insert(self.last_position, (ws.record.id.clone(), seq));
         }
         for command in commands {
             committed.commands.push(command.seq);
@@ -281,18 +288,7 @@ impl RecordStore for InMemoryStore {
             .workspaces
             .values()
             .filter(|w| query.after.as_ref().is_none_or(|a| &w.record.id > a))
-            .filter(|w| {
-                query
-                    .tenant
-                    .as_ref()
-                    .is_none_or(|t| &w.record.spec.tenant == t)
-            })
-            .filter(|w| query.state.is_none_or(|s| w.record.state.name() == s))
-            .filter(|w| {
-                query
-                    .due_at
-                    .is_none_or(|d| w.record.wake_at.is_some_and(|at| at <= d))
-            })
+            .filter(|w| query.selects(&w.record))
             .take(limit)
             .map(|w| Versioned {
                 value: w.record.clone(),
@@ -308,6 +304,39 @@ impl RecordStore for InMemoryStore {
     async fn commit_batch(&self, writes: Vec<WorkspaceWrite>) -> Vec<Result<Committed>> {
         let mut inner = self.lock();
         writes.into_iter().map(|w| inner.commit(w)).collect()
+    }
+
+    async fn read_feed(&self, after: FeedCursor, limit: usize) -> Result<Vec<FeedEvent>> {
+        let inner = self.lock();
+        let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+        // One transaction id: this store commits in order.
+        let from = if after.tx() > 0 {
+            u64::MAX
+        } else {
+            after.position()
+        };
+        Ok(inner
+            .feed
+            .range(from.saturating_add(1)..)
+            .filter_map(|(&position, (id, seq))| {
+                let event = inner.workspaces.get(id)?.events.get(seq.0 as usize - 1)?;
+                Some(FeedEvent {
+                    cursor: FeedCursor::new(0, position),
+                    workspace: id.clone(),
+                    event: event.clone(),
+                })
+            })
+            .take(limit)
+            .collect())
+    }
+
+    async fn feed_head(&self) -> Result<FeedCursor> {
+        let inner = self.lock();
+        Ok(inner
+            .feed
+            .keys()
+            .next_back()
+            .map_or(FeedCursor::START, |&p| FeedCursor::new(0, p)))
     }
 
     async fn read_events(
@@ -393,6 +422,7 @@ impl RecordStore for InMemoryStore {
             HistoryRetention::Delete => {
                 let ws = inner.workspaces.remove(&id).expect("checked above");
                 purged.events = ws.events.len() as u64;
+                inner.feed.retain(|_, (w, _)| w != &id);
             }
         }
         Ok(purged)

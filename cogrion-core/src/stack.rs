@@ -208,7 +208,7 @@ impl StackEvent {
 }
 
 /// Applies `event` to a stack in `state` at `now`; pure, like the workspace's
-/// [`step`](crate::step).
+/// [`step`](crate::lifecycle::step).
 ///
 /// | from | event | to |
 /// |---|---|---|
@@ -349,7 +349,7 @@ pub struct StackInventory {
 /// The stacks of one workspace and their dependencies: a DAG.
 ///
 /// ```
-/// use cogrion_core::{StackGraph, StackSpec, StackKind, ExecutorSpec, GraphError};
+/// use cogrion_core::{StackSpec, StackKind, ExecutorSpec, GraphError, lifecycle::{StackGraph}};
 /// let stack = |name: &str, deps: &[&str]| StackSpec {
 ///     name: name.parse().unwrap(),
 ///     kind: StackKind::Application,

@@ -79,6 +79,14 @@ pub struct Failure {
     /// step would leave behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remaining: Vec<String>,
+    /// Whether a [`retry`](crate::Engine::retry) alone may succeed: `true`
+    /// for a transient error that outlasted its retry budget (an outage, a
+    /// throttle), `false` for a permanent one (a refused permission, an
+    /// invalid value) that must be fixed first — correct the spec, or fix
+    /// the cause outside Cogrion. `None` for failures stored before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
 }
 
 /// The state of a workspace.
@@ -169,6 +177,20 @@ impl StateName {
 impl fmt::Display for StateName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StateName {
+    type Err = crate::InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| crate::InvalidValue::Malformed {
+                what: "state name",
+                reason: format!("{s:?} is not a state"),
+            })
     }
 }
 
@@ -327,7 +349,7 @@ pub struct TransitionError {
 /// `Destroyed` accepts nothing.
 ///
 /// ```
-/// use cogrion_core::{step, Timestamp, WorkspaceEvent, WorkspaceState, StateName};
+/// use cogrion_core::{Timestamp, WorkspaceState, StateName, lifecycle::{step, WorkspaceEvent}};
 /// let now = Timestamp::from_millis(0);
 /// let t = step(&WorkspaceState::Provisioning, &WorkspaceEvent::AgentFirstPoll, now).unwrap();
 /// assert_eq!(t.to, WorkspaceState::Active);
@@ -355,6 +377,7 @@ pub fn step(
                 at: now,
                 stack: None,
                 remaining: Vec::new(),
+                retryable: None,
             })
         }
         (S::Failed(failure), E::RetryRequested) => failure.operation.running_state(),
@@ -403,6 +426,7 @@ mod tests {
             at: T0,
             stack: None,
             remaining: Vec::new(),
+            retryable: None,
         })
     }
 
@@ -438,6 +462,7 @@ mod tests {
                 at: T0,
                 stack: None,
                 remaining: Vec::new(),
+                retryable: None,
             }))
         };
         #[rustfmt::skip]

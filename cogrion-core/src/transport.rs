@@ -64,7 +64,7 @@ pub trait AgentEventSink: fmt::Debug + Send + Sync + 'static {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use cogrion_core::LateSink;
+/// use cogrion_core::agent::LateSink;
 /// let sink = Arc::new(LateSink::new());
 /// // … hand `sink.clone()` to the gateway, build the engine, then:
 /// // sink.set(Arc::new(engine.clone()));
@@ -113,7 +113,7 @@ pub struct AgentPresence {
 ///
 /// # Contract
 /// Commands themselves travel through the store's durable
-/// [`CommandQueue`](crate::CommandQueue); the transport only carries them. It
+/// [`CommandQueue`](crate::store::CommandQueue); the transport only carries them. It
 /// authenticates each agent, hands it its own workspace's pending commands,
 /// stores results before acknowledging them, and reports what happened to its
 /// [`AgentEventSink`]. An idle poll costs no durable write: liveness is kept in

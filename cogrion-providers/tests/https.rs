@@ -16,9 +16,15 @@ use cogrion_core::conformance::sample_workspace_spec;
 use cogrion_core::proto::v1::{ErrorCode, MAX_CSR_PEM_LEN, PollRequest};
 use cogrion_core::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion_core::{
-    AgentEvent, AgentEventSink, AgentGateway, AgentTransport, BootstrapToken, Clock, CommandQueue,
-    CommandStatus, CredentialStore, GatewayConfig, InMemoryStore, ManualClock, NewCommand,
-    RecordStore, SystemClock, WorkspaceId, WorkspaceRecord, WorkspaceWrite, issue_bootstrap_token,
+    Clock, ManualClock, SystemClock, WorkspaceId,
+    agent::{
+        AgentEvent, AgentEventSink, AgentGateway, AgentTransport, BootstrapToken, GatewayConfig,
+        issue_bootstrap_token,
+    },
+    store::{
+        CommandQueue, CommandStatus, CredentialStore, InMemoryStore, NewCommand, RecordStore,
+        WorkspaceRecord, WorkspaceWrite,
+    },
 };
 use cogrion_providers::https::{
     AgentClient, AgentServer, AgentServerConfig, ClientError, ServerHandle, new_key_and_csr,
@@ -748,7 +754,7 @@ fn forged_identity(
     at: cogrion_core::Timestamp,
 ) -> (String, String) {
     let (key, csr) = new_key_and_csr().unwrap();
-    let serial: cogrion_core::CertSerial = "7f".repeat(16).parse().unwrap();
+    let serial: cogrion_core::store::CertSerial = "7f".repeat(16).parse().unwrap();
     let cert = ca.sign_agent(&csr, ws, &serial, at).unwrap();
     (cert.pem, key.serialize_pem())
 }

@@ -9,8 +9,8 @@ use cogrion_core::conformance::{
     sample_workspace_spec, store_suite,
 };
 use cogrion_core::{
-    Error, EventSeq, ManualClock, NewEvent, RecordStore, Resource, Timestamp, WorkspaceId,
-    WorkspaceRecord, WorkspaceWrite,
+    Error, EventSeq, ManualClock, Resource, Timestamp, WorkspaceId,
+    store::{NewEvent, RecordStore, WorkspaceRecord, WorkspaceWrite},
 };
 use cogrion_providers::sqlite::{Durability, SqliteOptions, SqliteStore};
 
@@ -202,7 +202,9 @@ async fn corrupt_rows_are_typed_errors_naming_the_workspace() {
     }
     // Listing refuses too, rather than skipping rows silently.
     assert!(matches!(
-        store.list_workspaces(&cogrion_core::ListQuery::new()).await,
+        store
+            .list_workspaces(&cogrion_core::store::ListQuery::new())
+            .await,
         Err(Error::Corrupt { .. })
     ));
     // The healthy workspace still reads.
@@ -222,7 +224,7 @@ async fn group_commit_on_sqlite_keeps_the_guarantees_and_shares_transactions() {
     .unwrap();
     let clock = ManualClock::new(T0);
     let inner = inner.with_clock(std::sync::Arc::new(clock.clone()));
-    let store = cogrion_core::GroupCommit::new(std::sync::Arc::new(inner), 256);
+    let store = cogrion_core::store::GroupCommit::new(std::sync::Arc::new(inner), 256);
     store_suite(&store, &clock).await;
     let before = store.stats();
     let writes = (0..200).map(|_| {
@@ -250,7 +252,7 @@ async fn group_commit_on_sqlite_keeps_the_guarantees_and_shares_transactions() {
 /// while the others commit), naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_at_once_share_transactions_and_a_corrupt_row_is_refused_alone() {
-    use cogrion_core::{AgentCredential, CertSerial, CredentialStore};
+    use cogrion_core::store::{AgentCredential, CertSerial, CredentialStore};
     let dir = TempDir::new("polls");
     let store = SqliteStore::open(dir.db()).await.unwrap();
     let mut fleet = Vec::new();

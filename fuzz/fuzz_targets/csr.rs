@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
-use cogrion_core::{CertSerial, Timestamp, WorkspaceId};
+use cogrion_core::{Timestamp, WorkspaceId, store::{CertSerial}};
 use libfuzzer_sys::fuzz_target;
 
 fn ca() -> &'static CertificateAuthority {

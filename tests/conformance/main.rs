@@ -6,7 +6,7 @@ mod suites_catch_broken_fakes;
 use std::sync::Arc;
 
 use cogrion::conformance::{poll_reads_are_exact, store_suite};
-use cogrion::{InMemoryStore, ManualClock, Timestamp};
+use cogrion::{ManualClock, Timestamp, store::InMemoryStore};
 
 /// A manual clock for a store's leases, and the store built on it.
 fn clocked() -> (ManualClock, InMemoryStore) {
@@ -30,7 +30,7 @@ async fn in_memory_store_passes_the_store_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_over_the_in_memory_store_passes_the_store_suite() {
     let (clock, inner) = clocked();
-    let store = cogrion::GroupCommit::new(Arc::new(inner), 64);
+    let store = cogrion::store::GroupCommit::new(Arc::new(inner), 64);
     store_suite(&store, &clock).await;
     // It passes the wrapped store's exact poll reads through.
     poll_reads_are_exact(&store).await;
@@ -42,7 +42,7 @@ async fn group_commit_over_the_in_memory_store_passes_the_store_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_with_lanes_passes_the_store_suite() {
     let (clock, inner) = clocked();
-    let store = cogrion::GroupCommit::with_lanes(Arc::new(inner), 64, 4);
+    let store = cogrion::store::GroupCommit::with_lanes(Arc::new(inner), 64, 4);
     store_suite(&store, &clock).await;
     let counts = store.write_counts();
     assert!(

@@ -13,10 +13,13 @@ use cogrion_core::conformance::{
 };
 use cogrion_core::proto::{CommandId, CommandKind, CommandOutcome, CommandResult};
 use cogrion_core::{
-    CloudProvisioner, CloudResource, ClusterAccess, Error, ExecutionTarget, Executor, ExecutorKind,
-    IdempotencyKey, InfraDescription, InfraLayer, LayerRequest, LayerState, NewCommand, Progress,
-    Resource, Result, StackName, StackRequest, StackSpec, StackStatus, WorkspaceId, WorkspaceSpec,
-    check_kind,
+    Error, Resource, Result, StackName, StackSpec, WorkspaceId, WorkspaceSpec,
+    provider::{
+        CloudProvisioner, CloudResource, ClusterAccess, ExecutionTarget, Executor, ExecutorKind,
+        IdempotencyKey, InfraDescription, InfraLayer, LayerRequest, LayerState, Progress,
+        StackRequest, StackStatus, check_kind,
+    },
+    store::NewCommand,
 };
 use futures::FutureExt;
 
@@ -146,9 +149,7 @@ impl CloudProvisioner for FakeCloud {
             .unwrap()
             .insert(request.idempotency_key.clone());
         if first_call || self.quirk == CloudQuirk::NeverFinishes {
-            return Ok(Progress::InProgress {
-                poll_after: Duration::from_millis(5),
-            });
+            return Ok(Progress::in_progress(Duration::from_millis(5)));
         }
         if self.quirk == CloudQuirk::OnlyCheckpointRemembers {
             if let Some(saved) = request.checkpoint.load().await? {

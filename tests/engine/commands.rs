@@ -10,6 +10,7 @@ use std::time::Duration;
 use cogrion::proto::CommandId;
 use cogrion::sim::FaultPlan;
 use cogrion::*;
+use cogrion::{provider::*, sim::*, store::*};
 
 use crate::drive::{active, drive};
 use crate::world::{World, api, name, stack, ws};

@@ -4,6 +4,7 @@
 
 use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
+use cogrion::{lifecycle::*, provider::*, store::*};
 
 use crate::drive::{assert_all_deployed, check_history, check_no_duplicates, drive};
 use crate::world::{api, name, spec, spec_with_instance, stack, with_one_engine, ws};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

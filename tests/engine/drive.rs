@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use cogrion::store::*;
 use cogrion::*;
 
 use crate::world::{CRASH, OUTAGE, World};

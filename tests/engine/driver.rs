@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 
 use crate::world::{api, spec};
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cogrion::sim::FaultPlan;
 use cogrion::*;
+use cogrion::{agent::*, store::*};
 
 use crate::drive::{active, drive};
 use crate::world::{World, api, spec, ws};

@@ -1,6 +1,7 @@
 //! Whole lifecycles and the engine's refusals.
 
 use cogrion::proto::CommandId;
+use cogrion::provider::*;
 use cogrion::sim::{FaultPlan, FaultTarget};
 use cogrion::*;
 

@@ -12,6 +12,7 @@ mod correction;
 mod crash;
 mod drive;
 mod driver;
+mod host;
 mod identity;
 mod lifecycle;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]

@@ -8,10 +8,17 @@
 //!   record is rewritten in format 2 with what format 1 implied.
 //! - Version 2 (`tests/fixtures/v2`, `generate.sh 2 31373a6`: the main before
 //!   issue 14, whose commands were never withdrawn and whose stores judged
-//!   leases by the caller's clock): nothing to rewrite; its stored operations,
-//!   commands, tokens and credentials — without the fields issue 14 added —
-//!   are carried on, among them a deploy whose command an agent received
-//!   and then held silently, which today's engine cancels before its retry.
+//!   leases by the caller's clock): its stored operations, commands, tokens
+//!   and credentials — without the fields issue 14 added — are carried on,
+//!   among them a deploy whose command an agent received and then held
+//!   silently, which today's engine cancels before its retry.
+//! - Version 3 (`tests/fixtures/v3`, `generate.sh 3 cb819ff`: the main before
+//!   issue 17, schema version 2, record format 2): the schema migrates to
+//!   version 3 — the cloud and labels as columns, every stored event given
+//!   its place in the feed of all events — and every record is rewritten in
+//!   format 3, a destroy's step for one stack naming its stack.
+//!
+//! Versions 1 and 2 are migrated the same way on their way to today's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 use sqlx::Connection;
 
 use crate::drive::{check_destroyed, check_history, check_no_duplicates, drive};
@@ -54,7 +62,75 @@ async fn drive_the_fixture(
         1 => derived_from_format_1(&records),
         _ => assert_eq!(records.len(), 10, "{:?}", records.keys()),
     }
+    derived_from_format_2(&records);
+    the_feed_holds_every_stored_event(store.as_ref()).await;
+    // The cloud column was filled from the records: listing by it finds them all.
+    let listed = store
+        .list_summaries(&ListQuery::new().cloud(CloudKind::Simulated))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        records.len(),
+        "every workspace listed by its cloud"
+    );
     drive_every_workspace(store, cloud, clock, &records).await;
+}
+
+/// What the upgrade to format 3 derived: a destroy's step for one stack
+/// names its stack (format 2 left it to the step's name).
+fn derived_from_format_2(records: &BTreeMap<String, WorkspaceRecord>) {
+    for (name, rec) in records {
+        assert_eq!(rec.format, RECORD_FORMAT, "{name}");
+        assert!(rec.labels.is_empty(), "{name}: no labels before format 3");
+        for op in &rec.operations {
+            for step in &op.steps {
+                let from_name = step.name.strip_prefix("stack/");
+                if op.kind == OperationKind::Destroy {
+                    assert_eq!(
+                        step.stack.as_ref().map(|s| s.as_str()),
+                        from_name,
+                        "{name}: step {}",
+                        step.name
+                    );
+                } else {
+                    assert_eq!(step.stack, None, "{name}: step {}", step.name);
+                }
+            }
+        }
+    }
+    let destroying = &records["w-destroying"].operations[0];
+    assert!(
+        destroying.steps.iter().any(|s| s.stack.is_some()),
+        "the fixture's destroy has a stack's step"
+    );
+}
+
+/// Every event stored before the migration is in the feed once, each
+/// workspace's history in order.
+async fn the_feed_holds_every_stored_event(store: &dyn WorkspaceStore) {
+    let mut fed: BTreeMap<WorkspaceId, Vec<EventRecord>> = BTreeMap::new();
+    let mut cursor = FeedCursor::START;
+    loop {
+        let page = store.read_feed(cursor, 100).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = last.cursor;
+        for e in page {
+            fed.entry(e.workspace).or_default().push(e.event);
+        }
+    }
+    let all = store.list_workspaces(&ListQuery::new()).await.unwrap();
+    assert!(!all.is_empty());
+    for w in all {
+        let id = w.value.id;
+        let history = store.read_events(&id, EventSeq(0), 0).await.unwrap();
+        assert_eq!(
+            fed.remove(&id).unwrap_or_default(),
+            history,
+            "{id}: its whole history in the feed, in order"
+        );
+    }
+    assert!(fed.is_empty(), "no event of an unknown workspace: {fed:?}");
 }
 
 /// What the upgrade derived from format 1's nine workspaces.
@@ -311,7 +387,7 @@ async fn a_sqlite_database_of_the_previous_main_migrates_with_operations_in_flig
     for ((id, rev, _), (id2, rev2, record)) in before.iter().zip(&after) {
         assert_eq!(id, id2);
         assert_eq!(*rev2, rev + 1, "{id}: rewritten one revision later");
-        assert!(record.contains("\"format\":2"), "{id}: stored in format 2");
+        assert!(record.contains("\"format\":3"), "{id}: stored in format 3");
     }
     // Opening again changes nothing more.
     drop(store);
@@ -328,20 +404,44 @@ async fn a_sqlite_database_of_the_previous_main_migrates_with_operations_in_flig
     drive_the_fixture(1, Arc::new(store), &cloud, clock).await;
 }
 
-/// Version 2 on SQLite: opened unchanged, then driven on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_database_of_the_main_before_issue_14_carries_on_with_operations_in_flight() {
-    let dir = crate::world::TempDir::new("v2-sqlite");
-    let db = copy(2, "v2.db", dir.path());
-    let cloud = copy(2, "sqlite.cloud.json", dir.path());
+/// Versions 2 and 3 on SQLite: every record rewritten once in format 3, then
+/// driven on.
+async fn sqlite_format_2(version: u32) {
+    let dir = crate::world::TempDir::new(&format!("v{version}-sqlite"));
+    let db = copy(version, &format!("v{version}.db"), dir.path());
+    let cloud = copy(version, "sqlite.cloud.json", dir.path());
     let before = rows_sqlite(&db).await;
     let store = cogrion::providers::sqlite::SqliteStore::open(&db)
         .await
         .unwrap();
-    assert_eq!(rows_sqlite(&db).await, before, "nothing to rewrite");
-    let clock = ManualClock::new(fixture_clock(2, "sqlite"));
+    rewritten_in_format_3(&before, &rows_sqlite(&db).await);
+    let clock = ManualClock::new(fixture_clock(version, "sqlite"));
     let store = store.with_clock(Arc::new(clock.clone()));
-    drive_the_fixture(2, Arc::new(store), &cloud, clock).await;
+    drive_the_fixture(version, Arc::new(store), &cloud, clock).await;
+}
+
+/// `after` is `before` (format 2) rewritten one revision later in format 3.
+fn rewritten_in_format_3(before: &[(String, i64, String)], after: &[(String, i64, String)]) {
+    assert_eq!(after.len(), before.len());
+    for ((id, rev, record), (id2, rev2, record2)) in before.iter().zip(after) {
+        assert_eq!(id, id2);
+        assert!(
+            record.contains("\"format\":2"),
+            "{id}: the fixture is format 2"
+        );
+        assert_eq!(*rev2, rev + 1, "{id}: rewritten one revision later");
+        assert!(record2.contains("\"format\":3"), "{id}: stored in format 3");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_of_the_main_before_issue_14_carries_on_with_operations_in_flight() {
+    sqlite_format_2(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_of_the_main_before_issue_17_migrates_with_operations_in_flight() {
+    sqlite_format_2(3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,13 +468,13 @@ async fn a_postgres_database_of_the_previous_main_migrates_with_operations_in_fl
     let after = rows(&mut conn).await;
     for ((id, rev, _), (_, rev2, record)) in before.iter().zip(&after) {
         assert_eq!(*rev2, rev + 1, "{id}: rewritten one revision later");
-        assert!(record.contains("\"format\":2"), "{id}: stored in format 2");
+        assert!(record.contains("\"format\":3"), "{id}: stored in format 3");
     }
     let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM cogrion_schema")
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     conn.close().await.unwrap();
     let clock = ManualClock::new(fixture_clock(1, "postgres"));
     let store = store.with_clock(Arc::new(clock.clone()));
@@ -382,27 +482,42 @@ async fn a_postgres_database_of_the_previous_main_migrates_with_operations_in_fl
     fixture.drop().await;
 }
 
-/// Version 2 on PostgreSQL: opened unchanged, then driven on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_database_of_the_main_before_issue_14_carries_on_with_operations_in_flight() {
+/// Versions 2 and 3 on PostgreSQL: schema version 2 migrates to 3, every
+/// record rewritten once in format 3, then driven on.
+async fn postgres_format_2(version: u32) {
     let Some(server) = crate::replicas::server() else {
         return;
     };
     let _turn = crate::replicas::SERVER.lock().await;
-    let dir = crate::world::TempDir::new("v2-pg");
-    let cloud = copy(2, "postgres.cloud.json", dir.path());
-    let fixture = PostgresFixture::load(&server, 2).await;
+    let dir = crate::world::TempDir::new(&format!("v{version}-pg"));
+    let cloud = copy(version, "postgres.cloud.json", dir.path());
+    let fixture = PostgresFixture::load(&server, version).await;
     let mut conn = fixture.connect().await;
     let before = rows(&mut conn).await;
     let store = cogrion::providers::postgres::PostgresStore::connect(&fixture.url)
         .await
         .unwrap();
-    assert_eq!(rows(&mut conn).await, before, "nothing to rewrite");
+    rewritten_in_format_3(&before, &rows(&mut conn).await);
+    let schema: i64 = sqlx::query_scalar("SELECT MAX(version) FROM cogrion_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schema, 3);
     conn.close().await.unwrap();
-    let clock = ManualClock::new(fixture_clock(2, "postgres"));
+    let clock = ManualClock::new(fixture_clock(version, "postgres"));
     let store = store.with_clock(Arc::new(clock.clone()));
-    drive_the_fixture(2, Arc::new(store), &cloud, clock).await;
+    drive_the_fixture(version, Arc::new(store), &cloud, clock).await;
     fixture.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_of_the_main_before_issue_14_carries_on_with_operations_in_flight() {
+    postgres_format_2(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_of_the_main_before_issue_17_migrates_with_operations_in_flight() {
+    postgres_format_2(3).await;
 }
 
 /// (id, revision, record) of every workspace row.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use cogrion::providers::postgres::PostgresStore;
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
+use cogrion::store::*;
 use cogrion::*;
 
 use crate::drive::check_history;

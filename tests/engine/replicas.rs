@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use cogrion::providers::postgres::{PostgresOptions, PostgresStore};
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 
 use crate::world::{api, spec, stack};
 
@@ -331,4 +332,159 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
          workspaces with cloud steps per replica: {spread:?}",
         audit.calls.lock().unwrap()
     );
+}
+
+/// The durable feed on PostgreSQL, where sequence values commit out of
+/// order: two replicas drive workspaces while a consumer reads every
+/// workspace's events through `watch`, stopping every 25 events and
+/// resuming from the last cursor it handled on the other replica (a
+/// restart); a transaction that wrote an event stays open while every
+/// later event commits. The consumer sees nothing of those later events
+/// while it is open (reading past it could skip it), then every event
+/// exactly once, each workspace's history in order, the late one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_consumer_sees_every_event_once_across_replicas_restarts_and_a_late_commit() {
+    use futures::StreamExt;
+    use sqlx::Connection;
+
+    let Some(server) = server() else { return };
+    let _turn = SERVER.lock().await;
+    let prefix = run_prefix('f');
+    let cloud = SimulatedCloud::builder()
+        .clock(Arc::new(SystemClock))
+        .latency_all(Duration::from_millis(10))
+        .build();
+    let sim = SimulatedWorld::new(cloud, FaultPlan::none());
+    let mut engines = Vec::new();
+    let mut drivers = Vec::new();
+    let mut stores = Vec::new();
+    for r in 0..2 {
+        let store = PostgresStore::connect(&server).await.unwrap();
+        let engine = sim
+            .engine_builder(Arc::new(store.clone()), Arc::new(SystemClock))
+            .config(
+                EngineConfig::new(format!("feed-{r}").parse().unwrap())
+                    .with_feed_poll(Duration::from_millis(50)),
+            )
+            .build()
+            .unwrap();
+        drivers.push(Driver::spawn(
+            engine.clone(),
+            DriverConfig::default().with_sweep_interval(Duration::from_millis(100)),
+        ));
+        engines.push(engine);
+        stores.push(store);
+    }
+    sim.attach(&engines[0]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agents = sim.agents.clone();
+    let agent_task = tokio::spawn(async move {
+        agents
+            .run(Duration::from_millis(20), async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let start = engines[0].feed_head().await.unwrap();
+
+    // A writer whose transaction stays open: a workspace and its first event.
+    let held_id: WorkspaceId = format!("{prefix}held").parse().unwrap();
+    let mut held = sqlx::PgConnection::connect(&server).await.unwrap();
+    let mut tx = held.begin().await.unwrap();
+    let record = WorkspaceRecord::new(held_id.clone(), spec(), SystemClock.now());
+    sqlx::query(
+        "INSERT INTO workspaces (id, revision, tenant, state, wake_at, record) VALUES ($1, 1, $2, 'provisioning', NULL, $3)",
+    )
+    .bind(held_id.as_str())
+    .bind(record.spec.tenant.as_str())
+    .bind(serde_json::to_string(&record).unwrap())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let event = NewEvent {
+        at: SystemClock.now(),
+        actor: api(),
+        kind: EventKind::Created,
+        message: "written by a transaction that commits late".into(),
+    };
+    sqlx::query("INSERT INTO events (workspace, seq, body) VALUES ($1, 1, $2)")
+        .bind(held_id.as_str())
+        .bind(serde_json::to_string(&event).unwrap())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    // The consumer: 25 events at a time, on alternate replicas.
+    let seen: Arc<Mutex<Vec<FeedEvent>>> = Arc::default();
+    let consumer = {
+        let (engines, seen, prefix) = (engines.clone(), seen.clone(), prefix.clone());
+        tokio::spawn(async move {
+            let mut cursor = start;
+            for turn in 0.. {
+                let mut stream = Box::pin(engines[turn % 2].watch(cursor));
+                for _ in 0..25 {
+                    let event = stream.next().await.unwrap().unwrap();
+                    cursor = event.cursor;
+                    if event.workspace.as_str().starts_with(&prefix) {
+                        seen.lock().unwrap().push(event);
+                    }
+                }
+            }
+        })
+    };
+
+    let n = 12;
+    let ids: Vec<WorkspaceId> = (0..n)
+        .map(|i| format!("{prefix}{i}").parse().unwrap())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        engines[i % 2]
+            .create(id.clone(), spec(), api())
+            .await
+            .unwrap();
+    }
+    wait_for(&stores[0], &prefix, n, "Active", |r| {
+        r.state == WorkspaceState::Active && r.operations.is_empty()
+    })
+    .await;
+    for d in drivers {
+        d.shutdown().await;
+    }
+    let _ = stop.send(());
+    let _ = agent_task.await;
+    let mut expected = 0;
+    for id in &ids {
+        expected += engines[0].history(id).await.unwrap().len();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing committed after the open transaction began is read while it is open"
+    );
+    tx.commit().await.unwrap();
+    held.close().await.unwrap();
+    expected += 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer saw {} of {expected} events",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), expected, "no event twice");
+    assert!(seen.windows(2).all(|p| p[0].cursor < p[1].cursor));
+    for id in ids.iter().chain([&held_id]) {
+        let history = engines[1].history(id).await.unwrap();
+        let fed: Vec<EventRecord> = seen
+            .iter()
+            .filter(|e| &e.workspace == id)
+            .map(|e| e.event.clone())
+            .collect();
+        assert_eq!(fed, history, "{id}: every event once, in order");
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cogrion::sim::FaultPlan;
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 
 use crate::drive::drive;
 use crate::world::{World, api, spec, ws};
@@ -477,9 +478,7 @@ impl Executor for Settling {
                 .answered_calls
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if n < self.polls {
-                return Ok(Progress::InProgress {
-                    poll_after: Duration::from_secs(60),
-                });
+                return Ok(Progress::in_progress(Duration::from_secs(60)));
             }
         }
         self.inner.apply(request).await

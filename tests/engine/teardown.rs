@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cogrion::sim::{Fault, FaultPlan, FaultTarget};
 use cogrion::*;
+use cogrion::{provider::*, store::*};
 
 use crate::drive::{active_with, check_destroyed, check_history, check_no_duplicates, drive};
 use crate::world::{World, api, name, spec, stack, with_one_engine, ws};

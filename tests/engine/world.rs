@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedWorld};
 use cogrion::*;
+use cogrion::{agent::*, provider::*, sim::*, store::*};
 
 pub const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
@@ -263,11 +264,26 @@ impl World {
         name: &str,
         configure: impl FnOnce(EngineConfig) -> EngineConfig,
     ) -> Engine {
+        let cloud: Option<Arc<dyn CloudProvisioner>> = match self.long_calls.get() {
+            Some(cloud) => Some(cloud.clone()),
+            None => None,
+        };
+        self.engine_on(name, cloud, configure)
+    }
+
+    /// An engine as [`engine_with`](Self::engine_with) makes it, on `cloud`
+    /// instead of the world's simulated cloud when given.
+    pub fn engine_on(
+        &self,
+        name: &str,
+        cloud: Option<Arc<dyn CloudProvisioner>>,
+        configure: impl FnOnce(EngineConfig) -> EngineConfig,
+    ) -> Engine {
         let mut builder = self
             .sim
             .engine_builder(Arc::new(self.store.clone()), self.clock_of(name));
-        if let Some(cloud) = self.long_calls.get() {
-            builder = builder.cloud(CloudKind::Simulated, cloud.clone());
+        if let Some(cloud) = cloud {
+            builder = builder.cloud(CloudKind::Simulated, cloud);
         }
         let engine = builder
             .config(configure(self.config(name)))

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use cogrion_core::ca::{CaConfig, CertificateAuthority, KeyAlgorithm, LocalCaKey};
 use cogrion_core::{
-    AgentEventSink, AgentGateway, Clock, GatewayConfig, InMemoryStore, SystemClock,
+    Clock, SystemClock,
+    agent::{AgentEventSink, AgentGateway, GatewayConfig},
+    store::InMemoryStore,
 };
 use cogrion_providers::https::{AgentServer, AgentServerConfig};
 

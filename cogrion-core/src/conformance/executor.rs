@@ -34,7 +34,7 @@ const MAX_STACK_NAME_LEN: usize = 53;
 /// `stack` must be of the executor's kind ([`Executor::kind`]) and deployable on
 /// `target`. The suite deploys a copy of it named after it plus a random suffix,
 /// so it can run against a shared cluster, and removes the copy at the end.
-/// Executors that return [`Progress::AwaitCommand`](crate::Progress::AwaitCommand)
+/// Executors that return [`Progress::AwaitCommand`](crate::provider::Progress::AwaitCommand)
 /// need an agent stand-in ([`SuiteOptions::with_agent`]): the suite runs each
 /// command through it and calls again with
 /// [`StackRequest::with_command_result`].

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::store::{T0, create, credential, hash, open_token, serial_of};
 use crate::{
-    AgentCredential, CertSerial, Error, KeyDigest, TokenRefusal, WorkspaceId, WorkspaceStore,
+    Error, TokenRefusal, WorkspaceId,
+    store::{AgentCredential, CertSerial, KeyDigest, WorkspaceStore},
 };
 
 fn keyed(ws: &WorkspaceId, n: u8, key: u8) -> AgentCredential {
@@ -123,7 +124,7 @@ pub(super) async fn renewals(store: &dyn WorkspaceStore) {
         superseded
             .and_then(|c| c.revoked.as_ref())
             .map(|r| r.reason.as_str()),
-        Some(crate::SUPERSEDED_BY_RENEWAL)
+        Some(crate::store::SUPERSEDED_BY_RENEWAL)
     );
     // Refusals change nothing.
     expect_err!(

@@ -15,7 +15,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use std::sync::Arc;
-//! use cogrion_core::{InMemoryStore, ManualClock, Timestamp};
+//! use cogrion_core::{ManualClock, Timestamp, store::{InMemoryStore}};
 //! // The suite moves the clock the store judges leases by.
 //! let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
 //! let store = InMemoryStore::with_clock(Arc::new(clock.clone()));

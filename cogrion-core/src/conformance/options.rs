@@ -141,7 +141,7 @@ where
     loop {
         let delay = match call(result.clone()).await {
             Ok(Progress::Ready(value)) => return Ok(value),
-            Ok(Progress::InProgress { poll_after }) => Some(poll_after),
+            Ok(Progress::InProgress { poll_after, .. }) => Some(poll_after),
             Ok(Progress::AwaitCommand(command)) => {
                 if !commands {
                     panic!(

@@ -8,11 +8,13 @@ use serde_json::json;
 
 use super::{random_workspace_id, sample_workspace_spec};
 use crate::{
-    Actor, AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial,
-    CheckpointKey, CommandStatus, Error, EventKind, EventSeq, FencingToken, HolderId, ListQuery,
-    MAX_LEASE_TTL, ManualClock, NewCommand, NewEvent, Resource, Result, Retry, Revision, StateName,
-    TenantId, Timestamp, TokenHash, TokenRefusal, WorkspaceId, WorkspaceRecord, WorkspaceState,
-    WorkspaceStore, WorkspaceWrite,
+    Actor, Error, EventKind, EventSeq, HolderId, Labels, ManualClock, Resource, Result, Retry,
+    StateName, TenantId, Timestamp, TokenRefusal, WorkspaceId, WorkspaceState,
+    store::{
+        AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
+        CommandStatus, FencingToken, ListQuery, MAX_LEASE_TTL, NewCommand, NewEvent, Revision,
+        TokenHash, WorkspaceRecord, WorkspaceStore, WorkspaceSummary, WorkspaceWrite,
+    },
 };
 
 /// A point in time far from the epoch, so `now - x` never underflows.
@@ -45,7 +47,10 @@ const TTL: Duration = Duration::from_secs(30);
 /// - many polls at once (a fleet reconnecting): each read answers for its own
 ///   serial, and of concurrent first-poll marks of one credential exactly one
 ///   reports the first poll — whatever a store batches;
-/// - listing by tenant, state and due time, with paging;
+/// - listing by tenant, state, cloud, labels and due time, with paging;
+///   summaries that match the records; counts by state;
+/// - the feed of every workspace's events: each once, each history in
+///   order, resumable after any cursor, a purged history gone from it;
 /// - purges: only of a destroyed workspace, fenced and compare-and-swap like a
 ///   commit, refusals changing nothing; commands, checkpoints, tokens and
 ///   credentials deleted, with the history and record kept (then updated) or
@@ -54,7 +59,7 @@ const TTL: Duration = Duration::from_secs(30);
 /// Panics on the first violation, naming it.
 ///
 /// `clock` is the clock the store judges leases by (the store was built with
-/// it: [`InMemoryStore::with_clock`](crate::InMemoryStore::with_clock), or a
+/// it: [`InMemoryStore::with_clock`](crate::store::InMemoryStore::with_clock), or a
 /// SQL store's test clock): the suite sets it where each check needs it.
 pub async fn store_suite(store: &dyn WorkspaceStore, clock: &ManualClock) {
     records(store).await;
@@ -74,6 +79,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore, clock: &ManualClock) {
     exchanges_at_once(store).await;
     polls_at_once(store).await;
     listing(store).await;
+    feed(store, clock).await;
     purges(store, clock).await;
     super::identity::replays(store).await;
     super::identity::renewals(store).await;
@@ -81,7 +87,7 @@ pub async fn store_suite(store: &dyn WorkspaceStore, clock: &ManualClock) {
 }
 
 /// For a store that overrides
-/// [`get_credential_for_poll`](crate::CredentialStore::get_credential_for_poll):
+/// [`get_credential_for_poll`](crate::store::CredentialStore::get_credential_for_poll):
 /// its answer is exact — nothing pending before a command is queued and after
 /// it is answered, pending in between. (The trait's default always says
 /// pending, which [`store_suite`] accepts.)
@@ -187,17 +193,17 @@ impl At<'_> {
         holder: &HolderId,
         ttl: Duration,
         now: Timestamp,
-    ) -> Result<crate::Lease> {
+    ) -> Result<crate::store::Lease> {
         self.clock.set(now);
         self.store.acquire(workspace, holder, ttl).await
     }
 
     async fn renew(
         &self,
-        lease: &crate::Lease,
+        lease: &crate::store::Lease,
         ttl: Duration,
         now: Timestamp,
-    ) -> Result<crate::Lease> {
+    ) -> Result<crate::store::Lease> {
         self.clock.set(now);
         self.store.renew(lease, ttl).await
     }
@@ -209,7 +215,7 @@ impl At<'_> {
         now: Timestamp,
         until: Timestamp,
         limit: usize,
-    ) -> Result<Vec<crate::Lease>> {
+    ) -> Result<Vec<crate::store::Lease>> {
         self.clock.set(now);
         self.store.claim_due(holder, ttl, until, limit).await
     }
@@ -268,14 +274,15 @@ async fn records(store: &dyn WorkspaceStore) {
         at: T0,
         stack: Some("db".parse().expect("valid stack")),
         remaining: vec!["s3 bucket acme-db".into()],
+        retryable: Some(false),
     });
     rec.applied = Some(sample_workspace_spec());
     rec.layers.insert(
-        crate::InfraLayer::Network,
-        crate::BuiltLayer {
+        crate::provider::InfraLayer::Network,
+        crate::store::BuiltLayer {
             spec: sample_workspace_spec(),
-            resources: vec![crate::CloudResource {
-                layer: crate::InfraLayer::Network,
+            resources: vec![crate::provider::CloudResource {
+                layer: crate::provider::InfraLayer::Network,
                 kind: "vpc".into(),
                 id: "vpc-1".into(),
             }],
@@ -296,14 +303,14 @@ async fn records(store: &dyn WorkspaceStore) {
     rec.purged_at = Some(T0);
     rec.wake_at = Some(T0 + Duration::from_secs(5));
     rec.next_operation = 7;
-    rec.operations.push(crate::OperationRecord {
+    rec.operations.push(crate::store::OperationRecord {
         token: None,
         seq: 6,
-        kind: crate::OperationKind::Provision,
+        kind: crate::store::OperationKind::Provision,
         stack: None,
-        steps: vec![crate::StepRecord {
+        steps: vec![crate::store::StepRecord {
             name: "network".into(),
-            status: crate::StepStatus::Done,
+            status: crate::store::StepStatus::Done,
             attempts: 2,
             budget_from: 1,
             last_error: Some("throttled".into()),
@@ -311,12 +318,17 @@ async fn records(store: &dyn WorkspaceStore) {
             deadline: Some(T0 + Duration::from_secs(60)),
             started_at: Some(T0),
             cancelling: Some(CommandId::new("c-6").expect("valid id")),
+            stack: Some("db".parse().expect("valid stack")),
+            progress: Some(crate::store::ProgressNote {
+                message: "VPC CREATING, 40 s left".into(),
+                at: T0,
+            }),
         }],
         started_at: T0,
         wake_at: Some(T0 + Duration::from_secs(3)),
         cancel_requested: true,
     });
-    rec.cluster = Some(crate::ClusterAccess {
+    rec.cluster = Some(crate::provider::ClusterAccess {
         name: "c".into(),
         endpoint: "https://c.invalid".into(),
         ca_bundle_pem: "-----BEGIN CERTIFICATE-----".into(),
@@ -759,7 +771,7 @@ async fn history(store: &dyn WorkspaceStore) {
     ev.kind = EventKind::Transition {
         from: StateName::Provisioning,
         to: StateName::Active,
-        event: crate::EventName::AgentFirstPoll,
+        event: crate::lifecycle::EventName::AgentFirstPoll,
     };
     let second = store
         .commit(
@@ -995,13 +1007,14 @@ async fn claims(store: &dyn WorkspaceStore, clock: &ManualClock) {
     let never = create_due(store, "claim", None).await;
     let until = EARLY + secs(10);
     let now = EARLY + secs(10);
-    let sorted = |v: Vec<crate::Lease>| {
+    let sorted = |v: Vec<crate::store::Lease>| {
         let mut v: Vec<_> = v.into_iter().map(|l| (l.workspace.clone(), l)).collect();
         v.sort_by(|x, y| x.0.cmp(&y.0));
         v
     };
-    let names =
-        |v: &[(WorkspaceId, crate::Lease)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    let names = |v: &[(WorkspaceId, crate::store::Lease)]| {
+        v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()
+    };
     let mut first_two = vec![a.clone(), b.clone()];
     first_two.sort();
 
@@ -1314,7 +1327,7 @@ async fn checkpoints(store: &dyn WorkspaceStore, clock: &ManualClock) {
     );
 }
 
-/// Withdrawals ([`CommandQueue::withdraw`](crate::CommandQueue::withdraw)):
+/// Withdrawals ([`CommandQueue::withdraw`](crate::store::CommandQueue::withdraw)):
 /// a command no agent was handed is withdrawn — never delivered, never
 /// answered; one handed out becomes cancelling — delivered as a cancel
 /// request (not counted as a delivery) until its answer is stored; an
@@ -2238,7 +2251,7 @@ async fn listing(store: &dyn WorkspaceStore) {
         f(&mut q);
         q
     };
-    let names = |v: Vec<crate::Versioned<WorkspaceRecord>>| {
+    let names = |v: Vec<crate::store::Versioned<WorkspaceRecord>>| {
         v.into_iter().map(|r| r.value.id).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -2284,6 +2297,228 @@ async fn listing(store: &dyn WorkspaceStore) {
         1,
         "due at wake_at"
     );
+    listing_by_cloud_and_labels(store, &tenant, &ids).await;
+}
+
+/// Listing by cloud and labels, summaries and counts: `ids` are `tenant`'s
+/// three workspaces (the second `Active`), on the sample spec's cloud.
+async fn listing_by_cloud_and_labels(
+    store: &dyn WorkspaceStore,
+    tenant: &TenantId,
+    ids: &[WorkspaceId],
+) {
+    let of_tenant = ListQuery::new().tenant(tenant.clone());
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs.iter().fold(Labels::new(), |l, (k, v)| {
+            l.with(k, v).expect("valid label")
+        })
+    };
+    // Label the first two: `team` on both, `env` differing; keys with dots
+    // and slashes as Kubernetes writes them.
+    for (id, env) in [(&ids[0], "prod"), (&ids[1], "dev")] {
+        let current = store.get_workspace(id).await.expect("read");
+        let mut rec = current.value;
+        rec.labels = labels(&[("team", "payments"), ("env", env), ("k8s.io/tier", "")]);
+        store
+            .commit(WorkspaceWrite::update(rec, current.revision, T0))
+            .await
+            .expect("label");
+    }
+    let listed = |q: ListQuery| async move {
+        let summaries = store.list_summaries(&q).await.expect("summaries");
+        let records = store.list_workspaces(&q).await.expect("list");
+        let ids: Vec<WorkspaceId> = summaries.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(
+            ids,
+            records
+                .iter()
+                .map(|r| r.value.id.clone())
+                .collect::<Vec<_>>(),
+            "summaries and records select the same workspaces for {q:?}"
+        );
+        for (summary, record) in summaries.iter().zip(&records) {
+            assert_eq!(
+                summary,
+                &WorkspaceSummary::of(record),
+                "a summary is its record's"
+            );
+        }
+        ids
+    };
+    let team = of_tenant.clone().labels(labels(&[("team", "payments")]));
+    assert_eq!(listed(team.clone()).await, ids[..2], "by one label");
+    assert_eq!(
+        listed(
+            of_tenant
+                .clone()
+                .labels(labels(&[("team", "payments"), ("env", "dev")]))
+        )
+        .await,
+        ids[1..2],
+        "by every label given"
+    );
+    assert_eq!(
+        listed(of_tenant.clone().labels(labels(&[("k8s.io/tier", "")]))).await,
+        ids[..2],
+        "a key with dots and a slash, an empty value"
+    );
+    assert!(
+        listed(of_tenant.clone().labels(labels(&[("env", "staging")])))
+            .await
+            .is_empty(),
+        "a value nobody has"
+    );
+    assert!(
+        listed(of_tenant.clone().labels(labels(&[("k8s.io/tier", "x")])))
+            .await
+            .is_empty(),
+        "an empty value is not any value"
+    );
+    let cloud = crate::CloudKind::of(&sample_workspace_spec().cloud);
+    assert_eq!(
+        listed(of_tenant.clone().cloud(cloud)).await,
+        ids,
+        "by cloud"
+    );
+    let other = if cloud == crate::CloudKind::Aws {
+        crate::CloudKind::Gcp
+    } else {
+        crate::CloudKind::Aws
+    };
+    assert!(
+        listed(of_tenant.clone().cloud(other)).await.is_empty(),
+        "another cloud"
+    );
+    let mut paged = team.clone();
+    paged.limit = 1;
+    assert_eq!(listed(paged.clone()).await, ids[..1], "labels with a limit");
+    assert_eq!(
+        listed(paged.after(ids[0].clone())).await,
+        ids[1..2],
+        "labels with paging"
+    );
+    let counts = store.count_workspaces(&of_tenant).await.expect("count");
+    assert_eq!(
+        counts,
+        [(StateName::Provisioning, 2), (StateName::Active, 1)]
+            .into_iter()
+            .collect(),
+        "counts by state"
+    );
+    let mut counted = team;
+    counted.after = Some(ids[0].clone());
+    counted.limit = 1;
+    assert_eq!(
+        store
+            .count_workspaces(&counted)
+            .await
+            .expect("count")
+            .values()
+            .sum::<u64>(),
+        2,
+        "a count ignores paging"
+    );
+}
+
+/// The feed of every workspace's events: each event once, each workspace's
+/// history in order, resumable from any cursor; a purge's deleted history
+/// is not read.
+async fn feed(store: &dyn WorkspaceStore, clock: &ManualClock) {
+    // Where the feed stands now: everything before belongs to other checks.
+    let start = store.feed_head().await.expect("the feed's head");
+    assert!(
+        store
+            .read_feed(start, 10)
+            .await
+            .expect("read the feed")
+            .is_empty(),
+        "nothing after the head"
+    );
+    let a = create(store, "feeda").await;
+    let b = create(store, "feedb").await;
+    for round in 0..3 {
+        for id in [&a, &b] {
+            store
+                .commit(
+                    WorkspaceWrite::new(id.clone(), T0)
+                        .event(event(&format!("{round}.1")))
+                        .event(event(&format!("{round}.2"))),
+                )
+                .await
+                .expect("append");
+        }
+    }
+    let read_all = |from, page: usize| async move {
+        let mut out = Vec::new();
+        let mut cursor = from;
+        loop {
+            let got = store.read_feed(cursor, page).await.expect("read the feed");
+            assert!(got.len() <= page, "a page is at most its limit");
+            let Some(last) = got.last() else { return out };
+            cursor = last.cursor;
+            out.extend(got);
+        }
+    };
+    let all: Vec<crate::store::FeedEvent> = read_all(start, 4)
+        .await
+        .into_iter()
+        .filter(|e| e.workspace == a || e.workspace == b)
+        .collect();
+    assert_eq!(all.len(), 12, "every event once: {all:?}");
+    for w in [&a, &b] {
+        let seqs: Vec<u64> = all
+            .iter()
+            .filter(|e| &e.workspace == w)
+            .map(|e| e.event.seq.0)
+            .collect();
+        assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{w}'s history in order");
+        let history = store.read_events(w, EventSeq(0), 0).await.expect("history");
+        let fed: Vec<_> = all
+            .iter()
+            .filter(|e| &e.workspace == w)
+            .map(|e| e.event.clone())
+            .collect();
+        assert_eq!(
+            fed, history,
+            "the feed carries {w}'s events as its history does"
+        );
+    }
+    assert!(
+        all.windows(2).all(|p| p[0].cursor < p[1].cursor),
+        "cursors increase along the feed"
+    );
+    // Resuming from any event's cursor reads exactly what follows it.
+    let middle = all[5].cursor;
+    let rest: Vec<_> = read_all(middle, 1000)
+        .await
+        .into_iter()
+        .filter(|e| e.workspace == a || e.workspace == b)
+        .collect();
+    assert_eq!(rest, all[6..], "resuming after a cursor");
+    // A purge that deletes a history removes its events from the feed.
+    let (purged, lease) = destroyed_with_leftovers(store, clock).await;
+    let before_purge = read_all(start, 1000).await;
+    assert!(before_purge.iter().any(|e| e.workspace == purged));
+    store
+        .purge(
+            purge_write(store, &purged, &lease).await,
+            crate::HistoryRetention::Delete,
+        )
+        .await
+        .expect("purge");
+    let after_purge = read_all(start, 1000).await;
+    assert!(
+        after_purge.iter().all(|e| e.workspace != purged),
+        "a deleted history is not in the feed"
+    );
+    assert_eq!(
+        after_purge
+            .iter()
+            .filter(|e| e.workspace == a || e.workspace == b)
+            .count(),
+        12,
+        "the others' events stay"
+    );
 }
 
 /// A destroyed workspace with something of every kind a purge deletes: two
@@ -2292,7 +2527,7 @@ async fn listing(store: &dyn WorkspaceStore) {
 async fn destroyed_with_leftovers(
     store: &dyn WorkspaceStore,
     clock: &ManualClock,
-) -> (WorkspaceId, crate::Lease) {
+) -> (WorkspaceId, crate::store::Lease) {
     let at = At { store, clock };
     let id = create(store, "purge").await;
     let lease = at
@@ -2340,7 +2575,7 @@ async fn destroyed_with_leftovers(
 async fn purge_write(
     store: &dyn WorkspaceStore,
     id: &WorkspaceId,
-    lease: &crate::Lease,
+    lease: &crate::store::Lease,
 ) -> WorkspaceWrite {
     let current = store.get_workspace(id).await.expect("read");
     let mut rec = current.value;
@@ -2352,7 +2587,7 @@ async fn purge_write(
 
 async fn purges(store: &dyn WorkspaceStore, clock: &ManualClock) {
     let at = At { store, clock };
-    use crate::{HistoryRetention, Purged};
+    use crate::{HistoryRetention, store::Purged};
     // What `destroyed_with_leftovers` leaves, and `events` of history.
     let leftovers = |events| Purged {
         commands: 2,
@@ -2401,7 +2636,7 @@ async fn purges(store: &dyn WorkspaceStore, clock: &ManualClock) {
     );
     let mut old = write.clone();
     if let Some((_, mode)) = &mut old.record {
-        *mode = crate::PutMode::Update(Revision(before.revision.0 - 1));
+        *mode = crate::store::PutMode::Update(Revision(before.revision.0 - 1));
     }
     expect_err!(
         store.purge(old, HistoryRetention::Delete).await,

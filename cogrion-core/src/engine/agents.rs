@@ -23,7 +23,7 @@ pub struct AgentConnectivity {
     pub connected_here: bool,
     /// When it was last seen: the later of this replica's transport (exact)
     /// and the store (every replica's polls, to within the gateway's
-    /// [`seen_interval`](crate::GatewayConfig::seen_interval)). `None`: never.
+    /// [`seen_interval`](crate::agent::GatewayConfig::seen_interval)). `None`: never.
     pub last_seen: Option<Timestamp>,
     /// When it is silent past the threshold: since when (its last sighting,
     /// or the issue of its certificate if it never polled).
@@ -56,7 +56,7 @@ fn durable_sighting(credentials: &[AgentCredential]) -> (Option<Timestamp>, Opti
 impl Engine {
     /// Gives the workspace's agent a new identity (only from `Active`, as an
     /// update): a fresh one-time bootstrap token, the agent re-installed with it
-    /// (the [`AgentInstaller`](crate::AgentInstaller) writes the new token
+    /// (the [`AgentInstaller`](crate::agent::AgentInstaller) writes the new token
     /// where the agent reads it), and — once the agent exchanged it — its first
     /// poll under the new certificate; then `Active` again. The exchange
     /// revokes the earlier certificates.
@@ -144,7 +144,7 @@ impl Engine {
 
     /// [`agent_connectivity`](Self::agent_connectivity) from `credentials`,
     /// the workspace's as just read.
-    async fn connectivity(
+    pub(super) async fn connectivity(
         &self,
         id: &WorkspaceId,
         credentials: &[AgentCredential],
@@ -166,7 +166,7 @@ impl Engine {
     }
 
     /// What this replica's transport knows of `id`'s agent, if anything.
-    pub(super) async fn presence(&self, id: &WorkspaceId) -> Option<crate::AgentPresence> {
+    pub(super) async fn presence(&self, id: &WorkspaceId) -> Option<crate::agent::AgentPresence> {
         let transport = self.0.transport.as_ref()?;
         transport.presence(id).await.unwrap_or_else(|e| {
             tracing::debug!(workspace = %id, error = %e, "the transport could not say whether it sees the agent");

@@ -70,11 +70,13 @@ mod agents;
 mod correct;
 mod driver;
 mod events;
+mod feed;
 mod journal;
 mod leftovers;
 mod plan;
 mod retry;
 mod run;
+mod status;
 mod teardown;
 
 use std::collections::{BTreeMap, HashMap};
@@ -91,6 +93,9 @@ pub use agents::{AgentCheck, AgentConnectivity};
 pub use driver::{Driver, DriverConfig, DriverHandle, DriverStats};
 pub use events::{EngineEvent, EngineEventKind};
 pub use retry::RetryPolicy;
+pub use status::{
+    OperationStatus, SpecStatus, StackSummary, StepNow, WorkspacePage, WorkspaceStatus,
+};
 pub use teardown::{AbandonTarget, DestroyPlan, PlannedStep};
 
 use journal::Journal;
@@ -99,7 +104,7 @@ use crate::agent::{AgentInstaller, BootstrapToken};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, ExecutorKind};
-use crate::ids::{HolderId, StackName, WorkspaceId};
+use crate::ids::{HolderId, Labels, StackName, WorkspaceId};
 use crate::lock;
 use crate::provisioner::CloudProvisioner;
 use crate::spec::{CloudTarget, StackSpec, WorkspaceSpec};
@@ -153,6 +158,36 @@ impl CloudKind {
             CloudTarget::Simulated => Self::Simulated,
         }
     }
+
+    /// Its name, as stores keep it (`aws`, `gcp`, `azure`, `simulated`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aws => "aws",
+            Self::Gcp => "gcp",
+            Self::Azure => "azure",
+            Self::Simulated => "simulated",
+        }
+    }
+}
+
+impl std::fmt::Display for CloudKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CloudKind {
+    type Err = crate::InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Aws, Self::Gcp, Self::Azure, Self::Simulated]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| crate::InvalidValue::Malformed {
+                what: "cloud kind",
+                reason: format!("{s:?} is not one of aws, gcp, azure, simulated"),
+            })
+    }
 }
 
 /// The engine's settings.
@@ -184,7 +219,7 @@ pub struct EngineConfig {
     /// [`check_agents`](Engine::check_agents) reports it silent
     /// ([`EventKind::AgentSilent`]) and [`agent_connectivity`](Engine::agent_connectivity)
     /// says so (default 10 min). Keep it above the gateway's
-    /// [`seen_interval`](crate::GatewayConfig::seen_interval), the grain of
+    /// [`seen_interval`](crate::agent::GatewayConfig::seen_interval), the grain of
     /// what the store knows.
     pub agent_silence: Duration,
     /// When and how a destroyed workspace is purged (default: after 7 days,
@@ -193,6 +228,15 @@ pub struct EngineConfig {
     /// Seed of the backoff jitter (random when `None`); set it for reproducible
     /// simulations.
     pub seed: Option<u64>,
+    /// How often a step's changing progress message is written to the store
+    /// (default 30 s): the latest is kept in memory and shown by
+    /// [`status`](Engine::status) at once; the store gets the first, then at
+    /// most one changed message per interval (into the step's record, which
+    /// the poll writes anyway, and its history as [`EventKind::StepProgress`]).
+    pub progress_flush: Duration,
+    /// How often [`watch`](Engine::watch) reads the store for events other
+    /// replicas committed (default 250 ms); this engine's own wake it at once.
+    pub feed_poll: Duration,
 }
 
 impl EngineConfig {
@@ -210,7 +254,23 @@ impl EngineConfig {
             agent_silence: Duration::from_secs(600),
             purge: Some(PurgePolicy::default()),
             seed: None,
+            progress_flush: Duration::from_secs(30),
+            feed_poll: Duration::from_millis(250),
         }
+    }
+
+    /// With this interval between reads of the store by
+    /// [`watch`](Engine::watch).
+    pub fn with_feed_poll(mut self, every: Duration) -> Self {
+        self.feed_poll = every;
+        self
+    }
+
+    /// With this interval between writes of a step's changing progress
+    /// message.
+    pub fn with_progress_flush(mut self, every: Duration) -> Self {
+        self.progress_flush = every;
+        self
     }
 
     /// With this limit on a step's call.
@@ -268,7 +328,7 @@ impl EngineConfig {
 ///
 /// Once a workspace is `Destroyed`, the engine plans a purge that runs after
 /// `after`: it deletes the workspace's agent commands, checkpoints, bootstrap
-/// tokens and agent credentials ([`RecordStore::purge`](crate::RecordStore::purge)),
+/// tokens and agent credentials ([`RecordStore::purge`](crate::store::RecordStore::purge)),
 /// and keeps or deletes its record and history as `history` says. The
 /// retention is read when the purge runs, so changing it applies to
 /// workspaces destroyed earlier too.
@@ -387,6 +447,7 @@ impl EngineBuilder {
             turns: Mutex::default(),
             events,
             wakeups,
+            progress: Mutex::default(),
         })))
     }
 }
@@ -416,6 +477,17 @@ struct Inner {
     turns: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<EngineEvent>,
     wakeups: broadcast::Sender<WorkspaceId>,
+    /// The latest progress message of each workspace's running step, as its
+    /// call reported it here (the store has it as of the last flush).
+    progress: Mutex<HashMap<WorkspaceId, LiveProgress>>,
+}
+
+/// A progress message this engine's call of a step received.
+#[derive(Debug, Clone)]
+struct LiveProgress {
+    operation: u64,
+    step: String,
+    note: crate::store::ProgressNote,
 }
 
 impl Engine {
@@ -490,10 +562,24 @@ impl Engine {
         spec: WorkspaceSpec,
         actor: Actor,
     ) -> Result<WorkspaceRecord> {
+        self.create_labelled(id, spec, Labels::new(), actor).await
+    }
+
+    /// [`create`](Self::create) with the host's labels, to find the
+    /// workspace by ([`list`](Self::list)); [`set_labels`](Self::set_labels)
+    /// changes them later.
+    pub async fn create_labelled(
+        &self,
+        id: WorkspaceId,
+        spec: WorkspaceSpec,
+        labels: Labels,
+        actor: Actor,
+    ) -> Result<WorkspaceRecord> {
         spec.validate()?;
         self.check_cloud(&spec)?;
         let now = self.0.clock.now();
         let mut record = WorkspaceRecord::new(id.clone(), spec, now);
+        record.labels = labels;
         record.wake_at = Some(now);
         let mut j = Journal::new(actor, now);
         j.event(EventKind::Created, "workspace created".into());

@@ -18,7 +18,7 @@ pub(crate) const REVOKE_AGENT: &str = "revoke-agent-credentials";
 pub(crate) const UNINSTALL_AGENT: &str = "uninstall-agent";
 pub(crate) const STACK_APPLY: &str = "apply";
 pub(crate) const STACK_DESTROY: &str = "destroy";
-const STACK_PREFIX: &str = "stack/";
+pub(crate) use crate::store::upgrade::STACK_PREFIX;
 
 /// What a step does, recovered from its operation and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +44,13 @@ impl StepKind {
     pub(crate) fn of(
         operation: OperationKind,
         stack: Option<&StackName>,
-        step: &str,
+        step: &StepRecord,
     ) -> Option<Self> {
+        let name = step.name.as_str();
         let layer = InfraLayer::BUILD_ORDER
             .into_iter()
-            .find(|l| l.as_str() == step);
-        Some(match (operation, step) {
+            .find(|l| l.as_str() == name);
+        Some(match (operation, name) {
             (OperationKind::Provision | OperationKind::Update | OperationKind::Destroy, _)
                 if layer.is_some() =>
             {
@@ -61,8 +62,10 @@ impl StepKind {
             (OperationKind::Provision | OperationKind::Update, AWAIT_AGENT) => Self::AwaitAgent,
             (OperationKind::Destroy, REVOKE_AGENT) => Self::RevokeAgent,
             (OperationKind::Destroy, UNINSTALL_AGENT) => Self::UninstallAgent,
-            (OperationKind::Destroy, s) if s.starts_with(STACK_PREFIX) => {
-                Self::StackDestroy(s[STACK_PREFIX.len()..].parse().ok()?)
+            // A destroy's step for one stack names it (records stored before
+            // it did are given it as they are read: `store::upgrade`).
+            (OperationKind::Destroy, _) if step.stack.is_some() => {
+                Self::StackDestroy(step.stack.clone()?)
             }
             (OperationKind::StackDeploy, STACK_APPLY) => Self::StackApply(stack?.clone()),
             (OperationKind::StackDestroy, STACK_DESTROY) => Self::StackDestroy(stack?.clone()),
@@ -144,7 +147,7 @@ pub(crate) fn update(
 /// Stacks in reverse dependency order, then the agent, then the infrastructure
 /// in reverse build order.
 pub(crate) fn destroy(stacks: &StackGraph) -> Vec<StepRecord> {
-    let mut names: Vec<String> = stacks
+    let mut planned: Vec<StepRecord> = stacks
         .teardown_order()
         .into_iter()
         .filter(|n| {
@@ -152,18 +155,22 @@ pub(crate) fn destroy(stacks: &StackGraph) -> Vec<StepRecord> {
                 .get(n)
                 .is_some_and(|e| e.state != StackState::Destroyed)
         })
-        .map(|n| stack_step(&n))
+        .map(|n| StepRecord {
+            stack: Some(n.clone()),
+            ..StepRecord::pending(stack_step(&n))
+        })
         .collect();
-    names.extend([REVOKE_AGENT, UNINSTALL_AGENT].map(String::from));
-    names.extend(
+    planned.extend(steps([REVOKE_AGENT, UNINSTALL_AGENT].map(String::from)));
+    planned.extend(steps(
         InfraLayer::BUILD_ORDER
             .iter()
             .rev()
             .map(|l| l.as_str().to_owned()),
-    );
-    steps(names)
+    ));
+    planned
 }
 
+/// The name of a destroy's step for the stack `name`.
 pub(crate) fn stack_step(name: &StackName) -> String {
     format!("{STACK_PREFIX}{name}")
 }

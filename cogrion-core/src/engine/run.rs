@@ -11,7 +11,7 @@ use super::leftovers::{self, Leftovers};
 use super::plan::{self, StepKind};
 use super::{Action, Engine, EngineEventKind, lock};
 use crate::agent::{AgentInstall, issue_bootstrap_token};
-use crate::checkpoint::{Progress, StoreCheckpoint};
+use crate::checkpoint::{Progress, ProgressMessage, StoreCheckpoint};
 use crate::clock::Timestamp;
 use crate::error::{Error, Resource, Result};
 use crate::executor::{ExecutionTarget, ExecutorKind, StackRequest, StackStatus};
@@ -21,7 +21,7 @@ use crate::stack::{StackEvent, StackInventory, StackState};
 use crate::state::{WorkspaceEvent, WorkspaceState, step};
 use crate::store::{
     Actor, BuiltLayer, CheckpointKey, CommandStatus, EventKind, HistoryRetention, Lease,
-    LeftBehind, LeftReason, NewCommand, OperationKind, OperationRecord, StepStatus,
+    LeftBehind, LeftReason, NewCommand, OperationKind, OperationRecord, ProgressNote, StepStatus,
     WorkspaceRecord, WorkspaceWrite,
 };
 
@@ -57,7 +57,8 @@ impl Held {
 enum Outcome {
     Done,
     Skipped(String),
-    InProgress(Duration),
+    /// Still running: ask again after the delay; what the call reported.
+    InProgress(Duration, Option<ProgressMessage>),
     AwaitCommand(NewCommand),
     AwaitAgent(Timestamp),
     /// The bootstrap token was lost with a previous process: issue a new one.
@@ -255,7 +256,7 @@ impl Engine {
 
     /// Claims, in one store transaction, the leases of up to `limit` workspaces
     /// due by `until` that no other replica holds (see
-    /// [`LeaseStore::claim_due`](crate::LeaseStore::claim_due)), keeps them for the
+    /// [`LeaseStore::claim_due`](crate::store::LeaseStore::claim_due)), keeps them for the
     /// following [`advance`](Self::advance) calls, and returns their ids —
     /// earliest due first. Hosts with their own scheduler call this to find work;
     /// the [`Driver`](crate::Driver) does.
@@ -413,7 +414,7 @@ impl Engine {
             return Ok(true);
         };
         let teardown = op.kind == OperationKind::Destroy
-            && StepKind::of(op.kind, op.stack.as_ref(), &step.name)
+            && StepKind::of(op.kind, op.stack.as_ref(), step)
                 .is_some_and(|k| k.agent_run(&tx.rec.stacks));
         let teardown_over = teardown && self.teardown_over(step, now);
         let settled = match self.0.store.get_command(&id, &old).await {
@@ -477,11 +478,12 @@ impl Engine {
         let now = tx.j.now;
         let op = &tx.rec.operations[i];
         let (seq, name) = (op.seq, op.steps[j].name.clone());
-        let kind =
-            StepKind::of(op.kind, op.stack.as_ref(), &name).ok_or_else(|| Error::Corrupt {
+        let kind = StepKind::of(op.kind, op.stack.as_ref(), &op.steps[j]).ok_or_else(|| {
+            Error::Corrupt {
                 what: Resource::Workspace(tx.rec.id.clone()),
                 detail: format!("operation {seq} has a step {name:?} this engine does not know"),
-            })?;
+            }
+        })?;
         let span = tracing::info_span!("step", operation = seq, step = %name);
         let in_destroy = tx.rec.operations[i].kind == OperationKind::Destroy;
         let teardown = in_destroy && kind.agent_run(&tx.rec.stacks);
@@ -524,10 +526,10 @@ impl Engine {
             .await?;
         let moved_on = !matches!(
             outcome,
-            Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
+            Outcome::InProgress(..) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
         );
         if let Some(answer) = tx.answer.take()
-            && !matches!(outcome, Outcome::InProgress(_))
+            && !matches!(outcome, Outcome::InProgress(..))
         {
             tx.j.events.push(answer);
         }
@@ -925,7 +927,7 @@ impl Engine {
                 };
                 let due = op.started_at + policy.after;
                 if now < due {
-                    Outcome::InProgress(due.since(now))
+                    Outcome::InProgress(due.since(now), None)
                 } else {
                     tx.purge = Some(policy.history);
                     Outcome::Done
@@ -950,10 +952,18 @@ impl Engine {
         let seq = tx.rec.operations[i].seq;
         let name = tx.rec.operations[i].steps[j].name.clone();
         let attempt = tx.rec.operations[i].steps[j].attempts;
+        if !matches!(
+            outcome,
+            Outcome::InProgress(..) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
+        ) {
+            // The call ended: what it said while running is no longer news.
+            tx.rec.operations[i].steps[j].progress = None;
+            lock(&self.0.progress).remove(&tx.rec.id);
+        }
         if tx.rec.operations[i].cancel_requested
             && !matches!(
                 outcome,
-                Outcome::InProgress(_) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
+                Outcome::InProgress(..) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
             )
         {
             // Superseded (by a destroy or a removal): its running step has ended,
@@ -1032,17 +1042,24 @@ impl Engine {
                 );
                 self.finish_step(tx, i, j, kind, Some(why));
             }
-            Outcome::InProgress(poll_after) => {
+            Outcome::InProgress(poll_after, message) => {
                 let until = now + poll_after;
                 tx.rec.operations[i].wake_at = Some(until);
                 // A command's answer was read: the step no longer waits on
                 // it, only on time.
                 tx.rec.operations[i].steps[j].deadline = None;
+                let reason = match &message {
+                    Some(m) => {
+                        self.progress_reported(tx, i, j, m.clone());
+                        m.to_string()
+                    }
+                    None => "in progress".into(),
+                };
                 tx.notice(EngineEventKind::StepWaiting {
                     operation: seq,
                     step: name,
                     until: Some(until),
-                    reason: "in progress".into(),
+                    reason,
                 });
             }
             Outcome::AwaitAgent(deadline) => {
@@ -1158,6 +1175,41 @@ impl Engine {
 
     /// Marks step `j` of operation `i` finished (`skipped`: why not run), and
     /// ends the operation if it was its last.
+    /// Keeps a step's progress message in memory, and in the step's record
+    /// (and its history) when it is the step's first or the last one stored
+    /// is older than [`progress_flush`](super::EngineConfig::progress_flush)
+    /// and says something else: the poll writes the record anyway, so a
+    /// message costs no write of its own.
+    fn progress_reported(&self, tx: &mut Tx, i: usize, j: usize, message: ProgressMessage) {
+        let now = tx.j.now;
+        let seq = tx.rec.operations[i].seq;
+        let step = &mut tx.rec.operations[i].steps[j];
+        let note = ProgressNote { message, at: now };
+        lock(&self.0.progress).insert(
+            tx.rec.id.clone(),
+            super::LiveProgress {
+                operation: seq,
+                step: step.name.clone(),
+                note: note.clone(),
+            },
+        );
+        let flush = step.progress.as_ref().is_none_or(|stored| {
+            stored.message != note.message && now >= stored.at + self.0.config.progress_flush
+        });
+        if flush {
+            let name = step.name.clone();
+            let text = note.message.to_string();
+            step.progress = Some(note);
+            tx.event(
+                EventKind::StepProgress {
+                    operation: seq,
+                    step: name,
+                },
+                text,
+            );
+        }
+    }
+
     fn finish_step(
         &self,
         tx: &mut Tx,
@@ -1345,6 +1397,7 @@ impl Engine {
         op.steps[j].last_error = Some(error.to_string());
         op.wake_at = None;
         let step_name = op.steps[j].name.clone();
+        let step_kind = StepKind::of(op.kind, op.stack.as_ref(), &op.steps[j]);
         let kind = op.kind;
         let stack = op.stack.clone();
         match kind {
@@ -1361,9 +1414,7 @@ impl Engine {
             }
             _ => {
                 // A destroy's stack teardown failing fails the stack and the destroy.
-                if let Some(StepKind::StackDestroy(name)) =
-                    StepKind::of(kind, stack.as_ref(), &step_name)
-                {
+                if let Some(StepKind::StackDestroy(name)) = step_kind {
                     let event = StackEvent::OperationFailed {
                         step: step_name.clone(),
                         error: error.to_string(),
@@ -1379,6 +1430,9 @@ impl Engine {
                 };
                 if let Ok(t) = step(&tx.rec.state, &event, now) {
                     tx.j.transition(&mut tx.rec, t, &error.to_string());
+                    if let WorkspaceState::Failed(f) = &mut tx.rec.state {
+                        f.retryable = Some(!matches!(error.retry(), crate::Retry::Never));
+                    }
                 }
             }
         }
@@ -1397,7 +1451,10 @@ fn base_command_id(queued: &CommandId, attempt: u32) -> CommandId {
 fn waiting<T>(progress: Progress<T>) -> Outcome {
     match progress {
         Progress::Ready(_) => Outcome::Done,
-        Progress::InProgress { poll_after } => Outcome::InProgress(poll_after),
+        Progress::InProgress {
+            poll_after,
+            message,
+        } => Outcome::InProgress(poll_after, message),
         Progress::AwaitCommand(command) => Outcome::AwaitCommand(command),
     }
 }

@@ -317,7 +317,7 @@ impl Engine {
                     .map(|c| format!("agent certificate {}", c.serial))
                     .collect()
             } else {
-                match StepKind::of(OperationKind::Destroy, None, &s.name) {
+                match StepKind::of(OperationKind::Destroy, None, &s) {
                     Some(kind) => leftovers.of(&kind).await,
                     None => Vec::new(),
                 }

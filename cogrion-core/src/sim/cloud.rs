@@ -1,5 +1,5 @@
 //! [`SimulatedCloud`]: the fake cloud ([`CloudApi`]) with a [`FaultPlan`], and
-//! its builder and audit. The [`CloudProvisioner`](crate::CloudProvisioner)
+//! its builder and audit. The [`CloudProvisioner`](crate::provider::CloudProvisioner)
 //! implementation on top of it lives in `provisioner.rs`.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::ids::WorkspaceId;
 use crate::provisioner::{CloudResource, InfraLayer};
 
-/// A simulated cloud: a [`CloudProvisioner`](crate::CloudProvisioner) for every
+/// A simulated cloud: a [`CloudProvisioner`](crate::provider::CloudProvisioner) for every
 /// workspace spec, backed by an in-memory fake cloud API ([`CloudApi`]) with
 /// latency and injected faults.
 ///
@@ -69,7 +69,7 @@ use crate::provisioner::{CloudResource, InfraLayer};
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use cogrion_core::{InfraLayer, ManualClock, Timestamp};
+/// use cogrion_core::{ManualClock, Timestamp, provider::{InfraLayer}};
 /// use cogrion_core::sim::{FaultPlan, SimulatedCloud};
 ///
 /// let clock = ManualClock::new(Timestamp::EPOCH);

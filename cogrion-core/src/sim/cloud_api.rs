@@ -246,7 +246,7 @@ impl ApiCallCounts {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use cogrion_core::{InfraLayer, ManualClock, Timestamp};
+/// use cogrion_core::{ManualClock, Timestamp, provider::{InfraLayer}};
 /// use cogrion_core::sim::{CloudApi, ResourceTags};
 ///
 /// let api = CloudApi::new(Arc::new(ManualClock::new(Timestamp::EPOCH)));

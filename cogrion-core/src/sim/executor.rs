@@ -39,7 +39,7 @@ use crate::store::NewCommand;
 /// Terraform apply or destroy is lost after the change was made.
 ///
 /// ```
-/// use cogrion_core::{Executor, ExecutorKind};
+/// use cogrion_core::{provider::{Executor, ExecutorKind}};
 /// use cogrion_core::sim::{FaultPlan, SimulatedCluster, SimulatedExecutor};
 ///
 /// let cluster = SimulatedCluster::new();
@@ -255,7 +255,13 @@ impl Executor for SimulatedExecutor {
     async fn destroy(&self, request: StackRequest) -> Result<Progress<()>> {
         Ok(match self.run(request, Verb::Destroy).await? {
             Progress::Ready(_) => Progress::Ready(()),
-            Progress::InProgress { poll_after } => Progress::InProgress { poll_after },
+            Progress::InProgress {
+                poll_after,
+                message,
+            } => Progress::InProgress {
+                poll_after,
+                message,
+            },
             Progress::AwaitCommand(command) => Progress::AwaitCommand(command),
         })
     }

@@ -114,7 +114,7 @@ pub struct InjectedFault {
 /// Every decision is therefore a function of the seed and the sequence of calls.
 ///
 /// ```
-/// use cogrion_core::InfraLayer;
+/// use cogrion_core::provider::InfraLayer;
 /// use cogrion_core::sim::{Fault, FaultPlan, FaultTarget};
 ///
 /// // 20 % of calls throttled, 20 % unavailable, 20 % losing their answer.

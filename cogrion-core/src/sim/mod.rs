@@ -5,7 +5,7 @@
 //! The simulation is meant to be *hard on the engine* in the ways the real world
 //! is, so that passing it means something:
 //!
-//! - [`SimulatedCloud`] is a [`CloudProvisioner`](crate::CloudProvisioner) on top
+//! - [`SimulatedCloud`] is a [`CloudProvisioner`](crate::provider::CloudProvisioner) on top
 //!   of a fake cloud API ([`CloudApi`]) that, like AWS `CreateVpc`, creates a new
 //!   resource on *every* create call. Creations, updates and deletions take time
 //!   (per-layer latency on an injected [`Clock`](crate::Clock)). The provisioner
@@ -15,7 +15,7 @@
 //! - [`SimulatedCluster`] is what runs inside each workspace's cluster: installed
 //!   stacks, their revisions and objects. [`SimulatedCluster::handle`] executes
 //!   the commands a Cluster Agent would receive.
-//! - [`SimulatedExecutor`] is an [`Executor`](crate::Executor) of each kind:
+//! - [`SimulatedExecutor`] is an [`Executor`](crate::provider::Executor) of each kind:
 //!   Helm and manifests through agent commands (as in the product), Terraform
 //!   directly.
 //! - [`FaultPlan`] injects failures into all of them, deterministically from a
@@ -42,10 +42,10 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use cogrion_core::{
-//!     CloudProvisioner, IdempotencyKey, InfraLayer, LayerRequest, ManualClock,
-//!     MemoryCheckpoint, Progress, Timestamp,
+//! use cogrion_core::provider::{
+//!     CloudProvisioner, IdempotencyKey, InfraLayer, LayerRequest, MemoryCheckpoint, Progress,
 //! };
+//! use cogrion_core::{ManualClock, Timestamp};
 //! use cogrion_core::sim::SimulatedCloud;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -82,6 +82,7 @@ mod cloud_api;
 mod cluster;
 mod executor;
 mod faults;
+mod inproc;
 mod provisioner;
 mod world;
 
@@ -98,5 +99,6 @@ pub use executor::SimulatedExecutor;
 pub use faults::{
     DEFAULT_RETRY_AFTER, Fault, FaultPlan, FaultTarget, InjectedFault, RESPONSE_LOST,
 };
+pub use inproc::{CommandHandler, InProcessTransport, SimulatedAgents};
 pub use provisioner::SIM_CA_BUNDLE_PEM;
 pub use world::SimulatedWorld;

@@ -72,7 +72,12 @@ impl SimulatedCloud {
 
         let external = match self.parents_of(ws, layer) {
             Parents::Ready(ids) => ids,
-            Parents::Wait(d) => return Ok(Progress::InProgress { poll_after: d }),
+            Parents::Wait(d) => {
+                return Ok(Progress::in_progress_with(
+                    d,
+                    format!("{layer}: waiting for the layers below"),
+                ));
+            }
             Parents::Missing(e) => return Err(e),
         };
         let mut saved = Saved::load(request).await?;
@@ -92,7 +97,7 @@ impl SimulatedCloud {
                                     call.changed()?;
                                     let latency = api.latency(layer);
                                     if !latency.is_zero() {
-                                        pending.wait(latency);
+                                        pending.changing("UPDATING", latency);
                                     }
                                 }
                                 Err(ApiError::InUse { retry_after, .. }) => {
@@ -153,8 +158,8 @@ impl SimulatedCloud {
             .collect();
         self.delete_all(layer, extra, call, &mut pending)?;
 
-        if let Some(poll_after) = pending.poll_after() {
-            return Ok(Progress::InProgress { poll_after });
+        if let Some(progress) = pending.progress(layer) {
+            return Ok(progress);
         }
         let mut resources: Vec<CloudResource> = adopted
             .values()
@@ -180,10 +185,7 @@ impl SimulatedCloud {
             .collect();
         let mut pending = Pending::default();
         self.delete_all(layer, mine, call, &mut pending)?;
-        Ok(match pending.poll_after() {
-            Some(poll_after) => Progress::InProgress { poll_after },
-            None => Progress::Ready(()),
-        })
+        Ok(pending.progress(layer).unwrap_or(Progress::Ready(())))
     }
 
     /// Deletes `resources` (all of `layer`), dependents first, recording what is
@@ -206,7 +208,7 @@ impl SimulatedCloud {
             if resource.status != ResourceStatus::Active {
                 // Being created or updated (the cloud lets go once done), or
                 // already being deleted.
-                pending.wait(resource.status.remaining(now));
+                pending.wait_status(resource.status, now);
                 continue;
             }
             match api.delete(&resource.id) {
@@ -223,7 +225,7 @@ impl SimulatedCloud {
                     for dependent in dependents.iter().filter_map(|id| api.get(id)) {
                         match dependent.status {
                             ResourceStatus::Deleting { .. } => {
-                                pending.wait(dependent.status.remaining(now));
+                                pending.wait_status(dependent.status, now);
                             }
                             // Same layer: deleted in this pass or the next.
                             _ if dependent.tags.layer == layer => pending.wait(MIN_POLL),
@@ -289,7 +291,7 @@ impl SimulatedCloud {
                 }
             }
         }
-        match wait.poll_after() {
+        match wait.after {
             Some(d) => Parents::Wait(d),
             None => Parents::Ready(ids),
         }
@@ -537,23 +539,44 @@ enum Existing {
 
 /// The longest wait a call found, if any.
 #[derive(Default)]
-struct Pending(Option<Duration>);
+struct Pending {
+    /// How long until something is worth asking about again.
+    after: Option<Duration>,
+    /// What is still changing, as the cloud says (`CREATING, 12 s left`).
+    note: Option<String>,
+}
 
 impl Pending {
     fn wait(&mut self, d: Duration) {
         let d = d.max(MIN_POLL);
-        self.0 = Some(self.0.map_or(d, |current| current.max(d)));
+        self.after = Some(self.after.map_or(d, |current| current.max(d)));
     }
 
     /// Waits for a resource in `status` to change, unless it is settled.
     fn wait_status(&mut self, status: ResourceStatus, now: Timestamp) {
-        if !matches!(status, ResourceStatus::Active | ResourceStatus::Deleted) {
-            self.wait(status.remaining(now));
-        }
+        let word = match status {
+            ResourceStatus::Creating { .. } => "CREATING",
+            ResourceStatus::Updating { .. } => "UPDATING",
+            ResourceStatus::Deleting { .. } => "DELETING",
+            ResourceStatus::Active | ResourceStatus::Deleted => return,
+        };
+        self.changing(word, status.remaining(now));
     }
 
-    fn poll_after(&self) -> Option<Duration> {
-        self.0
+    /// Waits `left` for a resource the cloud reports as `word` (`CREATING`).
+    fn changing(&mut self, word: &str, left: Duration) {
+        self.note = Some(format!("{word}, {} s left", left.as_secs_f64().ceil()));
+        self.wait(left);
+    }
+
+    /// `None` when nothing is pending; else when to ask again, and what
+    /// `layer` is waiting for.
+    fn progress<T>(&self, layer: InfraLayer) -> Option<Progress<T>> {
+        let after = self.after?;
+        Some(match &self.note {
+            Some(note) => Progress::in_progress_with(after, format!("{layer} {note}")),
+            None => Progress::in_progress_with(after, format!("{layer}: waiting for the cloud")),
+        })
     }
 }
 

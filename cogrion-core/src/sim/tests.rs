@@ -122,7 +122,7 @@ async fn ready<T: fmt::Debug>(
     for _ in 0..100 {
         match call().await {
             Ok(Progress::Ready(value)) => return value,
-            Ok(Progress::InProgress { poll_after }) => clock.advance(poll_after),
+            Ok(Progress::InProgress { poll_after, .. }) => clock.advance(poll_after),
             other => panic!("expected Ready or InProgress, got {other:?}"),
         }
     }
@@ -647,7 +647,7 @@ async fn latency_makes_calls_in_progress_until_the_clock_passes() {
     for (advance, expected) in [(0, 2), (1, 1), (1, 2), (2, 0)] {
         clock.advance(secs(advance));
         match cloud.provision(network.clone()).await.unwrap() {
-            Progress::InProgress { poll_after } => assert_eq!(poll_after, secs(expected)),
+            Progress::InProgress { poll_after, .. } => assert_eq!(poll_after, secs(expected)),
             Progress::Ready(state) => {
                 assert_eq!(expected, 0, "ready too early");
                 assert_eq!(state.resources.len(), 3);
@@ -658,18 +658,14 @@ async fn latency_makes_calls_in_progress_until_the_clock_passes() {
     let cluster = layer_request(&w, &spec, InfraLayer::Cluster, 1, &MemoryCheckpoint::new());
     assert_eq!(
         cloud.provision(cluster.clone()).await.unwrap(),
-        Progress::InProgress {
-            poll_after: secs(4)
-        }
+        Progress::in_progress_with(secs(4), "cluster CREATING, 4 s left")
     );
     // No cluster access while it is being created.
     assert_eq!(cloud.describe(&w, &spec).await.unwrap().cluster, None);
     clock.advance(Duration::from_millis(3_999));
     assert_eq!(
         cloud.provision(cluster.clone()).await.unwrap(),
-        Progress::InProgress {
-            poll_after: Duration::from_millis(1)
-        }
+        Progress::in_progress_with(Duration::from_millis(1), "cluster CREATING, 1 s left")
     );
     clock.advance(Duration::from_millis(1));
     let state = cloud.provision(cluster).await.unwrap().ready().unwrap();
@@ -703,17 +699,13 @@ async fn destroy_with_latency_waits_for_deletion_and_then_converges() {
     );
     assert_eq!(
         cloud.destroy(pools.clone()).await.unwrap(),
-        Progress::InProgress {
-            poll_after: Duration::from_secs(3)
-        }
+        Progress::in_progress_with(Duration::from_secs(3), "node-pools DELETING, 3 s left")
     );
     // Still listed while it is being deleted.
     assert_eq!(cloud.describe(&w, &spec).await.unwrap().resources.len(), 5);
     assert_eq!(
         cloud.destroy(pools.clone()).await.unwrap(),
-        Progress::InProgress {
-            poll_after: Duration::from_secs(3)
-        },
+        Progress::in_progress_with(Duration::from_secs(3), "node-pools DELETING, 3 s left"),
         "a replay does not delete twice"
     );
     assert_eq!(cloud.api_calls().deletes_of("node-pool"), 1);
@@ -755,9 +747,7 @@ async fn destroy_waits_for_a_creation_still_running() {
     let destroy = layer_request(&w, &spec, InfraLayer::Cluster, 2, &MemoryCheckpoint::new());
     assert_eq!(
         cloud.destroy(destroy.clone()).await.unwrap(),
-        Progress::InProgress {
-            poll_after: Duration::from_secs(4)
-        }
+        Progress::in_progress_with(Duration::from_secs(4), "cluster CREATING, 4 s left")
     );
     assert_eq!(cloud.api_calls().deletes_of("cluster"), 0);
     ready(&clock, async || cloud.destroy(destroy.clone()).await).await;
@@ -846,9 +836,7 @@ async fn updates_resize_add_and_remove_node_pools_and_change_the_version() {
     let cluster = update(InfraLayer::Cluster);
     assert_eq!(
         cloud.update(cluster.clone()).await.unwrap(),
-        Progress::InProgress {
-            poll_after: Duration::from_secs(5)
-        }
+        Progress::in_progress_with(Duration::from_secs(5), "cluster UPDATING, 5 s left")
     );
     assert!(
         cloud.describe(&w, &after).await.unwrap().cluster.is_some(),
@@ -892,7 +880,7 @@ async fn same_seed_and_calls_make_the_same_fault_decisions() {
     type Run = (
         Vec<InjectedFault>,
         ApiCallCounts,
-        Vec<crate::CloudResource>,
+        Vec<crate::provider::CloudResource>,
         Vec<String>,
     );
     async fn run(seed: u64) -> Run {

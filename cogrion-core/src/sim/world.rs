@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
+use super::inproc::{InProcessTransport, SimulatedAgents};
 use super::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedExecutor};
 use crate::agent::{AgentGateway, GatewayConfig};
 use crate::clock::Clock;
 use crate::engine::{CloudKind, Engine, EngineBuilder, EngineConfig};
 use crate::error::Result;
 use crate::executor::ExecutorKind;
-use crate::inproc::{InProcessTransport, SimulatedAgents};
 use crate::store::WorkspaceStore;
 
 /// Everything an engine needs besides a store, simulated: a cloud, the in-cluster
@@ -19,6 +19,7 @@ use crate::store::WorkspaceStore;
 /// ```
 /// use std::sync::Arc;
 /// use cogrion_core::*;
+/// use cogrion_core::store::InMemoryStore;
 /// use cogrion_core::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 /// let world = SimulatedWorld::new(SimulatedCloud::new(), FaultPlan::none());
 /// let engine = world

@@ -26,6 +26,14 @@
 //!
 //! The resources of layers built under format 1 are unknown (empty); the
 //! provisioner's `describe` has them.
+//!
+//! # Format 2 → 3
+//! Format 3 adds the workspace's [`labels`](WorkspaceRecord::labels) (none
+//! before), each step's latest [`progress`](StepRecord::progress) message
+//! (none before), and names the stack of a destroy's step for one stack
+//! ([`StepRecord::stack`]), which format 2 left to the step's name
+//! (`stack/<name>`): it is read from the name here, once, so the engine
+//! never parses step names.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +44,7 @@ use super::{
     WorkspaceRecord,
 };
 use crate::clock::Timestamp;
-use crate::ids::{StackName, WorkspaceId};
+use crate::ids::{Labels, StackName, WorkspaceId};
 use crate::provisioner::{ClusterAccess, InfraLayer};
 use crate::spec::WorkspaceSpec;
 use crate::stack::StackGraph;
@@ -44,6 +52,9 @@ use crate::state::{WorkspaceOperation, WorkspaceState};
 
 /// The name of a purge operation's one step.
 pub(crate) const PURGE_STEP: &str = "purge";
+
+/// How a destroy's step for one stack is named: this, then the stack's name.
+pub(crate) const STACK_PREFIX: &str = "stack/";
 
 /// A stored workspace record of any known format.
 #[derive(Debug, Deserialize)]
@@ -58,6 +69,9 @@ pub struct StoredRecord {
     #[serde(default)]
     layers: BTreeMap<InfraLayer, BuiltLayer>,
     state: WorkspaceState,
+    /// Absent before format 3.
+    #[serde(default)]
+    labels: Labels,
     #[serde(default)]
     stacks: StackGraph,
     #[serde(default)]
@@ -131,6 +145,7 @@ impl From<StoredRecord> for WorkspaceRecord {
             applied: s.applied,
             layers: s.layers,
             state: s.state,
+            labels: s.labels,
             stacks: s.stacks,
             operations,
             next_operation: s.next_operation,
@@ -144,6 +159,9 @@ impl From<StoredRecord> for WorkspaceRecord {
         };
         if record.format < 2 {
             from_format_1(&mut record, previous);
+        }
+        if record.format < 3 {
+            from_format_2(&mut record);
         }
         record.format = RECORD_FORMAT;
         record
@@ -235,4 +253,22 @@ fn from_format_1(rec: &mut WorkspaceRecord, previous: Option<WorkspaceSpec>) {
     }
     rec.layers = layers;
     rec.applied = applied;
+}
+
+/// Format 2 → 3 (see the module docs): a destroy's steps for one stack name
+/// their stack.
+fn from_format_2(rec: &mut WorkspaceRecord) {
+    for op in &mut rec.operations {
+        if op.kind != OperationKind::Destroy {
+            continue;
+        }
+        for step in &mut op.steps {
+            if step.stack.is_none() {
+                step.stack = step
+                    .name
+                    .strip_prefix(STACK_PREFIX)
+                    .and_then(|name| name.parse().ok());
+            }
+        }
+    }
 }

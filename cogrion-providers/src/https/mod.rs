@@ -49,7 +49,7 @@
 //!   client (it is logged). Refusals beyond 5 a minute from one source are
 //!   answered `rate_limited`; a token that verifies is never held back.
 //! - **Renewal** only from half the certificate's life on
-//!   ([`GatewayConfig::renew_from_percent`](cogrion_core::GatewayConfig::renew_from_percent))
+//!   ([`GatewayConfig::renew_from_percent`](cogrion_core::agent::GatewayConfig::renew_from_percent))
 //!   and at most 3 times an hour per certificate (`rate_limited`); a storm is
 //!   logged once.
 //! - Refusals are logged at most once a second, with the count skipped.

@@ -18,8 +18,9 @@ use cogrion_core::proto::v1::{
 };
 use cogrion_core::proto::{AgentIdentity, PROTOCOL_VERSION};
 use cogrion_core::{
-    AgentGateway, AgentPresence, AgentTransport, BootstrapToken, CertSerial, Clock, Error,
-    Resource, Result, Timestamp, TokenRefusal, WorkspaceId,
+    Clock, Error, Resource, Result, Timestamp, TokenRefusal, WorkspaceId,
+    agent::{AgentGateway, AgentPresence, AgentTransport, BootstrapToken},
+    store::CertSerial,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -1318,7 +1319,7 @@ impl Shared {
         &self,
         m: &BootstrapRequest,
         csr: &cogrion_core::ca::CheckedCsr,
-        credential: cogrion_core::AgentCredential,
+        credential: cogrion_core::store::AgentCredential,
     ) -> std::result::Result<Response<Full<Bytes>>, Refusal> {
         // A re-bootstrap revoked the workspace's earlier credentials: their
         // connections close (a replay revoked nothing; its agent has none).

@@ -1,4 +1,4 @@
-//! [`PostgresStore`]: the [`WorkspaceStore`](cogrion_core::WorkspaceStore) on
+//! [`PostgresStore`]: the [`WorkspaceStore`](cogrion_core::store::WorkspaceStore) on
 //! PostgreSQL, for control planes with several replicas.
 //!
 //! # Concurrency
@@ -7,15 +7,15 @@
 //! queue, checkpoints, lease, tokens and credentials — are serialised across all
 //! replicas, while writes to different workspaces proceed in parallel. Creates race
 //! on the primary key (`INSERT … ON CONFLICT DO NOTHING`): exactly one wins.
-//! [`claim_due`](cogrion_core::LeaseStore::claim_due) locks the due rows it takes
+//! [`claim_due`](cogrion_core::store::LeaseStore::claim_due) locks the due rows it takes
 //! with `FOR UPDATE SKIP LOCKED`, so replicas claiming at once take different
 //! workspaces instead of waiting on each other.
 //!
 //! # Durability
 //! Whatever the server is configured for (`synchronous_commit`); with the default
 //! (`on`) every commit is flushed before it returns, which is why
-//! [`RecordStore::write_batch`](cogrion_core::RecordStore::write_batch) shares one transaction among many writes (a
-//! savepoint for each commit). [`GroupCommit::with_lanes`](cogrion_core::GroupCommit::with_lanes)
+//! [`RecordStore::write_batch`](cogrion_core::store::RecordStore::write_batch) shares one transaction among many writes (a
+//! savepoint for each commit). [`GroupCommit::with_lanes`](cogrion_core::store::GroupCommit::with_lanes)
 //! keeps several such transactions in flight.
 //!
 //! # Schema
@@ -73,7 +73,7 @@ impl PostgresOptions {
     }
 }
 
-/// A [`WorkspaceStore`](cogrion_core::WorkspaceStore) on a PostgreSQL database.
+/// A [`WorkspaceStore`](cogrion_core::store::WorkspaceStore) on a PostgreSQL database.
 pub type PostgresStore = SqlStore<PgBackend>;
 
 /// How a [`PostgresStore`] reaches its server: a pool of connections.

@@ -13,7 +13,7 @@
 //! [`SqlStore`] is the store itself; `SqliteStore` and `PostgresStore` are it
 //! on each backend.
 //!
-//! [`WorkspaceStore`]: cogrion_core::WorkspaceStore
+//! [`WorkspaceStore`]: cogrion_core::store::WorkspaceStore
 
 mod ops;
 mod stores;
@@ -22,8 +22,11 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use cogrion_core::{
-    AgentCredential, CertSerial, Clock, Error, FencingToken, QueuedCommand, Resource, Result,
-    Revision, Timestamp, Versioned, WorkspaceId, WorkspaceRecord, WriteCounter, WriteCounts,
+    Clock, Error, Resource, Result, Timestamp, WorkspaceId,
+    store::{
+        AgentCredential, CertSerial, FencingToken, QueuedCommand, Revision, Versioned,
+        WorkspaceRecord, WriteCounter, WriteCounts,
+    },
 };
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -275,7 +278,7 @@ pub trait Backend: std::fmt::Debug + Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<T>> + Send;
 }
 
-/// A [`WorkspaceStore`](cogrion_core::WorkspaceStore) on a SQL database:
+/// A [`WorkspaceStore`](cogrion_core::store::WorkspaceStore) on a SQL database:
 /// every trait of the store, implemented once over its [`Backend`].
 #[derive(Debug, Clone)]
 pub struct SqlStore<B> {

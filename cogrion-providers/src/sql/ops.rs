@@ -2,18 +2,23 @@
 //! in the transaction (or read) its backend opened, and spells its statements
 //! once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cogrion_core::proto::{CommandId, CommandResult};
+use cogrion_core::store::{FeedCursor, FeedEvent, WorkspaceSummary};
 use cogrion_core::{
-    AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
-    Clock, CommandStatus, Committed, Error, EventRecord, EventSeq, FencingToken, HistoryRetention,
-    HolderId, Lease, ListQuery, NewEvent, Purged, PutMode, QueuedCommand, Resource, Result,
-    Revision, Revocation, StateName, Timestamp, TokenHash, TokenRefusal, WorkspaceId,
-    WorkspaceRecord, WorkspaceWrite, check_lease_ttl, check_preconditions, check_purge,
-    check_write,
+    Clock, Error, EventRecord, EventSeq, HistoryRetention, HolderId, Resource, Result, StateName,
+    Timestamp, TokenRefusal, WorkspaceId,
+    store::{
+        AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
+        CommandStatus, Committed, FencingToken, Lease, ListQuery, NewEvent, Purged, PutMode,
+        QueuedCommand, Revision, Revocation, TokenHash, WorkspaceRecord, WorkspaceWrite,
+        check_lease_ttl, check_preconditions, check_purge, check_write,
+    },
 };
+use cogrion_core::{CloudKind, Labels};
 
 use super::{
     Arg, Conn, Current, Dialect, Row, corrupt, from_json, millis, now_of, page, read_credential,
@@ -29,12 +34,12 @@ type TestClock = Option<Arc<dyn Clock>>;
 /// Brings the schema up to `migrations.len()`, or refuses a newer one
 /// untouched, inside the backend's transaction (`where_` names the database
 /// in the refusal). Migration `n` (from 1) takes the schema from `n - 1` to
-/// `n`; reaching `records_rewritten_at` rewrites every workspace record in the
-/// current format.
+/// `n`; passing a version of `records_rewritten_at` rewrites every workspace
+/// record in the current format, once, after the last migration.
 pub(crate) async fn migrate<C: Conn>(
     conn: &mut C,
     migrations: &'static [&'static str],
-    records_rewritten_at: i64,
+    records_rewritten_at: &[i64],
     where_: &str,
 ) -> Result<()> {
     let dialect = conn.dialect();
@@ -75,6 +80,7 @@ pub(crate) async fn migrate<C: Conn>(
     }
     conn.script("CREATE TABLE IF NOT EXISTS cogrion_schema (version BIGINT NOT NULL)")
         .await?;
+    let mut rewrite = false;
     for (i, migration) in migrations
         .iter()
         .enumerate()
@@ -87,15 +93,16 @@ pub(crate) async fn migrate<C: Conn>(
             &[Arg::Int(version)],
         )
         .await?;
-        if version == records_rewritten_at {
-            rewrite_records(conn).await?;
-        }
+        rewrite |= records_rewritten_at.contains(&version);
+    }
+    if rewrite {
+        rewrite_records(conn).await?;
     }
     Ok(())
 }
 
 /// Rewrites every workspace record in the current format (see
-/// [`cogrion_core::upgrade`]), with its derived columns, one revision later
+/// [`cogrion_core::store::upgrade`]), with its derived columns, one revision later
 /// (so that a writer still holding the old revision meets a conflict). A row
 /// that cannot be read is left as it was: it stays [`Error::Corrupt`] on read.
 async fn rewrite_records<C: Conn>(conn: &mut C) -> Result<()> {
@@ -112,12 +119,15 @@ async fn rewrite_records<C: Conn>(conn: &mut C) -> Result<()> {
             }
         };
         let body = to_json(conn.dialect(), &record)?;
+        let labels = labels_json(conn.dialect(), &record.labels)?;
         conn.exec(
-            sql!("UPDATE workspaces SET revision = revision + 1, state = ?1, wake_at = ?2, record = ?3 WHERE id = ?4"),
+            sql!("UPDATE workspaces SET revision = revision + 1, state = ?1, wake_at = ?2, record = ?3, cloud = ?4, labels = ?5 WHERE id = ?6"),
             &[
                 Arg::Text(record.state.name().as_str()),
                 Arg::OptInt(record.wake_at.map(millis)),
                 Arg::Text(&body),
+                Arg::Text(CloudKind::of(&record.spec.cloud).as_str()),
+                Arg::Text(&labels),
                 Arg::Text(id),
             ],
         )
@@ -127,6 +137,15 @@ async fn rewrite_records<C: Conn>(conn: &mut C) -> Result<()> {
 }
 
 // ---- workspaces --------------------------------------------------------------
+
+/// A workspace's labels as their column holds them (`{}` for none).
+fn labels_json(dialect: Dialect, labels: &Labels) -> Result<String> {
+    if labels.is_empty() {
+        Ok("{}".to_owned())
+    } else {
+        to_json(dialect, labels)
+    }
+}
 
 /// Whether the workspace exists; with `lock`, its row is locked (where the
 /// database locks rows) so that the write is ordered with every other on
@@ -261,7 +280,7 @@ impl Item {
     }
 }
 
-/// One write; see [`RecordStore::commit`](cogrion_core::RecordStore::commit).
+/// One write; see [`RecordStore::commit`](cogrion_core::store::RecordStore::commit).
 pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<Committed> {
     let dialect = conn.dialect();
     let Prepared {
@@ -299,6 +318,7 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<C
             PutMode::Create => 1,
             PutMode::Update(r) => r.0 as i64 + 1,
         };
+        let labels = labels_json(dialect, &record.labels)?;
         let mut args = vec![
             Arg::Int(next),
             Arg::Text(record.spec.tenant.as_str()),
@@ -306,6 +326,8 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<C
             Arg::OptInt(record.wake_at.map(millis)),
             Arg::Text(body),
             Arg::Text(id.as_str()),
+            Arg::Text(CloudKind::of(&record.spec.cloud).as_str()),
+            Arg::Text(&labels),
         ];
         let update = matches!(mode, PutMode::Update(_));
         if dialect == Dialect::Postgres && update && !event_json.is_empty() {
@@ -314,10 +336,10 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<C
             args.extend([Arg::Int(last_event), Arg::Texts(&event_json)]);
             conn.exec(
                 sql!(
-                    "WITH u AS (UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 \
+                    "WITH u AS (UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5, cloud = ?7, labels = ?8 \
                        WHERE id = ?6 RETURNING id) \
                      INSERT INTO events (workspace, seq, body) \
-                     SELECT u.id, ?7 + e.n, e.body FROM u, unnest(?8::text[]) WITH ORDINALITY AS e(body, n)"
+                     SELECT u.id, ?9 + e.n, e.body FROM u, unnest(?10::text[]) WITH ORDINALITY AS e(body, n)"
                 ),
                 &args,
             )
@@ -326,11 +348,11 @@ pub(crate) async fn apply<C: Conn>(conn: &mut C, prepared: Prepared) -> Result<C
         } else {
             let sql = if update {
                 sql!(
-                    "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5 WHERE id = ?6"
+                    "UPDATE workspaces SET revision = ?1, tenant = ?2, state = ?3, wake_at = ?4, record = ?5, cloud = ?7, labels = ?8 WHERE id = ?6"
                 )
             } else {
                 sql!(
-                    "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                    "INSERT INTO workspaces (revision, tenant, state, wake_at, record, id, cloud, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                      ON CONFLICT (id) DO NOTHING"
                 )
             };
@@ -416,7 +438,7 @@ async fn insert_events<C: Conn>(
     Ok(())
 }
 
-/// [`RecordStore::purge`](cogrion_core::RecordStore::purge).
+/// [`RecordStore::purge`](cogrion_core::store::RecordStore::purge).
 pub(crate) async fn purge<C: Conn>(
     conn: &mut C,
     write: WorkspaceWrite,
@@ -472,7 +494,7 @@ pub(crate) async fn purge<C: Conn>(
     Ok(purged)
 }
 
-/// [`RecordStore::put_checkpoint`](cogrion_core::RecordStore::put_checkpoint).
+/// [`RecordStore::put_checkpoint`](cogrion_core::store::RecordStore::put_checkpoint).
 pub(crate) async fn put_checkpoint<C: Conn>(
     conn: &mut C,
     id: &WorkspaceId,
@@ -561,29 +583,228 @@ pub(crate) async fn get_workspace<C: Conn>(
 }
 
 /// A page of workspace rows: (id, revision, record in JSON).
+/// The filters of a [`ListQuery`] on `workspaces w`, bound to `?1`–`?6`
+/// (tenant, state, due at, after, cloud, labels), the labels' spelled for
+/// each database.
+macro_rules! selected {
+    (sqlite) => {
+        concat!(
+            selected!(common),
+            " AND (?6 IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(?6) s \
+               WHERE json_extract(w.labels, '$.\"' || s.key || '\"') IS NOT s.value))"
+        )
+    };
+    (postgres) => {
+        concat!(
+            selected!(common),
+            " AND (CAST(?6 AS TEXT) IS NULL OR CAST(w.labels AS JSONB) @> CAST(?6 AS JSONB))"
+        )
+    };
+    (common) => {
+        "(?1 IS NULL OR w.tenant = ?1) AND (?2 IS NULL OR w.state = ?2) \
+         AND (?3 IS NULL OR (w.wake_at IS NOT NULL AND w.wake_at <= ?3)) AND (?4 IS NULL OR w.id > ?4) \
+         AND (?5 IS NULL OR w.cloud = ?5)"
+    };
+}
+
+/// The values of [`selected!`]'s placeholders for `query`; `labels` is the
+/// query's labels as JSON (`None` when it has none).
+fn selected_args<'a>(query: &'a ListQuery, labels: &'a Option<String>) -> [Arg<'a>; 6] {
+    [
+        Arg::OptText(query.tenant.as_ref().map(|t| t.as_str())),
+        Arg::OptText(query.state.map(|s| s.as_str())),
+        Arg::OptInt(query.due_at.map(millis)),
+        Arg::OptText(query.after.as_ref().map(|a| a.as_str())),
+        Arg::OptText(query.cloud.map(|c| c.as_str())),
+        Arg::OptText(labels.as_deref()),
+    ]
+}
+
+fn labels_selector(dialect: Dialect, query: &ListQuery) -> Result<Option<String>> {
+    if query.labels.is_empty() {
+        Ok(None)
+    } else {
+        to_json(dialect, &query.labels).map(Some)
+    }
+}
+
 pub(crate) async fn list_workspaces<C: Conn>(
     conn: &mut C,
     query: &ListQuery,
 ) -> Result<Vec<(String, i64, String)>> {
-    let rows = conn
-        .rows(
-            sql!(
-                "SELECT id, revision, record FROM workspaces \
-                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
-                   AND (?3 IS NULL OR (wake_at IS NOT NULL AND wake_at <= ?3)) AND (?4 IS NULL OR id > ?4) \
-                 ORDER BY id LIMIT ?5"
-            ),
-            &[
-                Arg::OptText(query.tenant.as_ref().map(|t| t.as_str())),
-                Arg::OptText(query.state.map(|s| s.as_str())),
-                Arg::OptInt(query.due_at.map(millis)),
-                Arg::OptText(query.after.as_ref().map(|a| a.as_str())),
-                Arg::Int(page(query.limit, DEFAULT_PAGE)),
-            ],
-        )
-        .await?;
+    let labels = labels_selector(conn.dialect(), query)?;
+    let mut args = selected_args(query, &labels).to_vec();
+    args.push(Arg::Int(page(query.limit, DEFAULT_PAGE)));
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => sql!(concat!(
+            "SELECT w.id, w.revision, w.record FROM workspaces w WHERE ",
+            selected!(sqlite),
+            " ORDER BY w.id LIMIT ?7"
+        )),
+        Dialect::Postgres => sql!(concat!(
+            "SELECT w.id, w.revision, w.record FROM workspaces w WHERE ",
+            selected!(postgres),
+            " ORDER BY w.id LIMIT ?7"
+        )),
+    };
+    let rows = conn.rows(sql, &args).await?;
     rows.into_iter()
         .map(|mut r| Ok((r.take_text(0)?, r.int(1)?, r.take_text(2)?)))
+        .collect()
+}
+
+/// [`RecordStore::list_summaries`](cogrion_core::store::RecordStore::list_summaries),
+/// from the columns alone.
+pub(crate) async fn list_summaries<C: Conn>(
+    conn: &mut C,
+    query: &ListQuery,
+) -> Result<Vec<WorkspaceSummary>> {
+    let labels = labels_selector(conn.dialect(), query)?;
+    let mut args = selected_args(query, &labels).to_vec();
+    args.push(Arg::Int(page(query.limit, DEFAULT_PAGE)));
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => sql!(concat!(
+            "SELECT w.id, w.tenant, w.cloud, w.state, w.labels, w.revision FROM workspaces w WHERE ",
+            selected!(sqlite),
+            " ORDER BY w.id LIMIT ?7"
+        )),
+        Dialect::Postgres => sql!(concat!(
+            "SELECT w.id, w.tenant, w.cloud, w.state, w.labels, w.revision FROM workspaces w WHERE ",
+            selected!(postgres),
+            " ORDER BY w.id LIMIT ?7"
+        )),
+    };
+    let rows = conn.rows(sql, &args).await?;
+    rows.into_iter()
+        .map(|r| {
+            let id: WorkspaceId = parse_column(r.text(0)?, "workspace id")?;
+            let what = || Resource::Workspace(id.clone());
+            let summary = WorkspaceSummary::new(
+                id.clone(),
+                parse_column(r.text(1)?, "tenant")?,
+                parse_column(r.text(2)?, "cloud")?,
+                parse_column(r.text(3)?, "state")?,
+                from_json(r.text(4)?, what)?,
+                Revision(r.int(5)? as u64),
+            );
+            Ok(summary)
+        })
+        .collect()
+}
+
+/// A column that holds a checked value, read back.
+fn parse_column<T: std::str::FromStr>(text: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| {
+        corrupt(
+            Resource::Provider(format!("workspaces.{what}")),
+            format!("{text:?}: {e}"),
+        )
+    })
+}
+
+/// [`RecordStore::count_workspaces`](cogrion_core::store::RecordStore::count_workspaces).
+pub(crate) async fn count_workspaces<C: Conn>(
+    conn: &mut C,
+    query: &ListQuery,
+) -> Result<BTreeMap<StateName, u64>> {
+    let labels = labels_selector(conn.dialect(), query)?;
+    let mut args = selected_args(query, &labels);
+    args[3] = Arg::OptText(None);
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => sql!(concat!(
+            "SELECT w.state, COUNT(*) FROM workspaces w WHERE ",
+            selected!(sqlite),
+            " GROUP BY w.state"
+        )),
+        Dialect::Postgres => sql!(concat!(
+            "SELECT w.state, COUNT(*) FROM workspaces w WHERE ",
+            selected!(postgres),
+            " GROUP BY w.state"
+        )),
+    };
+    let mut counts = BTreeMap::new();
+    for r in conn.rows(sql, &args).await? {
+        counts.insert(parse_column(r.text(0)?, "state")?, r.int(1)? as u64);
+    }
+    Ok(counts)
+}
+
+/// [`RecordStore::feed_head`](cogrion_core::store::RecordStore::feed_head):
+/// one probe of the feed's index.
+pub(crate) async fn feed_head<C: Conn>(conn: &mut C) -> Result<FeedCursor> {
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => sql!("SELECT 0, position FROM events ORDER BY position DESC LIMIT 1"),
+        Dialect::Postgres => sql!(
+            "SELECT tx, position FROM events \
+             WHERE tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
+             ORDER BY tx DESC, position DESC LIMIT 1"
+        ),
+    };
+    Ok(match conn.row(sql, &[]).await? {
+        Some(r) => FeedCursor::new(r.int(0)? as u64, r.int(1)? as u64),
+        None => FeedCursor::START,
+    })
+}
+
+/// [`RecordStore::read_feed`](cogrion_core::store::RecordStore::read_feed).
+/// SQLite commits in order (one writer): the position alone orders the
+/// feed. PostgreSQL does not: the feed is ordered by (transaction, position)
+/// and read only below the oldest transaction still running, so an event
+/// whose transaction commits late is read after what was read before it
+/// committed, never skipped (see the schema's version 3).
+pub(crate) async fn read_feed<C: Conn>(
+    conn: &mut C,
+    after: FeedCursor,
+    limit: usize,
+) -> Result<Vec<FeedEvent>> {
+    let limit = Arg::Int(page(limit, DEFAULT_PAGE));
+    let rows = match conn.dialect() {
+        Dialect::Sqlite => {
+            // A cursor of another store's transactions is past all of this one's.
+            let from = if after.tx() > 0 {
+                i64::MAX
+            } else {
+                i64::try_from(after.position()).unwrap_or(i64::MAX)
+            };
+            conn.rows(
+                sql!(
+                    "SELECT 0, position, workspace, seq, body FROM events \
+                     WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ),
+                &[Arg::Int(from), limit],
+            )
+            .await?
+        }
+        Dialect::Postgres => {
+            let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            conn.rows(
+                sql!(
+                    "SELECT tx, position, workspace, seq, body FROM events \
+                     WHERE (tx, position) > (?1, ?2) \
+                       AND tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
+                     ORDER BY tx, position LIMIT ?3"
+                ),
+                &[Arg::Int(int(after.tx())), Arg::Int(int(after.position())), limit],
+            )
+            .await?
+        }
+    };
+    rows.into_iter()
+        .map(|r| {
+            let workspace: WorkspaceId = parse_column(r.text(2)?, "workspace id")?;
+            let event: NewEvent = from_json(r.text(4)?, || Resource::Workspace(workspace.clone()))?;
+            Ok(FeedEvent {
+                cursor: FeedCursor::new(r.int(0)? as u64, r.int(1)? as u64),
+                workspace,
+                event: EventRecord {
+                    seq: EventSeq(r.int(3)? as u64),
+                    event,
+                },
+            })
+        })
         .collect()
 }
 
@@ -648,7 +869,7 @@ pub(crate) async fn get_checkpoint<C: Conn>(
 
 // ---- leases --------------------------------------------------------------------
 
-/// [`LeaseStore::acquire`](cogrion_core::LeaseStore::acquire).
+/// [`LeaseStore::acquire`](cogrion_core::store::LeaseStore::acquire).
 pub(crate) async fn acquire<C: Conn>(
     conn: &mut C,
     ws: WorkspaceId,
@@ -700,7 +921,7 @@ pub(crate) async fn acquire<C: Conn>(
     })
 }
 
-/// [`LeaseStore::renew`](cogrion_core::LeaseStore::renew).
+/// [`LeaseStore::renew`](cogrion_core::store::LeaseStore::renew).
 pub(crate) async fn renew<C: Conn>(
     conn: &mut C,
     lease: Lease,
@@ -727,7 +948,7 @@ pub(crate) async fn renew<C: Conn>(
     })
 }
 
-/// [`LeaseStore::release`](cogrion_core::LeaseStore::release): a stale lease
+/// [`LeaseStore::release`](cogrion_core::store::LeaseStore::release): a stale lease
 /// is no error; an unknown workspace is.
 pub(crate) async fn release<C: Conn>(conn: &mut C, lease: &Lease) -> Result<()> {
     let locks = conn.dialect().locks_rows();
@@ -749,7 +970,7 @@ pub(crate) async fn release<C: Conn>(conn: &mut C, lease: &Lease) -> Result<()> 
     Ok(())
 }
 
-/// [`LeaseStore::claim_due`](cogrion_core::LeaseStore::claim_due).
+/// [`LeaseStore::claim_due`](cogrion_core::store::LeaseStore::claim_due).
 pub(crate) async fn claim_due<C: Conn>(
     conn: &mut C,
     holder: &HolderId,
@@ -852,7 +1073,7 @@ pub(crate) async fn claim_due<C: Conn>(
         .collect()
 }
 
-/// [`LeaseStore::release_all`](cogrion_core::LeaseStore::release_all).
+/// [`LeaseStore::release_all`](cogrion_core::store::LeaseStore::release_all).
 pub(crate) async fn release_all<C: Conn>(conn: &mut C, holder: &HolderId) -> Result<u64> {
     conn.exec(
         sql!("UPDATE leases SET released = TRUE WHERE holder = ?1 AND released = FALSE"),
@@ -922,7 +1143,7 @@ pub(crate) async fn has_open_commands<C: Conn>(conn: &mut C, ws: &WorkspaceId) -
     row.bool(1)
 }
 
-/// [`CommandQueue::deliver`](cogrion_core::CommandQueue::deliver), once a
+/// [`CommandQueue::deliver`](cogrion_core::store::CommandQueue::deliver), once a
 /// read found open commands. The workspace's lock orders it with answers and
 /// withdrawals: a command is never both handed out and withdrawn.
 pub(crate) async fn deliver<C: Conn>(
@@ -952,7 +1173,7 @@ pub(crate) async fn deliver<C: Conn>(
     Ok(out)
 }
 
-/// [`CommandQueue::answer`](cogrion_core::CommandQueue::answer).
+/// [`CommandQueue::answer`](cogrion_core::store::CommandQueue::answer).
 pub(crate) async fn answer<C: Conn>(
     conn: &mut C,
     ws: &WorkspaceId,
@@ -969,7 +1190,7 @@ pub(crate) async fn answer<C: Conn>(
     Ok(true)
 }
 
-/// [`CommandQueue::withdraw`](cogrion_core::CommandQueue::withdraw).
+/// [`CommandQueue::withdraw`](cogrion_core::store::CommandQueue::withdraw).
 pub(crate) async fn withdraw<C: Conn>(
     conn: &mut C,
     ws: &WorkspaceId,
@@ -996,7 +1217,7 @@ pub(crate) async fn get_command<C: Conn>(
 
 // ---- tokens and credentials ------------------------------------------------------
 
-/// [`TokenStore::put_token`](cogrion_core::TokenStore::put_token).
+/// [`TokenStore::put_token`](cogrion_core::store::TokenStore::put_token).
 pub(crate) async fn put_token<C: Conn>(conn: &mut C, token: BootstrapTokenRecord) -> Result<()> {
     let body = to_json(conn.dialect(), &token)?;
     require_workspace(conn, &token.workspace).await?;
@@ -1051,7 +1272,7 @@ async fn store_consumed<C: Conn>(conn: &mut C, token: &BootstrapTokenRecord) -> 
     Ok(())
 }
 
-/// [`TokenStore::consume`](cogrion_core::TokenStore::consume).
+/// [`TokenStore::consume`](cogrion_core::store::TokenStore::consume).
 pub(crate) async fn consume<C: Conn>(
     conn: &mut C,
     hash: TokenHash,
@@ -1085,7 +1306,7 @@ async fn not_retired<C: Conn>(conn: &mut C, ws: &WorkspaceId) -> Result<()> {
     Ok(())
 }
 
-/// [`TokenStore::exchange`](cogrion_core::TokenStore::exchange).
+/// [`TokenStore::exchange`](cogrion_core::store::TokenStore::exchange).
 pub(crate) async fn exchange<C: Conn>(
     conn: &mut C,
     hash: TokenHash,
@@ -1124,7 +1345,7 @@ pub(crate) async fn credential_of<C: Conn>(
     .transpose()
 }
 
-/// [`CredentialStore::get_credential_for_poll`](cogrion_core::CredentialStore::get_credential_for_poll).
+/// [`CredentialStore::get_credential_for_poll`](cogrion_core::store::CredentialStore::get_credential_for_poll).
 pub(crate) async fn credential_for_poll<C: Conn>(
     conn: &mut C,
     serial: &CertSerial,
@@ -1166,7 +1387,7 @@ async fn credential_rows<C: Conn>(conn: &mut C, ws: &WorkspaceId) -> Result<Vec<
     .await
 }
 
-/// [`CredentialStore::put_credential`](cogrion_core::CredentialStore::put_credential).
+/// [`CredentialStore::put_credential`](cogrion_core::store::CredentialStore::put_credential).
 pub(crate) async fn put_credential<C: Conn>(
     conn: &mut C,
     credential: AgentCredential,
@@ -1199,7 +1420,7 @@ async fn insert_credential<C: Conn>(conn: &mut C, credential: AgentCredential) -
     Ok(())
 }
 
-/// [`CredentialStore::mark_polled`](cogrion_core::CredentialStore::mark_polled).
+/// [`CredentialStore::mark_polled`](cogrion_core::store::CredentialStore::mark_polled).
 pub(crate) async fn mark_polled<C: Conn>(
     conn: &mut C,
     serial: &CertSerial,
@@ -1230,7 +1451,7 @@ async fn update_credential<C: Conn>(conn: &mut C, c: &AgentCredential) -> Result
     Ok(())
 }
 
-/// [`CredentialStore::renew_credential`](cogrion_core::CredentialStore::renew_credential).
+/// [`CredentialStore::renew_credential`](cogrion_core::store::CredentialStore::renew_credential).
 pub(crate) async fn renew_credential<C: Conn>(
     conn: &mut C,
     old: &CertSerial,
@@ -1248,12 +1469,12 @@ pub(crate) async fn renew_credential<C: Conn>(
     } else {
         current
     };
-    let renewed = cogrion_core::check_renewal(&current, renewed, now)?;
+    let renewed = cogrion_core::store::check_renewal(&current, renewed, now)?;
     revoke_credentials_but(
         conn,
         &current.workspace,
         Some(old),
-        cogrion_core::SUPERSEDED_BY_RENEWAL,
+        cogrion_core::store::SUPERSEDED_BY_RENEWAL,
         now,
     )
     .await?;
@@ -1261,7 +1482,7 @@ pub(crate) async fn renew_credential<C: Conn>(
     Ok(renewed)
 }
 
-/// [`CredentialStore::revoke_all`](cogrion_core::CredentialStore::revoke_all).
+/// [`CredentialStore::revoke_all`](cogrion_core::store::CredentialStore::revoke_all).
 pub(crate) async fn revoke_all<C: Conn>(
     conn: &mut C,
     ws: &WorkspaceId,

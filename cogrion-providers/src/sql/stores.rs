@@ -1,17 +1,23 @@
 //! The store's traits, implemented once for [`SqlStore`] on any [`Backend`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cogrion_core::proto::{CommandId, CommandResult};
 use cogrion_core::{
-    AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
-    CommandQueue, CommandStatus, Committed, CredentialStore, Error, EventRecord, EventSeq,
-    FencingToken, HistoryRetention, HolderId, Lease, LeaseStore, ListQuery, Purged, QueuedCommand,
-    RecordStore, Resource, Result, TokenHash, TokenStore, Versioned, WorkspaceId, WorkspaceRecord,
-    WorkspaceWrite,
+    Error, EventRecord, EventSeq, HistoryRetention, HolderId, Resource, Result, WorkspaceId,
+    store::{
+        AgentCredential, BatchOutcome, BatchWrite, BootstrapTokenRecord, CertSerial, CheckpointKey,
+        CommandQueue, CommandStatus, Committed, CredentialStore, FencingToken, Lease, LeaseStore,
+        ListQuery, Purged, QueuedCommand, RecordStore, TokenHash, TokenStore, Versioned,
+        WorkspaceRecord, WorkspaceWrite,
+    },
 };
-use cogrion_core::{Timestamp, WriteKind, check_lease_ttl};
+use cogrion_core::{
+    StateName, Timestamp,
+    store::{FeedCursor, FeedEvent, WorkspaceSummary, WriteKind, check_lease_ttl},
+};
 
 use super::{Backend, SqlStore, ops, read_record, to_json};
 
@@ -84,6 +90,24 @@ impl<B: Backend> RecordStore for SqlStore<B> {
     ) -> Result<Vec<EventRecord>> {
         let id = id.clone();
         on_conn!(self, read, |c| ops::read_events(c, &id, after, limit))
+    }
+
+    async fn list_summaries(&self, query: &ListQuery) -> Result<Vec<WorkspaceSummary>> {
+        let query = query.clone();
+        on_conn!(self, read, |c| ops::list_summaries(c, &query))
+    }
+
+    async fn count_workspaces(&self, query: &ListQuery) -> Result<BTreeMap<StateName, u64>> {
+        let query = query.clone();
+        on_conn!(self, read, |c| ops::count_workspaces(c, &query))
+    }
+
+    async fn read_feed(&self, after: FeedCursor, limit: usize) -> Result<Vec<FeedEvent>> {
+        on_conn!(self, read, |c| ops::read_feed(c, after, limit))
+    }
+
+    async fn feed_head(&self) -> Result<FeedCursor> {
+        on_conn!(self, read, |c| ops::feed_head(c))
     }
 
     async fn get_checkpoint(

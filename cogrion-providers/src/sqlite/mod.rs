@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the [`WorkspaceStore`](cogrion_core::WorkspaceStore) in one SQLite file — Cogrion's
+//! [`SqliteStore`]: the [`WorkspaceStore`](cogrion_core::store::WorkspaceStore) in one SQLite file — Cogrion's
 //! embedded default.
 //!
 //! # Durability
@@ -9,10 +9,10 @@
 //! [`Durability::Full`] every commit is synced before it returns
 //! (`synchronous=FULL`), at the cost of one fsync per transaction — which is
 //! why writes share transactions (below), and why
-//! [`RecordStore::write_batch`](cogrion_core::RecordStore::write_batch) puts
+//! [`RecordStore::write_batch`](cogrion_core::store::RecordStore::write_batch) puts
 //! many writes in one (commits, checkpoints, lease acquisitions and releases of
 //! any workspaces). The engine needs no
-//! [`GroupCommit`](cogrion_core::GroupCommit) in front of this store: its
+//! [`GroupCommit`](cogrion_core::store::GroupCommit) in front of this store: its
 //! concurrent writes share transactions anyway, with one hand-off fewer.
 //!
 //! # Execution
@@ -106,11 +106,11 @@ impl SqliteOptions {
     }
 }
 
-/// A [`WorkspaceStore`](cogrion_core::WorkspaceStore) in a SQLite file.
+/// A [`WorkspaceStore`](cogrion_core::store::WorkspaceStore) in a SQLite file.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cogrion_core::Result<()> {
-/// use cogrion_core::{RecordStore, WorkspaceStore};
+/// use cogrion_core::{store::{RecordStore, WorkspaceStore}};
 /// use cogrion_providers::sqlite::SqliteStore;
 /// let dir = std::env::temp_dir().join(format!("cogrion-doc-{}", std::process::id()));
 /// std::fs::create_dir_all(&dir).unwrap();
@@ -633,7 +633,7 @@ impl Backend for SqliteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cogrion_core::RecordStore;
+    use cogrion_core::store::RecordStore;
 
     /// A call that panics on the writer's thread is that call's error: a call
     /// made beside it (in its transaction or the next) commits, and the
@@ -652,8 +652,8 @@ mod tests {
             Box::pin(async { panic!("a bug in one call") })
         }));
         let id: cogrion_core::WorkspaceId = "panic-neighbour".parse().unwrap();
-        let beside = store.commit(cogrion_core::WorkspaceWrite::create(
-            cogrion_core::WorkspaceRecord::new(
+        let beside = store.commit(cogrion_core::store::WorkspaceWrite::create(
+            cogrion_core::store::WorkspaceRecord::new(
                 id.clone(),
                 cogrion_core::conformance::sample_workspace_spec(),
                 Timestamp::EPOCH,
