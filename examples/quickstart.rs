@@ -1,30 +1,31 @@
 //! Cogrion's quickstart: one workspace's whole life on the embedded defaults.
 //!
-//! The store is a SQLite file (`cogrion-quickstart.db`, or `$COGRION_QUICKSTART_DB`):
-//! run it twice and the second run lists the first one's workspace and history.
+//! The control plane is [`ControlPlane`] with its defaults: a SQLite store and
+//! the agents' CA in a data directory (`cogrion-quickstart/`, or
+//! `$COGRION_QUICKSTART_DIR`), the agents' HTTPS endpoint on loopback (rustls
+//! mutual TLS), the lifecycle engine and its driver. Run it twice and the
+//! second run lists the first one's workspaces (`Engine::list`, `status`).
 //! Stop it (Ctrl-C) while the cloud infrastructure is being built and run it
 //! again: it resumes that workspace at the step where it stopped, on the
-//! resources the simulated cloud kept in `cogrion-quickstart.db.cloud.json`.
-//! A simulated cloud with realistic (shortened) latency stands in for EKS / GKE /
-//! AKS. The Cluster Agent is real: the control plane serves its HTTPS endpoint on
-//! loopback (rustls mTLS, its CA in `cogrion-quickstart.db.ca/`), and each
-//! workspace's agent is this same program re-executed in agent mode (`--agent`,
-//! a separate process), bootstrapping with its one-time token; only what it does
-//! in the cluster (installing stacks) is simulated. The built-in driver runs the
-//! lifecycle engine. Watch it create a workspace whose spec has a typo (the
-//! provision fails at the node pools), correct the spec (the provision resumes
-//! at its failed step), deploy two stacks at once where one depends on the
-//! other, update the node pool, destroy everything, and print the destroy's
-//! receipt (when something was left behind) and the stored history.
+//! resources the simulated cloud kept in `cogrion-quickstart/cloud.json`.
+//! A simulated cloud with realistic (shortened) latency stands in for EKS /
+//! GKE / AKS, and says what it is doing ("cluster CREATING, 4 s left": the
+//! progress messages in the status and history). The Cluster Agent is real:
+//! each workspace's agent is this same program re-executed in agent mode
+//! (`--agent`, a separate process), bootstrapping with its one-time token;
+//! only what it does in the cluster (installing stacks) is simulated. Watch it
+//! create a workspace whose spec has a typo (the provision fails at the node
+//! pools; its status says the failure needs a fix, not a retry), correct the
+//! spec (the provision resumes at its failed step), deploy two stacks at once
+//! where one depends on the other, update the node pool, destroy everything,
+//! and print the destroy's receipt (when something was left behind) and the
+//! stored history.
 //!
 //! Run with `cargo run --example quickstart`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cogrion::ca::{CaConfig, CertificateAuthority};
-use cogrion::providers::https::{AgentServer, AgentServerConfig};
-use cogrion::providers::sqlite::SqliteStore;
 use cogrion::sim::SimulatedCluster;
 use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedWorld};
 use cogrion::*;
@@ -111,7 +112,7 @@ async fn show_progress(engine: Engine, started: Instant) {
 
 /// Prints a destroyed workspace's receipt: what its destroy left behind, and
 /// why (nothing when it left nothing).
-fn print_receipt(destroyed: &WorkspaceRecord) {
+fn print_receipt(destroyed: &WorkspaceStatus) {
     if destroyed.left_behind.is_empty() {
         return;
     }
@@ -136,20 +137,20 @@ fn print_receipt(destroyed: &WorkspaceRecord) {
     }
 }
 
-/// Waits until the workspace's record satisfies `done`.
+/// Waits until the workspace's status satisfies `done`.
 async fn wait_for(
     engine: &Engine,
     id: &WorkspaceId,
     what: &str,
-    done: impl Fn(&WorkspaceRecord) -> bool,
-) -> Result<WorkspaceRecord> {
+    done: impl Fn(&WorkspaceStatus) -> bool,
+) -> Result<WorkspaceStatus> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rec = engine.workspace(id).await?;
-        if done(&rec) {
-            return Ok(rec);
+        let status = engine.status(id).await?;
+        if done(&status) {
+            return Ok(status);
         }
-        if let WorkspaceState::Failed(f) = &rec.state {
+        if let Some(f) = &status.failure {
             return Err(Error::Rejected {
                 service: "quickstart".into(),
                 detail: format!("{what}: failed at {}: {}", f.step, f.error),
@@ -180,8 +181,7 @@ fn stack(name: &str, kind: StackKind, executor: ExecutorSpec, deps: &[&str]) -> 
 #[derive(Debug)]
 struct ProcessInstaller {
     dir: std::path::PathBuf,
-    endpoint: std::net::SocketAddr,
-    ca_file: std::path::PathBuf,
+    endpoint: AgentEndpoint,
     children: std::sync::Mutex<std::collections::HashMap<WorkspaceId, tokio::process::Child>>,
 }
 
@@ -215,9 +215,15 @@ impl ProcessInstaller {
         std::fs::create_dir_all(&dir)?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("--agent")
-            .env("COGRION_ENDPOINT", self.endpoint.to_string())
-            .env("COGRION_SERVER_NAME", "localhost")
-            .env("COGRION_CA_FILE", &self.ca_file)
+            .env("COGRION_ENDPOINT", self.endpoint.address.to_string())
+            .env("COGRION_SERVER_NAME", &self.endpoint.server_name)
+            .env(
+                "COGRION_CA_FILE",
+                self.endpoint
+                    .ca_file
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("the CA is not on disk"))?,
+            )
             .env("COGRION_WORKSPACE", ws.as_str())
             .env("COGRION_TOKEN_FILE", dir.join("token"))
             .env("COGRION_STATE_DIR", dir.join("state"))
@@ -317,97 +323,61 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn control_plane() -> Result<()> {
+async fn control_plane() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-
-    // The embedded defaults: a SQLite file, a simulated cloud whose network,
-    // cluster and node pools take a few seconds each, simulated stacks and agents.
-    let path =
-        std::env::var("COGRION_QUICKSTART_DB").unwrap_or_else(|_| "cogrion-quickstart.db".into());
-    let store: Arc<dyn WorkspaceStore> = Arc::new(SqliteStore::open(&path).await?);
-    let earlier = store.list_workspaces(&ListQuery::new()).await?;
-    if !earlier.is_empty() {
-        println!(
-            "{path} already holds {} workspace(s) from earlier runs:",
-            earlier.len()
-        );
-        for w in &earlier {
-            let events = store.read_events(&w.value.id, EventSeq(0), 0).await?;
-            let last = events
-                .last()
-                .map(|e| format!("{} — {}", e.event.at, e.event.message))
-                .unwrap_or_default();
-            println!(
-                "    {:<10} {:<12} {} events, last: {last}",
-                w.value.id,
-                w.value.state.name(),
-                events.len()
-            );
-        }
-    }
-    // The simulated cloud keeps its resources next to the database, so that a
+    let dir = std::path::PathBuf::from(
+        std::env::var("COGRION_QUICKSTART_DIR").unwrap_or_else(|_| "cogrion-quickstart".into()),
+    );
+    std::fs::create_dir_all(&dir)?;
+    // A simulated cloud whose network, cluster and node pools take a few
+    // seconds each. It keeps its resources in the data directory, so that a
     // run stopped mid-provision finds them again, as it would on a real cloud.
-    let cloud_file = format!("{path}.cloud.json");
     let cloud = SimulatedCloud::builder()
-        .clock(clock.clone())
+        .clock(Arc::new(SystemClock))
         .instance_types(["sim-small", "sim-medium", "sim-large"])
         .latency(InfraLayer::Network, Duration::from_millis(1200))
         .latency(InfraLayer::Cluster, Duration::from_millis(3500))
         .latency(InfraLayer::NodePools, Duration::from_millis(2000))
-        .build_persistent(&cloud_file)
-        .map_err(|e| Error::Unavailable {
-            service: "simulated cloud".into(),
-            detail: e.to_string(),
-        })?;
+        .build_persistent(dir.join("cloud.json"))?;
     let world = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
 
-    // The agents' endpoint: its CA (kept next to the database, the key file
-    // 0600) issues the server's certificate and, at bootstrap, each agent's.
-    let unavailable = |what: &str, e: &dyn std::fmt::Display| Error::Unavailable {
-        service: what.into(),
-        detail: e.to_string(),
-    };
-    let ca_dir = std::path::PathBuf::from(format!("{path}.ca"));
-    let ca = Arc::new(
-        CertificateAuthority::open_or_create(&ca_dir, clock.now(), CaConfig::default())
-            .map_err(|e| unavailable("certificate authority", &e))?,
-    );
-    let server_cert = ca
-        .issue_server(&["localhost"], clock.now())
-        .map_err(|e| unavailable("certificate authority", &e))?;
-    let sink = Arc::new(LateSink::new());
-    let gateway = AgentGateway::new(
-        store.clone(),
-        clock.clone(),
-        sink.clone(),
-        Default::default(),
-    );
-    let server = AgentServer::new(
-        gateway,
-        ca.clone(),
-        clock.clone(),
-        &server_cert,
-        AgentServerConfig::default(),
-    )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| unavailable("agent endpoint", &e))?;
-    let endpoint = listener
-        .local_addr()
-        .map_err(|e| unavailable("agent endpoint", &e))?;
-    let serving = server.spawn(listener);
-    println!(
-        "Agents' endpoint: https://localhost:{} (mutual TLS, CA in {})",
-        endpoint.port(),
-        ca_dir.display()
-    );
-    let installer = Arc::new(ProcessInstaller {
-        dir: format!("{path}.agents").into(),
-        endpoint,
-        ca_file: ca_dir.join("ca.pem"),
-        children: Default::default(),
-    });
+    // The control plane on its defaults: the SQLite store and the agents' CA
+    // in `dir`, the agents' endpoint (any free port on loopback), the engine
+    // and its driver. The host brings the cloud, the executors and the agent
+    // installer — here the simulated ones and a process launcher. Short
+    // deadlines suit a demo: a leftover workspace whose agent cannot come
+    // back has its in-cluster teardown skipped (the history says so) after
+    // 5 s, not 10 min.
+    let installer = Arc::new(std::sync::OnceLock::<Arc<ProcessInstaller>>::new());
+    let mut builder = ControlPlane::builder()
+        .data_dir(&dir)
+        .agents_listen("127.0.0.1:0".parse()?)
+        .cloud(CloudKind::Simulated, Arc::new(cloud.clone()))
+        .serves_stacks([ExecutorKind::Helm, ExecutorKind::Manifests])
+        .engine_config(EngineConfig::new("quickstart".parse()?).with_deadlines(
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+        ))
+        .driver_config(DriverConfig::default().with_sweep_interval(Duration::from_millis(250)));
+    for executor in world.executors() {
+        builder = builder.executor(executor);
+    }
+    let (slot, agents_dir) = (installer.clone(), dir.join("agents"));
+    let plane = builder
+        .installer(move |endpoint| {
+            let made = slot.get_or_init(|| {
+                Arc::new(ProcessInstaller {
+                    dir: agents_dir,
+                    endpoint: endpoint.clone(),
+                    children: Default::default(),
+                })
+            });
+            made.clone()
+        })
+        .build()
+        .await?;
+    let installer = installer.get().expect("made by build").clone();
     /// Stops the agents when the control plane returns, however it returns.
     struct StopAgents(Arc<ProcessInstaller>);
     impl Drop for StopAgents {
@@ -416,28 +386,39 @@ async fn control_plane() -> Result<()> {
         }
     }
     let _stop_agents = StopAgents(installer.clone());
+    let engine = plane.engine().clone();
+    if let Some(endpoint) = plane.agent_endpoint() {
+        println!(
+            "Agents' endpoint: {} (mutual TLS, CA in {})",
+            endpoint.url,
+            dir.join("ca").display()
+        );
+    }
 
-    // Short deadlines suit a demo: a leftover workspace whose agent cannot come
-    // back has its in-cluster teardown skipped (the history says so) after 5 s,
-    // not 10 min.
-    let config = EngineConfig::new("quickstart".parse()?).with_deadlines(
-        Duration::from_secs(30),
-        Duration::from_secs(30),
-        Duration::from_secs(5),
-    );
-    let engine = world
-        .engine_builder(store, clock)
-        .agent_installer(installer.clone())
-        .transport(Arc::new(server.clone()))
-        .config(config)
-        .build()?;
-    sink.set(Arc::new(engine.clone()));
+    // What earlier runs left, as a host sees it: a listing, then each one's status.
+    let earlier = engine.list(&ListQuery::new()).await?.workspaces;
+    if !earlier.is_empty() {
+        println!(
+            "{} already holds {} workspace(s) from earlier runs:",
+            dir.display(),
+            earlier.len()
+        );
+        for w in &earlier {
+            let history = engine.history(&w.id).await?;
+            let last = history
+                .last()
+                .map(|e| format!("{} — {}", e.event.at, e.event.message))
+                .unwrap_or_default();
+            println!(
+                "    {:<10} {:<12} {} events, last: {last}",
+                w.id,
+                w.state.as_str(),
+                history.len()
+            );
+        }
+    }
 
     let progress = tokio::spawn(show_progress(engine.clone(), started));
-    let driver = Driver::spawn(
-        engine.clone(),
-        DriverConfig::default().with_sweep_interval(Duration::from_millis(250)),
-    );
 
     let actor = Actor::Api {
         principal: "platform-team".into(),
@@ -449,57 +430,39 @@ async fn control_plane() -> Result<()> {
     // operation and checkpoints, the cloud file its resources — and one stopped
     // later in the tour is destroyed.
     let mut resumed = None;
-    for w in earlier
-        .iter()
-        .filter(|w| w.value.state != WorkspaceState::Destroyed)
-    {
-        let id = &w.value.id;
+    for w in earlier.iter().filter(|w| w.state != StateName::Destroyed) {
+        let id = &w.id;
         if installer.agent_dir(id).join("state").exists() {
-            installer.launch(id).map_err(|e| unavailable("agent", &e))?;
+            installer.launch(id)?;
         }
-        let provisioning = w
-            .value
+        let status = engine.status(id).await?;
+        let provisioning = status
             .operations
             .iter()
             .find(|o| o.kind == OperationKind::Provision);
-        if resumed.is_none() && provisioning.is_some() {
-            let done: Vec<&str> = provisioning
-                .into_iter()
-                .flat_map(|o| &o.steps)
-                .filter(|s| s.is_finished())
-                .map(|s| s.name.as_str())
-                .collect();
+        if let (None, Some(op)) = (&resumed, provisioning) {
             println!(
-                "Resuming {id}, stopped mid-provision by an earlier run (steps already done: {}; cloud resources found: {})…",
-                if done.is_empty() {
-                    "none".into()
-                } else {
-                    done.join(", ")
-                },
+                "Resuming {id}, stopped mid-provision by an earlier run ({} of {} steps already done, now at {}; cloud resources found: {})…",
+                op.steps_done,
+                op.steps,
+                op.step.as_ref().map_or("-", |s| s.name.as_str()),
                 cloud.live_resources(id).len()
             );
             resumed = Some(id.clone());
             continue;
         }
-        println!(
-            "Destroying {id} left {} by an earlier run…",
-            w.value.state.name()
-        );
-        if w.value.state != WorkspaceState::Destroying {
+        println!("Destroying {id} left {} by an earlier run…", w.state);
+        if w.state != StateName::Destroying {
             engine.destroy(id, actor.clone()).await?;
         }
-        match wait_for(&engine, id, "cleanup", |r| {
-            r.state == WorkspaceState::Destroyed
-        })
-        .await
-        {
+        match wait_for(&engine, id, "cleanup", |s| s.state == StateName::Destroyed).await {
             Ok(destroyed) => print_receipt(&destroyed),
             // Planned by an earlier run with longer deadlines: it finishes in
             // the background, or in a later run.
             Err(Error::Unavailable { .. }) => {
                 println!("    {id} is still being destroyed; carrying on without it")
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     let id = match resumed {
@@ -516,19 +479,28 @@ async fn control_plane() -> Result<()> {
             id
         }
     };
-    let provisioned = wait_for(&engine, &id, "provisioning", |r| {
-        matches!(r.state, WorkspaceState::Active | WorkspaceState::Failed(_))
+    let provisioned = wait_for(&engine, &id, "provisioning", |s| {
+        matches!(s.state, StateName::Active | StateName::Failed)
     })
     .await?;
-    if let WorkspaceState::Failed(f) = &provisioned.state {
-        println!("Provisioning failed at {}: {}", f.step, f.error);
+    if let Some(f) = &provisioned.failure {
+        println!(
+            "Provisioning failed at {}: {} ({})",
+            f.step,
+            f.error,
+            match f.retryable {
+                Some(false) => "a retry alone cannot succeed: fix the spec",
+                Some(true) => "a retry may succeed",
+                None => "stored before this was recorded",
+            }
+        );
         let fixed = WorkspaceSpec::from_json(SPEC)?;
-        for change in provisioned.spec.diff(&fixed) {
+        for change in provisioned.spec.desired.diff(&fixed) {
             println!("Correcting the spec: {change}");
         }
         engine.correct(&id, fixed, actor.clone()).await?;
-        wait_for(&engine, &id, "the corrected provision", |r| {
-            r.state == WorkspaceState::Active
+        wait_for(&engine, &id, "the corrected provision", |s| {
+            s.state == StateName::Active
         })
         .await?;
     }
@@ -559,10 +531,8 @@ async fn control_plane() -> Result<()> {
     engine
         .deploy_stacks(&id, vec![shop, cert_manager], actor.clone())
         .await?;
-    wait_for(&engine, &id, "the stacks", |r| {
-        r.stacks
-            .iter()
-            .all(|(_, s)| s.state == StackState::Deployed)
+    wait_for(&engine, &id, "the stacks", |s| {
+        s.stacks.len() == 2 && s.stacks.iter().all(|s| s.state == StackStateName::Deployed)
     })
     .await?;
 
@@ -570,8 +540,8 @@ async fn control_plane() -> Result<()> {
     let mut bigger = WorkspaceSpec::from_json(SPEC)?;
     bigger.node_pools[0].size = NodePoolSize::new(1, 3, 5)?;
     engine.update(&id, bigger, actor.clone()).await?;
-    wait_for(&engine, &id, "update", |r| {
-        r.state == WorkspaceState::Active && r.operations.is_empty()
+    wait_for(&engine, &id, "update", |s| {
+        s.state == StateName::Active && s.operations.is_empty()
     })
     .await?;
 
@@ -580,13 +550,9 @@ async fn control_plane() -> Result<()> {
         println!("    {:<26} {}", s.step, s.removes.join(", "));
     }
     engine.destroy(&id, actor).await?;
-    let destroyed = wait_for(&engine, &id, "destroy", |r| {
-        r.state == WorkspaceState::Destroyed
-    })
-    .await?;
+    let destroyed = wait_for(&engine, &id, "destroy", |s| s.state == StateName::Destroyed).await?;
 
-    let stats = driver.shutdown().await;
-    serving.stop().await;
+    let advances = plane.shutdown().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     progress.abort();
 
@@ -610,7 +576,7 @@ async fn control_plane() -> Result<()> {
     println!(
         "\nDone in {:.1}s: {} engine steps, cloud resources left: {}, duplicated cloud resources ever: {}.",
         started.elapsed().as_secs_f32(),
-        stats.advances,
+        advances,
         cloud.all_live(),
         cloud.duplicates().len()
     );

@@ -12,5 +12,12 @@
 
 pub use cogrion_core::*;
 
+#[cfg(all(feature = "sqlite", feature = "https"))]
+mod control_plane;
+#[cfg(all(feature = "sqlite", feature = "https"))]
+pub use control_plane::{
+    AgentEndpoint, ConfigError, ControlPlane, ControlPlaneBuilder, NoInstaller, WithInstaller,
+};
+
 /// Implementations of the core traits against real systems (by feature).
 pub use cogrion_providers as providers;

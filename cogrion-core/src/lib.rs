@@ -60,7 +60,8 @@ pub use spec::{
 pub use stack::{GraphError, StackFailure, StackState, StackStateName};
 pub use state::{Failure, StateName, TransitionError, WorkspaceOperation, WorkspaceState};
 pub use store::{
-    Actor, EventKind, EventRecord, EventSeq, HistoryRetention, LeftBehind, LeftReason,
+    Actor, EventKind, EventRecord, EventSeq, FeedCursor, FeedEvent, HistoryRetention, LeftBehind,
+    LeftReason, ListQuery, WorkspaceSummary,
 };
 
 /// The wire types shared with the Cluster Agent.

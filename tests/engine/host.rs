@@ -353,3 +353,288 @@ async fn watch_sees_every_event_once_across_engines_and_a_restart() {
     assert_eq!(late.workspace, ids[0]);
     assert!(late.event.event.message.starts_with("labels {late=yes}"));
 }
+
+/// The ControlPlane on its defaults — a SQLite file and the agents' CA in
+/// its data directory, the HTTPS endpoint with mutual TLS, the engine and its
+/// driver — and real agent runtimes, installed as a cluster's Deployment
+/// would be: the simulated cloud and cluster stand in for the cloud and
+/// Kubernetes, which do not exist here.
+#[cfg(all(feature = "sqlite", feature = "https"))]
+mod control_plane {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+    use cogrion::agent::{AgentInstall, AgentInstaller};
+    use cogrion::provider::{ClusterAccess, ExecutorKind, Progress};
+    use cogrion::sim::{FaultPlan, SimulatedCloud, SimulatedCluster, SimulatedWorld};
+    use cogrion::*;
+
+    use crate::world::{TempDir, api, spec, stack, ws};
+
+    /// The simulated world's in-process agents as the installer.
+    fn sim_agents(
+        world: &SimulatedWorld,
+    ) -> impl FnOnce(&AgentEndpoint) -> Arc<dyn AgentInstaller> + Send + 'static {
+        let agents = world.agents.clone();
+        move |_| Arc::new(agents)
+    }
+
+    /// Installs a real agent runtime per workspace, told where the endpoint is
+    /// and what to trust by the control plane.
+    #[derive(Debug)]
+    struct Runtimes {
+        endpoint: AgentEndpoint,
+        dir: std::path::PathBuf,
+        cluster: SimulatedCluster,
+        running: Mutex<HashMap<WorkspaceId, tokio::sync::oneshot::Sender<()>>>,
+    }
+
+    #[async_trait]
+    impl AgentInstaller for Runtimes {
+        async fn install(&self, request: AgentInstall) -> Result<Progress<()>> {
+            let dir = self.dir.join(request.workspace.as_str());
+            std::fs::create_dir_all(&dir).unwrap();
+            cogrion_agent::write_token_file(&dir.join("token"), request.token.expose()).unwrap();
+            let mut running = self.running.lock().unwrap();
+            if !running.contains_key(&request.workspace) {
+                let ws = request.workspace.clone();
+                let config = cogrion_agent::AgentConfig::new(
+                    self.endpoint.address,
+                    &self.endpoint.server_name,
+                    self.endpoint.ca_pem.clone(),
+                    ws.clone(),
+                    dir.join("token"),
+                    dir.join("state"),
+                )
+                .with_poll_wait(1);
+                let mut handlers = cogrion_agent::Handlers::builtin(&ws);
+                for kind in [
+                    SimulatedCluster::APPLY,
+                    SimulatedCluster::DESTROY,
+                    SimulatedCluster::STATUS,
+                ] {
+                    let (cluster, ws) = (self.cluster.clone(), ws.clone());
+                    handlers.register(kind, Arc::new(move |c| cluster.handle(&ws, c)));
+                }
+                let mut agent = cogrion_agent::AgentRuntime::new(config, handlers).unwrap();
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(async move {
+                    let _ = agent
+                        .run(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+                running.insert(ws, stop);
+            }
+            Ok(Progress::Ready(()))
+        }
+
+        async fn uninstall(&self, ws: &WorkspaceId, _: &ClusterAccess) -> Result<Progress<()>> {
+            if let Some(stop) = self.running.lock().unwrap().remove(ws) {
+                let _ = stop.send(());
+            }
+            Ok(Progress::Ready(()))
+        }
+    }
+
+    fn builder(dir: &std::path::Path, world: &SimulatedWorld) -> ControlPlaneBuilder {
+        let mut builder = ControlPlane::builder()
+            .data_dir(dir)
+            .agents_listen("127.0.0.1:0".parse().unwrap())
+            .cloud(CloudKind::Simulated, Arc::new(world.cloud.clone()))
+            .driver_config(DriverConfig::default().with_sweep_interval(Duration::from_millis(50)));
+        for executor in world.executors() {
+            builder = builder.executor(executor);
+        }
+        builder
+    }
+
+    async fn wait_for(
+        plane: &ControlPlane,
+        id: &WorkspaceId,
+        done: impl Fn(&WorkspaceStatus) -> bool,
+    ) -> WorkspaceStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = plane.engine().status(id).await.unwrap();
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "stuck: {status:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_control_plane_on_its_defaults_runs_a_workspace_s_whole_life() {
+        let dir = TempDir::new("control-plane");
+        let cloud = SimulatedCloud::builder()
+            .clock(Arc::new(SystemClock))
+            .latency_all(Duration::from_millis(20))
+            .build();
+        let world = SimulatedWorld::new(cloud, FaultPlan::none());
+        let agents = dir.path().join("agents");
+        let cluster = world.cluster.clone();
+        let plane = builder(dir.path(), &world)
+            .serves_clouds([CloudKind::Simulated])
+            .serves_stacks([
+                ExecutorKind::Helm,
+                ExecutorKind::Manifests,
+                ExecutorKind::Terraform,
+            ])
+            .installer(move |endpoint| {
+                Arc::new(Runtimes {
+                    endpoint: endpoint.clone(),
+                    dir: agents,
+                    cluster,
+                    running: Mutex::default(),
+                })
+            })
+            .build()
+            .await
+            .unwrap();
+        let endpoint = plane.agent_endpoint().expect("the HTTPS endpoint").clone();
+        assert_eq!(
+            endpoint.url,
+            format!("https://localhost:{}", endpoint.address.port())
+        );
+        assert!(
+            dir.path().join("cogrion.db").exists(),
+            "the store in the data directory"
+        );
+        assert!(
+            dir.path().join("ca/ca.pem").exists(),
+            "the CA in the data directory"
+        );
+
+        let engine = plane.engine();
+        let id = ws("whole-life");
+        engine.create(id.clone(), spec(), api()).await.unwrap();
+        let active = wait_for(&plane, &id, |s| s.state == StateName::Active).await;
+        assert!(
+            active.agent.connected_here,
+            "the agent's mTLS connection: {active:?}"
+        );
+        engine
+            .deploy_stack(&id, stack("web", ExecutorKind::Helm, &[]), api())
+            .await
+            .unwrap();
+        let deployed = wait_for(&plane, &id, |s| {
+            s.stacks.iter().any(|s| s.state == StackStateName::Deployed)
+        })
+        .await;
+        assert_eq!(deployed.stacks[0].name.as_str(), "web");
+        engine.destroy(&id, api()).await.unwrap();
+        let destroyed = wait_for(&plane, &id, |s| s.state == StateName::Destroyed).await;
+        assert!(
+            destroyed.left_behind.is_empty(),
+            "{:?}",
+            destroyed.left_behind
+        );
+        assert!(world.cloud.live_resources(&id).is_empty());
+        let ca = plane.ca().certificate_pem().to_owned();
+        assert!(plane.shutdown().await > 0, "the driver drove it");
+
+        // A restart on the same data directory: the same store and CA.
+        let again = builder(dir.path(), &world)
+            .installer(sim_agents(&world))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(again.ca().certificate_pem(), ca, "the CA is kept");
+        let listed = again.engine().list(&ListQuery::new()).await.unwrap();
+        assert_eq!(listed.workspaces.len(), 1);
+        assert_eq!(listed.workspaces[0].state, StateName::Destroyed);
+        again.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn each_missing_or_unusable_part_is_a_typed_error() {
+        let dir = TempDir::new("control-plane-errors");
+        let world = SimulatedWorld::new(SimulatedCloud::new(), FaultPlan::none());
+        let refused = |r: std::result::Result<ControlPlane, ConfigError>| match r {
+            Ok(_) => panic!("built"),
+            Err(e) => e,
+        };
+        let none = ControlPlane::builder()
+            .data_dir(dir.path())
+            .installer(sim_agents(&world));
+        assert!(matches!(refused(none.build().await), ConfigError::NoCloud));
+        let aws = builder(dir.path(), &world)
+            .serves_clouds([CloudKind::Aws])
+            .installer(sim_agents(&world));
+        assert!(matches!(
+            refused(aws.build().await),
+            ConfigError::MissingProvisioner(CloudKind::Aws)
+        ));
+        let bare = ControlPlane::builder()
+            .data_dir(dir.path())
+            .cloud(CloudKind::Simulated, Arc::new(world.cloud.clone()))
+            .serves_stacks([ExecutorKind::Terraform])
+            .installer(sim_agents(&world));
+        assert!(matches!(
+            refused(bare.build().await),
+            ConfigError::MissingExecutor(ExecutorKind::Terraform)
+        ));
+        assert!(
+            !dir.path().join("cogrion.db").exists(),
+            "nothing is opened before the configuration is checked"
+        );
+        // The endpoint's address is taken.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = builder(dir.path(), &world)
+            .agents_listen(taken.local_addr().unwrap())
+            .installer(sim_agents(&world));
+        assert!(matches!(
+            refused(busy.build().await),
+            ConfigError::Listen { address, .. } if address == taken.local_addr().unwrap()
+        ));
+        // A data directory that is a file.
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let bad_dir = builder(&file, &world).installer(sim_agents(&world));
+        let e = refused(bad_dir.build().await);
+        assert!(matches!(e, ConfigError::DataDir { .. }), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        // The environment.
+        let env = |pairs: &[(&str, &str)]| {
+            let pairs: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ControlPlane::builder();
+            ControlPlaneBuilder::from_vars(move |var| pairs.get(var).cloned())
+        };
+        for (var, value) in [
+            ("COGRION_AGENTS_LISTEN", "localhost"),
+            ("COGRION_REPLICA", "Not A Name"),
+            ("COGRION_DATA_DIR", ""),
+            ("COGRION_AGENTS_SERVER_NAME", "https://x"),
+        ] {
+            match env(&[(var, value)]) {
+                Err(ConfigError::Env { var: v, .. }) => assert_eq!(v, var),
+                other => panic!("{var}={value:?}: {other:?}"),
+            }
+        }
+        let good = env(&[
+            ("COGRION_AGENTS_LISTEN", "127.0.0.1:0"),
+            ("COGRION_REPLICA", "cp-2"),
+            (
+                "COGRION_DATA_DIR",
+                dir.path().join("from-env").to_str().unwrap(),
+            ),
+        ])
+        .unwrap()
+        .cloud(CloudKind::Simulated, Arc::new(world.cloud.clone()))
+        .installer(sim_agents(&world))
+        .build()
+        .await
+        .unwrap();
+        assert_eq!(good.engine().config().holder.as_str(), "cp-2");
+        assert!(dir.path().join("from-env/cogrion.db").exists());
+        good.shutdown().await;
+    }
+}

@@ -9,7 +9,7 @@ use crate::agent::{AgentGateway, GatewayConfig};
 use crate::clock::Clock;
 use crate::engine::{CloudKind, Engine, EngineBuilder, EngineConfig};
 use crate::error::Result;
-use crate::executor::ExecutorKind;
+use crate::executor::{Executor, ExecutorKind};
 use crate::store::WorkspaceStore;
 
 /// Everything an engine needs besides a store, simulated: a cloud, the in-cluster
@@ -71,18 +71,29 @@ impl SimulatedWorld {
             .cloud(CloudKind::Simulated, Arc::new(self.cloud.clone()))
             .agent_installer(Arc::new(self.agents.clone()))
             .transport(Arc::new(self.transport.clone()));
-        for kind in [
+        for executor in self.executors() {
+            builder = builder.executor(executor);
+        }
+        builder
+    }
+
+    /// A simulated executor of every stack kind, deploying into the world's
+    /// cluster.
+    pub fn executors(&self) -> Vec<Arc<dyn Executor>> {
+        [
             ExecutorKind::Helm,
             ExecutorKind::Manifests,
             ExecutorKind::Terraform,
-        ] {
-            builder = builder.executor(Arc::new(SimulatedExecutor::new(
+        ]
+        .into_iter()
+        .map(|kind| {
+            Arc::new(SimulatedExecutor::new(
                 kind,
                 self.cluster.clone(),
                 self.faults.clone(),
-            )));
-        }
-        builder
+            )) as Arc<dyn Executor>
+        })
+        .collect()
     }
 
     /// Routes the agents' requests to `engine` (through a gateway on its store and
