@@ -154,12 +154,14 @@ async fn wait_for(
             return Err(Error::Rejected {
                 service: "quickstart".into(),
                 detail: format!("{what}: failed at {}: {}", f.step, f.error),
+                source: None,
             });
         }
         if Instant::now() > deadline {
             return Err(Error::Unavailable {
                 service: "quickstart".into(),
                 detail: format!("{what} took too long"),
+                source: None,
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -241,6 +243,7 @@ impl AgentInstaller for ProcessInstaller {
         let failed = |e: std::io::Error| Error::Unavailable {
             service: "agent installer".into(),
             detail: e.to_string(),
+            source: None,
         };
         let dir = self.agent_dir(&request.workspace);
         std::fs::create_dir_all(&dir).map_err(failed)?;

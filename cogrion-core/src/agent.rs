@@ -372,11 +372,16 @@ impl AgentGateway {
         let credential = self.authenticate(serial).await?;
         let now = self.clock.now();
         let id: CommandId = result.id.clone();
+        let outcome = match result.outcome {
+            cogrion_agent_proto::CommandOutcome::Succeeded => "succeeded",
+            _ => "failed",
+        };
         let first = self
             .store
             .answer(&credential.workspace, result, now)
             .await?;
         if first {
+            metrics::counter!(crate::metrics::COMMANDS_ANSWERED, "outcome" => outcome).increment(1);
             self.sink
                 .on_agent_event(AgentEvent::CommandAnswered {
                     workspace: credential.workspace.clone(),
@@ -454,6 +459,7 @@ pub async fn issue_bootstrap_token(
             Error::AlreadyExists(_) => Error::Unavailable {
                 service: "token issuer".into(),
                 detail: "token hash collision; issue again".into(),
+                source: None,
             },
             other => other,
         })?;

@@ -208,6 +208,10 @@ pub enum Error {
         service: String,
         /// What happened (scrubbed of secrets).
         detail: String,
+        /// The error it came from, if any (a database driver's, an I/O
+        /// error): [`std::error::Error::source`] returns it.
+        #[source]
+        source: Option<Source>,
     },
     /// A provider refused the request for a reason retrying cannot change
     /// (permission denied, quota exceeded, invalid for this cloud).
@@ -217,6 +221,9 @@ pub enum Error {
         service: String,
         /// Why (scrubbed of secrets).
         detail: String,
+        /// The error it came from, if any.
+        #[source]
+        source: Option<Source>,
     },
     /// The engine has no implementation registered for what the request or
     /// step needs (a cloud's provisioner, a stack kind's executor): the
@@ -257,6 +264,9 @@ pub enum Error {
         what: Resource,
         /// What is wrong with it.
         detail: String,
+        /// The error it came from, if any (a JSON parser's).
+        #[source]
+        source: Option<Source>,
     },
 }
 
@@ -288,9 +298,64 @@ impl Error {
         }
     }
 
+    /// The error's class, a short fixed name for counting errors by kind
+    /// (metrics, logs): `invalid`, `wrong_state`, `not_found`, `conflict`,
+    /// `lease`, `token`, `credential`, `throttled`, `unavailable`,
+    /// `rejected`, `not_configured`, `exhausted`, `corrupt`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::InvalidValue(_) | Self::InvalidSpec(_) | Self::StackGraph(_) => "invalid",
+            Self::WrongState(_) | Self::NotAbandonable { .. } | Self::NothingApplied(_) => {
+                "wrong_state"
+            }
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) | Self::Conflict { .. } => "conflict",
+            Self::LeaseHeld { .. } | Self::LeaseLost { .. } => "lease",
+            Self::TokenRefused(_) => "token",
+            Self::CredentialRevoked { .. }
+            | Self::CredentialExpired { .. }
+            | Self::RenewalTooEarly { .. } => "credential",
+            Self::Throttled { .. } => "throttled",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Rejected { .. } => "rejected",
+            Self::NotConfigured { .. } => "not_configured",
+            Self::Exhausted { .. } => "exhausted",
+            Self::Corrupt { .. } => "corrupt",
+        }
+    }
+
     /// Whether the error is temporary ([`Retry::After`]).
     pub fn is_transient(&self) -> bool {
         matches!(self.retry(), Retry::After(_))
+    }
+}
+
+/// The cause an [`Error`] keeps: a provider's or a store's own error.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// [`Error::Unavailable`] caused by `source`: its text is the detail.
+    pub fn unavailable(
+        service: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            service: service.into(),
+            detail: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// [`Error::Rejected`] caused by `source`: its text is the detail.
+    pub fn rejected(
+        service: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Rejected {
+            service: service.into(),
+            detail: source.to_string(),
+            source: Some(Box::new(source)),
+        }
     }
 }
 
@@ -314,6 +379,7 @@ mod tests {
         let unavailable = Error::Unavailable {
             service: "eks".into(),
             detail: "timeout".into(),
+            source: None,
         };
         assert!(unavailable.is_transient());
         let exhausted = Error::Exhausted {

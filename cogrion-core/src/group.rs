@@ -159,6 +159,8 @@ impl GroupCommit {
                         let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                         b.fetch_add(1, Ordering::Relaxed);
                         w.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                        metrics::histogram!(crate::metrics::STORE_BATCH_WRITES, "store" => "group")
+                            .record(writes.len() as f64);
                         let results = store.write_batch(writes).await;
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(result);
@@ -190,6 +192,7 @@ fn gone() -> Error {
     Error::Unavailable {
         service: "group commit".into(),
         detail: "the writing task stopped".into(),
+        source: None,
     }
 }
 

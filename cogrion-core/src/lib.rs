@@ -30,6 +30,7 @@ mod group;
 mod ids;
 pub mod lifecycle;
 mod memory;
+pub mod metrics;
 pub mod provider;
 mod provisioner;
 #[cfg(any(test, feature = "sim"))]
@@ -47,7 +48,7 @@ pub use engine::{
     EngineEventKind, OperationStatus, PlannedStep, PurgePolicy, RetryPolicy, SpecStatus,
     StackSummary, StepNow, WorkspacePage, WorkspaceStatus,
 };
-pub use error::{Error, Resource, Result, Retry, TokenRefusal};
+pub use error::{Error, Resource, Result, Retry, Source, TokenRefusal};
 pub use ids::{
     HolderId, InstanceType, InvalidValue, KubernetesVersion, Labels, NetworkCidr, NodePoolName,
     NodePoolSize, Region, StackName, TenantId, WorkspaceId,

@@ -93,6 +93,7 @@ impl AgentEventSink for LateSink {
             None => Err(crate::Error::Unavailable {
                 service: "agent events".into(),
                 detail: "the engine is not started yet".into(),
+                source: None,
             }),
         }
     }

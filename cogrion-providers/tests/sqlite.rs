@@ -183,9 +183,17 @@ async fn corrupt_rows_are_typed_errors_naming_the_workspace() {
             Err(Error::Corrupt {
                 what: Resource::Workspace(w),
                 detail,
+                source,
             }) => {
                 assert_eq!(&w, id);
                 assert!(!detail.is_empty());
+                if id == &bad_json {
+                    let cause = source.expect("the parser's error is kept as the cause");
+                    assert!(
+                        cause.downcast_ref::<serde_json::Error>().is_some(),
+                        "{cause:?}"
+                    );
+                }
             }
             other => panic!("a corrupt row of {id} must be Corrupt, got {other:?}"),
         }
@@ -194,6 +202,7 @@ async fn corrupt_rows_are_typed_errors_naming_the_workspace() {
         Err(Error::Corrupt {
             what: Resource::Workspace(w),
             detail,
+            ..
         }) => {
             assert_eq!(w, gap);
             assert!(detail.contains("jumps"), "{detail}");
@@ -327,4 +336,19 @@ async fn polls_at_once_share_transactions_and_a_corrupt_row_is_refused_alone() {
         store.get_credential(&bad).await,
         Err(Error::Corrupt { .. })
     ));
+}
+
+/// A store that cannot be opened says why, and keeps SQLite's own error as
+/// the cause.
+#[tokio::test]
+async fn an_unopenable_database_keeps_sqlites_error_as_its_cause() {
+    let err = SqliteStore::open("/nonexistent-directory-of-cogrion/x.db")
+        .await
+        .expect_err("a database in a directory that does not exist");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    let cause = std::error::Error::source(&err).expect("a cause");
+    assert!(
+        cause.downcast_ref::<rusqlite::Error>().is_some(),
+        "{cause:?}"
+    );
 }

@@ -244,6 +244,7 @@ impl FakeManifests {
                 CommandOutcome::Failed { message, .. } => Err(Error::Rejected {
                     service: "fake agent".into(),
                     detail: message.clone(),
+                    source: None,
                 }),
             },
             None => Ok(Some(NewCommand {

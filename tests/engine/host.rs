@@ -638,3 +638,59 @@ mod control_plane {
         good.shutdown().await;
     }
 }
+
+/// The engine's metrics through the `metrics` facade, read by the facade's
+/// debugging recorder (installed for the whole test binary: other tests'
+/// steps add to the counts, so they are checked as lower bounds).
+#[tokio::test]
+async fn the_engine_reports_its_steps_failures_and_operations_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder this test binary installs");
+    let world = World::new(6, FaultPlan::none());
+    let engine = world.engine("replica-a");
+    world.cloud.faults().fail_permanently(InfraLayer::NodePools);
+    let id = ws("measured");
+    engine.create(id.clone(), spec(), api()).await.unwrap();
+    drive(&world, &mut [engine.clone()], &id).await.unwrap();
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let find = |name: &str, labels: &[(&str, &str)]| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                let key = key.key();
+                key.name() == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(_, _, _, value)| value)
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    let counted = |name: &str, labels: &[(&str, &str)]| match find(name, labels) {
+        DebugValue::Counter(n) => *n,
+        other => panic!("{name} is {other:?}"),
+    };
+    assert!(counted(metrics::STEPS, &[("kind", "network"), ("outcome", "done")]) >= 1);
+    assert!(
+        counted(
+            metrics::STEPS,
+            &[("kind", "node-pools"), ("outcome", "failed")]
+        ) >= 1
+    );
+    assert!(
+        counted(
+            metrics::STEP_FAILURES,
+            &[("kind", "node-pools"), ("class", "rejected")]
+        ) >= 1
+    );
+    assert!(counted(metrics::OPERATIONS_STARTED, &[("kind", "provision")]) >= 1);
+    match find(metrics::STEP_SECONDS, &[("kind", "network")]) {
+        DebugValue::Histogram(samples) => assert!(!samples.is_empty()),
+        other => panic!("{other:?}"),
+    }
+}

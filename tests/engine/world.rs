@@ -103,6 +103,7 @@ fn crashed() -> Error {
     Error::Unavailable {
         service: "process".into(),
         detail: CRASH.into(),
+        source: None,
     }
 }
 
@@ -119,6 +120,7 @@ impl CrashStore {
                 return Err(Error::Unavailable {
                     service: "store".into(),
                     detail: OUTAGE.into(),
+                    source: None,
                 });
             }
         }

@@ -117,6 +117,7 @@ impl Engine {
                 .iter()
                 .position(|o| o.kind == kind)
                 .ok_or_else(|| Error::Corrupt {
+                    source: None,
                     what: Resource::Workspace(rec.id.clone()),
                     detail: format!("failed {kind:?} operation has no stored plan"),
                 })?;

@@ -12,6 +12,9 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::ids::WorkspaceId;
 
+/// How often the driver counts the workspaces by state for the metrics.
+const WORKSPACE_GAUGES: Duration = Duration::from_secs(15);
+
 /// Settings of the [`Driver`].
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -356,6 +359,9 @@ impl Loop {
         // The first tick comes at once: the first check waits one interval.
         expiry_check.tick().await;
         let mut checking: Option<tokio::task::JoinHandle<()>> = None;
+        let mut gauges = tokio::time::interval(WORKSPACE_GAUGES);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut counting: Option<tokio::task::JoinHandle<()>> = None;
         self.startup_left = self.config.startup_claim;
         loop {
             self.fire_timers();
@@ -384,7 +390,7 @@ impl Loop {
                         // not left marked as running forever.
                         tracing::error!(error = %e, "an advance task panicked");
                         if let Some(id) = self.task_workspace.remove(&e.id()) {
-                            let failure = Error::Unavailable { service: "driver".into(), detail: format!("advance panicked: {e}") };
+                            let failure = Error::Unavailable { service: "driver".into(), detail: format!("advance panicked: {e}"), source: None};
                             self.finished(id, Err(failure));
                         }
                     }
@@ -401,6 +407,25 @@ impl Loop {
                         self.sweep(self.engine.clock().now()).await;
                     }
                     first_sweep = false;
+                }
+                _ = gauges.tick() => {
+                    // The workspaces by state, for the metrics: one count of
+                    // the store at a time, in a task of its own.
+                    if counting.as_ref().is_none_or(|c| c.is_finished()) {
+                        let engine = self.engine.clone();
+                        counting = Some(tokio::spawn(async move {
+                            match engine.count(&crate::store::ListQuery::new()).await {
+                                Ok(counts) => {
+                                    for state in crate::state::StateName::ALL {
+                                        let n = counts.get(&state).copied().unwrap_or(0);
+                                        metrics::gauge!(crate::metrics::WORKSPACES, "state" => state.as_str())
+                                            .set(n as f64);
+                                    }
+                                }
+                                Err(e) => tracing::debug!(error = %e, "could not count the workspaces"),
+                            }
+                        }));
+                    }
                 }
                 _ = expiry_check.tick(), if self.config.agent_expiry_check.is_some() => {
                     // In a task of its own (it reads every Active workspace),

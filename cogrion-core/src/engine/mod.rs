@@ -426,11 +426,13 @@ impl EngineBuilder {
         let installer = self.installer.ok_or_else(|| Error::Rejected {
             service: "engine".into(),
             detail: "an agent installer is required (EngineBuilder::agent_installer)".into(),
+            source: None,
         })?;
         let rng = match self.config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        crate::metrics::describe();
         let (events, _) = broadcast::channel(4096);
         let (wakeups, _) = broadcast::channel(4096);
         Ok(Engine(Arc::new(Inner {
@@ -529,8 +531,14 @@ impl Engine {
         let _ = self.0.wakeups.send(id.clone());
     }
 
+    /// Publishes what a write that succeeded did (and counts the operations
+    /// it planned).
     fn publish(&self, events: Vec<EngineEvent>) {
         for e in events {
+            if let EngineEventKind::OperationStarted { kind, .. } = &e.kind {
+                metrics::counter!(crate::metrics::OPERATIONS_STARTED, "kind" => kind.as_str())
+                    .increment(1);
+            }
             let _ = self.0.events.send(e);
         }
     }
@@ -616,6 +624,7 @@ impl Engine {
                 .iter_mut()
                 .find(|o| o.kind == kind)
                 .ok_or_else(|| Error::Corrupt {
+                    source: None,
                     what: crate::error::Resource::Workspace(rec.id.clone()),
                     detail: format!("failed {kind:?} operation has no stored plan"),
                 })?;
@@ -718,6 +727,7 @@ impl Engine {
                         && o.steps.iter().any(|s| s.status == StepStatus::Failed)
                 })
                 .ok_or_else(|| Error::Corrupt {
+                    source: None,
                     what: crate::error::Resource::Stack(rec.id.clone(), name.clone()),
                     detail: "failed stack has no stored operation".into(),
                 })?;
@@ -859,6 +869,7 @@ impl Engine {
         Err(Error::Unavailable {
             service: "engine".into(),
             detail: format!("workspace {id} kept changing; try again"),
+            source: None,
         })
     }
 }

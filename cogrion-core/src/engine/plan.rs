@@ -74,6 +74,21 @@ impl StepKind {
         })
     }
 
+    /// A short fixed name of the step's kind, for metrics.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Layer(layer) => layer.as_str(),
+            Self::IssueToken => ISSUE_TOKEN,
+            Self::InstallAgent => INSTALL_AGENT,
+            Self::AwaitAgent => AWAIT_AGENT,
+            Self::RevokeAgent => REVOKE_AGENT,
+            Self::UninstallAgent => UNINSTALL_AGENT,
+            Self::StackApply(_) => "stack-apply",
+            Self::StackDestroy(_) => "stack-destroy",
+            Self::Purge => PURGE_STEP,
+        }
+    }
+
     /// Whether the step's work runs inside the cluster — the agent's
     /// uninstall, and the teardown of a stack whose executor runs in the
     /// cluster — so that a destroy may skip it when the agent (or the cluster)

@@ -54,6 +54,22 @@ impl Held {
 }
 
 /// How one attempt of a step ended.
+impl Outcome {
+    /// A short fixed name, for metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Skipped(_) => "skipped",
+            Self::InProgress(..) => "in_progress",
+            Self::AwaitCommand(_) => "await_command",
+            Self::AwaitAgent(_) => "await_agent",
+            Self::ReissueToken => "reissue_token",
+            Self::Unreachable { .. } => "unreachable",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
 enum Outcome {
     Done,
     Skipped(String),
@@ -201,7 +217,7 @@ impl Engine {
         record.wake_at = next_wake(&record, now);
         if record != original || !journal.events.is_empty() || !commands.is_empty() {
             record.updated_at = now;
-            let queued = !commands.is_empty();
+            let queued = commands.len();
             let mut write =
                 WorkspaceWrite::update(record, current.revision, now).fenced(lease.fence);
             write.events = journal.events;
@@ -232,7 +248,8 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             }
-            if queued
+            metrics::counter!(crate::metrics::COMMANDS_QUEUED).increment(queued as u64);
+            if queued > 0
                 && let Some(t) = &self.0.transport
                 && let Err(e) = t.notify(id).await
             {
@@ -480,6 +497,7 @@ impl Engine {
         let (seq, name) = (op.seq, op.steps[j].name.clone());
         let kind = StepKind::of(op.kind, op.stack.as_ref(), &op.steps[j]).ok_or_else(|| {
             Error::Corrupt {
+                source: None,
                 what: Resource::Workspace(tx.rec.id.clone()),
                 detail: format!("operation {seq} has a step {name:?} this engine does not know"),
             }
@@ -520,10 +538,19 @@ impl Engine {
                 attempt,
             });
         }
+        let called = std::time::Instant::now();
         let outcome = self
             .guarded(lease, self.effect(tx, lease, i, j, &kind))
             .instrument(span)
             .await?;
+        metrics::histogram!(crate::metrics::STEP_SECONDS, "kind" => kind.label())
+            .record(called.elapsed().as_secs_f64());
+        metrics::counter!(
+            crate::metrics::STEPS,
+            "kind" => kind.label(),
+            "outcome" => outcome.label()
+        )
+        .increment(1);
         let moved_on = !matches!(
             outcome,
             Outcome::InProgress(..) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
@@ -585,8 +612,7 @@ impl Engine {
                         detail: format!(
                             "the step's call did not finish within {}; cancelled",
                             humantime::format_duration(timeout)
-                        ),
-                    }));
+                        ), source: None,}));
                 }
                 () = tokio::time::sleep(ttl / 3) => {
                     let asked = tokio::time::Instant::now();
@@ -729,6 +755,7 @@ impl Engine {
                 let cluster = tx.rec.cluster.clone().ok_or_else(|| Error::Rejected {
                     service: "engine".into(),
                     detail: "the cluster's access is unknown; provision the cluster first".into(),
+                    source: None,
                 })?;
                 // The token of this operation's latest issue; anything else (a crash
                 // lost it, another replica issued a newer one) means issuing again.
@@ -779,6 +806,7 @@ impl Engine {
                     Outcome::Failed(Error::Rejected {
                         service: "agent".into(),
                         detail: format!("the agent did not poll by {deadline}"),
+                        source: None,
                     })
                 } else {
                     Outcome::AwaitAgent(deadline)
@@ -890,6 +918,7 @@ impl Engine {
                                     detail: format!(
                                         "no answer to command {command} by its deadline"
                                     ),
+                                    source: None,
                                 },
                                 last_seen,
                             });
@@ -1125,6 +1154,12 @@ impl Engine {
                 let used = attempt - tx.rec.operations[i].steps[j].budget_from;
                 let retry = error.is_transient()
                     && (used < self.0.config.retry.max_attempts || (teardown && !teardown_over));
+                metrics::counter!(
+                    if retry { crate::metrics::STEP_RETRIES } else { crate::metrics::STEP_FAILURES },
+                    "kind" => kind.label(),
+                    "class" => error.class()
+                )
+                .increment(1);
                 tx.event(
                     EventKind::StepFailed {
                         operation: seq,
@@ -1303,6 +1338,7 @@ impl Engine {
                 Error::Rejected {
                     service: "engine".into(),
                     detail: why,
+                    source: None,
                 },
             );
         }

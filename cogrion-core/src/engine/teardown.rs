@@ -215,6 +215,7 @@ impl Engine {
                 .iter()
                 .position(|o| o.kind == OperationKind::Destroy)
                 .ok_or_else(|| Error::Corrupt {
+                    source: None,
                     what: Resource::Workspace(rec.id.clone()),
                     detail: "failed destroy has no stored plan".into(),
                 })?;

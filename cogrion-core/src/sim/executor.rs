@@ -144,6 +144,7 @@ impl SimulatedExecutor {
                 .map_err(|e| Error::Rejected {
                     service: self.service().into(),
                     detail: format!("the stack cannot be put in a command: {e}"),
+                    source: None,
                 })?;
                 Ok(Progress::AwaitCommand(NewCommand {
                     id,
@@ -164,6 +165,7 @@ impl SimulatedExecutor {
             } => Err(Error::Unavailable {
                 service: service.into(),
                 detail: format!("command {} failed: {message}", result.id),
+                source: None,
             }),
             CommandOutcome::Failed {
                 message,
@@ -171,6 +173,7 @@ impl SimulatedExecutor {
             } => Err(Error::Rejected {
                 service: service.into(),
                 detail: format!("command {} failed: {message}", result.id),
+                source: None,
             }),
             CommandOutcome::Succeeded => {
                 let status: StackStatus =
@@ -180,6 +183,7 @@ impl SimulatedExecutor {
                             "command {} succeeded but its output is not a stack status: {e}",
                             result.id
                         ),
+                        source: None,
                     })?;
                 let expected = match verb {
                     Verb::Apply => matches!(status, StackStatus::Installed { .. }),
@@ -194,6 +198,7 @@ impl SimulatedExecutor {
                             result.id,
                             verb.as_str()
                         ),
+                        source: None,
                     });
                 }
                 Ok(status)
@@ -217,6 +222,7 @@ impl SimulatedExecutor {
                     .map_err(|detail| Error::Rejected {
                         service: self.service().into(),
                         detail,
+                        source: None,
                     })?;
                 call.changed()?;
                 Ok(status)

@@ -315,11 +315,13 @@ impl FaultPlan {
             Fault::Unavailable => Error::Unavailable {
                 service,
                 detail: "simulated outage".into(),
+                source: None,
             },
             Fault::LostResponse => lost_response(&service),
             Fault::Reject => Error::Rejected {
                 service,
                 detail: format!("simulated permanent failure of {target}"),
+                source: None,
             },
         }
     }
@@ -358,6 +360,7 @@ pub(super) fn lost_response(service: &str) -> Error {
     Error::Unavailable {
         service: service.to_owned(),
         detail: RESPONSE_LOST.into(),
+        source: None,
     }
 }
 

@@ -53,6 +53,7 @@ impl InProcessTransport {
             .ok_or_else(|| Error::Unavailable {
                 service: "in-process transport".into(),
                 detail: "no gateway attached".into(),
+                source: None,
             })
     }
 
@@ -371,6 +372,7 @@ impl SimulatedAgents {
                         return Err(Error::Unavailable {
                             service: "simulated network".into(),
                             detail: "the bootstrap answer was lost".into(),
+                            source: None,
                         });
                     }
                     a.serial = Some(credential.serial.clone());
@@ -579,6 +581,7 @@ impl AgentInstaller for SimulatedAgents {
             return Err(Error::Unavailable {
                 service: "cluster".into(),
                 detail: "the cluster's API cannot be reached".into(),
+                source: None,
             });
         }
         if let Some(agent) = lock(&self.agents).remove(workspace) {

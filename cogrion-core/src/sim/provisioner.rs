@@ -238,6 +238,7 @@ impl SimulatedCloud {
                             .map(|d| format!("{} {} of layer {}", d.kind, d.id, d.tags.layer))
                             .collect();
                         return Err(Error::Rejected {
+                            source: None,
                             service: SERVICE.into(),
                             detail: format!(
                                 "cannot delete {} {} of layer {layer}: {} still depend on it; \
@@ -287,6 +288,7 @@ impl SimulatedCloud {
                             "layer {layer} of workspace {ws} is built on {name}, which {why}; \
                              provision layer {parent_layer} first"
                         ),
+                        source: None,
                     });
                 }
             }
@@ -517,10 +519,12 @@ fn classify(e: ApiError) -> Error {
         ApiError::NotFound { .. } => Error::Unavailable {
             service: SERVICE.into(),
             detail: e.to_string(),
+            source: None,
         },
         e => Error::Rejected {
             service: SERVICE.into(),
             detail: e.to_string(),
+            source: None,
         },
     }
 }
@@ -593,6 +597,7 @@ impl Saved {
         match request.checkpoint.load().await? {
             None => Ok(Self::default()),
             Some(value) => serde_json::from_value(value).map_err(|e| Error::Corrupt {
+                source: None,
                 what: Resource::Checkpoint(
                     request.workspace.clone(),
                     format!("sim-cloud {}", request.layer),
@@ -613,6 +618,7 @@ impl Saved {
 
     async fn save(&self, request: &LayerRequest) -> Result<()> {
         let value = serde_json::to_value(self).map_err(|e| Error::Corrupt {
+            source: None,
             what: Resource::Checkpoint(request.workspace.clone(), "sim-cloud".into()),
             detail: e.to_string(),
         })?;

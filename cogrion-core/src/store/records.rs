@@ -22,6 +22,20 @@ pub enum OperationKind {
     Purge,
 }
 
+impl OperationKind {
+    /// Its name, as stored (`provision`, `stack_deploy`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provision => "provision",
+            Self::Update => "update",
+            Self::Destroy => "destroy",
+            Self::StackDeploy => "stack_deploy",
+            Self::StackDestroy => "stack_destroy",
+            Self::Purge => "purge",
+        }
+    }
+}
+
 /// Where one step of an operation stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

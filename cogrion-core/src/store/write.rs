@@ -274,6 +274,7 @@ pub fn check_purge(
                 "workspace {} is not destroyed: only a destroyed workspace is purged",
                 write.workspace
             ),
+            source: None,
         });
     }
     Ok(())
@@ -365,6 +366,7 @@ impl BatchOutcome {
         crate::Error::Rejected {
             service: "store".into(),
             detail: format!("a batched write returned {self:?} where {wanted} was expected"),
+            source: None,
         }
     }
 

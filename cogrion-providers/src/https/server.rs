@@ -295,12 +295,26 @@ struct Agent {
     connections: VecDeque<Arc<AtomicBool>>,
 }
 
-/// Counts a connection as open while it lives.
-struct OpenGuard(Arc<Shared>);
+/// Counts a connection as open while it lives (an agent's, in the
+/// metrics, when it presented a certificate).
+struct OpenGuard(Arc<Shared>, bool);
+
+impl OpenGuard {
+    fn new(shared: Arc<Shared>, agent: bool) -> Self {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        if agent {
+            metrics::gauge!(cogrion_core::metrics::AGENT_CONNECTIONS).increment(1.0);
+        }
+        Self(shared, agent)
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.1 {
+            metrics::gauge!(cogrion_core::metrics::AGENT_CONNECTIONS).decrement(1.0);
+        }
     }
 }
 
@@ -790,6 +804,7 @@ impl AgentServer {
         let rejected = |detail: String| Error::Rejected {
             service: "agent server".into(),
             detail,
+            source: None,
         };
         let provider = super::provider();
         let roots = super::roots(ca.certificate_pem()).map_err(rejected)?;
@@ -974,12 +989,11 @@ impl Shared {
             .max_headers(MAX_HEADERS)
             .serve_connection(TokioIo::new(tls), service);
         self.handshakes_done.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
         let serving = Serving {
             connection,
             revocation,
             addr,
-            open: OpenGuard(self.clone()),
+            open: OpenGuard::new(self.clone(), unauthenticated.is_none()),
         };
         match unauthenticated {
             None => {

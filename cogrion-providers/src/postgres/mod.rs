@@ -109,7 +109,7 @@ impl SqlStore<PgBackend> {
 }
 
 fn pg_error(e: sqlx::Error) -> cogrion_core::Error {
-    crate::sql::unavailable(Dialect::Postgres, e)
+    cogrion_core::Error::unavailable(Dialect::Postgres.service(), e)
 }
 
 /// A pooled connection: inside a transaction for a write, bare for a read.

@@ -43,7 +43,7 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
-    /// The name errors carry (`Error::Unavailable { service }`).
+    /// The name errors carry (`Error::Unavailable { service, source: None}`).
     pub(crate) fn service(self) -> &'static str {
         match self {
             Self::Sqlite => "sqlite",
@@ -155,6 +155,7 @@ pub(crate) struct Row(pub(crate) Vec<Val>);
 
 fn bad_column(i: usize, wanted: &str, got: &Val) -> Error {
     Error::Corrupt {
+        source: None,
         what: Resource::Provider(format!("column {i}")),
         detail: format!("expected {wanted}, found {got:?}"),
     }
@@ -345,6 +346,7 @@ pub(crate) fn unavailable(dialect: Dialect, detail: impl std::fmt::Display) -> E
     Error::Unavailable {
         service: dialect.service().into(),
         detail: detail.to_string(),
+        source: None,
     }
 }
 
@@ -352,6 +354,7 @@ fn corrupt(what: Resource, detail: impl std::fmt::Display) -> Error {
     Error::Corrupt {
         what,
         detail: detail.to_string(),
+        source: None,
     }
 }
 
@@ -366,11 +369,16 @@ fn to_json<T: Serialize>(dialect: Dialect, value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Rejected {
         service: dialect.service().into(),
         detail: e.to_string(),
+        source: None,
     })
 }
 
 fn from_json<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> Resource) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| corrupt(what(), format!("unreadable JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| Error::Corrupt {
+        what: what(),
+        detail: format!("unreadable JSON: {e}"),
+        source: Some(Box::new(e)),
+    })
 }
 
 pub(crate) fn millis(t: Timestamp) -> i64 {

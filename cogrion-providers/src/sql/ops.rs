@@ -73,6 +73,7 @@ pub(crate) async fn migrate<C: Conn>(
             detail: format!(
                 "{where_} was written by a newer Cogrion (schema version {current}; this build knows up to {latest}); it was not modified"
             ),
+            source: None,
         });
     }
     if current == latest {
@@ -553,6 +554,7 @@ pub(crate) async fn write_batch<C: Conn>(
             Item::Other(other) => Err(Error::Rejected {
                 service: conn.dialect().service().into(),
                 detail: format!("this store cannot batch {other:?}"),
+                source: None,
             }),
             Item::Refused(e) => Err(e),
         };

@@ -307,16 +307,21 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
     }
 }
 
-/// The error of a failed transaction, once more for each of its writes.
+/// The error of a failed transaction, once more for each of its writes (its
+/// text: a cause cannot be shared).
 fn again(e: &Error) -> Error {
     match e {
-        Error::Unavailable { service, detail } => Error::Unavailable {
+        Error::Unavailable {
+            service, detail, ..
+        } => Error::Unavailable {
             service: service.clone(),
             detail: detail.clone(),
+            source: None,
         },
         other => Error::Unavailable {
             service: "database".into(),
             detail: other.to_string(),
+            source: None,
         },
     }
 }

@@ -127,12 +127,34 @@ pub struct SqliteBackend {
     shared: Arc<Shared>,
 }
 
+/// Where writes queue for the writer's thread.
+type WriteQueue = Sender<Box<dyn WriteCall>>;
+
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
-    writes: Sender<Box<dyn WriteCall>>,
+    /// `None` only while the store closes.
+    writes: Option<WriteQueue>,
     reads: Sender<ReadCall>,
     stats: Arc<Counters>,
+    /// The writer's and the checkpointer's threads.
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    /// Closes the store completely: the writer ends once its queue is empty,
+    /// then the checkpointer with a last checkpoint; the file is not touched
+    /// after the store is dropped.
+    fn drop(&mut self) {
+        self.writes = None;
+        for thread in self.threads.drain(..) {
+            // Never on one of its own threads (a call that held the last
+            // handle of the store): that thread ends by itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -166,7 +188,7 @@ impl SqlStore<SqliteBackend> {
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let stats = Arc::new(Counters::default());
-        let writes = {
+        let (writes, threads) = {
             let (path, options, stats) = (path.clone(), options.clone(), stats.clone());
             tokio::task::spawn_blocking(move || start_writer(&path, &options, stats))
                 .await
@@ -176,9 +198,10 @@ impl SqlStore<SqliteBackend> {
         let backend = SqliteBackend {
             shared: Arc::new(Shared {
                 path: path.clone(),
-                writes,
+                writes: Some(writes),
                 reads,
                 stats: stats.clone(),
+                threads,
             }),
         };
         let described = path.display().to_string();
@@ -228,7 +251,7 @@ fn lost(detail: impl std::fmt::Display) -> Error {
 }
 
 fn sqlite_error(e: rusqlite::Error) -> Error {
-    lost(e)
+    Error::unavailable(Dialect::Sqlite.service(), e)
 }
 
 /// Opens a connection to `path` with the store's settings.
@@ -267,12 +290,13 @@ fn connect(path: &Path, options: &SqliteOptions, flags: OpenFlags) -> Result<Sql
     Ok(SqliteConn { conn, now: None })
 }
 
-/// Opens the writer's connection (creating the file) and starts its thread.
+/// Opens the writer's connection (creating the file) and starts its thread
+/// and the checkpointer's.
 fn start_writer(
     path: &Path,
     options: &SqliteOptions,
     stats: Arc<Counters>,
-) -> Result<Sender<Box<dyn WriteCall>>> {
+) -> Result<(WriteQueue, Vec<std::thread::JoinHandle<()>>)> {
     let conn = connect(
         path,
         options,
@@ -294,15 +318,15 @@ fn start_writer(
     let (writes, queue) = std::sync::mpsc::channel();
     // "The log grew": one pending signal at most, however many commits.
     let (grew, growth) = std::sync::mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name("cogrion-sqlite-write".into())
         .spawn(move || write_loop(conn, &queue, &stats, &grew))
         .map_err(|e| lost(e.to_string()))?;
-    std::thread::Builder::new()
+    let checkpointer = std::thread::Builder::new()
         .name("cogrion-sqlite-checkpoint".into())
         .spawn(move || checkpoint_loop(checkpoints, &growth))
         .map_err(|e| lost(e.to_string()))?;
-    Ok(writes)
+    Ok((writes, vec![writer, checkpointer]))
 }
 
 /// The shortest time between two checkpoints.
@@ -558,6 +582,8 @@ fn write_loop(
         // its call counted.
         stats.transactions.fetch_add(1, Relaxed);
         stats.writes.fetch_add(calls.len() as u64, Relaxed);
+        metrics::histogram!(cogrion_core::metrics::STORE_BATCH_WRITES, "store" => "sqlite")
+            .record(calls.len() as f64);
         let failed = conn.transaction(&mut calls).err();
         // Already signalled (full) or the checkpointer gone: nothing to do.
         let _ = grew.try_send(());
@@ -600,11 +626,15 @@ impl Backend for SqliteBackend {
         call: Call<SqliteConn, T>,
     ) -> impl Future<Output = Result<T>> + Send {
         let (answer, answered) = oneshot::channel();
-        let sent = self.shared.writes.send(Box::new(Queued {
+        let queued: Box<dyn WriteCall> = Box::new(Queued {
             call: Some(call),
             result: None,
             answer,
-        }));
+        });
+        let sent = match &self.shared.writes {
+            Some(writes) => writes.send(queued).map_err(|_| ()),
+            None => Err(()),
+        };
         async move {
             sent.map_err(|_| gone())?;
             answered.await.unwrap_or_else(|_| Err(gone()))
