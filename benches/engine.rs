@@ -24,6 +24,8 @@ use tokio::runtime::Runtime;
 
 #[path = "support/durable.rs"]
 mod durable;
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/proc.rs"]
 mod proc;
 
@@ -282,7 +284,9 @@ fn report_driver(rt: &Runtime) {
 
 /// Which reports to run: `COGRION_BENCH` lists them, comma-separated, from
 /// `memory`, `driver`, `sqlite` (`sqlite-batched`: only its group-commit
-/// measurements), `postgres`, `resume`, `resume-postgres` (default: all). The
+/// measurements), `postgres`, `resume`, `resume-postgres`, `host` (status
+/// and list at 10,000 workspaces, `COGRION_BENCH_HOST` says otherwise; the
+/// feed's lag on PostgreSQL) (default: all). The
 /// PostgreSQL ones need the `postgres` feature and a server at
 /// `COGRION_TEST_POSTGRES_URL` (`scripts/peers/postgres.sh start` prints one).
 fn wanted(report: &str) -> bool {
@@ -376,6 +380,17 @@ fn main() {
     }
     if wanted("driver") {
         report_driver(&rt);
+    }
+    if wanted("host") {
+        let n = std::env::var("COGRION_BENCH_HOST")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        host::report_reads(&rt, n);
+        #[cfg(feature = "postgres")]
+        if let Ok(url) = std::env::var("COGRION_TEST_POSTGRES_URL") {
+            host::report_feed_lag(&rt, &url);
+        }
     }
     let dir = std::env::temp_dir().join(format!("cogrion-bench-{}", std::process::id()));
     std::fs::remove_dir_all(dir).ok();
