@@ -129,6 +129,24 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
         stats.advances, stats.errors
     );
     assert!(cloud.duplicates().is_empty(), "{:?}", cloud.duplicates());
+    // What is left, and the history of a workspace that left it.
+    let left: Vec<(&WorkspaceId, Vec<_>)> = ids
+        .iter()
+        .map(|id| (id, cloud.live_resources(id)))
+        .filter(|(_, live)| !live.is_empty())
+        .collect();
+    if let Some((id, live)) = left.first() {
+        let history = engine.history(id).await.unwrap();
+        let lines: Vec<String> = history
+            .iter()
+            .map(|e| format!("#{} {} {}", e.seq.0, e.event.kind, e.event.message))
+            .collect();
+        panic!(
+            "{} workspaces left cloud resources; {id} left {live:?} after:\n{}",
+            left.len(),
+            lines.join("\n")
+        );
+    }
     assert_eq!(cloud.all_live(), 0);
     for id in &ids {
         let history = engine.history(id).await.unwrap();
