@@ -234,8 +234,9 @@ impl ControlPlaneBuilder<NoInstaller> {
 
     /// Installs Cluster Agents with what `make` returns, given where agents
     /// reach this control plane and what they trust (known once the
-    /// endpoint listens). Required: [`build`](ControlPlaneBuilder::build)
-    /// exists only once it is given.
+    /// endpoint listens; with another [`transport`](ControlPlaneBuilder::transport),
+    /// `url` is empty and `address` is the configured one). Required:
+    /// [`build`](ControlPlaneBuilder::build) exists only once it is given.
     pub fn installer<F>(self, make: F) -> ControlPlaneBuilder<WithInstaller>
     where
         F: FnOnce(&AgentEndpoint) -> Arc<dyn AgentInstaller> + Send + 'static,

@@ -98,6 +98,46 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that never goes back: the wall clock's time when it was made,
+/// advanced by the operating system's monotonic timer. The wall clock can be
+/// stepped (by NTP, by hand); durations measured on this one cannot, which
+/// suits what measures time spans — a simulated cloud's latencies, say — in
+/// a long-running process. Clones share the same origin.
+///
+/// ```
+/// use cogrion_core::{Clock, MonotonicClock};
+/// let clock = MonotonicClock::new();
+/// let (a, b) = (clock.now(), clock.now());
+/// assert!(b >= a);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    start: Timestamp,
+    origin: std::time::Instant,
+}
+
+impl MonotonicClock {
+    /// A clock reading the wall clock's time now.
+    pub fn new() -> Self {
+        Self {
+            start: SystemClock.now(),
+            origin: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Timestamp {
+        self.start + self.origin.elapsed()
+    }
+}
+
 /// A clock that moves only when told to. Clones share the same time.
 ///
 /// ```

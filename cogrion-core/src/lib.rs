@@ -41,7 +41,7 @@ mod state;
 pub mod store;
 mod transport;
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use clock::{Clock, ManualClock, MonotonicClock, SystemClock, Timestamp};
 pub use engine::{
     AbandonTarget, Action, AgentCheck, AgentConnectivity, CloudKind, DestroyPlan, Driver,
     DriverConfig, DriverHandle, DriverStats, Engine, EngineBuilder, EngineConfig, EngineEvent,

@@ -93,7 +93,7 @@ async fn the_driver_drives_many_workspaces_and_a_restart_resumes_them() {
     const N: usize = 100;
     const CONCURRENCY: usize = 8;
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(SystemClock))
+        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(30))
         .build();
     let sim = SimulatedWorld::new(cloud.clone(), FaultPlan::none());

@@ -472,7 +472,7 @@ mod control_plane {
     async fn a_control_plane_on_its_defaults_runs_a_workspace_s_whole_life() {
         let dir = TempDir::new("control-plane");
         let cloud = SimulatedCloud::builder()
-            .clock(Arc::new(SystemClock))
+            .clock(Arc::new(MonotonicClock::new()))
             .latency_all(Duration::from_millis(20))
             .build();
         let world = SimulatedWorld::new(cloud, FaultPlan::none());

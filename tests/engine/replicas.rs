@@ -174,7 +174,7 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
     let prefix = run_prefix('r');
     let faults = FaultPlan::transient(7, 0.03);
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(SystemClock))
+        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(20))
         .faults(faults.clone())
         .build();
@@ -351,7 +351,7 @@ async fn a_feed_consumer_sees_every_event_once_across_replicas_restarts_and_a_la
     let _turn = SERVER.lock().await;
     let prefix = run_prefix('f');
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(SystemClock))
+        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(10))
         .build();
     let sim = SimulatedWorld::new(cloud, FaultPlan::none());
