@@ -217,15 +217,10 @@ fn report_ratio(rt: &Runtime) {
 fn report_driver(rt: &Runtime) {
     const N: usize = 10_000;
     let b = setup(true);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = b.agents.clone();
-    let agent_task = rt.spawn(async move {
-        agents
-            .run(Duration::from_millis(5), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = {
+        let _runtime = rt.enter();
+        b.agents.spawn(Duration::from_millis(5))
+    };
     let count = |state| {
         let store = b.store.clone();
         async move {
@@ -270,8 +265,7 @@ fn report_driver(rt: &Runtime) {
         driver.shutdown().await
     });
     let total = start.elapsed();
-    let _ = stop.send(());
-    let _ = rt.block_on(agent_task);
+    rt.block_on(agents.stop());
     assert_eq!(b.cloud.all_live(), 0);
     println!(
         "REPORT driver: {N} workspaces create -> Active -> Destroyed in {:.2}s ({} advances, {} errors, {:.0} advances/s)",

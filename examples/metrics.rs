@@ -40,7 +40,6 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 
     let dir = std::env::temp_dir().join(format!("cogrion-metrics-{}", std::process::id()));
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(SystemClock))
         .latency_all(Duration::from_millis(50))
         .build();
     let world = SimulatedWorld::new(cloud, FaultPlan::none());
@@ -57,15 +56,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         builder = builder.executor(executor);
     }
     let plane = builder.installer(move |_| Arc::new(agents)).build().await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = world.agents.clone();
-    let polling = tokio::spawn(async move {
-        agents
-            .run(Duration::from_millis(20), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = world.agents.spawn(Duration::from_millis(20));
 
     let engine = plane.engine();
     let actor = Actor::Api {
@@ -95,8 +86,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     engine.destroy(&id, actor).await?;
     wait_for(engine, &id, StateName::Destroyed).await?;
     plane.shutdown().await;
-    let _ = stop.send(());
-    let _ = polling.await;
+    agents.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("{}", handle.render());

@@ -336,7 +336,6 @@ async fn control_plane() -> std::result::Result<(), Box<dyn std::error::Error>> 
     // seconds each. It keeps its resources in the data directory, so that a
     // run stopped mid-provision finds them again, as it would on a real cloud.
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(SystemClock))
         .instance_types(["sim-small", "sim-medium", "sim-large"])
         .latency(InfraLayer::Network, Duration::from_millis(1200))
         .latency(InfraLayer::Cluster, Duration::from_millis(3500))

@@ -261,15 +261,11 @@ pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize, concurrenc
     let ids: Vec<WorkspaceId> = (0..n)
         .map(|i| format!("{prefix}-{i}").parse().unwrap())
         .collect();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = b.agents.clone();
-    let agent_task = rt.spawn(async move {
-        agents
-            .run_renewing(Duration::from_millis(5), Duration::from_secs(30), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = {
+        let _runtime = rt.enter();
+        b.agents
+            .spawn_renewing(Duration::from_millis(5), Duration::from_secs(30))
+    };
     let before = opened.transactions(&engine_store);
     let cpu_before = super::proc::cpu_seconds("self");
     let start = Instant::now();
@@ -312,8 +308,7 @@ pub(crate) fn report_batched(rt: &Runtime, target: &Target, n: usize, concurrenc
     });
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = super::proc::cpu_seconds("self") - cpu_before;
-    let _ = stop.send(());
-    let _ = rt.block_on(agent_task);
+    rt.block_on(agents.stop());
     let steps = rt.block_on(engine_steps(b.store.as_ref(), &ids));
     let mix = opened.write_counts(&engine_store);
     let after = opened.transactions(&engine_store);
@@ -815,15 +810,7 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
         let restarted = Instant::now();
         let engine = world.engine(store.clone(), clock.clone(), config.clone()).unwrap();
         let driver = Driver::spawn(engine.clone(), DriverConfig::default().with_concurrency(target.concurrency()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let agents = world.agents.clone();
-        let agent_task = tokio::spawn(async move {
-            agents
-                .run_renewing(Duration::from_millis(20), Duration::from_secs(30), async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let agents = world.agents.spawn_renewing(Duration::from_millis(20), Duration::from_secs(30));
         // Progress is watched through the engine's events (published after each
         // commit), which costs the engine nothing; a store scan checks the end.
         let mut events = engine.subscribe();
@@ -876,8 +863,7 @@ pub(crate) fn report_resume(target: &Target, n: usize) {
             "the store agrees: all Active"
         );
         let stats = driver.shutdown().await;
-        let _ = stop.send(());
-        let _ = agent_task.await;
+        agents.stop().await;
 
         // None ran twice: no cloud resource was created twice, and no step of any
         // workspace's provisioning finished twice in its history.

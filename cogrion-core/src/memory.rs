@@ -309,12 +309,8 @@ impl RecordStore for InMemoryStore {
     async fn read_feed(&self, after: FeedCursor, limit: usize) -> Result<Vec<FeedEvent>> {
         let inner = self.lock();
         let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
-        // One transaction id: this store commits in order.
-        let from = if after.tx() > 0 {
-            u64::MAX
-        } else {
-            after.position()
-        };
+        // This store commits in order.
+        let from = after.in_order_position();
         Ok(inner
             .feed
             .range(from.saturating_add(1)..)

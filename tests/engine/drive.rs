@@ -361,3 +361,21 @@ pub fn assert_all_deployed(rec: &WorkspaceRecord) {
         rec.stacks
     );
 }
+
+/// Asserts that the feed events `seen` hold each of `ids`' whole history,
+/// every event once and in order (events of other workspaces are ignored).
+pub async fn check_fed<'a>(
+    engine: &Engine,
+    seen: &[FeedEvent],
+    ids: impl IntoIterator<Item = &'a WorkspaceId>,
+) {
+    for id in ids {
+        let history = engine.history(id).await.unwrap();
+        let fed: Vec<EventRecord> = seen
+            .iter()
+            .filter(|e| &e.workspace == id)
+            .map(|e| e.event.clone())
+            .collect();
+        assert_eq!(fed, history, "{id}: every event once, in order");
+    }
+}

@@ -93,7 +93,6 @@ async fn the_driver_drives_many_workspaces_and_a_restart_resumes_them() {
     const N: usize = 100;
     const CONCURRENCY: usize = 8;
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(30))
         .build();
     let sim = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
@@ -107,14 +106,7 @@ async fn the_driver_drives_many_workspaces_and_a_restart_resumes_them() {
         }),
         sim,
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn(async move {
-        agents
-            .run(Duration::from_millis(20), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = agents.spawn(Duration::from_millis(20));
 
     let first = setup.engine("replica-1");
     let ids: Vec<WorkspaceId> = (0..N)
@@ -154,8 +146,7 @@ async fn the_driver_drives_many_workspaces_and_a_restart_resumes_them() {
     wait_until(&second, StateName::Destroyed, N).await;
     let stats = driver.shutdown().await;
     assert_eq!(stats.errors, 0, "no advance failed");
-    let _ = stop.send(());
-    let _ = agent_task.await;
+    agents.stop().await;
 
     assert_eq!(cloud.all_live(), 0, "nothing left in the cloud");
     assert!(cloud.duplicates().is_empty(), "{:?}", cloud.duplicates());

@@ -332,15 +332,7 @@ async fn watch_sees_every_event_once_across_engines_and_a_restart() {
             .unwrap();
         seen.push(next);
     }
-    for id in &ids {
-        let history = a.history(id).await.unwrap();
-        let fed: Vec<EventRecord> = seen
-            .iter()
-            .filter(|e| &e.workspace == id)
-            .map(|e| e.event.clone())
-            .collect();
-        assert_eq!(fed, history, "{id}: every event once, in order");
-    }
+    crate::drive::check_fed(&a, &seen, &ids).await;
     // And what a replica commits later wakes the stream.
     a.set_labels(&ids[0], Labels::new().with("late", "yes").unwrap(), api())
         .await
@@ -472,7 +464,6 @@ mod control_plane {
     async fn a_control_plane_on_its_defaults_runs_a_workspace_s_whole_life() {
         let dir = TempDir::new("control-plane");
         let cloud = SimulatedCloud::builder()
-            .clock(Arc::new(MonotonicClock::new()))
             .latency_all(Duration::from_millis(20))
             .build();
         let world = SimulatedWorld::new(cloud, FaultPlan::none());

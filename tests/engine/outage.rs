@@ -46,11 +46,10 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
     let _turn = SERVER.lock().await;
     const N: usize = 60;
     let prefix = run_prefix('o');
-    // The cloud's latencies on a clock that cannot be stepped: on the wall
-    // clock, a step back after the destroy would make resources deleted just
-    // before it look as if they were still being deleted.
+    // The cloud's latencies run on its default clock, which cannot be
+    // stepped: on the wall clock, a step back after the destroy would make
+    // resources deleted just before it look as if still being deleted.
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(150))
         .build();
     let sim = SimulatedWorld::new(cloud.clone(), FaultPlan::none());
@@ -68,15 +67,7 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
             .with_concurrency(16)
             .with_sweep_interval(Duration::from_millis(200)),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = sim.agents.clone();
-    let agent_task = tokio::spawn(async move {
-        agents
-            .run(Duration::from_millis(20), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = sim.agents.spawn(Duration::from_millis(20));
 
     let ids: Vec<WorkspaceId> = (0..N)
         .map(|i| format!("{prefix}{i}").parse().unwrap())
@@ -121,8 +112,7 @@ async fn a_postgres_crash_under_load_loses_nothing_and_writes_nothing_halfway() 
     }
     all_in(&store, &prefix, N, WorkspaceState::Destroyed).await;
     let stats = driver.shutdown().await;
-    let _ = stop.send(());
-    let _ = agent_task.await;
+    agents.stop().await;
 
     // Whether an advance met the outage depends on timing (all may have been
     // waiting on the cloud then); that the crash hit work in flight is checked

@@ -174,7 +174,6 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
     let prefix = run_prefix('r');
     let faults = FaultPlan::transient(7, 0.03);
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(20))
         .faults(faults.clone())
         .build();
@@ -229,15 +228,7 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
     // The agents answer through the first engine's gateway; every engine hears
     // about their polls through the store and its sweeps.
     sim.attach(&engines[0]);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = sim.agents.clone();
-    let agent_task = tokio::spawn(async move {
-        agents
-            .run(Duration::from_millis(20), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = sim.agents.spawn(Duration::from_millis(20));
 
     let ids: Vec<WorkspaceId> = (0..n)
         .map(|i| format!("{prefix}{i}").parse().unwrap())
@@ -284,8 +275,7 @@ async fn three_replicas_on_postgres_drive_workspaces_without_overlapping() {
     for d in drivers {
         advances += d.shutdown().await.advances;
     }
-    let _ = stop.send(());
-    let _ = agent_task.await;
+    agents.stop().await;
 
     let overlaps = audit.overlaps.lock().unwrap().clone();
     assert!(
@@ -351,7 +341,6 @@ async fn a_feed_consumer_sees_every_event_once_across_replicas_restarts_and_a_la
     let _turn = SERVER.lock().await;
     let prefix = run_prefix('f');
     let cloud = SimulatedCloud::builder()
-        .clock(Arc::new(MonotonicClock::new()))
         .latency_all(Duration::from_millis(10))
         .build();
     let sim = SimulatedWorld::new(cloud, FaultPlan::none());
@@ -376,15 +365,7 @@ async fn a_feed_consumer_sees_every_event_once_across_replicas_restarts_and_a_la
         stores.push(store);
     }
     sim.attach(&engines[0]);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agents = sim.agents.clone();
-    let agent_task = tokio::spawn(async move {
-        agents
-            .run(Duration::from_millis(20), async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let agents = sim.agents.spawn(Duration::from_millis(20));
     let start = engines[0].feed_head().await.unwrap();
 
     // A writer whose transaction stays open: a workspace and its first event.
@@ -450,8 +431,7 @@ async fn a_feed_consumer_sees_every_event_once_across_replicas_restarts_and_a_la
     for d in drivers {
         d.shutdown().await;
     }
-    let _ = stop.send(());
-    let _ = agent_task.await;
+    agents.stop().await;
     let mut expected = 0;
     for id in &ids {
         expected += engines[0].history(id).await.unwrap().len();
@@ -478,13 +458,5 @@ async fn a_feed_consumer_sees_every_event_once_across_replicas_restarts_and_a_la
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), expected, "no event twice");
     assert!(seen.windows(2).all(|p| p[0].cursor < p[1].cursor));
-    for id in ids.iter().chain([&held_id]) {
-        let history = engines[1].history(id).await.unwrap();
-        let fed: Vec<EventRecord> = seen
-            .iter()
-            .filter(|e| &e.workspace == id)
-            .map(|e| e.event.clone())
-            .collect();
-        assert_eq!(fed, history, "{id}: every event once, in order");
-    }
+    crate::drive::check_fed(&engines[1], &seen, ids.iter().chain([&held_id])).await;
 }

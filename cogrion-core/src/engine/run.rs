@@ -986,8 +986,11 @@ impl Engine {
             Outcome::InProgress(..) | Outcome::AwaitAgent(_) | Outcome::AwaitCommand(_)
         ) {
             // The call ended: what it said while running is no longer news.
-            tx.rec.operations[i].steps[j].progress = None;
-            lock(&self.0.progress).remove(&tx.rec.id);
+            // (A step's first message is always stored with it, so a step
+            // with none stored has nothing in memory either: no lock taken.)
+            if tx.rec.operations[i].steps[j].progress.take().is_some() {
+                lock(&self.0.progress).remove(&tx.rec.id);
+            }
         }
         if tx.rec.operations[i].cancel_requested
             && !matches!(

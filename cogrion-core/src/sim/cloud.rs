@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::cloud_api::{ApiCallCounts, CloudApi};
 use super::faults::FaultPlan;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, MonotonicClock};
 use crate::ids::WorkspaceId;
 use crate::provisioner::{CloudResource, InfraLayer};
 
@@ -148,8 +148,11 @@ pub struct SimulatedCloudBuilder {
 }
 
 impl SimulatedCloudBuilder {
-    /// The clock changes are timed on (default: the system clock). Simulations
-    /// and tests pass a [`ManualClock`](crate::ManualClock).
+    /// The clock changes are timed on (default: a
+    /// [`MonotonicClock`](crate::MonotonicClock), so that a step of the wall
+    /// clock cannot make a deleted resource look alive again or a finished
+    /// change unfinished). Simulations and tests pass a
+    /// [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -191,7 +194,10 @@ impl SimulatedCloudBuilder {
 
     /// The cloud.
     pub fn build(self) -> SimulatedCloud {
-        let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let clock = self
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(MonotonicClock::new()));
         self.finish(CloudApi::new(clock))
     }
 
@@ -206,7 +212,10 @@ impl SimulatedCloudBuilder {
         self,
         path: impl Into<std::path::PathBuf>,
     ) -> std::io::Result<SimulatedCloud> {
-        let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let clock = self
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(MonotonicClock::new()));
         Ok(self.finish(CloudApi::persistent(clock, path)?))
     }
 

@@ -525,6 +525,27 @@ impl SimulatedAgents {
             .await
     }
 
+    /// [`run`](Self::run) in a task of its own (on the current Tokio
+    /// runtime) until the returned handle is stopped.
+    pub fn spawn(&self, interval: Duration) -> RunningAgents {
+        self.spawn_renewing(interval, Duration::from_secs(1))
+    }
+
+    /// [`run_renewing`](Self::run_renewing) in a task of its own (on the
+    /// current Tokio runtime) until the returned handle is stopped.
+    pub fn spawn_renewing(&self, interval: Duration, renewal: Duration) -> RunningAgents {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agents = self.clone();
+        let task = tokio::spawn(async move {
+            agents
+                .run_renewing(interval, renewal, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        RunningAgents { stop, task }
+    }
+
     /// [`run`](Self::run), with every agent polling again each `renewal`
     /// rather than each second — as a fleet whose long polls are held that
     /// long would (the HTTPS endpoint holds one for up to 30 s). Benchmarks
@@ -588,5 +609,21 @@ impl AgentInstaller for SimulatedAgents {
             *lock(&self.retired).entry(workspace.clone()).or_default() += agent.executed;
         }
         Ok(Progress::Ready(()))
+    }
+}
+
+/// A fleet of [`SimulatedAgents`] running in a task of its own
+/// ([`SimulatedAgents::spawn`]).
+#[derive(Debug)]
+pub struct RunningAgents {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgents {
+    /// Stops the fleet and waits for its last round to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
     }
 }

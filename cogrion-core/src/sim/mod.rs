@@ -99,6 +99,6 @@ pub use executor::SimulatedExecutor;
 pub use faults::{
     DEFAULT_RETRY_AFTER, Fault, FaultPlan, FaultTarget, InjectedFault, RESPONSE_LOST,
 };
-pub use inproc::{CommandHandler, InProcessTransport, SimulatedAgents};
+pub use inproc::{CommandHandler, InProcessTransport, RunningAgents, SimulatedAgents};
 pub use provisioner::SIM_CA_BUNDLE_PEM;
 pub use world::SimulatedWorld;

@@ -235,6 +235,13 @@ impl FeedCursor {
     pub const fn position(self) -> u64 {
         self.position
     }
+
+    /// For a store that commits in order (its transaction ids all 0): the
+    /// position after which to read. A cursor with a transaction id is
+    /// another kind of store's, past everything of this one's.
+    pub const fn in_order_position(self) -> u64 {
+        if self.tx > 0 { u64::MAX } else { self.position }
+    }
 }
 
 impl fmt::Display for FeedCursor {

@@ -630,27 +630,50 @@ fn labels_selector(dialect: Dialect, query: &ListQuery) -> Result<Option<String>
     }
 }
 
+/// The statement reading `$columns` of a page of the workspaces a
+/// [`ListQuery`] selects, ordered by id, spelled for `$conn`'s database
+/// (its arguments: [`page_args`]).
+macro_rules! selected_page {
+    ($conn:expr, $columns:literal) => {
+        match $conn.dialect() {
+            Dialect::Sqlite => sql!(concat!(
+                "SELECT ",
+                $columns,
+                " FROM workspaces w WHERE ",
+                selected!(sqlite),
+                " ORDER BY w.id LIMIT ?7"
+            )),
+            Dialect::Postgres => sql!(concat!(
+                "SELECT ",
+                $columns,
+                " FROM workspaces w WHERE ",
+                selected!(postgres),
+                " ORDER BY w.id LIMIT ?7"
+            )),
+        }
+    };
+}
+
+/// The rows of `sql`, a [`selected_page!`] statement, for `query`.
+async fn page_rows<C: Conn>(
+    conn: &mut C,
+    query: &ListQuery,
+    sql: &'static super::Sql,
+) -> Result<Vec<Row>> {
+    let labels = labels_selector(conn.dialect(), query)?;
+    let mut args = selected_args(query, &labels).to_vec();
+    args.push(Arg::Int(page(query.limit, DEFAULT_PAGE)));
+    conn.rows(sql, &args).await
+}
+
 pub(crate) async fn list_workspaces<C: Conn>(
     conn: &mut C,
     query: &ListQuery,
 ) -> Result<Vec<(String, i64, String)>> {
-    let labels = labels_selector(conn.dialect(), query)?;
-    let mut args = selected_args(query, &labels).to_vec();
-    args.push(Arg::Int(page(query.limit, DEFAULT_PAGE)));
-    let sql = match conn.dialect() {
-        Dialect::Sqlite => sql!(concat!(
-            "SELECT w.id, w.revision, w.record FROM workspaces w WHERE ",
-            selected!(sqlite),
-            " ORDER BY w.id LIMIT ?7"
-        )),
-        Dialect::Postgres => sql!(concat!(
-            "SELECT w.id, w.revision, w.record FROM workspaces w WHERE ",
-            selected!(postgres),
-            " ORDER BY w.id LIMIT ?7"
-        )),
-    };
-    let rows = conn.rows(sql, &args).await?;
-    rows.into_iter()
+    let sql = selected_page!(conn, "w.id, w.revision, w.record");
+    page_rows(conn, query, sql)
+        .await?
+        .into_iter()
         .map(|mut r| Ok((r.take_text(0)?, r.int(1)?, r.take_text(2)?)))
         .collect()
 }
@@ -661,23 +684,13 @@ pub(crate) async fn list_summaries<C: Conn>(
     conn: &mut C,
     query: &ListQuery,
 ) -> Result<Vec<WorkspaceSummary>> {
-    let labels = labels_selector(conn.dialect(), query)?;
-    let mut args = selected_args(query, &labels).to_vec();
-    args.push(Arg::Int(page(query.limit, DEFAULT_PAGE)));
-    let sql = match conn.dialect() {
-        Dialect::Sqlite => sql!(concat!(
-            "SELECT w.id, w.tenant, w.cloud, w.state, w.labels, w.revision FROM workspaces w WHERE ",
-            selected!(sqlite),
-            " ORDER BY w.id LIMIT ?7"
-        )),
-        Dialect::Postgres => sql!(concat!(
-            "SELECT w.id, w.tenant, w.cloud, w.state, w.labels, w.revision FROM workspaces w WHERE ",
-            selected!(postgres),
-            " ORDER BY w.id LIMIT ?7"
-        )),
-    };
-    let rows = conn.rows(sql, &args).await?;
-    rows.into_iter()
+    let sql = selected_page!(
+        conn,
+        "w.id, w.tenant, w.cloud, w.state, w.labels, w.revision"
+    );
+    page_rows(conn, query, sql)
+        .await?
+        .into_iter()
         .map(|r| {
             let id: WorkspaceId = parse_column(r.text(0)?, "workspace id")?;
             let what = || Resource::Workspace(id.clone());
@@ -734,16 +747,25 @@ pub(crate) async fn count_workspaces<C: Conn>(
     Ok(counts)
 }
 
+/// On PostgreSQL, the events a feed reader may read now: those of
+/// transactions older than the oldest still running, so that one committing
+/// late is never passed over (see the schema's version 3).
+macro_rules! readable_events {
+    () => {
+        "tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT)"
+    };
+}
+
 /// [`RecordStore::feed_head`](cogrion_core::store::RecordStore::feed_head):
 /// one probe of the feed's index.
 pub(crate) async fn feed_head<C: Conn>(conn: &mut C) -> Result<FeedCursor> {
     let sql = match conn.dialect() {
         Dialect::Sqlite => sql!("SELECT 0, position FROM events ORDER BY position DESC LIMIT 1"),
-        Dialect::Postgres => sql!(
-            "SELECT tx, position FROM events \
-             WHERE tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
-             ORDER BY tx DESC, position DESC LIMIT 1"
-        ),
+        Dialect::Postgres => sql!(concat!(
+            "SELECT tx, position FROM events WHERE ",
+            readable_events!(),
+            " ORDER BY tx DESC, position DESC LIMIT 1"
+        )),
     };
     Ok(match conn.row(sql, &[]).await? {
         Some(r) => FeedCursor::new(r.int(0)? as u64, r.int(1)? as u64),
@@ -765,12 +787,8 @@ pub(crate) async fn read_feed<C: Conn>(
     let limit = Arg::Int(page(limit, DEFAULT_PAGE));
     let rows = match conn.dialect() {
         Dialect::Sqlite => {
-            // A cursor of another store's transactions is past all of this one's.
-            let from = if after.tx() > 0 {
-                i64::MAX
-            } else {
-                i64::try_from(after.position()).unwrap_or(i64::MAX)
-            };
+            // One writer: SQLite commits in order.
+            let from = i64::try_from(after.in_order_position()).unwrap_or(i64::MAX);
             conn.rows(
                 sql!(
                     "SELECT 0, position, workspace, seq, body FROM events \
@@ -783,13 +801,17 @@ pub(crate) async fn read_feed<C: Conn>(
         Dialect::Postgres => {
             let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             conn.rows(
-                sql!(
+                sql!(concat!(
                     "SELECT tx, position, workspace, seq, body FROM events \
-                     WHERE (tx, position) > (?1, ?2) \
-                       AND tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
-                     ORDER BY tx, position LIMIT ?3"
-                ),
-                &[Arg::Int(int(after.tx())), Arg::Int(int(after.position())), limit],
+                     WHERE (tx, position) > (?1, ?2) AND ",
+                    readable_events!(),
+                    " ORDER BY tx, position LIMIT ?3"
+                )),
+                &[
+                    Arg::Int(int(after.tx())),
+                    Arg::Int(int(after.position())),
+                    limit,
+                ],
             )
             .await?
         }
